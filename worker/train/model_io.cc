@@ -1,0 +1,133 @@
+#include "worker/train/model_io.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/fs.h"
+#include "common/status.h"
+#include "storage/checkpoint.h"
+#include "storage/safetensors.h"
+
+namespace llmt::train {
+
+absl::StatusOr<model::ModelConfig> ModelConfigFromSpec(const llmt::v1::JobSpec& spec,
+                                                      int tokenizer_vocab) {
+  const auto& m = spec.model();
+  model::ModelConfig c;
+  if (m.family() == "gpt2") {
+    c.family = model::Family::kGpt2;
+  } else if (m.family() == "llama") {
+    c.family = model::Family::kLlama;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.family: unknown family '", m.family(), "' (gpt2|llama)"));
+  }
+  if (m.vocab_size() > 0 && tokenizer_vocab > 0 && m.vocab_size() < tokenizer_vocab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.vocab_size: ", m.vocab_size(), " is smaller than the tokenizer's vocabulary (",
+        tokenizer_vocab, " in ", spec.data().dir(), "/manifest.json)"));
+  }
+  c.vocab_size = m.vocab_size() > 0 ? m.vocab_size() : tokenizer_vocab;
+  c.d_model = m.d_model();
+  c.n_layer = m.n_layer();
+  c.n_head = m.n_head();
+  c.n_kv_head = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
+  c.d_ff = m.d_ff();
+  c.max_seq_len = m.max_seq_len();
+  if (m.norm_eps() > 0) c.norm_eps = static_cast<float>(m.norm_eps());
+  if (m.rope_theta() > 0) c.rope_theta = static_cast<float>(m.rope_theta());
+  if (m.init_std() > 0) c.init_std = static_cast<float>(m.init_std());
+  return c;
+}
+
+absl::Status SaveModelWeights(model::Model& m, const std::string& path) {
+  std::vector<storage::TensorRef> refs;
+  for (const auto& p : m.params_info()) {
+    refs.push_back({p.name, p.shape, m.params() + p.offset});
+  }
+  return storage::WriteSafetensors(path, refs, {{"format", "pt"}, {"producer", "llmt"}});
+}
+
+absl::Status LoadModelWeights(model::Model& m, const std::string& path) {
+  ASSIGN_OR_RETURN(auto file, storage::ReadSafetensors(path));
+  for (const auto& p : m.params_info()) {
+    auto it = file.tensors.find(p.name);
+    if (it == file.tensors.end()) {
+      return absl::DataLossError(absl::StrCat(path, ": tensor ", p.name, " is missing"));
+    }
+    if (it->second.shape != p.shape) {
+      std::string want, got;
+      for (auto d : p.shape) absl::StrAppend(&want, want.empty() ? "" : ",", d);
+      for (auto d : it->second.shape) absl::StrAppend(&got, got.empty() ? "" : ",", d);
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", p.name, " has shape [", got,
+                                                     "], the model expects [", want, "]"));
+    }
+    std::copy(it->second.data.begin(), it->second.data.end(), m.params() + p.offset);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SaveOptimizer(const model::Model& mdl, const OptimizerState& opt,
+                           const std::string& path) {
+  auto& model = const_cast<model::Model&>(mdl);
+  std::vector<storage::TensorRef> refs;
+  for (const auto& p : model.params_info()) {
+    refs.push_back({"exp_avg." + p.name, p.shape, opt.m.data() + p.offset});
+    refs.push_back({"exp_avg_sq." + p.name, p.shape, opt.v.data() + p.offset});
+  }
+  return storage::WriteSafetensors(path, refs, {{"optimizer", "adamw"}});
+}
+
+absl::Status LoadOptimizer(const model::Model& mdl, OptimizerState* opt, const std::string& path) {
+  auto& model = const_cast<model::Model&>(mdl);
+  ASSIGN_OR_RETURN(auto file, storage::ReadSafetensors(path));
+  opt->m.assign(model.num_params(), 0.f);
+  opt->v.assign(model.num_params(), 0.f);
+  for (const auto& p : model.params_info()) {
+    for (auto [prefix, buf] : {std::pair{"exp_avg.", &opt->m}, std::pair{"exp_avg_sq.", &opt->v}}) {
+      auto it = file.tensors.find(prefix + p.name);
+      if (it == file.tensors.end() || it->second.data.size() != static_cast<size_t>(p.numel)) {
+        return absl::DataLossError(
+            absl::StrCat(path, ": optimizer tensor ", prefix, p.name, " is missing or has the wrong size"));
+      }
+      std::copy(it->second.data.begin(), it->second.data.end(), buf->data() + p.offset);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SaveTrainerState(const llmt::v1::TrainerState& st, const std::string& path) {
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.preserve_proto_field_names = true;
+  std::string json;
+  auto s = google::protobuf::util::MessageToJsonString(st, &json, o);
+  if (!s.ok()) return absl::InternalError(absl::StrCat("serialising trainer state: ", s.ToString()));
+  return fs::WriteFileSynced(path, json);
+}
+
+absl::StatusOr<llmt::v1::TrainerState> LoadTrainerState(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string json, fs::ReadFile(path));
+  llmt::v1::TrainerState st;
+  google::protobuf::util::JsonParseOptions o;
+  o.ignore_unknown_fields = false;
+  auto s = google::protobuf::util::JsonStringToMessage(json, &st, o);
+  if (!s.ok()) {
+    return absl::DataLossError(absl::StrCat(path, ": not a valid trainer state: ", s.ToString()));
+  }
+  return st;
+}
+
+absl::StatusOr<LoadedModel> LoadModelFromCheckpoint(const std::string& ckpt_dir, int B, int T) {
+  ASSIGN_OR_RETURN(auto info, storage::VerifyCheckpoint(ckpt_dir));
+  LoadedModel out;
+  out.dir = info.dir;
+  ASSIGN_OR_RETURN(out.state, LoadTrainerState(fs::JoinPath(ckpt_dir, "trainer_state.json")));
+  ASSIGN_OR_RETURN(auto cfg, ModelConfigFromSpec(out.state.spec(), out.state.vocab_size()));
+  if (T <= 0) T = cfg.max_seq_len;
+  ASSIGN_OR_RETURN(out.model, model::Model::Create(cfg, B, T));
+  RETURN_IF_ERROR(LoadModelWeights(*out.model, fs::JoinPath(ckpt_dir, "model.safetensors")));
+  return out;
+}
+
+}  // namespace llmt::train

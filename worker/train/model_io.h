@@ -1,0 +1,47 @@
+// Glue between specs, models and checkpoint files: builds a ModelConfig from a
+// JobSpec, saves/loads model + optimizer + trainer state in a checkpoint dir.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "llmt/v1/job.pb.h"
+#include "llmt/v1/train_state.pb.h"
+#include "worker/model/model.h"
+
+namespace llmt::train {
+
+// vocab: spec.model.vocab_size if set (must be >= tokenizer_vocab, which allows
+// padding the embedding to a friendlier size), else tokenizer_vocab.
+absl::StatusOr<model::ModelConfig> ModelConfigFromSpec(const llmt::v1::JobSpec& spec,
+                                                      int tokenizer_vocab);
+
+// Writes model.safetensors (HF names) into `path`.
+absl::Status SaveModelWeights(model::Model& m, const std::string& path);
+// Loads model.safetensors into m.params(); every tensor must be present with
+// the expected shape; errors name the file and tensor.
+absl::Status LoadModelWeights(model::Model& m, const std::string& path);
+
+// AdamW moments in the same flat layout as params.
+struct OptimizerState {
+  std::vector<float> m, v;
+};
+absl::Status SaveOptimizer(const model::Model& mdl, const OptimizerState& opt,
+                           const std::string& path);
+absl::Status LoadOptimizer(const model::Model& mdl, OptimizerState* opt, const std::string& path);
+
+absl::Status SaveTrainerState(const llmt::v1::TrainerState& st, const std::string& path);
+absl::StatusOr<llmt::v1::TrainerState> LoadTrainerState(const std::string& path);
+
+// For eval/sample: verifies the checkpoint, reads its trainer_state.json and
+// model.safetensors, and builds a model for batch B x seq T (T=0: max_seq_len).
+struct LoadedModel {
+  std::unique_ptr<model::Model> model;
+  llmt::v1::TrainerState state;
+  std::string dir;
+};
+absl::StatusOr<LoadedModel> LoadModelFromCheckpoint(const std::string& ckpt_dir, int B, int T);
+
+}  // namespace llmt::train
