@@ -20,7 +20,10 @@ struct LoaderState {
   uint32_t shard = 0;       // used by sequential (validation) mode
   uint64_t offset = 0;      // token offset within shard (sequential mode)
   uint64_t batches = 0;     // batches served so far
-  // JSON round trip for trainer_state.json.
+  // JSON round trip for trainer_state.json. 64-bit words (seed, rng_state)
+  // are written as decimal strings, as protobuf's JSON mapping does, so
+  // readers that hold numbers in doubles cannot round them; FromJson accepts
+  // numbers or strings for every field.
   std::string ToJson() const;
   static absl::StatusOr<LoaderState> FromJson(const std::string& json);
 };
@@ -37,6 +40,10 @@ struct LoaderOptions {
   // ranks at batch B see exactly what one rank at batch B*world_size sees.
   int rank = 0;
   int world_size = 1;
+  // Also hash every shard against the manifest's sha256 and check that every
+  // token id is < vocab_size. Reads all data once; off by default because the
+  // header checks already catch truncation and mixed-up runs.
+  bool verify = false;
 };
 
 class DataLoader {
@@ -54,6 +61,11 @@ class DataLoader {
   virtual int vocab_size() const = 0;
   virtual const std::string& tokenizer_hash() const = 0;
   virtual uint64_t num_tokens() const = 0;
+  // Added for eval and sampling: the number of (T+1)-token windows in one
+  // sequential pass over the split (windows never cross shard ends), and the
+  // document separator id.
+  virtual uint64_t windows_per_pass() const = 0;
+  virtual int eos_id() const = 0;
 };
 
 }  // namespace llmt::data
