@@ -1,5 +1,7 @@
 #include "common/spec.h"
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/util/json_util.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -8,9 +10,6 @@
 #include <limits>
 #include <set>
 #include <utility>
-
-#include <google/protobuf/descriptor.h>
-#include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -44,11 +43,21 @@ std::string JsonQuote(absl::string_view s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(c));
@@ -127,9 +136,7 @@ std::string Normalize(absl::string_view s) {
 
 // Fields that are plain JobSpec sections (our own messages), as opposed to
 // well-known types whose JSON mapping is special.
-bool IsPlainMessage(const pb::Descriptor* d) {
-  return d->file()->package() != "google.protobuf";
-}
+bool IsPlainMessage(const pb::Descriptor* d) { return d->file()->package() != "google.protobuf"; }
 
 void FindFieldPaths(const pb::Descriptor* d, const std::string& prefix, absl::string_view key,
                     int depth, std::vector<std::string>* out) {
@@ -171,11 +178,16 @@ std::string Suggest(const pb::Descriptor* d, const std::string& key, const pb::D
 
 std::string Describe(const YAML::Node& n) {
   switch (n.Type()) {
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Null: return "null";
-    case YAML::NodeType::Scalar: return absl::StrCat("'", n.Scalar(), "'");
-    default: return "nothing";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Null:
+      return "null";
+    case YAML::NodeType::Scalar:
+      return absl::StrCat("'", n.Scalar(), "'");
+    default:
+      return "nothing";
   }
 }
 
@@ -332,14 +344,20 @@ class Converter {
   static const char* Expected(const FD* f) {
     switch (f->cpp_type()) {
       case FD::CPPTYPE_INT32:
-      case FD::CPPTYPE_INT64: return "an integer";
+      case FD::CPPTYPE_INT64:
+        return "an integer";
       case FD::CPPTYPE_UINT32:
-      case FD::CPPTYPE_UINT64: return "a non-negative integer";
+      case FD::CPPTYPE_UINT64:
+        return "a non-negative integer";
       case FD::CPPTYPE_DOUBLE:
-      case FD::CPPTYPE_FLOAT: return "a number";
-      case FD::CPPTYPE_BOOL: return "true or false";
-      case FD::CPPTYPE_ENUM: return "an enum value";
-      default: return "a string";
+      case FD::CPPTYPE_FLOAT:
+        return "a number";
+      case FD::CPPTYPE_BOOL:
+        return "true or false";
+      case FD::CPPTYPE_ENUM:
+        return "an enum value";
+      default:
+        return "a string";
     }
   }
 
@@ -462,8 +480,8 @@ class Converter {
 // --set overrides
 
 struct Override {
-  std::string text;                // as given, for messages
-  std::vector<std::string> path;   // split on '.'
+  std::string text;               // as given, for messages
+  std::vector<std::string> path;  // split on '.'
   std::string value;
 };
 
@@ -496,9 +514,9 @@ absl::Status ApplyOverride(YAML::Node root, const Override& o, const std::string
       cur[seg] = YAML::Node(YAML::NodeType::Map);
       child = cur[seg];
     } else if (!child.IsMap()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": --set ", o.text, ": ", walked, " is ", Describe(child),
-                       ", not a section with fields"));
+      return absl::InvalidArgumentError(absl::StrCat(source, ": --set ", o.text, ": ", walked,
+                                                     " is ", Describe(child),
+                                                     ", not a section with fields"));
     }
     // Node assignment would copy into `cur`; reset() rebinds the handle.
     cur.reset(child);
@@ -523,8 +541,8 @@ absl::Status ProblemsToStatus(const std::vector<Problem>& problems, const std::s
                               const std::vector<Override>& overrides) {
   std::vector<std::string> lines;
   for (const auto& p : problems) {
-    std::string line = absl::StrCat(source, ": ", p.path.empty() ? "(top level)" : p.path, ": ",
-                                    p.what);
+    std::string line =
+        absl::StrCat(source, ": ", p.path.empty() ? "(top level)" : p.path, ": ", p.what);
     for (auto it = overrides.rbegin(); it != overrides.rend(); ++it) {
       if (!p.path.empty() && PathsRelated(p.path, it->path)) {
         absl::StrAppend(&line, " (from --set ", it->text, ")");
@@ -574,8 +592,8 @@ absl::StatusOr<YAML::Node> LoadYaml(const std::string& text, const std::string& 
   try {
     std::vector<YAML::Node> docs = YAML::LoadAll(text);
     if (docs.size() > 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ": expected one YAML document, found ", docs.size(), " (separated by ---)"));
+      return absl::InvalidArgumentError(absl::StrCat(source, ": expected one YAML document, found ",
+                                                     docs.size(), " (separated by ---)"));
     }
     return docs.empty() ? YAML::Node() : docs[0];
   } catch (const YAML::Exception& e) {
@@ -635,9 +653,7 @@ class Checker {
   std::vector<std::string> errors_;
 };
 
-bool ValidNameChar(char c) {
-  return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
-}
+bool ValidNameChar(char c) { return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.'; }
 
 // ---------------------------------------------------------------------------
 // Output: reflection over set fields, so ToJson and ToYaml agree and map keys
@@ -781,9 +797,9 @@ void AppendJson(const pb::Message& m, std::string* out) {
 bool NeedsYamlQuotes(const std::string& s) {
   if (s.empty()) return true;
   const std::string l = absl::AsciiStrToLower(s);
-  static const std::set<std::string> kWords = {"true", "false", "yes", "no",   "on",  "off",
-                                               "y",    "n",     "null", "~",    ".inf", "-.inf",
-                                               ".nan", "+.inf"};
+  static const std::set<std::string> kWords = {"true", "false", "yes",  "no",   "on",
+                                               "off",  "y",     "n",    "null", "~",
+                                               ".inf", "-.inf", ".nan", "+.inf"};
   if (kWords.count(l) > 0) return true;
   double d;
   if (absl::SimpleAtod(s, &d)) return true;
@@ -944,7 +960,8 @@ absl::Status Validate(const JobSpec& input, const std::string& source) {
     if (n.size() > 128 || !std::all_of(n.begin(), n.end(), ValidNameChar) || n.front() == '.' ||
         n.front() == '-') {
       c.Fail("name", absl::StrCat("must be at most 128 of [A-Za-z0-9._-], not starting with "
-                                  "'.' or '-'; got '", n, "'"));
+                                  "'.' or '-'; got '",
+                                  n, "'"));
     }
   }
   for (const auto& [k, v] : spec.labels()) {
@@ -987,8 +1004,8 @@ absl::Status Validate(const JobSpec& input, const std::string& source) {
              absl::StrCat("gpt2 has no grouped-query attention: must equal model.n_head (",
                           m.n_head(), ") or be 0, got ", m.n_kv_head()));
     } else if (m.n_head() % m.n_kv_head() != 0) {
-      c.Fail("model.n_kv_head", absl::StrCat("must divide model.n_head (", m.n_head(), "), got ",
-                                             m.n_kv_head()));
+      c.Fail("model.n_kv_head",
+             absl::StrCat("must divide model.n_head (", m.n_head(), "), got ", m.n_kv_head()));
     }
   }
 
@@ -1000,8 +1017,8 @@ absl::Status Validate(const JobSpec& input, const std::string& source) {
   c.Positive("train.batch_size", t.batch_size());
   c.Positive("train.seq_len", t.seq_len());
   if (t.seq_len() > 0 && m.max_seq_len() > 0 && t.seq_len() > m.max_seq_len()) {
-    c.Fail("train.seq_len", absl::StrCat("must be <= model.max_seq_len (", m.max_seq_len(),
-                                         "), got ", t.seq_len()));
+    c.Fail("train.seq_len",
+           absl::StrCat("must be <= model.max_seq_len (", m.max_seq_len(), "), got ", t.seq_len()));
   }
   c.Positive("train.grad_accum_steps", t.grad_accum_steps());
   c.Positive("train.max_steps", t.max_steps());
@@ -1011,7 +1028,8 @@ absl::Status Validate(const JobSpec& input, const std::string& source) {
   if (t.precision() == "bf16" && t.device() != "cuda") {
     c.Fail("train.precision",
            absl::StrCat("bf16 requires train.device: cuda (the CPU engine is fp32 only); "
-                        "train.device is '", t.device(), "'"));
+                        "train.device is '",
+                        t.device(), "'"));
   }
   c.NonNegative("train.threads", t.threads());
   c.OneOf("train.recompute", t.recompute(), {"none", "gelu", "norm_gelu"});
@@ -1040,8 +1058,8 @@ absl::Status Validate(const JobSpec& input, const std::string& source) {
   c.OneOf("schedule.kind", s.kind(), {"cosine", "linear", "constant", "wsd"});
   c.NonNegative("schedule.warmup_steps", s.warmup_steps());
   if (t.max_steps() > 0 && s.warmup_steps() >= t.max_steps()) {
-    c.Fail("schedule.warmup_steps", absl::StrCat("must be < train.max_steps (", t.max_steps(),
-                                                 "), got ", s.warmup_steps()));
+    c.Fail("schedule.warmup_steps",
+           absl::StrCat("must be < train.max_steps (", t.max_steps(), "), got ", s.warmup_steps()));
   }
   if (!(s.min_lr_ratio() >= 0 && s.min_lr_ratio() <= 1)) {
     c.Fail("schedule.min_lr_ratio",

@@ -15,11 +15,11 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -204,10 +204,14 @@ class JsonParser {
     for (int i = 0; i < 4; ++i) {
       char c = in_[pos_++];
       v <<= 4;
-      if (c >= '0' && c <= '9') v |= c - '0';
-      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-      else return Error("bad \\u escape");
+      if (c >= '0' && c <= '9')
+        v |= c - '0';
+      else if (c >= 'a' && c <= 'f')
+        v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        v |= c - 'A' + 10;
+      else
+        return Error("bad \\u escape");
     }
     *out = v;
     return absl::OkStatus();
@@ -245,14 +249,30 @@ class JsonParser {
       if (pos_ >= in_.size()) return Error("unterminated string");
       char e = in_[pos_++];
       switch (e) {
-        case '"': out->push_back('"'); break;
-        case '\\': out->push_back('\\'); break;
-        case '/': out->push_back('/'); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
+        case '"':
+          out->push_back('"');
+          break;
+        case '\\':
+          out->push_back('\\');
+          break;
+        case '/':
+          out->push_back('/');
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
         case 'u': {
           uint32_t cp = 0;
           RETURN_IF_ERROR(ParseHex4(&cp));
@@ -282,11 +302,21 @@ std::string JsonQuote(absl::string_view s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(c));
@@ -410,14 +440,14 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, const std::string
   Manifest m;
   ASSIGN_OR_RETURN(std::string format, JsonString(*doc, "format", path));
   if (format != kFormatName) {
-    return DataLoss(path, absl::StrCat("\"format\" is \"", format, "\", expected \"",
-                                       kFormatName, "\""));
+    return DataLoss(path,
+                    absl::StrCat("\"format\" is \"", format, "\", expected \"", kFormatName, "\""));
   }
   ASSIGN_OR_RETURN(int64_t version, JsonInt(*doc, "format_version", path));
   if (version < 1 || version > kCheckpointFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        path, ": format_version ", version, " is not supported (this build reads 1..",
-        kCheckpointFormatVersion, "); upgrade llmt"));
+    return absl::FailedPreconditionError(absl::StrCat(path, ": format_version ", version,
+                                                      " is not supported (this build reads 1..",
+                                                      kCheckpointFormatVersion, "); upgrade llmt"));
   }
   m.format_version = static_cast<int>(version);
   ASSIGN_OR_RETURN(m.step, JsonInt(*doc, "step", path));
@@ -441,8 +471,8 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, const std::string
     ASSIGN_OR_RETURN(mf.size, JsonInt(f, "size", where));
     ASSIGN_OR_RETURN(mf.sha256, JsonString(f, "sha256", where));
     if (!IsHexSha256(mf.sha256)) {
-      return DataLoss(where, absl::StrCat("\"sha256\" of ", mf.name,
-                                          " is not 64 lowercase hex digits"));
+      return DataLoss(where,
+                      absl::StrCat("\"sha256\" of ", mf.name, " is not 64 lowercase hex digits"));
     }
     m.files.push_back(std::move(mf));
   }
@@ -468,8 +498,8 @@ int64_t DirBytes(const std::string& dir) {
 // step-* dir with files missing.
 absl::Status RemoveCheckpointDir(const std::string& dir) {
   static std::atomic<int> counter{0};
-  std::string trash = fs::JoinPath(
-      fs::Dirname(dir), absl::StrCat(".", fs::Basename(dir), ".tmp-", ::getpid(), "-del", counter++));
+  std::string trash = fs::JoinPath(fs::Dirname(dir), absl::StrCat(".", fs::Basename(dir), ".tmp-",
+                                                                  ::getpid(), "-del", counter++));
   if (::rename(dir.c_str(), trash.c_str()) != 0) {
     if (errno == ENOENT) return absl::OkStatus();  // already gone
     return absl::InternalError(
@@ -503,7 +533,8 @@ absl::StatusOr<CheckpointWriter> CheckpointWriter::Begin(const std::string& root
     return absl::InvalidArgumentError(absl::StrCat("checkpoint step must be >= 0, got ", step));
   }
   RETURN_IF_ERROR(fs::MakeDirs(root));
-  ASSIGN_OR_RETURN(std::string tmp, fs::MakeTempDirBeside(fs::JoinPath(root, CheckpointDirName(step))));
+  ASSIGN_OR_RETURN(std::string tmp,
+                   fs::MakeTempDirBeside(fs::JoinPath(root, CheckpointDirName(step))));
   RegisterActive(tmp);
   CheckpointWriter w;
   w.root_ = root;
@@ -587,8 +618,8 @@ absl::StatusOr<std::string> CheckpointWriter::Commit() {
 
   // The manifest goes last: its presence (under the final name) is what marks
   // the checkpoint complete.
-  RETURN_IF_ERROR(fs::WriteFileSynced(fs::JoinPath(tmp_dir_, kManifestName),
-                                      ManifestJson(step_, files)));
+  RETURN_IF_ERROR(
+      fs::WriteFileSynced(fs::JoinPath(tmp_dir_, kManifestName), ManifestJson(step_, files)));
   RETURN_IF_ERROR(fs::FsyncDir(tmp_dir_));
 
   if (!fs::Exists(final_dir)) {
@@ -723,10 +754,9 @@ absl::StatusOr<CheckpointInfo> LatestValidCheckpoint(const std::string& root) {
     ++skipped;
     LLMT_LOG(Warning) << "skipping checkpoint " << it->dir << ": " << info.status().message();
   }
-  return absl::NotFoundError(
-      skipped == 0 ? absl::StrCat("no checkpoint under ", root)
-                   : absl::StrCat("no valid checkpoint under ", root, " (", skipped,
-                                  " corrupt one(s) skipped)"));
+  return absl::NotFoundError(skipped == 0 ? absl::StrCat("no checkpoint under ", root)
+                                          : absl::StrCat("no valid checkpoint under ", root, " (",
+                                                         skipped, " corrupt one(s) skipped)"));
 }
 
 absl::Status ApplyRetention(const std::string& root, int keep_last) {

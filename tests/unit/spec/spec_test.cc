@@ -1,12 +1,11 @@
 #include "common/spec.h"
 
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <unistd.h>
 
 #include <string>
 #include <vector>
-
-#include <google/protobuf/util/json_util.h>
-#include <google/protobuf/util/message_differencer.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -85,7 +84,7 @@ TEST(SpecTest, YamlAndJsonRoundTrip) {
   ASSERT_TRUE(from_yaml.ok()) << from_yaml.status() << "\n" << yaml;
   EXPECT_TRUE(MessageDifferencer::Equals(*s, *from_yaml)) << yaml;
   EXPECT_THAT(yaml, HasSubstr("max_steps: 100\n"));  // int64 as a plain number in YAML
-  EXPECT_THAT(yaml, HasSubstr("owner: \"42\""));      // number-like string quoted
+  EXPECT_THAT(yaml, HasSubstr("owner: \"42\""));     // number-like string quoted
 
   const std::string json = ToJson(*s);
   auto from_json = ParseJson(json, "roundtrip.json");
@@ -116,8 +115,9 @@ TEST(SpecTest, ToJsonIsCanonicalForEqualSpecs) {
   }
   b.mutable_eval();  // present but empty: not semantic, not printed
   EXPECT_EQ(ToJson(a), ToJson(b));
-  EXPECT_EQ(ToJson(a),
-            R"({"labels":{"alpha":"v","beta":"v","k1":"v","k2":"v","k3":"v","mid":"v","zeta":"v"}})");
+  EXPECT_EQ(
+      ToJson(a),
+      R"({"labels":{"alpha":"v","beta":"v","k1":"v","k2":"v","k3":"v","mid":"v","zeta":"v"}})");
   EXPECT_EQ(ToJson(JobSpec()), "{}");
   EXPECT_EQ(ToYaml(JobSpec()), "{}\n");
 }
@@ -146,9 +146,10 @@ TEST(SpecTest, UnknownNestedFieldNamesPathAndSuggests) {
   s = ParseYaml("model:\n  family: gpt2\n  xyzzy: 1\n", "spec.yaml");
   EXPECT_EQ(Message(s), "spec.yaml: model.xyzzy: unknown field");
   s = ParseYaml("model:\n  family: gpt2\n  dmodel: 1\n  n_heads: 2\n", "s.yaml");
-  EXPECT_THAT(Lines(s.status()),
-              ::testing::ElementsAre("s.yaml: model.dmodel: unknown field (did you mean d_model?)",
-                                     "s.yaml: model.n_heads: unknown field (did you mean n_head?)"));
+  EXPECT_THAT(
+      Lines(s.status()),
+      ::testing::ElementsAre("s.yaml: model.dmodel: unknown field (did you mean d_model?)",
+                             "s.yaml: model.n_heads: unknown field (did you mean n_head?)"));
 }
 
 TEST(SpecTest, TypeErrorsNameFieldAndValue) {
@@ -158,7 +159,8 @@ TEST(SpecTest, TypeErrorsNameFieldAndValue) {
   std::vector<Case> cases = {
       {"train: {batch_size: abc}", "spec.yaml: train.batch_size: expected an integer, got 'abc'"},
       {"train: {batch_size: 8.5}", "spec.yaml: train.batch_size: expected an integer, got '8.5'"},
-      {"train: {batch_size: [1, 2]}", "spec.yaml: train.batch_size: expected an integer, got a list"},
+      {"train: {batch_size: [1, 2]}",
+       "spec.yaml: train.batch_size: expected an integer, got a list"},
       {"optim: {lr: fast}", "spec.yaml: optim.lr: expected a number, got 'fast'"},
       {"optim: {lr: .nan}", "spec.yaml: optim.lr: expected a number, got '.nan'"},
       {"optim: {lr: nan}", "spec.yaml: optim.lr: expected a finite number, got 'nan'"},
@@ -219,11 +221,11 @@ labels: {n: 5, "t": true}
 TEST(SpecTest, AllProblemsReportedOneLineEach) {
   auto s = ParseYamlRaw("train: {batchsize: 8, seq_len: x}\nmodel: {d_model: y}\n", "f.yaml");
   ASSERT_FALSE(s.ok());
-  EXPECT_THAT(Lines(s.status()),
-              ::testing::ElementsAre(
-                  "f.yaml: train.batchsize: unknown field (did you mean batch_size?)",
-                  "f.yaml: train.seq_len: expected an integer, got 'x'",
-                  "f.yaml: model.d_model: expected an integer, got 'y'"));
+  EXPECT_THAT(
+      Lines(s.status()),
+      ::testing::ElementsAre("f.yaml: train.batchsize: unknown field (did you mean batch_size?)",
+                             "f.yaml: train.seq_len: expected an integer, got 'x'",
+                             "f.yaml: model.d_model: expected an integer, got 'y'"));
 }
 
 TEST(SpecTest, SyntaxErrorsNameSourceAndLine) {
@@ -238,22 +240,22 @@ TEST(SpecTest, SyntaxErrorsNameSourceAndLine) {
 }
 
 TEST(SpecTest, OverridesApplyBeforeConversion) {
-  auto s = ParseYaml(kBase, "spec.yaml",
-                     {"train.batch_size=16", "checkpoint.keep_last=5", "eval.every_steps=25",
-                      "labels.team=infra", "labels.new=x", "model.family=llama",
-                      "name=run-2", "optim.lr=1e-3"});
+  auto s = ParseYaml(
+      kBase, "spec.yaml",
+      {"train.batch_size=16", "checkpoint.keep_last=5", "eval.every_steps=25", "labels.team=infra",
+       "labels.new=x", "model.family=llama", "name=run-2", "optim.lr=1e-3"});
   ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ(s->train().batch_size(), 16);          // nested, existing key
-  EXPECT_EQ(s->checkpoint().keep_last(), 5);       // existing section, existing key
-  EXPECT_EQ(s->eval().every_steps(), 25);          // new section created
+  EXPECT_EQ(s->train().batch_size(), 16);     // nested, existing key
+  EXPECT_EQ(s->checkpoint().keep_last(), 5);  // existing section, existing key
+  EXPECT_EQ(s->eval().every_steps(), 25);     // new section created
   EXPECT_EQ(s->labels().at("team"), "infra");
-  EXPECT_EQ(s->labels().at("new"), "x");           // new map key
+  EXPECT_EQ(s->labels().at("new"), "x");  // new map key
   EXPECT_EQ(s->model().family(), "llama");
   EXPECT_EQ(s->name(), "run-2");
   EXPECT_DOUBLE_EQ(s->optim().lr(), 1e-3);
   // Later overrides win; values may contain '='.
-  s = ParseYaml(kBase, "spec.yaml", {"train.batch_size=2", "train.batch_size=3",
-                                     "labels.expr=a=b"});
+  s = ParseYaml(kBase, "spec.yaml",
+                {"train.batch_size=2", "train.batch_size=3", "labels.expr=a=b"});
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->train().batch_size(), 3);
   EXPECT_EQ(s->labels().at("expr"), "a=b");
@@ -319,10 +321,10 @@ TEST(SpecTest, DefaultsGpt2) {
 }
 
 TEST(SpecTest, DefaultsLlamaAndCuda) {
-  auto s = ParseYaml(kBase, "spec.yaml",
-                     {"model.family=llama", "model.d_model=4096", "model.n_head=32",
-                      "model.max_seq_len=2048", "train.seq_len=1024", "train.device=cuda",
-                      "schedule.kind=wsd"});
+  auto s = ParseYaml(
+      kBase, "spec.yaml",
+      {"model.family=llama", "model.d_model=4096", "model.n_head=32", "model.max_seq_len=2048",
+       "train.seq_len=1024", "train.device=cuda", "schedule.kind=wsd"});
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->model().n_kv_head(), 32);
   // int(2/3 * 4 * 4096) = 10922, rounded up to a multiple of 64.
@@ -403,8 +405,7 @@ INSTANTIATE_TEST_SUITE_P(
         RuleCase{{"train.max_steps=0"}, "spec.yaml: train.max_steps: must be > 0, got 0"},
         RuleCase{{"train.device=tpu"},
                  "spec.yaml: train.device: must be one of cpu, cuda; got 'tpu'"},
-        RuleCase{{"train.device_index=-1"},
-                 "spec.yaml: train.device_index: must be >= 0, got -1"},
+        RuleCase{{"train.device_index=-1"}, "spec.yaml: train.device_index: must be >= 0, got -1"},
         RuleCase{{"train.precision=fp16"},
                  "spec.yaml: train.precision: must be one of fp32, bf16; got 'fp16'"},
         RuleCase{{"train.precision=bf16"},
@@ -415,8 +416,7 @@ INSTANTIATE_TEST_SUITE_P(
                  "spec.yaml: train.recompute: must be one of none, gelu, norm_gelu; got 'all'"},
         RuleCase{{"train.zero=2"}, "spec.yaml: train.zero: must be 0 or 1 (ZeRO stage), got 2"},
         RuleCase{{"train.log_every=-1"}, "spec.yaml: train.log_every: must be > 0, got -1"},
-        RuleCase{{"train.max_bad_steps=-1"},
-                 "spec.yaml: train.max_bad_steps: must be > 0, got -1"},
+        RuleCase{{"train.max_bad_steps=-1"}, "spec.yaml: train.max_bad_steps: must be > 0, got -1"},
         RuleCase{{"train.loss_spike_factor=0.5"},
                  "spec.yaml: train.loss_spike_factor: must be 0 (off) or > 1, got 0.5"},
         RuleCase{{"optim.lr=0"}, "spec.yaml: optim.lr: must be > 0, got 0"},

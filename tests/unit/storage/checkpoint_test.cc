@@ -26,9 +26,9 @@ std::string WriteCkpt(const std::string& root, int64_t step) {
   EXPECT_TRUE(w->WriteFile("model.safetensors", model).ok());
   EXPECT_TRUE(w->WriteFile("optimizer.safetensors", std::string(1000, 'o')).ok());
   // Written by "other code" through PathFor, as the trainer does.
-  EXPECT_TRUE(fs::WriteFileSynced(w->PathFor("trainer_state.json"),
-                                  absl::StrCat("{\"step\": ", step, "}"))
-                  .ok());
+  EXPECT_TRUE(
+      fs::WriteFileSynced(w->PathFor("trainer_state.json"), absl::StrCat("{\"step\": ", step, "}"))
+          .ok());
   auto dir = w->Commit();
   EXPECT_TRUE(dir.ok()) << dir.status();
   return dir.ok() ? *dir : "";
@@ -58,8 +58,9 @@ class CheckpointTest : public ::testing::Test {
   // A fresh directory per test so tests never see each other's files.
   std::string FreshDir() {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string dir = fs::JoinPath(::testing::TempDir(), absl::StrCat("ckpt_", info->name(), "_",
-                                                                      ::getpid(), "_", dirs_.size()));
+    std::string dir =
+        fs::JoinPath(::testing::TempDir(),
+                     absl::StrCat("ckpt_", info->name(), "_", ::getpid(), "_", dirs_.size()));
     EXPECT_TRUE(fs::RemoveAll(dir).ok());
     EXPECT_TRUE(fs::MakeDirs(dir).ok());
     dirs_.push_back(dir);
@@ -182,15 +183,18 @@ TEST_F(CheckpointTest, ManifestSchemaErrors) {
       {R"({"format": "llmt-checkpoint", "format_version": 99, "step": 4, "files": []})",
        "format_version 99"},
       {R"({"format": "llmt-checkpoint", "format_version": 1, "step": 5, "files": [)"
-       R"({"name": "a", "size": 1, "sha256": ")" + sha + R"("}]})",
+       R"({"name": "a", "size": 1, "sha256": ")" +
+           sha + R"("}]})",
        "records step 5"},
       {R"({"format": "llmt-checkpoint", "format_version": 1, "step": 4, "files": []})",
        "lists no files"},
       {R"({"format": "llmt-checkpoint", "format_version": 1, "step": 4, "files": [)"
-       R"({"name": "../escape", "size": 1, "sha256": ")" + sha + R"("}]})",
+       R"({"name": "../escape", "size": 1, "sha256": ")" +
+           sha + R"("}]})",
        "bad file name"},
       {R"({"format": "llmt-checkpoint", "format_version": 1, "step": 4, "files": [)"
-       R"({"name": "a", "size": -1, "sha256": ")" + sha + R"("}]})",
+       R"({"name": "a", "size": -1, "sha256": ")" +
+           sha + R"("}]})",
        "\"size\" must be a non-negative integer"},
       {R"({"format": "llmt-checkpoint", "format_version": 1, "step": 4, "files": [)"
        R"({"name": "a", "size": 1, "sha256": "xyz"}]})",
@@ -223,7 +227,8 @@ TEST_F(CheckpointTest, ManifestWithEscapesAndWhitespaceParses) {
   std::string json = absl::StrCat(
       "{\r\n\t\"files\" : [ { \"sha256\" : \"", fs::Sha256Hex("abc"),
       "\", \"size\" : 3, \"name\" : \"w\\u00e9ights.bin\", \"extra\": [1, 2.5e3, null, true] } ],"
-      " \"step\": 2, \"format_version\": 1, \"format\": \"llmt-checkpoint\", \"note\": \"\\\"\\/\" }");
+      " \"step\": 2, \"format_version\": 1, \"format\": \"llmt-checkpoint\", \"note\": \"\\\"\\/\" "
+      "}");
   ASSERT_TRUE(fs::WriteFileSynced(fs::JoinPath(dir, "manifest.json"), json).ok());
   auto info = VerifyCheckpoint(dir);
   ASSERT_TRUE(info.ok()) << info.status();
@@ -262,7 +267,8 @@ TEST_F(CheckpointTest, RetentionKeepsNewestAndRemovesStaleTemps) {
   // Crash leftovers: a temp dir of a dead process, and one of a previous
   // process that had our pid (container restarts reuse pids).
   std::string dead = fs::JoinPath(root, ".step-00000006.tmp-999999999-0");
-  std::string same_pid = fs::JoinPath(root, absl::StrCat(".step-00000007.tmp-", ::getpid(), "-77777"));
+  std::string same_pid =
+      fs::JoinPath(root, absl::StrCat(".step-00000007.tmp-", ::getpid(), "-77777"));
   ASSERT_TRUE(fs::MakeDirs(dead).ok());
   ASSERT_TRUE(fs::WriteFileSynced(fs::JoinPath(dead, "model.safetensors"), "partial").ok());
   ASSERT_TRUE(fs::MakeDirs(same_pid).ok());
