@@ -508,6 +508,17 @@ absl::Status RemoveCheckpointDir(const std::string& dir) {
   return fs::RemoveAll(trash);
 }
 
+// Removes an uncommitted writer's temp dir (destructor, move-assignment).
+void AbandonTempDir(std::string* tmp_dir, bool committed) {
+  if (tmp_dir->empty() || committed) return;
+  auto st = fs::RemoveAll(*tmp_dir);
+  if (!st.ok()) {
+    LLMT_LOG(Warning) << "abandoned checkpoint: " << st.message();
+  }
+  UnregisterActive(*tmp_dir);
+  tmp_dir->clear();
+}
+
 }  // namespace
 
 std::string CheckpointDirName(int64_t step) { return absl::StrFormat("step-%08d", step); }
@@ -551,7 +562,7 @@ CheckpointWriter::CheckpointWriter(CheckpointWriter&& o) noexcept
 
 CheckpointWriter& CheckpointWriter::operator=(CheckpointWriter&& o) noexcept {
   if (this != &o) {
-    this->~CheckpointWriter();
+    AbandonTempDir(&tmp_dir_, committed_);
     root_ = std::move(o.root_);
     tmp_dir_ = std::exchange(o.tmp_dir_, std::string());
     step_ = o.step_;
@@ -560,15 +571,7 @@ CheckpointWriter& CheckpointWriter::operator=(CheckpointWriter&& o) noexcept {
   return *this;
 }
 
-CheckpointWriter::~CheckpointWriter() {
-  if (tmp_dir_.empty() || committed_) return;
-  auto st = fs::RemoveAll(tmp_dir_);
-  if (!st.ok()) {
-    LLMT_LOG(Warning) << "abandoned checkpoint: " << st.message();
-  }
-  UnregisterActive(tmp_dir_);
-  tmp_dir_.clear();
-}
+CheckpointWriter::~CheckpointWriter() { AbandonTempDir(&tmp_dir_, committed_); }
 
 std::string CheckpointWriter::PathFor(absl::string_view filename) const {
   return fs::JoinPath(tmp_dir_, filename);

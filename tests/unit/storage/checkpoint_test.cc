@@ -319,6 +319,14 @@ TEST_F(CheckpointTest, WriterDestroyedWithoutCommitLeavesNothing) {
     // Moving keeps exactly one owner of the temp dir.
     CheckpointWriter moved = std::move(*w);
     EXPECT_TRUE(fs::IsDir(tmp));
+    // Assigning over an uncommitted writer abandons its temp dir.
+    auto other = CheckpointWriter::Begin(root, 4);
+    ASSERT_TRUE(other.ok());
+    const std::string other_tmp = other->temp_dir();
+    moved = std::move(*other);
+    EXPECT_FALSE(fs::Exists(tmp));
+    EXPECT_TRUE(fs::IsDir(other_tmp));
+    tmp = other_tmp;
   }
   EXPECT_FALSE(fs::Exists(tmp));
   auto names = fs::ListDir(root);
