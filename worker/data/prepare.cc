@@ -30,6 +30,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr int kTokenizerTrainThreads = 2;
+
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
@@ -330,7 +332,10 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& opts) {
     to.input_file = text_path;
     to.model_prefix = fs::JoinPath(staging, "tokenizer");
     to.vocab_size = opts.vocab_size;
-    to.num_threads = threads;
+    // SentencePiece's BPE result depends on its thread count; fixing it keeps
+    // the tokenizer (and its hash) a function of corpus, vocab size and seed
+    // on every machine. Two threads cost little: training is ~2 s on the KJV.
+    to.num_threads = kTokenizerTrainThreads;
     to.seed = opts.seed;
     std::string err;
     if (!TrainTokenizer(to, &err)) return absl::InternalError(err);
