@@ -218,6 +218,31 @@ TEST_F(CheckpointTest, ManifestSchemaErrors) {
   EXPECT_THAT(info.status().message(), HasSubstr("trainer_state.json: listed in manifest.json"));
 }
 
+TEST_F(CheckpointTest, EveryTruncatedOrFlippedManifestIsRejected) {
+  std::string dir = WriteCkpt(FreshDir(), 3);
+  const std::string path = fs::JoinPath(dir, "manifest.json");
+  auto original = fs::ReadFile(path);
+  ASSERT_TRUE(original.ok());
+  // Every proper prefix is invalid JSON or an incomplete manifest.
+  for (size_t n = 0; n + 1 < original->size(); ++n) {
+    ASSERT_TRUE(fs::WriteFileSynced(path, original->substr(0, n)).ok());
+    auto info = VerifyCheckpoint(dir);
+    ASSERT_FALSE(info.ok()) << "prefix of " << n << " bytes accepted";
+    EXPECT_THAT(info.status().message(), HasSubstr("manifest.json")) << n;
+  }
+  // Flipping a bit anywhere either breaks the syntax, or changes a name,
+  // number or hash that no longer matches the files. (Whitespace bytes can
+  // flip into other whitespace-free characters, so each must fail.)
+  for (size_t i = 0; i < original->size(); ++i) {
+    std::string m = *original;
+    m[i] = static_cast<char>(m[i] ^ 0x04);
+    ASSERT_TRUE(fs::WriteFileSynced(path, m).ok());
+    EXPECT_FALSE(VerifyCheckpoint(dir).ok()) << "flip at byte " << i << ": " << m;
+  }
+  ASSERT_TRUE(fs::WriteFileSynced(path, *original).ok());
+  EXPECT_TRUE(VerifyCheckpoint(dir).ok());
+}
+
 TEST_F(CheckpointTest, ManifestWithEscapesAndWhitespaceParses) {
   // A hand-edited manifest (other key order, escapes, whitespace) still reads.
   std::string root = FreshDir();
