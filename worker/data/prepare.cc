@@ -236,6 +236,12 @@ absl::Status ValidateOptions(const PrepareOptions& o) {
   return absl::OkStatus();
 }
 
+absl::Status CheckEos(const Tokenizer& tok, const std::string& path) {
+  if (tok.eos_id() >= 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "tokenizer ", path, " has no EOS piece; prepare needs one to separate documents"));
+}
+
 }  // namespace
 
 std::string PrepareReport::ToString() const {
@@ -255,6 +261,14 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& opts) {
   const int threads = opts.threads > 0
                           ? opts.threads
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+
+  // A given tokenizer is checked before any work: it must load and have EOS.
+  if (!opts.tokenizer_model.empty()) {
+    std::string err;
+    auto given = Tokenizer::Load(opts.tokenizer_model, &err);
+    if (!given) return absl::InvalidArgumentError(absl::StrCat("--tokenizer: ", err));
+    RETURN_IF_ERROR(CheckEos(*given, opts.tokenizer_model));
+  }
 
   // ---- Read, clean, filter, deduplicate. -------------------------------
   ASSIGN_OR_RETURN(auto files, ExpandInputs(opts.inputs, opts.out_dir));
@@ -321,9 +335,8 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& opts) {
   const std::string model_path = fs::JoinPath(staging, "tokenizer.model");
   bool trained = false;
   if (!opts.tokenizer_model.empty()) {
-    auto bytes = fs::ReadFile(opts.tokenizer_model);
-    if (!bytes.ok()) return Annotate(bytes.status(), "reading --tokenizer");
-    RETURN_IF_ERROR(fs::WriteFileSynced(model_path, *bytes));
+    ASSIGN_OR_RETURN(std::string bytes, fs::ReadFile(opts.tokenizer_model));
+    RETURN_IF_ERROR(fs::WriteFileSynced(model_path, bytes));
   } else {
     const auto t_tok = Clock::now();
     const std::string text_path = fs::JoinPath(staging, "tokenizer_train.txt");
@@ -338,7 +351,11 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& opts) {
     to.num_threads = kTokenizerTrainThreads;
     to.seed = opts.seed;
     std::string err;
-    if (!TrainTokenizer(to, &err)) return absl::InternalError(err);
+    if (!TrainTokenizer(to, &err)) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot train a ", opts.vocab_size,
+                                                     "-piece tokenizer on ",
+                                                     absl::StrJoin(opts.inputs, ", "), ": ", err));
+    }
     RETURN_IF_ERROR(fs::RemoveAll(text_path));
     trained = true;
     LLMT_LOG(Info) << "prepare: trained BPE tokenizer in "
@@ -346,16 +363,8 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& opts) {
   }
   std::string err;
   auto tok = Tokenizer::Load(model_path, &err);
-  if (!tok) {
-    return absl::InvalidArgumentError(
-        opts.tokenizer_model.empty() ? err : absl::StrCat("--tokenizer ", opts.tokenizer_model,
-                                                           ": ", err));
-  }
-  const std::string tok_name = opts.tokenizer_model.empty() ? model_path : opts.tokenizer_model;
-  if (tok->eos_id() < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tokenizer ", tok_name, " has no EOS piece; prepare needs one to separate documents"));
-  }
+  if (!tok) return absl::InternalError(err);
+  RETURN_IF_ERROR(CheckEos(*tok, model_path));
   const int vocab = tok->vocab_size();
   rep.vocab_size = vocab;
   rep.tokenizer_hash = tok->hash();

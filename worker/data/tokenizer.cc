@@ -116,14 +116,14 @@ Tokenizer::~Tokenizer() = default;
 std::unique_ptr<Tokenizer> Tokenizer::Load(const std::string& model_path, std::string* error) {
   std::string bytes, err;
   if (!ReadWhole(model_path, &bytes, &err)) {
-    if (error) *error = "tokenizer model: " + err;
+    if (error) *error = "tokenizer model: " + err;  // err names the file
     return nullptr;
   }
   std::unique_ptr<Tokenizer> t(new Tokenizer());
   auto st = t->impl_->sp.LoadFromSerializedProto(bytes);
   if (!st.ok()) {
     if (error) {
-      *error = "tokenizer model " + model_path + " is not a SentencePiece model: " + st.ToString();
+      *error = model_path + " is not a SentencePiece model (" + st.ToString() + ")";
     }
     return nullptr;
   }
@@ -197,7 +197,7 @@ bool TrainTokenizer(const TokenizerTrainOptions& opts, std::string* error) {
   FileSentenceIterator it(opts.input_file);
   std::string model;
   auto st = sentencepiece::SentencePieceTrainer::Train(args, &it, &model);
-  if (!st.ok()) return fail("training tokenizer on " + opts.input_file + ": " + st.ToString());
+  if (!st.ok()) return fail("SentencePiece training failed: " + st.ToString());
 
   const std::string model_path = opts.model_prefix + ".model";
   if (!WriteSynced(model_path, model, &err)) return fail(err);

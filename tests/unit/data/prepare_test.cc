@@ -369,6 +369,26 @@ TEST(DataPrepareErrorsTest, BadTokenizerModelLeavesNothing) {
   ExpectCleanFailure(o, {o.tokenizer_model, "not a SentencePiece model"});
 }
 
+TEST(DataPrepareErrorsTest, TokenizerTrainingFailureLeavesNothing) {
+  // 400 distinct CJK characters need more than 300 pieces (256 bytes + 3
+  // specials + characters): SentencePiece refuses, after staging began.
+  const std::string root = FreshDir("sp");
+  const std::string in = fs::JoinPath(root, "cjk.txt");
+  std::string text;
+  for (int i = 0; i < 400; ++i) {
+    const uint32_t cp = 0x4E00 + i;
+    std::string ch = {static_cast<char>(0xE0 | (cp >> 12)),
+                      static_cast<char>(0x80 | ((cp >> 6) & 0x3F)),
+                      static_cast<char>(0x80 | (cp & 0x3F))};
+    for (int k = 0; k < 20; ++k) text += ch;
+    text += "\n\n";
+  }
+  WriteText(in, text);
+  PrepareOptions o = Opts({in}, fs::JoinPath(root, "out"));
+  o.vocab_size = 300;
+  ExpectCleanFailure(o, {"cannot train a 300-piece tokenizer on " + in, "vocab"});
+}
+
 TEST(DataPrepareErrorsTest, BinaryFiles) {
   const std::string root = FreshDir("bin");
   const std::string dir = fs::JoinPath(root, "in");
