@@ -19,7 +19,8 @@ struct PrepareOptions {
   double val_fraction = 0.01;
   uint64_t seed = 1337;
   int min_doc_chars = 16;           // shorter documents are dropped
-  int threads = 0;                  // 0 = all cores
+  int threads = 0;                  // encoding threads, 0 = all cores (output is the same
+                                    // for any count; tokenizer training always uses 2)
   int64_t shard_tokens = 50'000'000;  // max tokens per shard
   bool overwrite = false;           // replace an existing out_dir
 };
