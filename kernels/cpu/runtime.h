@@ -9,8 +9,10 @@
 // shapes on a 2-core EPYC and keeps the elementwise loops from contending.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace llmt::kernels::cpu {
 
@@ -41,6 +43,36 @@ class HostBuffer {
  private:
   float* data_ = nullptr;
   int64_t size_ = 0;
+};
+
+// Opt-in wall-clock profile by section name (the model wraps each layer op in
+// a ProfileScope; bench/cpu_train --profile prints the table). Disabled it
+// costs one relaxed load per scope. Not thread-safe against concurrent
+// Enable/Reset; sections are recorded from the calling (master) thread.
+void SetProfiling(bool on);
+bool ProfilingEnabled();
+void ProfileReset();
+void ProfileAdd(const char* name, double seconds);
+// "name  total_ms  calls  share" lines, largest first.
+std::string ProfileReport();
+
+class ProfileScope {
+ public:
+  explicit ProfileScope(const char* name) : name_(ProfilingEnabled() ? name : nullptr) {
+    if (name_ != nullptr) start_ = std::chrono::steady_clock::now();
+  }
+  ~ProfileScope() {
+    if (name_ != nullptr) {
+      ProfileAdd(name_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
+                            .count());
+    }
+  }
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+
+ private:
+  const char* name_;
+  std::chrono::steady_clock::time_point start_;
 };
 
 }  // namespace llmt::kernels::cpu

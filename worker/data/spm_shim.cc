@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -29,31 +30,32 @@ char* Dup(const std::string& s) {
   return p;
 }
 
-// Feeds SentencePiece's trainer from an in-memory list of lines, so paths with
-// commas (which its `input` flag would split) never matter.
-class LineIterator : public sentencepiece::SentenceIterator {
+// Streams the training file line by line. Reading it ourselves (rather than
+// passing --input) keeps paths with commas working: SentencePiece splits its
+// `input` flag on commas.
+class FileLineIterator : public sentencepiece::SentenceIterator {
  public:
-  LineIterator(const char* data, size_t n) : data_(data), n_(n) { Next(); }
-  bool done() const override { return done_; }
-  void Next() override {
-    if (pos_ >= n_) {
+  explicit FileLineIterator(const char* path) : in_(path, std::ios::binary) {
+    if (!in_) {
+      status_ = sentencepiece::util::Status(sentencepiece::util::StatusCode::kNotFound,
+                                            std::string("cannot open ") + path);
       done_ = true;
       return;
     }
-    const char* start = data_ + pos_;
-    const void* nl = std::memchr(start, '\n', n_ - pos_);
-    size_t len = nl ? static_cast<const char*>(nl) - start : n_ - pos_;
-    line_.assign(start, len);
-    pos_ += len + 1;
+    Next();
+  }
+  bool done() const override { return done_; }
+  void Next() override {
+    if (!done_ && !std::getline(in_, line_)) done_ = true;
   }
   const std::string& value() const override { return line_; }
-  sentencepiece::util::Status status() const override { return {}; }
+  sentencepiece::util::Status status() const override { return status_; }
 
  private:
-  const char* data_;
-  size_t n_, pos_ = 0;
+  std::ifstream in_;
   std::string line_;
   bool done_ = false;
+  sentencepiece::util::Status status_;
 };
 
 }  // namespace
@@ -105,17 +107,18 @@ float llmt_spm_score(void* h, int id) {
   return static_cast<sentencepiece::SentencePieceProcessor*>(h)->GetScore(id);
 }
 
-// Trains a model from newline-separated `lines`; keys/values are trainer
-// flags. Returns 0 and a malloc'd serialized model, or -1 with *err.
+// Trains a model on the lines of `input_path`; keys/values are trainer flags.
+// Returns 0 and a malloc'd serialized model, or -1 with *err.
 int llmt_spm_train(const char* const* keys, const char* const* values, int n_args,
-                   const char* lines, size_t lines_n, unsigned seed, char** model,
-                   size_t* model_n, char** err) {
+                   const char* input_path, unsigned seed, char** model, size_t* model_n,
+                   char** err) {
   std::unordered_map<std::string, std::string> args;
   for (int i = 0; i < n_args; ++i) args[keys[i]] = values[i];
   sentencepiece::SetRandomGeneratorSeed(seed);
-  LineIterator it(lines, lines_n);
+  FileLineIterator it(input_path);
   std::string out;
   auto st = sentencepiece::SentencePieceTrainer::Train(args, &it, &out);
+  if (st.ok()) st = it.status();
   if (!st.ok()) {
     *err = Dup(st.ToString());
     return -1;

@@ -1,21 +1,26 @@
-// SentencePiece wrapper. This translation unit must include no Abseil header:
-// SentencePiece 0.1.97 declares its own `absl::string_view` alias, which
-// clashes with Debian's Abseil. Errors travel as std::string.
+// Tokenizer on top of SentencePiece, which is loaded at run time from the
+// shim libllmt_spm.so (spm_shim.cc explains why: Debian's libsentencepiece
+// bundles its own protobuf, which crashes a process that also uses
+// libprotobuf unless it is isolated with RTLD_DEEPBIND). Errors travel as
+// std::string, as in tokenizer.h.
 #include "worker/data/tokenizer.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <unordered_map>
+#include <vector>
+
+#include <mutex>
 
 #include <openssl/evp.h>
-#include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
 
 namespace llmt::data {
 namespace {
@@ -75,39 +80,103 @@ bool WriteSynced(const std::string& path, const std::string& data, std::string* 
   return ok;
 }
 
-// Streams the training file line by line. Reading it ourselves (rather than
-// passing --input) keeps paths with commas working: SentencePiece splits its
-// repeated `input` flag on commas.
-class FileSentenceIterator : public sentencepiece::SentenceIterator {
- public:
-  explicit FileSentenceIterator(const std::string& path) : in_(path, std::ios::binary) {
-    if (!in_) {
-      status_ = sentencepiece::util::Status(sentencepiece::util::StatusCode::kNotFound,
-                                            "cannot open " + path);
-      done_ = true;
+// The shim's C ABI (see spm_shim.cc), resolved once per process.
+struct SpmApi {
+  void* (*load)(const char*, size_t, char**);
+  void (*free_handle)(void*);
+  void (*free_buf)(void*);
+  void (*encode)(void*, const char*, size_t, int32_t**, size_t*);
+  char* (*decode)(void*, const int32_t*, size_t, size_t*);
+  int (*piece_size)(void*);
+  int (*bos_id)(void*);
+  int (*eos_id)(void*);
+  char* (*id_to_piece)(void*, int);
+  float (*score)(void*, int);
+  int (*train)(const char* const*, const char* const*, int, const char*, unsigned, char**, size_t*,
+               char**);
+};
+
+std::string ExeDir() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  std::string p(buf, static_cast<size_t>(n));
+  return p.substr(0, p.rfind('/'));
+}
+
+// Finds and loads libllmt_spm.so: $LLMT_SPM_LIB, next to the executable, the
+// install layout (<prefix>/lib/llmt), then the build tree.
+const SpmApi* Api(std::string* error) {
+  static std::once_flag once;
+  static SpmApi api;
+  static std::string load_error;
+  std::call_once(once, [] {
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("LLMT_SPM_LIB")) candidates.push_back(env);
+    const std::string exe = ExeDir();
+    candidates.push_back(exe + "/libllmt_spm.so");
+    candidates.push_back(exe + "/../lib/llmt/libllmt_spm.so");
+    candidates.push_back("/usr/local/lib/llmt/libllmt_spm.so");
+    candidates.push_back("/usr/lib/llmt/libllmt_spm.so");
+#ifdef LLMT_SPM_BUILD_PATH
+    candidates.push_back(LLMT_SPM_BUILD_PATH);
+#endif
+    void* h = nullptr;
+    std::string tried;
+    for (const auto& c : candidates) {
+      if (::access(c.c_str(), R_OK) != 0) {
+        tried += " " + c;
+        continue;
+      }
+      h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (h) break;
+      tried += " " + c + " (" + ::dlerror() + ")";
+    }
+    if (!h) {
+      load_error = "cannot load the SentencePiece shim libllmt_spm.so (set LLMT_SPM_LIB); tried:" + tried;
       return;
     }
-    Next();
+    bool ok = true;
+    auto sym = [&](const char* name) {
+      void* p = ::dlsym(h, name);
+      if (!p) ok = false;
+      return p;
+    };
+    api.load = reinterpret_cast<decltype(api.load)>(sym("llmt_spm_load"));
+    api.free_handle = reinterpret_cast<decltype(api.free_handle)>(sym("llmt_spm_free"));
+    api.free_buf = reinterpret_cast<decltype(api.free_buf)>(sym("llmt_spm_free_buf"));
+    api.encode = reinterpret_cast<decltype(api.encode)>(sym("llmt_spm_encode"));
+    api.decode = reinterpret_cast<decltype(api.decode)>(sym("llmt_spm_decode"));
+    api.piece_size = reinterpret_cast<decltype(api.piece_size)>(sym("llmt_spm_piece_size"));
+    api.bos_id = reinterpret_cast<decltype(api.bos_id)>(sym("llmt_spm_bos_id"));
+    api.eos_id = reinterpret_cast<decltype(api.eos_id)>(sym("llmt_spm_eos_id"));
+    api.id_to_piece = reinterpret_cast<decltype(api.id_to_piece)>(sym("llmt_spm_id_to_piece"));
+    api.score = reinterpret_cast<decltype(api.score)>(sym("llmt_spm_score"));
+    api.train = reinterpret_cast<decltype(api.train)>(sym("llmt_spm_train"));
+    if (!ok) load_error = "libllmt_spm.so lacks an expected symbol (stale build?)";
+  });
+  if (!load_error.empty()) {
+    if (error) *error = load_error;
+    return nullptr;
   }
-  bool done() const override { return done_; }
-  void Next() override {
-    if (done_) return;
-    if (!std::getline(in_, line_)) done_ = true;
-  }
-  const std::string& value() const override { return line_; }
-  sentencepiece::util::Status status() const override { return status_; }
+  return &api;
+}
 
- private:
-  std::ifstream in_;
-  std::string line_;
-  bool done_ = false;
-  sentencepiece::util::Status status_;
-};
+std::string TakeString(const SpmApi* api, char* p) {
+  std::string s = p ? p : "";
+  api->free_buf(p);
+  return s;
+}
 
 }  // namespace
 
 struct Tokenizer::Impl {
-  sentencepiece::SentencePieceProcessor sp;
+  const SpmApi* api = nullptr;
+  void* sp = nullptr;
+  int piece_size = 0, bos = -1, eos = -1;
+  ~Impl() {
+    if (sp) api->free_handle(sp);
+  }
 };
 
 Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {}
@@ -119,42 +188,54 @@ std::unique_ptr<Tokenizer> Tokenizer::Load(const std::string& model_path, std::s
     if (error) *error = "tokenizer model: " + err;  // err names the file
     return nullptr;
   }
+  const SpmApi* api = Api(error);
+  if (!api) return nullptr;
   std::unique_ptr<Tokenizer> t(new Tokenizer());
-  auto st = t->impl_->sp.LoadFromSerializedProto(bytes);
-  if (!st.ok()) {
+  char* cerr = nullptr;
+  t->impl_->api = api;
+  t->impl_->sp = api->load(bytes.data(), bytes.size(), &cerr);
+  if (!t->impl_->sp) {
     if (error) {
-      *error = model_path + " is not a SentencePiece model (" + st.ToString() + ")";
+      *error = model_path + " is not a SentencePiece model (" + TakeString(api, cerr) + ")";
     }
     return nullptr;
   }
+  t->impl_->piece_size = api->piece_size(t->impl_->sp);
+  t->impl_->bos = api->bos_id(t->impl_->sp);
+  t->impl_->eos = api->eos_id(t->impl_->sp);
   t->hash_ = Sha256Hex(bytes);
   return t;
 }
 
 std::vector<int32_t> Tokenizer::Encode(const std::string& text) const {
-  std::vector<int> ids;
+  int32_t* ids = nullptr;
+  size_t n = 0;
   // Encode only fails on an unloaded model, which Load rules out.
-  impl_->sp.Encode(text, &ids).IgnoreError();
-  return std::vector<int32_t>(ids.begin(), ids.end());
+  impl_->api->encode(impl_->sp, text.data(), text.size(), &ids, &n);
+  std::vector<int32_t> out(ids, ids + n);
+  impl_->api->free_buf(ids);
+  return out;
 }
 
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
-  const int n = impl_->sp.GetPieceSize();
-  std::vector<int> in;
+  const int n = impl_->piece_size;
+  std::vector<int32_t> in;
   in.reserve(ids.size());
   // A sampled or corrupt id outside the vocabulary would make SentencePiece
   // fail the whole call; dropping it keeps the rest of the text readable.
   for (int32_t id : ids) {
     if (id >= 0 && id < n) in.push_back(id);
   }
-  std::string out;
-  impl_->sp.Decode(in, &out).IgnoreError();
+  size_t len = 0;
+  char* p = impl_->api->decode(impl_->sp, in.data(), in.size(), &len);
+  std::string out(p, len);
+  impl_->api->free_buf(p);
   return out;
 }
 
-int Tokenizer::vocab_size() const { return impl_->sp.GetPieceSize(); }
-int Tokenizer::bos_id() const { return impl_->sp.bos_id(); }
-int Tokenizer::eos_id() const { return impl_->sp.eos_id(); }
+int Tokenizer::vocab_size() const { return impl_->piece_size; }
+int Tokenizer::bos_id() const { return impl_->bos; }
+int Tokenizer::eos_id() const { return impl_->eos; }
 
 bool TrainTokenizer(const TokenizerTrainOptions& opts, std::string* error) {
   std::string err;
@@ -163,6 +244,8 @@ bool TrainTokenizer(const TokenizerTrainOptions& opts, std::string* error) {
     return false;
   };
   if (opts.vocab_size <= 0) return fail("vocab_size must be > 0");
+  const SpmApi* api = Api(&err);
+  if (!api) return fail(err);
   // Byte-level BPE: 256 byte pieces guarantee every string is encodable, so
   // NFKC-normalised text decodes back exactly. Whitespace is normalised by our
   // cleaner (not SentencePiece's), and newlines are kept: they reach the model
@@ -192,27 +275,35 @@ bool TrainTokenizer(const TokenizerTrainOptions& opts, std::string* error) {
   // generator; seeding it makes the trained model (and its hash) reproducible.
   unsigned int seed = static_cast<unsigned int>(opts.seed ^ (opts.seed >> 32));
   if (seed == static_cast<unsigned int>(-1)) seed = 0;  // -1 means "random device"
-  sentencepiece::SetRandomGeneratorSeed(seed);
-
-  FileSentenceIterator it(opts.input_file);
-  std::string model;
-  auto st = sentencepiece::SentencePieceTrainer::Train(args, &it, &model);
-  if (!st.ok()) return fail("SentencePiece training failed: " + st.ToString());
+  std::vector<const char*> keys, values;
+  for (const auto& [k, v] : args) {
+    keys.push_back(k.c_str());
+    values.push_back(v.c_str());
+  }
+  char* model_buf = nullptr;
+  size_t model_n = 0;
+  char* cerr = nullptr;
+  if (api->train(keys.data(), values.data(), static_cast<int>(keys.size()), opts.input_file.c_str(),
+                 seed, &model_buf, &model_n, &cerr) != 0) {
+    return fail("SentencePiece training on " + opts.input_file + " failed: " + TakeString(api, cerr));
+  }
+  std::string model(model_buf, model_n);
+  api->free_buf(model_buf);
 
   const std::string model_path = opts.model_prefix + ".model";
   if (!WriteSynced(model_path, model, &err)) return fail(err);
 
   // The .vocab file (piece<TAB>score) is for people reading the vocabulary.
-  sentencepiece::SentencePieceProcessor sp;
-  st = sp.LoadFromSerializedProto(model);
-  if (!st.ok()) return fail("trained tokenizer does not load: " + st.ToString());
+  void* sp = api->load(model.data(), model.size(), &cerr);
+  if (!sp) return fail("trained tokenizer does not load: " + TakeString(api, cerr));
   std::string vocab;
-  for (int i = 0; i < sp.GetPieceSize(); ++i) {
-    vocab += sp.IdToPiece(i);
+  for (int i = 0; i < api->piece_size(sp); ++i) {
+    vocab += TakeString(api, api->id_to_piece(sp, i));
     vocab += '\t';
-    vocab += std::to_string(sp.GetScore(i));
+    vocab += std::to_string(api->score(sp, i));
     vocab += '\n';
   }
+  api->free_handle(sp);
   if (!WriteSynced(opts.model_prefix + ".vocab", vocab, &err)) return fail(err);
   return true;
 }

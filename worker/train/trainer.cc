@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/spec.h"
 #include "common/status.h"
+#include "kernels/cpu/runtime.h"
 #include "kernels/optimizer.h"
 #include "kernels/reduce.h"
 #include "storage/checkpoint.h"
@@ -76,7 +77,7 @@ class TrainerImpl final : public Trainer {
   absl::Status Resume(const std::string& dir);
   double Evaluate();
   absl::StatusOr<std::string> SaveCheckpoint(int64_t steps_done);
-  void ApplyAdamW(int64_t adam_t, float lr);
+  void ApplyAdamW(int64_t adam_t, float lr, float grad_scale);
 
   TrainOptions opts_;
   v1::JobSpec spec_;
@@ -102,7 +103,7 @@ absl::Status TrainerImpl::Init() {
   ckpt_root_ = fs::JoinPath(opts_.out_dir, "checkpoints");
   RETURN_IF_ERROR(fs::MakeDirs(opts_.out_dir));
 
-  if (spec_.train().threads() > 0) kernels::cpu::SetNumThreads(spec_.train().threads());
+  kernels::cpu::SetNumThreads(spec_.train().threads());  // 0 = all cores
 
   data::LoaderOptions lo;
   lo.data_dir = spec_.data().dir();
@@ -218,7 +219,7 @@ double TrainerImpl::Evaluate() {
   return sum / steps;
 }
 
-void TrainerImpl::ApplyAdamW(int64_t adam_t, float lr) {
+void TrainerImpl::ApplyAdamW(int64_t adam_t, float lr, float grad_scale) {
   const auto& o = spec_.optim();
   float* p = model_->params();
   const float* g = model_->grads();
@@ -226,7 +227,7 @@ void TrainerImpl::ApplyAdamW(int64_t adam_t, float lr) {
     kernels::cpu::AdamW(p + info.offset, g + info.offset, opt_.m.data() + info.offset,
                         opt_.v.data() + info.offset, info.numel, lr, static_cast<float>(o.beta1()),
                         static_cast<float>(o.beta2()), static_cast<float>(o.eps()),
-                        info.decay ? static_cast<float>(o.weight_decay()) : 0.f, adam_t);
+                        info.decay ? static_cast<float>(o.weight_decay()) : 0.f, adam_t, grad_scale);
   }
 }
 
@@ -274,7 +275,7 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
       model_->Backward(1.0f / accum_);
     }
     loss /= accum_;
-    double gnorm = kernels::cpu::GlobalNorm(model_->grads(), n);
+    double gnorm = kernels::cpu::L2Norm(model_->grads(), n);
     const float lr = static_cast<float>(schedule_.LrAt(step));
 
     // Bad-step detection: non-finite loss/gradients, or a loss spike far above
@@ -304,11 +305,10 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
       m.skipped = true;
     } else {
       state_.set_bad_steps_in_row(0);
-      if (clip > 0 && gnorm > clip) {
-        kernels::cpu::Scale(model_->grads(), n, static_cast<float>(clip / gnorm));
-      }
+      // Clipping is fused into AdamW as a gradient scale (no extra pass over g).
+      const float grad_scale = (clip > 0 && gnorm > clip) ? static_cast<float>(clip / gnorm) : 1.f;
       const int64_t adam_t = step + 1 - state_.skipped_steps_total();
-      ApplyAdamW(adam_t, lr);
+      ApplyAdamW(adam_t, lr, grad_scale);
       state_.set_loss_ema(state_.loss_ema() == 0 ? loss : 0.95 * state_.loss_ema() + 0.05 * loss);
     }
     ++step;
