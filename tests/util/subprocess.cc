@@ -49,7 +49,7 @@ bool WaitFor(const std::function<bool()>& pred, int timeout_ms) {
   return pred();
 }
 
-RunResult Run(const std::vector<std::string>& argv, int timeout_s) {
+RunResult RunCommand(const std::vector<std::string>& argv, int timeout_s) {
   std::string log = std::filesystem::temp_directory_path() /
                     ("llmt-run-" + std::to_string(getpid()) + "-" +
                      std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));

@@ -17,7 +17,7 @@ struct RunResult {
 };
 
 // Runs argv to completion (timeout in seconds, then SIGKILL).
-RunResult Run(const std::vector<std::string>& argv, int timeout_s = 300);
+RunResult RunCommand(const std::vector<std::string>& argv, int timeout_s = 300);
 
 // A child process with stdout+stderr redirected to `log_path`.
 class Process {

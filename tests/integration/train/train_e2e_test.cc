@@ -21,7 +21,7 @@ using ::llmt::testing::Binary;
 using ::llmt::testing::FreshDir;
 using ::llmt::testing::Process;
 using ::llmt::testing::ReadFileOrEmpty;
-using ::llmt::testing::Run;
+using ::llmt::testing::RunCommand;
 using ::llmt::testing::WaitFor;
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
@@ -92,7 +92,7 @@ class TrainE2E : public ::testing::Test {
   static void SetUpTestSuite() {
     root_ = new std::string(FreshDir("train-e2e"));
     WriteCorpus(*root_ + "/corpus");
-    auto r = Run({Binary("cli/llmt"), "prepare", "--input", *root_ + "/corpus", "--out",
+    auto r = RunCommand({Binary("cli/llmt"), "prepare", "--input", *root_ + "/corpus", "--out",
                   *root_ + "/data", "--vocab-size", "320", "--val-fraction", "0.1", "--seed", "3"});
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
@@ -112,7 +112,7 @@ class TrainE2E : public ::testing::Test {
     std::vector<std::string> argv = {Binary("cli/llmt"), "train", spec, "--out", out,
                                      "--progress", "lines"};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    return Run(argv);
+    return RunCommand(argv);
   }
 
   static std::string* root_;
@@ -156,19 +156,19 @@ TEST_F(TrainE2E, TrainsEvaluatesAndSamples) {
     EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000040/" + f)) << f;
   }
 
-  auto ev = Run({Binary("cli/llmt"), "eval", "--checkpoint", out, "--json"});
+  auto ev = RunCommand({Binary("cli/llmt"), "eval", "--checkpoint", out, "--json"});
   ASSERT_EQ(ev.exit_code, 0) << ev.output;
   EXPECT_THAT(ev.output, HasSubstr("\"val_loss\":"));
   EXPECT_THAT(ev.output, HasSubstr("\"perplexity\":"));
   EXPECT_THAT(ev.output, HasSubstr("\"step\":40"));
 
-  auto sm = Run({Binary("cli/llmt"), "sample", "--checkpoint", out, "--prompt", "The king",
+  auto sm = RunCommand({Binary("cli/llmt"), "sample", "--checkpoint", out, "--prompt", "The king",
                  "--max-tokens", "20", "--seed", "1"});
   ASSERT_EQ(sm.exit_code, 0) << sm.output;
   EXPECT_THAT(sm.output, HasSubstr("The king"));
   EXPECT_GT(sm.output.size(), std::string("The king\n").size() + 10);
   // Same seed -> same text.
-  auto sm2 = Run({Binary("cli/llmt"), "sample", "--checkpoint", out, "--prompt", "The king",
+  auto sm2 = RunCommand({Binary("cli/llmt"), "sample", "--checkpoint", out, "--prompt", "The king",
                   "--max-tokens", "20", "--seed", "1"});
   EXPECT_EQ(sm.output, sm2.output);
 }
@@ -256,7 +256,7 @@ TEST_F(TrainE2E, CorruptCheckpointIsReportedAndSkippedByResumeAuto) {
     c ^= 0x5a;
     f.write(&c, 1);
   }
-  auto ev = Run({Binary("cli/llmt"), "eval", "--checkpoint", bad + "/checkpoints/step-00000030"});
+  auto ev = RunCommand({Binary("cli/llmt"), "eval", "--checkpoint", bad + "/checkpoints/step-00000030"});
   EXPECT_NE(ev.exit_code, 0);
   EXPECT_THAT(ev.output, HasSubstr("model.safetensors"));
 
