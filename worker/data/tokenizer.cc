@@ -269,7 +269,13 @@ bool TrainTokenizer(const TokenizerTrainOptions& opts, std::string* error) {
       // A small corpus may not support the requested vocabulary; take what it
       // supports instead of failing (the manifest records the real size).
       {"hard_vocab_limit", "false"},
-      {"minloglevel", "1"},
+      // Silences INFO and WARNING. Besides the noise, this is load-bearing:
+      // the shim is dlopen()ed with RTLD_DEEPBIND, so SentencePiece's
+      // std::cerr binds to libstdc++'s own, never-constructed copy whenever
+      // the executable holds a copy relocation of std::cerr (any binary that
+      // uses it, e.g. GoogleTest's), and its first log line would crash
+      // (seen: BPE's "No valid symbol found" warning on small corpora).
+      {"minloglevel", "2"},
   };
   // SentencePiece samples and shuffles sentences with a process-global
   // generator; seeding it makes the trained model (and its hash) reproducible.
