@@ -1,6 +1,7 @@
 #include "worker/data/corpus.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <string_view>
 #include <system_error>
@@ -42,6 +43,10 @@ absl::StatusOr<std::vector<InputFile>> ExpandInputs(const std::vector<std::strin
   if (!exclude_dir.empty()) exclude = stdfs::weakly_canonical(exclude_dir, ec).string();
   std::vector<InputFile> out;
   for (const std::string& in : inputs) {
+    if (in == kStdinInput) {
+      out.push_back({in, false, false});
+      continue;
+    }
     auto st = stdfs::status(in, ec);
     if (ec || !stdfs::exists(st)) {
       return absl::NotFoundError(absl::StrCat("input ", in, " does not exist"));
@@ -103,8 +108,17 @@ absl::StatusOr<std::string> ParseJsonlText(const std::string& line) {
   return text->str();
 }
 
+absl::StatusOr<std::string> ReadStdin() {
+  std::string out;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), stdin)) > 0) out.append(buf, n);
+  if (std::ferror(stdin)) return absl::InternalError("cannot read standard input");
+  return out;
+}
+
 absl::StatusOr<FileDocuments> ReadDocuments(const InputFile& file) {
-  auto data = fs::ReadFile(file.path);
+  auto data = file.path == kStdinInput ? ReadStdin() : fs::ReadFile(file.path);
   if (!data.ok()) return data.status();
   FileDocuments out;
   out.bytes = static_cast<int64_t>(data->size());

@@ -16,6 +16,9 @@ struct InputFile {
   bool jsonl = false;           // ".jsonl" extension: one {"text": ...} per line
 };
 
+// "-" as an input reads plain text from standard input (once).
+inline constexpr char kStdinInput[] = "-";
+
 // Files are taken as given; directories are walked recursively in sorted
 // order, skipping hidden entries (".name") and anything under `exclude_dir`
 // (the output directory, so re-running into a directory under an input does
@@ -34,6 +37,7 @@ struct FileDocuments {
 // A text file containing NUL bytes is binary: an error when named directly,
 // skipped (with `skipped` set) when found inside a directory.
 absl::StatusOr<FileDocuments> ReadDocuments(const InputFile& file);
+absl::StatusOr<std::string> ReadStdin();
 
 // Parses one JSONL line's "text" field (exposed for tests).
 absl::StatusOr<std::string> ParseJsonlText(const std::string& line);

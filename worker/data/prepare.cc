@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <thread>
@@ -254,8 +255,16 @@ std::string PrepareReport::ToString() const {
       train_shards, val_tokens, val_shards, vocab_size, tokenizer_hash);
 }
 
-absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& opts) {
-  RETURN_IF_ERROR(ValidateOptions(opts));
+absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& options) {
+  RETURN_IF_ERROR(ValidateOptions(options));
+  PrepareOptions opts = options;
+  // "out/" would put the staging dir inside the output; "out/." likewise.
+  opts.out_dir = std::filesystem::path(opts.out_dir).lexically_normal().string();
+  while (opts.out_dir.size() > 1 && opts.out_dir.back() == '/') opts.out_dir.pop_back();
+  if (opts.out_dir == "/" || opts.out_dir == "." || opts.out_dir == "..") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prepare: --out ", options.out_dir, " must name a new or empty directory"));
+  }
   RETURN_IF_ERROR(CheckOutDir(opts));
   const auto t_start = Clock::now();
   const int threads = opts.threads > 0

@@ -1,6 +1,7 @@
 #include "worker/data/prepare.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <set>
 
@@ -281,6 +282,22 @@ TEST(DataPrepareTest, ReusedTokenizerAndShardRotation) {
   EXPECT_EQ(m->raw.Find("tokenizer")->Find("trained")->bool_value(), false);
 }
 
+TEST(DataPrepareTest, DashReadsStandardInput) {
+  const std::string root = FreshDir("stdin");
+  const auto docs = GeneratedDocs(40);
+  const std::string file = fs::JoinPath(root, "piped.txt");
+  WriteText(file, JoinParagraphs(docs, 40));
+  ASSERT_NE(std::freopen(file.c_str(), "r", stdin), nullptr);
+  const std::string out = fs::JoinPath(root, "out");
+  auto rep = Prepare(Opts({"-"}, out));
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  EXPECT_EQ(rep->docs_out, 40);
+  EXPECT_EQ(AllDocs(out), std::multiset<std::string>(docs.begin(), docs.end()));
+  auto m = ReadManifest(out);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->raw.Find("sources")->array()[0].Find("path")->str(), "-");
+}
+
 // ---- Bad inputs: one clear error, and nothing left behind. -----------------
 
 void ExpectCleanFailure(const PrepareOptions& o, const std::vector<std::string>& want) {
@@ -336,10 +353,12 @@ TEST(DataPrepareErrorsTest, NonEmptyOutDirAndOverwrite) {
   EXPECT_EQ(ReadText(fs::JoinPath(out, "keep.txt")), "precious");
   EXPECT_TRUE(LeftoverTempDirs(root, "out").empty());
 
-  // An existing empty directory is fine.
+  // An existing empty directory is fine, also spelled with a trailing slash.
   const std::string empty_out = fs::JoinPath(root, "empty_out");
   std::filesystem::create_directories(empty_out);
-  ASSERT_TRUE(Prepare(Opts({in}, empty_out)).ok());
+  ASSERT_TRUE(Prepare(Opts({in}, empty_out + "/")).ok());
+  EXPECT_TRUE(fs::Exists(fs::JoinPath(empty_out, "manifest.json")));
+  EXPECT_TRUE(LeftoverTempDirs(root, "empty_out").empty());
 
   PrepareOptions o = Opts({in}, out);
   o.overwrite = true;
