@@ -35,9 +35,11 @@ void LayerNormForward(float* out, float* mean, float* rstd, const float* inp, co
     const float* x = inp + r * C;
     float* o = out + r * C;
     float s = 0.f;
+#pragma omp simd reduction(+ : s)
     for (int c = 0; c < C; ++c) s += x[c];
     const float m = s / C;
     float v = 0.f;  // two-pass variance: no cancellation for large means
+#pragma omp simd reduction(+ : v)
     for (int c = 0; c < C; ++c) {
       const float d = x[c] - m;
       v += d * d;
@@ -60,6 +62,7 @@ void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* d
     float* dx = dinp + r * C;
     const float m = mean[r], rs = rstd[r];
     float sum_dn = 0.f, sum_dn_n = 0.f;
+#pragma omp simd reduction(+ : sum_dn, sum_dn_n)
     for (int c = 0; c < C; ++c) {
       const float n = (x[c] - m) * rs;
       const float dn = dy[c] * weight[c];
@@ -90,6 +93,7 @@ void RMSNormForward(float* out, float* rstd, const float* inp, const float* weig
     const float* x = inp + r * C;
     float* o = out + r * C;
     float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
     for (int c = 0; c < C; ++c) ss += x[c] * x[c];
     const float rs = 1.f / std::sqrt(ss / C + eps);
     for (int c = 0; c < C; ++c) o[c] = x[c] * rs * weight[c];
@@ -107,6 +111,7 @@ void RMSNormBackward(float* dinp, float* dweight, const float* dout, const float
     float* dx = dinp + r * C;
     const float rs = rstd[r];
     float sum_dn_n = 0.f;
+#pragma omp simd reduction(+ : sum_dn_n)
     for (int c = 0; c < C; ++c) sum_dn_n += dy[c] * weight[c] * x[c] * rs;
     const float b = sum_dn_n / C;
     for (int c = 0; c < C; ++c) dx[c] += (dy[c] * weight[c] - x[c] * rs * b) * rs;

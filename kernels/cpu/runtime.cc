@@ -4,17 +4,64 @@
 #include <omp.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <vector>
 
 namespace llmt::kernels::cpu {
 namespace {
 std::atomic<int> g_threads{0};
 std::once_flag g_init_once;
 constexpr size_t kHugePage = size_t{2} << 20;
+
+std::atomic<bool> g_profiling{false};
+struct ProfileEntry {
+  double seconds = 0;
+  int64_t calls = 0;
+};
+std::mutex g_profile_mu;
+std::map<std::string, ProfileEntry>& Profile() {
+  static auto* m = new std::map<std::string, ProfileEntry>();
+  return *m;
+}
 }  // namespace
+
+void SetProfiling(bool on) { g_profiling.store(on); }
+bool ProfilingEnabled() { return g_profiling.load(std::memory_order_relaxed); }
+void ProfileReset() {
+  std::lock_guard<std::mutex> lock(g_profile_mu);
+  Profile().clear();
+}
+void ProfileAdd(const char* name, double seconds) {
+  std::lock_guard<std::mutex> lock(g_profile_mu);
+  ProfileEntry& e = Profile()[name];
+  e.seconds += seconds;
+  e.calls += 1;
+}
+std::string ProfileReport() {
+  std::lock_guard<std::mutex> lock(g_profile_mu);
+  std::vector<std::pair<std::string, ProfileEntry>> rows(Profile().begin(), Profile().end());
+  std::sort(rows.begin(), rows.end(),
+            [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  double total = 0;
+  for (const auto& r : rows) total += r.second.seconds;
+  std::string out;
+  char line[160];
+  std::snprintf(line, sizeof(line), "%-24s %10s %8s %7s\n", "section", "total_ms", "calls", "share");
+  out += line;
+  for (const auto& [name, e] : rows) {
+    std::snprintf(line, sizeof(line), "%-24s %10.1f %8lld %6.1f%%\n", name.c_str(),
+                  e.seconds * 1e3, static_cast<long long>(e.calls),
+                  total > 0 ? 100.0 * e.seconds / total : 0.0);
+    out += line;
+  }
+  return out;
+}
 
 void SetNumThreads(int n) {
   if (n <= 0) n = omp_get_num_procs();

@@ -44,6 +44,11 @@ namespace {
 namespace k = llmt::kernels::cpu;
 using k::WeightLayout;
 
+#define LLMT_PROFILE_CAT2(a, b) a##b
+#define LLMT_PROFILE_CAT(a, b) LLMT_PROFILE_CAT2(a, b)
+// Times the rest of the enclosing scope when kernels::cpu profiling is on.
+#define PROFILE(name) ::llmt::kernels::cpu::ProfileScope LLMT_PROFILE_CAT(profile_, __LINE__)(name)
+
 // Parameter offsets (floats) of one block; -1 where the family has none.
 struct LayerOffsets {
   int64_t ln1_w = -1, ln1_b = -1;
@@ -110,7 +115,10 @@ class CpuModel final : public Model {
   float Forward(const int32_t* inputs, const int32_t* targets, int b, int t) override;
   const float* logits() const override { return logits_; }
   void Backward(float loss_scale) override;
-  void ZeroGrad() override { k::Zero(grads_.data(), grads_.size()); }
+  void ZeroGrad() override {
+    PROFILE("zero_grad");
+    k::Zero(grads_.data(), grads_.size());
+  }
 
  private:
   bool gpt2() const { return cfg_.family == Family::kGpt2; }
@@ -324,6 +332,7 @@ void CpuModel::InitWeights(uint64_t seed) {
 
 void CpuModel::NormForward(float* out, float* mean, float* rstd, const float* in, int64_t w,
                            int64_t b, int64_t rows) {
+  PROFILE("norm_fwd");
   if (gpt2()) {
     k::LayerNormForward(out, mean, rstd, in, P(w), P(b), rows, C_, cfg_.norm_eps);
   } else {
@@ -333,6 +342,7 @@ void CpuModel::NormForward(float* out, float* mean, float* rstd, const float* in
 
 void CpuModel::NormBackward(float* dinp, const float* dout, const float* in, const float* mean,
                             const float* rstd, int64_t w, int64_t b, int64_t rows) {
+  PROFILE("norm_bwd");
   if (gpt2()) {
     k::LayerNormBackward(dinp, G(w), G(b), dout, in, P(w), mean, rstd, rows, C_);
   } else {
@@ -362,34 +372,59 @@ float CpuModel::Forward(const int32_t* inputs, const int32_t* targets, int b, in
   last_t_ = t;
   const WeightLayout lay = layout();
 
-  k::EmbeddingForward(res0_, inputs, P(wte_), gpt2() ? P(wpe_) : nullptr, b, t, C_);
+  {
+    PROFILE("embedding_fwd");
+    k::EmbeddingForward(res0_, inputs, P(wte_), gpt2() ? P(wpe_) : nullptr, b, t, C_);
+  }
   const float* x = res0_;
   for (int l = 0; l < L_; ++l) {
     const LayerOffsets& o = layers_[l];
     LayerActs& a = acts_[l];
     // attention sub-block
     NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N);
-    k::MatmulForward(a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C_, QKV_, lay);
+    {
+      PROFILE("matmul_qkv_fwd");
+      k::MatmulForward(a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C_, QKV_, lay);
+    }
     if (!gpt2()) {
+      PROFILE("rope_fwd");
       k::RopeForward(a.qkv, rope_cos_.data(), rope_sin_.data(), b, t, NH_ + NKV_, hd_, QKV_);
     }
-    k::AttentionForward(a.atty, a.att, a.qkv, b, t, NH_, NKV_, hd_);
-    k::MatmulForward(a.res2, a.atty, P(o.attn_out_w), P(o.attn_out_b), N, C_, C_, lay, x);
+    {
+      PROFILE("attention_fwd");
+      k::AttentionForward(a.atty, a.att, a.qkv, b, t, NH_, NKV_, hd_);
+    }
+    {
+      PROFILE("matmul_attn_out_fwd");
+      k::MatmulForward(a.res2, a.atty, P(o.attn_out_w), P(o.attn_out_b), N, C_, C_, lay, x);
+    }
     // MLP sub-block
     NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
-    k::MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C_, FC_, lay);
+    {
+      PROFILE("matmul_fc_fwd");
+      k::MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C_, FC_, lay);
+    }
     if (gpt2()) {
+      PROFILE("gelu_fwd");
       k::GeluForward(a.act, a.fc, N * F_);
     } else {
+      PROFILE("swiglu_fwd");
       k::SwiGLUForward(a.act, a.fc, N, F_);
     }
-    k::MatmulForward(a.res3, a.act, P(o.proj_w), P(o.proj_b), N, F_, C_, lay, a.res2);
+    {
+      PROFILE("matmul_proj_fwd");
+      k::MatmulForward(a.res3, a.act, P(o.proj_w), P(o.proj_b), N, F_, C_, lay, a.res2);
+    }
     x = a.res3;
   }
   NormForward(lnf_, lnf_mean_, lnf_rstd_, x, lnf_w_, lnf_b_, N);
-  // Classifier: wte / lm_head are [V, C], i.e. nn.Linear layout.
-  k::MatmulForward(logits_, lnf_, P(lm_head_), nullptr, N, C_, V_, WeightLayout::kOutIn);
+  {
+    // Classifier: wte / lm_head are [V, C], i.e. nn.Linear layout.
+    PROFILE("matmul_classifier_fwd");
+    k::MatmulForward(logits_, lnf_, P(lm_head_), nullptr, N, C_, V_, WeightLayout::kOutIn);
+  }
   if (targets == nullptr) return 0.f;
+  PROFILE("softmax_xent");
   const float loss = k::SoftmaxCrossEntropy(logits_, targets, N, V_, 1.f / static_cast<float>(N));
   have_dlogits_ = true;
   return loss;
@@ -405,8 +440,11 @@ void CpuModel::Backward(float loss_scale) {
   const WeightLayout lay = layout();
 
   // Classifier and final norm. dres_ starts at zero; norm backwards add into it.
-  k::MatmulBackward(dln_, G(lm_head_), nullptr, logits_, lnf_, P(lm_head_), N, C_, V_,
-                    WeightLayout::kOutIn, loss_scale);
+  {
+    PROFILE("matmul_classifier_bwd");
+    k::MatmulBackward(dln_, G(lm_head_), nullptr, logits_, lnf_, P(lm_head_), N, C_, V_,
+                      WeightLayout::kOutIn, loss_scale);
+  }
   k::Zero(dres_, N * C_);
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, lnf_w_, lnf_b_, N);
 
@@ -415,24 +453,45 @@ void CpuModel::Backward(float loss_scale) {
     const LayerActs& a = acts_[l];
     const float* x = l == 0 ? res0_ : acts_[l - 1].res3;
     // MLP sub-block (dres_ = dL/dres3, which also flows straight to res2).
-    k::MatmulBackward(dact_, G(o.proj_w), G(o.proj_b), dres_, a.act, P(o.proj_w), N, F_, C_, lay);
+    {
+      PROFILE("matmul_proj_bwd");
+      k::MatmulBackward(dact_, G(o.proj_w), G(o.proj_b), dres_, a.act, P(o.proj_w), N, F_, C_,
+                        lay);
+    }
     if (gpt2()) {
+      PROFILE("gelu_bwd");
       k::GeluBackward(dfc_, a.fc, dact_, N * F_);
     } else {
+      PROFILE("swiglu_bwd");
       k::SwiGLUBackward(dfc_, a.fc, dact_, N, F_);
     }
-    k::MatmulBackward(dln_, G(o.fc_w), G(o.fc_b), dfc_, a.ln2, P(o.fc_w), N, C_, FC_, lay);
+    {
+      PROFILE("matmul_fc_bwd");
+      k::MatmulBackward(dln_, G(o.fc_w), G(o.fc_b), dfc_, a.ln2, P(o.fc_w), N, C_, FC_, lay);
+    }
     NormBackward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b, N);
     // attention sub-block (dres_ = dL/dres2 now)
-    k::MatmulBackward(datty_, G(o.attn_out_w), G(o.attn_out_b), dres_, a.atty, P(o.attn_out_w),
-                      N, C_, C_, lay);
-    k::AttentionBackward(dqkv_, datt_, datty_, a.qkv, a.att, b, t, NH_, NKV_, hd_);
+    {
+      PROFILE("matmul_attn_out_bwd");
+      k::MatmulBackward(datty_, G(o.attn_out_w), G(o.attn_out_b), dres_, a.atty,
+                        P(o.attn_out_w), N, C_, C_, lay);
+    }
+    {
+      PROFILE("attention_bwd");
+      k::AttentionBackward(dqkv_, datt_, datty_, a.qkv, a.att, b, t, NH_, NKV_, hd_);
+    }
     if (!gpt2()) {
+      PROFILE("rope_bwd");
       k::RopeBackward(dqkv_, rope_cos_.data(), rope_sin_.data(), b, t, NH_ + NKV_, hd_, QKV_);
     }
-    k::MatmulBackward(dln_, G(o.qkv_w), G(o.qkv_b), dqkv_, a.ln1, P(o.qkv_w), N, C_, QKV_, lay);
+    {
+      PROFILE("matmul_qkv_bwd");
+      k::MatmulBackward(dln_, G(o.qkv_w), G(o.qkv_b), dqkv_, a.ln1, P(o.qkv_w), N, C_, QKV_,
+                        lay);
+    }
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N);
   }
+  PROFILE("embedding_bwd");
   k::EmbeddingBackward(G(wte_), gpt2() ? G(wpe_) : nullptr, dres_, tokens_.data(), b, t, C_);
 }
 
