@@ -69,11 +69,27 @@ enum class Class { kNewline, kSpace, kDrop, kText };
 
 Class Classify(uint32_t cp) {
   switch (cp) {
-    case '\n': case '\r': case 0x0B: case 0x0C: case 0x85: case 0x2028: case 0x2029:
+    case '\n':
+    case '\r':
+    case 0x0B:
+    case 0x0C:
+    case 0x85:
+    case 0x2028:
+    case 0x2029:
       return Class::kNewline;
-    case ' ': case '\t': case 0xA0: case 0x1680: case 0x202F: case 0x205F: case 0x3000:
+    case ' ':
+    case '\t':
+    case 0xA0:
+    case 0x1680:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return Class::kSpace;
-    case 0xFEFF: case 0x200B: case 0x2060: case 0xFFFE: case 0xFFFF:
+    case 0xFEFF:
+    case 0x200B:
+    case 0x2060:
+    case 0xFFFE:
+    case 0xFFFF:
       return Class::kDrop;
     default:
       break;
@@ -85,8 +101,21 @@ Class Classify(uint32_t cp) {
 
 bool IsClosingPunct(uint32_t cp) {
   switch (cp) {
-    case '.': case ',': case ';': case ':': case '!': case '?': case '"': case '\'':
-    case ')': case ']': case '}': case 0x201D: case 0x2019: case 0xBB: case 0x2026:
+    case '.':
+    case ',':
+    case ';':
+    case ':':
+    case '!':
+    case '?':
+    case '"':
+    case '\'':
+    case ')':
+    case ']':
+    case '}':
+    case 0x201D:
+    case 0x2019:
+    case 0xBB:
+    case 0x2026:
       return true;
     default:
       return false;
@@ -160,7 +189,7 @@ bool IsHeading(std::string_view p) {
 
 std::vector<std::string> SplitDocuments(std::string_view cleaned) {
   std::vector<std::string> docs;
-  std::string pending;          // headings waiting for their paragraph
+  std::string pending;  // headings waiting for their paragraph
   size_t start = 0;
   while (start < cleaned.size()) {
     size_t end = cleaned.find("\n\n", start);

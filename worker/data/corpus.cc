@@ -18,9 +18,7 @@ namespace {
 
 namespace stdfs = std::filesystem;
 
-bool IsJsonlPath(const std::string& path) {
-  return absl::EndsWithIgnoreCase(path, ".jsonl");
-}
+bool IsJsonlPath(const std::string& path) { return absl::EndsWithIgnoreCase(path, ".jsonl"); }
 
 bool Hidden(const stdfs::path& p) {
   const std::string name = p.filename().string();
@@ -149,8 +147,8 @@ absl::StatusOr<FileDocuments> ReadDocuments(const InputFile& file) {
       out.skipped = why;
       return out;
     }
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input ", file.path, " ", why, "; pass plain-text files or .jsonl files"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input ", file.path, " ", why, "; pass plain-text files or .jsonl files"));
   }
   out.docs = SplitDocuments(CleanText(*data));
   return out;

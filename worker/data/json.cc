@@ -116,7 +116,8 @@ absl::StatusOr<int64_t> Value::AsInt64() const {
   int64_t out = 0;
   auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), out);
   if (ec != std::errc() || p != text->data() + text->size() || text->empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("expected a 64-bit integer, got ", std::string(*text)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected a 64-bit integer, got ", std::string(*text)));
   }
   return out;
 }
@@ -136,13 +137,27 @@ void AppendQuoted(std::string* out, std::string_view s) {
   out->push_back('"');
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out->append("\\\""); break;
-      case '\\': out->append("\\\\"); break;
-      case '\n': out->append("\\n"); break;
-      case '\r': out->append("\\r"); break;
-      case '\t': out->append("\\t"); break;
-      case '\b': out->append("\\b"); break;
-      case '\f': out->append("\\f"); break;
+      case '"':
+        out->append("\\\"");
+        break;
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
+      case '\b':
+        out->append("\\b");
+        break;
+      case '\f':
+        out->append("\\f");
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           char buf[8];
@@ -163,10 +178,18 @@ void Value::SerializeTo(std::string* out, int indent, int depth) const {
     out->append(static_cast<size_t>(indent) * d, ' ');
   };
   switch (type_) {
-    case Type::kNull: out->append("null"); break;
-    case Type::kBool: out->append(bool_ ? "true" : "false"); break;
-    case Type::kNumber: out->append(str_); break;
-    case Type::kString: AppendQuoted(out, str_); break;
+    case Type::kNull:
+      out->append("null");
+      break;
+    case Type::kBool:
+      out->append(bool_ ? "true" : "false");
+      break;
+    case Type::kNumber:
+      out->append(str_);
+      break;
+    case Type::kString:
+      AppendQuoted(out, str_);
+      break;
     case Type::kArray:
       out->push_back('[');
       for (size_t i = 0; i < array_.size(); ++i) {
@@ -257,8 +280,10 @@ class Parser {
     if (pos_ >= s_.size()) return Fail("unexpected end of input");
     char c = s_[pos_];
     switch (c) {
-      case '{': return ParseObject(v, depth);
-      case '[': return ParseArray(v, depth);
+      case '{':
+        return ParseObject(v, depth);
+      case '[':
+        return ParseArray(v, depth);
       case '"':
         v->type_ = Value::Type::kString;
         return ParseString(&v->str_);
@@ -430,14 +455,30 @@ class Parser {
       if (pos_ >= s_.size()) return Fail("unterminated string");
       char e = s_[pos_++];
       switch (e) {
-        case '"': out->push_back('"'); break;
-        case '\\': out->push_back('\\'); break;
-        case '/': out->push_back('/'); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
+        case '"':
+          out->push_back('"');
+          break;
+        case '\\':
+          out->push_back('\\');
+          break;
+        case '/':
+          out->push_back('/');
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
         case 'u': {
           uint32_t cp;
           if (!Hex4(&cp)) return false;
@@ -485,14 +526,13 @@ absl::StatusOr<const Value*> Member(const Value& obj, std::string_view key,
 
 }  // namespace
 
-absl::StatusOr<uint64_t> GetUint64(const Value& obj, std::string_view key,
-                                   std::string_view where) {
+absl::StatusOr<uint64_t> GetUint64(const Value& obj, std::string_view key, std::string_view where) {
   auto v = Member(obj, key, where);
   if (!v.ok()) return v.status();
   auto r = (*v)->AsUint64();
   if (!r.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(where), ": field \"", std::string(key), "\": ", r.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(std::string(where), ": field \"",
+                                                   std::string(key), "\": ", r.status().message()));
   }
   return *r;
 }
@@ -502,8 +542,8 @@ absl::StatusOr<int64_t> GetInt64(const Value& obj, std::string_view key, std::st
   if (!v.ok()) return v.status();
   auto r = (*v)->AsInt64();
   if (!r.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(where), ": field \"", std::string(key), "\": ", r.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(std::string(where), ": field \"",
+                                                   std::string(key), "\": ", r.status().message()));
   }
   return *r;
 }

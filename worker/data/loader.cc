@@ -45,8 +45,8 @@ class ShardLoader final : public DataLoader {
       if (n >= T + 1) {
         starts_.push_back(total_windows_);
         eligible_.push_back(i);
-        total_windows_ += n - T;          // offsets 0 .. n-T-1
-        pass_windows_ += (n - 1) / T;     // offsets 0, T, 2T, ... with off+T < n
+        total_windows_ += n - T;       // offsets 0 .. n-T-1
+        pass_windows_ += (n - 1) / T;  // offsets 0, T, 2T, ... with off+T < n
       }
       if (!o_.sequential) shards_[i]->AdviseRandom();
     }
@@ -169,19 +169,18 @@ absl::Status CheckOptions(const LoaderOptions& o) {
   }
   if (o.batch_size <= 0 || o.seq_len <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("loader: batch_size (", o.batch_size,
-                                                   ") and seq_len (", o.seq_len,
-                                                   ") must be > 0"));
+                                                   ") and seq_len (", o.seq_len, ") must be > 0"));
   }
   if (o.world_size <= 0 || o.rank < 0 || o.rank >= o.world_size) {
-    return absl::InvalidArgumentError(absl::StrCat("loader: rank ", o.rank,
-                                                   " outside world of size ", o.world_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("loader: rank ", o.rank, " outside world of size ", o.world_size));
   }
   return absl::OkStatus();
 }
 
 absl::Status VerifyContents(const ShardReader& r, const ManifestShard& ms, int vocab) {
-  const std::string sha = fs::Sha256Hex(
-      absl::string_view(r.file_bytes().data(), r.file_bytes().size()));
+  const std::string sha =
+      fs::Sha256Hex(absl::string_view(r.file_bytes().data(), r.file_bytes().size()));
   if (sha != ms.sha256) {
     return absl::DataLossError(absl::StrCat("shard ", r.path(), " has sha256 ", sha,
                                             " but the manifest lists ", ms.sha256));
@@ -210,9 +209,9 @@ absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Open(const LoaderOptions
   if (fs::Exists(model)) {
     ASSIGN_OR_RETURN(std::string sha, fs::Sha256File(model));
     if (sha != m.tokenizer_hash) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(model, " has sha256 ", sha, " but ", m.path, " records tokenizer_hash ",
-                       m.tokenizer_hash));
+      return absl::FailedPreconditionError(absl::StrCat(model, " has sha256 ", sha, " but ", m.path,
+                                                        " records tokenizer_hash ",
+                                                        m.tokenizer_hash));
     }
   }
   std::vector<std::unique_ptr<ShardReader>> shards;
@@ -228,8 +227,8 @@ absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Open(const LoaderOptions
     }
     if (static_cast<int64_t>(h.vocab_size) != m.vocab_size) {
       return absl::FailedPreconditionError(absl::StrCat("shard ", path, " has vocab size ",
-                                                        h.vocab_size, " but ", m.path,
-                                                        " records ", m.vocab_size));
+                                                        h.vocab_size, " but ", m.path, " records ",
+                                                        m.vocab_size));
     }
     if (h.token_bytes != m.token_bytes) {
       return absl::DataLossError(absl::StrCat("shard ", path, " stores ", h.token_bytes,
@@ -245,10 +244,10 @@ absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Open(const LoaderOptions
     shards.push_back(std::move(r));
   }
   if (max_window < static_cast<uint64_t>(opts.seq_len) + 1) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "split '", opts.split, "' of ", opts.data_dir, " has no shard with seq_len+1 = ",
-        opts.seq_len + 1, " tokens (largest has ", max_window,
-        "); use a shorter seq_len or more data"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("split '", opts.split, "' of ", opts.data_dir,
+                     " has no shard with seq_len+1 = ", opts.seq_len + 1, " tokens (largest has ",
+                     max_window, "); use a shorter seq_len or more data"));
   }
   return std::unique_ptr<DataLoader>(new ShardLoader(opts, std::move(m), std::move(shards)));
 }

@@ -24,8 +24,8 @@ absl::StatusOr<std::vector<ManifestShard>> ReadShards(const json::Value& splits,
     ManifestShard m;
     ASSIGN_OR_RETURN(m.file, json::GetString(s, "file", ws));
     if (m.file.empty() || m.file.find('/') != std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(ws, ": file must be a plain name inside the data dir, got \"", m.file, "\""));
+      return absl::InvalidArgumentError(absl::StrCat(
+          ws, ": file must be a plain name inside the data dir, got \"", m.file, "\""));
     }
     ASSIGN_OR_RETURN(m.tokens, json::GetUint64(s, "tokens", ws));
     ASSIGN_OR_RETURN(m.bytes, json::GetUint64(s, "bytes", ws));
@@ -43,8 +43,9 @@ absl::StatusOr<Manifest> ReadManifest(const std::string& data_dir) {
   auto text = fs::ReadFile(m.path);
   if (!text.ok()) {
     if (absl::IsNotFound(text.status())) {
-      return absl::NotFoundError(absl::StrCat(
-          "data dir ", data_dir, " has no manifest.json (run `llmt prepare --out ", data_dir, "`)"));
+      return absl::NotFoundError(absl::StrCat("data dir ", data_dir,
+                                              " has no manifest.json (run `llmt prepare --out ",
+                                              data_dir, "`)"));
     }
     return text.status();
   }

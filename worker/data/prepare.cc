@@ -1,5 +1,7 @@
 #include "worker/data/prepare.h"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -10,8 +12,6 @@
 #include <thread>
 #include <unordered_set>
 #include <utility>
-
-#include <openssl/evp.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -92,15 +92,19 @@ class SplitWriter {
  public:
   SplitWriter(std::string dir, std::string split, uint32_t token_bytes, uint32_t vocab,
               std::string hash, int64_t max_tokens)
-      : dir_(std::move(dir)), split_(std::move(split)), token_bytes_(token_bytes),
-        vocab_(vocab), hash_(std::move(hash)), max_tokens_(static_cast<uint64_t>(max_tokens)) {}
+      : dir_(std::move(dir)),
+        split_(std::move(split)),
+        token_bytes_(token_bytes),
+        vocab_(vocab),
+        hash_(std::move(hash)),
+        max_tokens_(static_cast<uint64_t>(max_tokens)) {}
 
   absl::Status Append(const int32_t* ids, size_t n) {
     while (n > 0) {
       if (!cur_) {
         std::string name = absl::StrFormat("%s_%06d.bin", split_, shards_.size());
-        ASSIGN_OR_RETURN(cur_, ShardWriter::Create(fs::JoinPath(dir_, name), token_bytes_,
-                                                   vocab_, hash_));
+        ASSIGN_OR_RETURN(
+            cur_, ShardWriter::Create(fs::JoinPath(dir_, name), token_bytes_, vocab_, hash_));
       }
       size_t take = std::min<uint64_t>(n, max_tokens_ - cur_->num_tokens());
       RETURN_IF_ERROR(cur_->Append(ids, take));
@@ -190,9 +194,9 @@ absl::Status CheckOutDir(const PrepareOptions& opts) {
   }
   ASSIGN_OR_RETURN(auto names, fs::ListDir(opts.out_dir));
   if (!names.empty() && !opts.overwrite) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "output directory ", opts.out_dir, " exists and is not empty (", names.size(),
-        " entries); choose another directory or pass --overwrite to replace it"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("output directory ", opts.out_dir, " exists and is not empty (", names.size(),
+                     " entries); choose another directory or pass --overwrite to replace it"));
   }
   return absl::OkStatus();
 }
@@ -205,8 +209,8 @@ absl::Status Commit(const std::string& staging, const PrepareOptions& opts) {
     ASSIGN_OR_RETURN(auto names, fs::ListDir(opts.out_dir));
     if (!names.empty()) {
       if (!opts.overwrite) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "output directory ", opts.out_dir, " became non-empty while preparing"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("output directory ", opts.out_dir, " became non-empty while preparing"));
       }
       ASSIGN_OR_RETURN(old, fs::MakeTempDirBeside(opts.out_dir));
       RETURN_IF_ERROR(fs::RenameDurable(opts.out_dir, old));
@@ -316,11 +320,11 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& options) {
   }
   rep.docs_out = static_cast<int64_t>(docs.size());
   if (docs.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "empty corpus after cleaning: ", files.size(), " file(s) under ",
-        absl::StrJoin(opts.inputs, ", "), " gave ", rep.docs_in, " document(s), ",
-        rep.docs_empty_or_short, " empty or shorter than ", opts.min_doc_chars,
-        " characters, ", rep.docs_duplicate, " duplicate(s)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("empty corpus after cleaning: ", files.size(), " file(s) under ",
+                     absl::StrJoin(opts.inputs, ", "), " gave ", rep.docs_in, " document(s), ",
+                     rep.docs_empty_or_short, " empty or shorter than ", opts.min_doc_chars,
+                     " characters, ", rep.docs_duplicate, " duplicate(s)"));
   }
   // Tiny corpora: keep both splits usable. Moving the extreme-hash document
   // is as deterministic as the split itself and never happens on real data.
@@ -335,8 +339,8 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& options) {
   }
   LLMT_LOG(Info) << "prepare: " << files.size() << " file(s), " << rep.docs_in << " documents, "
                  << rep.docs_out << " kept (" << rep.docs_empty_or_short << " short, "
-                 << rep.docs_duplicate << " duplicates) in " << absl::StrFormat("%.1f", Seconds(t_start))
-                 << " s";
+                 << rep.docs_duplicate << " duplicates) in "
+                 << absl::StrFormat("%.1f", Seconds(t_start)) << " s";
 
   // ---- Stage everything beside out_dir. ---------------------------------
   ASSIGN_OR_RETURN(const std::string staging, fs::MakeTempDirBeside(opts.out_dir));
@@ -387,7 +391,8 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& options) {
   constexpr size_t kBlockBytes = 32 << 20;  // bounds memory held as token vectors
   for (size_t begin = 0; begin < docs.size();) {
     size_t end = begin, bytes = 0;
-    while (end < docs.size() && (bytes < kBlockBytes || end == begin)) bytes += docs[end++].text.size();
+    while (end < docs.size() && (bytes < kBlockBytes || end == begin))
+      bytes += docs[end++].text.size();
     std::vector<std::vector<int32_t>> ids(end - begin);
     std::atomic<size_t> next{begin};
     auto work = [&] {
@@ -446,18 +451,18 @@ absl::StatusOr<PrepareReport> Prepare(const PrepareOptions& options) {
                                 .Set("sha256", json::Value::String(tok->hash()))
                                 .Set("trained", json::Value::Bool(trained))
                                 .Set("type", json::Value::String("sentencepiece")))
-          .Set("splits", json::Value::Object()
-                             .Set("train", SplitJson(train_w))
-                             .Set("val", SplitJson(val_w)))
-          .Set("counts", json::Value::Object()
-                             .Set("documents_in", json::Value::Int(rep.docs_in))
-                             .Set("documents_out", json::Value::Int(rep.docs_out))
-                             .Set("documents_empty_or_short", json::Value::Int(rep.docs_empty_or_short))
-                             .Set("documents_duplicate", json::Value::Int(rep.docs_duplicate))
-                             .Set("bytes_in", json::Value::Int(rep.bytes_in))
-                             .Set("bytes_out", json::Value::Int(rep.bytes_out))
-                             .Set("train_tokens", json::Value::Int(rep.train_tokens))
-                             .Set("val_tokens", json::Value::Int(rep.val_tokens)))
+          .Set("splits",
+               json::Value::Object().Set("train", SplitJson(train_w)).Set("val", SplitJson(val_w)))
+          .Set("counts",
+               json::Value::Object()
+                   .Set("documents_in", json::Value::Int(rep.docs_in))
+                   .Set("documents_out", json::Value::Int(rep.docs_out))
+                   .Set("documents_empty_or_short", json::Value::Int(rep.docs_empty_or_short))
+                   .Set("documents_duplicate", json::Value::Int(rep.docs_duplicate))
+                   .Set("bytes_in", json::Value::Int(rep.bytes_in))
+                   .Set("bytes_out", json::Value::Int(rep.bytes_out))
+                   .Set("train_tokens", json::Value::Int(rep.train_tokens))
+                   .Set("val_tokens", json::Value::Int(rep.val_tokens)))
           .Set("sources", std::move(srcs))
           .Set("options", json::Value::Object()
                               .Set("inputs", std::move(inputs))

@@ -5,9 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
-#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -47,7 +47,8 @@ std::string EncodeShardHeader(const ShardHeader& h) {
   Put<uint32_t>(&s, 16, h.token_bytes);
   Put<uint32_t>(&s, 20, h.vocab_size);
   Put<uint64_t>(&s, 24, h.num_tokens);
-  std::memcpy(s.data() + 32, h.tokenizer_hash.data(), std::min<size_t>(64, h.tokenizer_hash.size()));
+  std::memcpy(s.data() + 32, h.tokenizer_hash.data(),
+              std::min<size_t>(64, h.tokenizer_hash.size()));
   return s;
 }
 
@@ -78,8 +79,8 @@ absl::StatusOr<ShardHeader> DecodeShardHeader(std::string_view bytes, const std:
                                             ", expected ", kShardHeaderBytes));
   }
   if (h.token_bytes != 2 && h.token_bytes != 4) {
-    return absl::DataLossError(
-        absl::StrCat("shard ", path, " has token width ", h.token_bytes, " bytes, expected 2 or 4"));
+    return absl::DataLossError(absl::StrCat("shard ", path, " has token width ", h.token_bytes,
+                                            " bytes, expected 2 or 4"));
   }
   if (h.token_bytes != TokenBytesForVocab(h.vocab_size)) {
     return absl::DataLossError(absl::StrCat("shard ", path, " stores ", h.token_bytes,
@@ -94,10 +95,9 @@ ShardWriter::~ShardWriter() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-absl::StatusOr<std::unique_ptr<ShardWriter>> ShardWriter::Create(const std::string& path,
-                                                                 uint32_t token_bytes,
-                                                                 uint32_t vocab_size,
-                                                                 const std::string& tokenizer_hash) {
+absl::StatusOr<std::unique_ptr<ShardWriter>> ShardWriter::Create(
+    const std::string& path, uint32_t token_bytes, uint32_t vocab_size,
+    const std::string& tokenizer_hash) {
   std::unique_ptr<ShardWriter> w(new ShardWriter());
   w->path_ = path;
   w->header_.token_bytes = token_bytes;
@@ -203,10 +203,10 @@ absl::StatusOr<std::unique_ptr<ShardReader>> ShardReader::Open(const std::string
   r->header_ = *h;
   const uint64_t want = kShardHeaderBytes + h->num_tokens * h->token_bytes;
   if (r->map_len_ != want) {
-    return absl::DataLossError(absl::StrCat(
-        "shard ", path, r->map_len_ < want ? " is truncated" : " has trailing data",
-        ": header says ", h->num_tokens, " tokens (", want, " bytes) but the file has ",
-        r->map_len_, " bytes"));
+    return absl::DataLossError(
+        absl::StrCat("shard ", path, r->map_len_ < want ? " is truncated" : " has trailing data",
+                     ": header says ", h->num_tokens, " tokens (", want,
+                     " bytes) but the file has ", r->map_len_, " bytes"));
   }
   r->tokens_ = static_cast<const unsigned char*>(r->map_) + kShardHeaderBytes;
   return r;

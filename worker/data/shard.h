@@ -47,7 +47,7 @@ std::string EncodeShardHeader(const ShardHeader& h);  // exactly kShardHeaderByt
 absl::StatusOr<ShardHeader> DecodeShardHeader(std::string_view bytes, const std::string& path);
 
 struct ShardInfo {
-  std::string file;    // base name, e.g. train_000000.bin
+  std::string file;  // base name, e.g. train_000000.bin
   uint64_t tokens = 0;
   uint64_t bytes = 0;  // whole file
   std::string sha256;

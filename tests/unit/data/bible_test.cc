@@ -1,9 +1,9 @@
 // The default corpus end to end: `bible Gen1:1-Rev22:21` (Debian's bible-kjv,
 // 4.3 MB) through Prepare with a 4096-piece vocabulary. Label: slow.
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <cstdlib>
-
-#include <gtest/gtest.h>
 
 #include "data_test_util.h"
 #include "worker/data/loader.h"
@@ -26,8 +26,7 @@ TEST(DataBibleTest, PreparesKjvWithPlausibleCounts) {
   o.threads = 2;
   const auto t0 = std::chrono::steady_clock::now();
   auto rep = Prepare(o);
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(rep.ok()) << rep.status();
   std::cerr << rep->ToString() << "\nprepare took " << secs << " s\n";
 

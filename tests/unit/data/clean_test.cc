@@ -8,34 +8,49 @@ namespace llmt::data {
 namespace {
 
 TEST(DataCleanTextTest, NormalisesLineEndingsAndSpaces) {
-  EXPECT_EQ(CleanText("  Hello   world,\tthis is\r\na test.  \r\n"), "Hello world, this is\na test.");
+  EXPECT_EQ(CleanText("  Hello   world,\tthis is\r\na test.  \r\n"),
+            "Hello world, this is\na test.");
   EXPECT_EQ(CleanText("a\rb\r\n\r\nc"), "a\nb\n\nc");  // lone CR is a line break too
-  EXPECT_EQ(CleanText("a\n\n\n\n\nb"), "a\n\nb");       // at most one blank line
-  EXPECT_EQ(CleanText("\n\n  \n a \n\n"), "a");         // blank edges trimmed
-  EXPECT_EQ(CleanText("a \n \t \n b"), "a\n\nb");       // whitespace-only line is blank
+  EXPECT_EQ(CleanText("a\n\n\n\n\nb"), "a\n\nb");      // at most one blank line
+  EXPECT_EQ(CleanText("\n\n  \n a \n\n"), "a");        // blank edges trimmed
+  EXPECT_EQ(CleanText("a \n \t \n b"), "a\n\nb");      // whitespace-only line is blank
   EXPECT_EQ(CleanText(""), "");
   EXPECT_EQ(CleanText(" \t\r\n "), "");
 }
 
 TEST(DataCleanTextTest, StripsControlsAndMapsUnicodeSpaces) {
   // NUL, BEL, ESC, DEL, C1 (U+0085 is NEL -> newline, U+009B dropped), BOM, ZWSP.
-  EXPECT_EQ(CleanText(std::string("a\0b\x07" "c\x1b" "d\x7f" "e", 9)), "abcde");
+  EXPECT_EQ(CleanText(std::string("a\0b\x07"
+                                  "c\x1b"
+                                  "d\x7f"
+                                  "e",
+                                  9)),
+            "abcde");
   EXPECT_EQ(CleanText("x\xC2\x85y\xC2\x9Bz"), "x\nyz");
   EXPECT_EQ(CleanText("\xEF\xBB\xBFstart\xE2\x80\x8Bword"), "startword");
   // NBSP, EN SPACE, IDEOGRAPHIC SPACE collapse with ordinary spaces.
-  EXPECT_EQ(CleanText("a\xC2\xA0 \xE2\x80\x82 b\xE3\x80\x80" "c"), "a b c");
+  EXPECT_EQ(CleanText("a\xC2\xA0 \xE2\x80\x82 b\xE3\x80\x80"
+                      "c"),
+            "a b c");
   // LINE/PARAGRAPH SEPARATOR, VT, FF break lines.
-  EXPECT_EQ(CleanText("a\xE2\x80\xA8" "b\x0b" "c\x0c" "d"), "a\nb\nc\nd");
+  EXPECT_EQ(CleanText("a\xE2\x80\xA8"
+                      "b\x0b"
+                      "c\x0c"
+                      "d"),
+            "a\nb\nc\nd");
   // Non-ASCII text passes through untouched (NFKC is SentencePiece's job).
-  EXPECT_EQ(CleanText("caf\xC3\xA9 \xF0\x9F\x98\x80 \xEF\xAC\x81"), "caf\xC3\xA9 \xF0\x9F\x98\x80 \xEF\xAC\x81");
+  EXPECT_EQ(CleanText("caf\xC3\xA9 \xF0\x9F\x98\x80 \xEF\xAC\x81"),
+            "caf\xC3\xA9 \xF0\x9F\x98\x80 \xEF\xAC\x81");
 }
 
 TEST(DataCleanTextTest, ReplacesInvalidUtf8) {
   const std::string fffd = "\xEF\xBF\xBD";
-  EXPECT_EQ(CleanText("a\xFF" "b"), "a" + fffd + "b");
-  EXPECT_EQ(CleanText("a\xC3"), "a" + fffd);                  // truncated sequence
-  EXPECT_EQ(CleanText("\xC0\xAF"), fffd + fffd);              // overlong '/'
-  EXPECT_EQ(CleanText("\xED\xA0\x80"), fffd + fffd + fffd);   // encoded surrogate
+  EXPECT_EQ(CleanText("a\xFF"
+                      "b"),
+            "a" + fffd + "b");
+  EXPECT_EQ(CleanText("a\xC3"), "a" + fffd);                            // truncated sequence
+  EXPECT_EQ(CleanText("\xC0\xAF"), fffd + fffd);                        // overlong '/'
+  EXPECT_EQ(CleanText("\xED\xA0\x80"), fffd + fffd + fffd);             // encoded surrogate
   EXPECT_EQ(CleanText("\xF4\x90\x80\x80"), fffd + fffd + fffd + fffd);  // > U+10FFFF
 }
 

@@ -2,6 +2,7 @@
 // reading prepared shards back as documents.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,8 +10,6 @@
 #include <fstream>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "common/fs.h"
 #include "worker/data/manifest.h"

@@ -68,7 +68,7 @@ TEST(DataJsonTest, Uint64RoundTripsExactly) {
   auto back = Parse(o.Serialize());
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(*back->Find("n")->AsUint64(), big);
-  EXPECT_EQ(*back->Find("s")->AsUint64(), big - 1);  // strings hold integers too
+  EXPECT_EQ(*back->Find("s")->AsUint64(), big - 1);              // strings hold integers too
   EXPECT_FALSE(Parse("18446744073709551616")->AsUint64().ok());  // overflow
   EXPECT_FALSE(Parse("-1")->AsUint64().ok());
   EXPECT_FALSE(Parse("1.5")->AsInt64().ok());

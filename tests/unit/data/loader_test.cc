@@ -1,12 +1,11 @@
 #include "worker/data/loader.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <map>
-
-#include <gtest/gtest.h>
 
 #include "absl/strings/str_format.h"
 #include "data_test_util.h"
@@ -33,8 +32,8 @@ std::string MakeDataset(const std::string& dir, const std::vector<uint64_t>& siz
   json::Value shards = json::Value::Array();
   for (size_t s = 0; s < sizes.size(); ++s) {
     const std::string name = absl::StrFormat("%s_%06d.bin", split, s);
-    auto w = ShardWriter::Create(fs::JoinPath(dir, name), TokenBytesForVocab(kVocab), kVocab,
-                                 kHash);
+    auto w =
+        ShardWriter::Create(fs::JoinPath(dir, name), TokenBytesForVocab(kVocab), kVocab, kHash);
     EXPECT_TRUE(w.ok()) << w.status();
     std::vector<int32_t> ids(sizes[s]);
     for (uint64_t p = 0; p < sizes[s]; ++p) ids[p] = static_cast<int32_t>(s * kStride + p);
@@ -281,7 +280,8 @@ void ExpectOpenError(const LoaderOptions& o, const std::vector<std::string>& wan
   auto l = DataLoader::Open(o);
   ASSERT_FALSE(l.ok());
   const std::string msg(l.status().message());
-  for (const auto& w : want) EXPECT_NE(msg.find(w), std::string::npos) << "'" << w << "' not in: " << msg;
+  for (const auto& w : want)
+    EXPECT_NE(msg.find(w), std::string::npos) << "'" << w << "' not in: " << msg;
 }
 
 TEST(DataLoaderErrorsTest, BadMagic) {
@@ -376,8 +376,8 @@ TEST(DataLoaderErrorsTest, VerifyCatchesCorruptTokensAndIdsOutOfRange) {
   auto man = json::Parse(testing::ReadText(m));
   ASSERT_TRUE(man.ok());
   std::string text = testing::ReadText(m);
-  const std::string old_sha = man->Find("splits")->Find("train")->Find("shards")->array()[0]
-                                  .Find("sha256")->str();
+  const std::string old_sha =
+      man->Find("splits")->Find("train")->Find("shards")->array()[0].Find("sha256")->str();
   text.replace(text.find(old_sha), old_sha.size(), *fs::Sha256File(shard));
   WriteText(m, text);
   ExpectOpenError(o, {shard, "token 10", ">= vocab size"});

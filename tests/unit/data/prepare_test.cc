@@ -1,11 +1,11 @@
 #include "worker/data/prepare.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <set>
-
-#include <gtest/gtest.h>
 
 #include "absl/strings/str_format.h"
 #include "data_test_util.h"
@@ -53,7 +53,8 @@ SmallCorpus MakeSmallCorpus(const std::string& root) {
       "{\"text\": \"Fifth: surrogate pair \\ud83d\\ude00 and \\u00e9t\\u00e9.\", \"id\": 5}\n"
       "{\"text\": \"\"}\n"
       "{\"text\": \"Second paragraph\\u00a0here, with caf\\u00e9 and an emoji \\ud83d\\ude00.\"}\n"
-      "{\"meta\": {\"x\": [1, 2]}, \"text\": \"Sixth document keeps\\n\\n\\n\\nonly one blank line.\"}\r\n";
+      "{\"meta\": {\"x\": [1, 2]}, \"text\": \"Sixth document keeps\\n\\n\\n\\nonly one blank "
+      "line.\"}\r\n";
   WriteText(fs::JoinPath(c.dir, "a.txt"), a);
   WriteText(fs::JoinPath(c.dir, "sub/b.txt"), b);
   WriteText(fs::JoinPath(c.dir, ".hidden.txt"), "This hidden file must never be read at all.\n");
@@ -72,7 +73,7 @@ SmallCorpus MakeSmallCorpus(const std::string& root) {
 
 // `n` distinct generated documents.
 std::vector<std::string> GeneratedDocs(int n) {
-  static const char* kWords[] = {"river", "stone", "light", "garden", "north", "silver",
+  static const char* kWords[] = {"river",  "stone",  "light",  "garden", "north",  "silver",
                                  "window", "market", "letter", "shadow", "engine", "field"};
   std::vector<std::string> docs;
   for (int i = 0; i < n; ++i) {
@@ -212,8 +213,7 @@ TEST(DataPrepareTest, SplitIsDeterministicAndStableUnderAdditions) {
   WriteText(fs::JoinPath(root, "all.txt"), JoinParagraphs(docs, 300));
   WriteText(fs::JoinPath(root, "part.txt"), JoinParagraphs(docs, 200));
 
-  auto run = [&](const std::string& name, const std::string& input, uint64_t seed,
-                 int threads) {
+  auto run = [&](const std::string& name, const std::string& input, uint64_t seed, int threads) {
     PrepareOptions o = Opts({fs::JoinPath(root, input)}, fs::JoinPath(root, name));
     o.val_fraction = 0.2;
     o.seed = seed;
@@ -304,7 +304,8 @@ void ExpectCleanFailure(const PrepareOptions& o, const std::vector<std::string>&
   auto rep = Prepare(o);
   ASSERT_FALSE(rep.ok());
   const std::string msg(rep.status().message());
-  for (const auto& w : want) EXPECT_NE(msg.find(w), std::string::npos) << "'" << w << "' not in: " << msg;
+  for (const auto& w : want)
+    EXPECT_NE(msg.find(w), std::string::npos) << "'" << w << "' not in: " << msg;
   EXPECT_FALSE(fs::Exists(o.out_dir)) << o.out_dir;
   EXPECT_TRUE(LeftoverTempDirs(fs::Dirname(o.out_dir), fs::Basename(o.out_dir)).empty());
 }
@@ -337,7 +338,8 @@ TEST(DataPrepareErrorsTest, BadJsonlLines) {
   ExpectCleanFailure(Opts({nt}, fs::JoinPath(root, "out")), {nt + ":3: missing \"text\" field"});
   const std::string ns = fs::JoinPath(root, "nonstring.jsonl");
   WriteText(ns, "{\"text\": [\"a\"]}\n");
-  ExpectCleanFailure(Opts({ns}, fs::JoinPath(root, "out")), {ns + ":1: \"text\" field is not a string"});
+  ExpectCleanFailure(Opts({ns}, fs::JoinPath(root, "out")),
+                     {ns + ":1: \"text\" field is not a string"});
 }
 
 TEST(DataPrepareErrorsTest, NonEmptyOutDirAndOverwrite) {
@@ -412,7 +414,9 @@ TEST(DataPrepareErrorsTest, BinaryFiles) {
   const std::string root = FreshDir("bin");
   const std::string dir = fs::JoinPath(root, "in");
   WriteText(fs::JoinPath(dir, "doc.txt"), JoinParagraphs(GeneratedDocs(10), 10));
-  WriteText(fs::JoinPath(dir, "blob.bin"), std::string("\x7f" "ELF\0\0\x01", 7));
+  WriteText(fs::JoinPath(dir, "blob.bin"), std::string("\x7f"
+                                                       "ELF\0\0\x01",
+                                                       7));
   // Named directly: an error naming it.
   ExpectCleanFailure(Opts({fs::JoinPath(dir, "blob.bin")}, fs::JoinPath(root, "out")),
                      {fs::JoinPath(dir, "blob.bin"), "binary"});
