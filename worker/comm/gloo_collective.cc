@@ -279,11 +279,22 @@ absl::Status GlooCollective::ReduceScatter(const float* in, float* out, const Sh
     return broken_;
   }
   const std::string what = absl::StrCat(total, " floats, ", ReduceOpName(op));
-  if (total <= static_cast<size_t>(INT_MAX)) {
-    auto& plan = rs_plans_[layout.lens()];
+  // Plan memory: our input copy, plus Gloo's receive and redistribution
+  // buffers (about `total` elements each).
+  const size_t plan_bytes = 3 * total * sizeof(float);
+  auto it = rs_plans_.find(layout.lens());
+  const bool use_plan =
+      it != rs_plans_.end() || (total <= static_cast<size_t>(INT_MAX) &&
+                                rs_plan_bytes_ + plan_bytes <= opts_.reduce_scatter_cache_bytes);
+  if (use_plan) {
+    if (it == rs_plans_.end()) {
+      it = rs_plans_.emplace(layout.lens(), nullptr).first;
+      rs_plan_bytes_ += plan_bytes;
+    }
+    std::unique_ptr<ReduceScatterPlan>& plan = it->second;
     RETURN_IF_ERROR(Run("reduce_scatter", what, [&] {
       if (plan == nullptr) {
-        // Built once per layout, in the same call order on every rank, so the
+        // Built on first use, in the same call order on every rank, so the
         // Gloo slots it reserves match across ranks.
         auto p = std::make_unique<ReduceScatterPlan>();
         p->buf.resize(total);
@@ -297,9 +308,8 @@ absl::Status GlooCollective::ReduceScatter(const float* in, float* out, const Sh
     }));
     std::memcpy(out, plan->buf.data(), len * sizeof(float));
   } else {
-    // The halving-doubling algorithm counts in int; beyond 2^31 elements fall
-    // back to an all-reduce of a copy (twice the traffic, same result).
-    scratch_.assign(in, in + total);
+    if (scratch_.size() < total) scratch_.resize(total);
+    std::memcpy(scratch_.data(), in, total * sizeof(float));
     RETURN_IF_ERROR(Run("reduce_scatter", what, [&] {
       gloo::AllreduceOptions o(context_);
       o.setOutput(scratch_.data(), total);
@@ -309,8 +319,6 @@ absl::Status GlooCollective::ReduceScatter(const float* in, float* out, const Sh
       gloo::allreduce(o);
     }));
     std::memcpy(out, scratch_.data() + layout.offset(rank_), len * sizeof(float));
-    scratch_.clear();
-    scratch_.shrink_to_fit();
   }
   if (op == ReduceOp::kAvg) DivideBy(out, len, world_);
   return absl::OkStatus();

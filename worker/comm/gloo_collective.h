@@ -7,7 +7,15 @@
 // Algorithms (all Gloo's own; nothing hand-written on the wire):
 //   AllReduce        gloo::allreduce (ring: reduce-scatter + all-gather)
 //   ReduceScatter    gloo::ReduceScatterHalvingDoubling (bandwidth-optimal,
-//                    uneven shards), one cached instance per layout
+//                    uneven shards). Debian's Gloo has it only as a legacy
+//                    algorithm object bound to its buffers and holding ~3x
+//                    the buffer in scratch, so one instance is cached per
+//                    layout while the cache stays within
+//                    reduce_scatter_cache_bytes; beyond that (or past 2^31
+//                    elements) a layout falls back to all-reduce of a copy +
+//                    slice (twice the traffic, one reusable scratch buffer).
+//                    The choice depends only on the call sequence, which is
+//                    the same on every rank.
 //   AllGather        gloo::allgatherv in place (ring)
 //   Broadcast        gloo::broadcast
 //   Barrier          gloo::barrier
@@ -43,6 +51,8 @@ struct GlooOptions : CollectiveOptions {
   std::string hostname = "127.0.0.1";
   // Network interface (e.g. "eth0", "ib0"); takes precedence over hostname.
   std::string iface;
+  // Memory the reduce-scatter plans may keep (see ReduceScatter below).
+  size_t reduce_scatter_cache_bytes = size_t{256} << 20;
 };
 
 class GlooCollective final : public Collective {
@@ -88,7 +98,8 @@ class GlooCollective final : public Collective {
   uint64_t seq_ = 0;
   absl::Status broken_;
   std::map<std::vector<size_t>, std::unique_ptr<ReduceScatterPlan>> rs_plans_;
-  std::vector<float> scratch_;  // fallback reduce-scatter for > 2^31 elements
+  size_t rs_plan_bytes_ = 0;    // memory held by rs_plans_
+  std::vector<float> scratch_;  // all-reduce fallback of ReduceScatter
 };
 
 }  // namespace llmt::comm

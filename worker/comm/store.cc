@@ -40,7 +40,7 @@ std::string EncodeKey(const std::string& key) {
       out.push_back(kHex[c & 15]);
     }
   }
-  if (out.empty()) out = "%";
+  if (out.empty()) out.push_back('%');  // the empty key
   // NAME_MAX is 255 on the filesystems we care about; long keys are hashed.
   if (out.size() > 200) out = "%h" + fs::Sha256Hex(key);
   return out;

@@ -174,8 +174,10 @@ TEST_P(GlooGroupTest, AllReduceScalarInDouble) {
   }
 }
 
-TEST_P(GlooGroupTest, ReduceScatterUnevenAndInPlace) {
-  const int W = world();
+// Every layout twice (sum out of place, then avg in place), so a cached plan
+// is reused with new data.
+void CheckReduceScatter(std::vector<std::unique_ptr<GlooCollective>>& group) {
+  const int W = static_cast<int>(group.size());
   for (size_t total : {size_t{1}, size_t{5}, size_t{13}, size_t{1001}, size_t{65537}}) {
     for (size_t align : {size_t{1}, size_t{16}}) {
       const ShardLayout layout = ShardLayout::Even(total, W, align);
@@ -191,7 +193,7 @@ TEST_P(GlooGroupTest, ReduceScatterUnevenAndInPlace) {
             out[r].assign(layout.len(r), -1.f);
             dst = out[r].data();
           }
-          absl::Status s = group_[r]->ReduceScatter(in[r].data(), dst, layout, op);
+          absl::Status s = group[r]->ReduceScatter(in[r].data(), dst, layout, op);
           ASSERT_TRUE(s.ok()) << s;
           if (in_place) out[r].assign(dst, dst + layout.len(r));
         });
@@ -210,6 +212,18 @@ TEST_P(GlooGroupTest, ReduceScatterUnevenAndInPlace) {
         }
       }
     }
+  }
+}
+
+TEST_P(GlooGroupTest, ReduceScatterUnevenAndInPlace) { CheckReduceScatter(group_); }
+
+// No plan memory: every layout takes the all-reduce + slice path. A small
+// budget mixes both paths in one group.
+TEST(GlooReduceScatterTest, FallbackAndMixedPathsAreExact) {
+  for (size_t budget : {size_t{0}, size_t{64} << 10}) {
+    auto group = MakeGlooGroup(3, StoreKind::kMemory, std::chrono::seconds(20), budget);
+    CheckReduceScatter(group);
+    RunRanks(3, [&](int r) { EXPECT_TRUE(group[r]->Barrier().ok()); });
   }
 }
 

@@ -93,12 +93,14 @@ inline std::vector<std::shared_ptr<Store>> MakeStores(StoreKind kind, int world)
 // Creates a Gloo group of `world` ranks concurrently (Create blocks until all
 // ranks joined). Fails the test on error.
 inline std::vector<std::unique_ptr<GlooCollective>> MakeGlooGroup(
-    int world, StoreKind kind, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+    int world, StoreKind kind, std::chrono::milliseconds timeout = std::chrono::seconds(20),
+    size_t reduce_scatter_cache_bytes = GlooOptions().reduce_scatter_cache_bytes) {
   auto stores = MakeStores(kind, world);
   std::vector<std::unique_ptr<GlooCollective>> group(world);
   RunRanks(world, [&](int r) {
     GlooOptions o;
     o.timeout = timeout;
+    o.reduce_scatter_cache_bytes = reduce_scatter_cache_bytes;
     o.rendezvous_timeout = std::chrono::seconds(20);
     auto c = GlooCollective::Create(stores[r], r, world, o);
     ASSERT_TRUE(c.ok()) << "rank " << r << ": " << c.status();
