@@ -18,8 +18,20 @@
 
 namespace llmt::data::testing {
 
+// Removes the test dirs at exit when every test passed (kept for debugging
+// otherwise).
+struct DirCleaner {
+  std::vector<std::string> dirs;
+  ~DirCleaner() {
+    if (!::testing::UnitTest::GetInstance()->Passed()) return;
+    std::error_code ec;
+    for (const auto& d : dirs) std::filesystem::remove_all(d, ec);
+  }
+};
+
 // A fresh, empty directory per call (tests in one binary may share a process).
 inline std::string FreshDir(const std::string& tag) {
+  static DirCleaner cleaner;
   static std::atomic<int> n{0};
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string name = std::string(info ? info->name() : "x") + "_" + tag + "_" +
@@ -27,6 +39,7 @@ inline std::string FreshDir(const std::string& tag) {
   std::string dir = fs::JoinPath(::testing::TempDir(), "llmt_data_" + name);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  cleaner.dirs.push_back(dir);
   return dir;
 }
 
