@@ -10,11 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/args.h"
+#include "cli/launcher.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/spec.h"
 #include "common/status.h"
 #include "storage/checkpoint.h"
+#include "worker/comm/env.h"
 #include "worker/data/loader.h"
 #include "worker/data/prepare.h"
 #include "worker/data/tokenizer.h"
@@ -117,14 +119,34 @@ int RunTrain(int argc, char** argv) {
   if (WantsHelp(argc, argv)) {
     std::puts(
         "usage: llmt train SPEC.yaml [--set path=value ...] [--out DIR] [--resume auto|DIR]\n"
-        "                  [--progress bar|lines|none]\n\n"
+        "                  [--progress bar|lines|none] [--nproc N]\n\n"
         "Trains the model described by SPEC.yaml (see examples/). Writes DIR/metrics.jsonl and\n"
         "DIR/checkpoints/step-XXXXXXXX/. DIR defaults to the spec's output_dir, else runs/<name>.\n"
-        "SIGTERM or Ctrl-C: finish the step, write a checkpoint, exit 0; --resume auto continues.");
+        "SIGTERM or Ctrl-C: finish the step, write a checkpoint, exit 0; --resume auto continues.\n\n"
+        "Data parallel: --nproc N runs N local ranks (Gloo over loopback); the global batch is\n"
+        "batch_size x grad_accum_steps x N. Across machines, start one `llmt train` per rank with\n"
+        "WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT set (as torchrun does). train.zero: 1 shards the\n"
+        "optimizer state (ZeRO-1). LLMT_COMM_TIMEOUT_S bounds every collective (default 300).");
     return 0;
   }
-  auto args = Args::Parse(argc, argv, 2, {"set", "out", "resume", "progress"}, {});
+  auto args = Args::Parse(argc, argv, 2, {"set", "out", "resume", "progress", "nproc"}, {});
   if (!args.ok()) return Fail(args.status(), kExitUsage);
+  auto nproc = args->GetInt("nproc", 1);
+  if (!nproc.ok()) return Fail(nproc.status(), kExitUsage);
+  if (*nproc > 1) {
+    // Launcher: the same command line minus --nproc, once per rank.
+    std::vector<std::string> child = {argv[0]};
+    for (int i = 1; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a == "--nproc") {
+        ++i;
+        continue;
+      }
+      if (a.rfind("--nproc=", 0) == 0) continue;
+      child.push_back(a);
+    }
+    return LaunchLocalRanks(static_cast<int>(*nproc), child);
+  }
   if (args->positional().size() != 1) {
     return Fail(absl::InvalidArgumentError("train needs exactly one SPEC.yaml (see --help)"), kExitUsage);
   }
@@ -149,11 +171,30 @@ int RunTrain(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--progress: expected bar, lines, none or auto"), kExitUsage);
   }
 
+  // A rank of a multi-process run (launched by --nproc or by hand/torchrun-style).
+  auto comm_env = comm::ParseCommEnv();
+  if (!comm_env.ok()) return Fail(comm_env.status(), kExitUsage);
+  std::unique_ptr<comm::Collective> collective;
+  if (comm_env->world_size > 1) {
+    auto c = comm::MakeCollective(*comm_env, comm::CommDevice::kCpu);
+    if (!c.ok()) return Fail(c.status());
+    collective = std::move(c).value();
+    o.comm = collective.get();
+    if (comm_env->rank != 0) o.progress = train::TrainOptions::Progress::kNone;
+  }
+
   train::InstallStopSignalHandlers();
   auto trainer = train::Trainer::Create(o);
   if (!trainer.ok()) return FailFor(trainer.status());
   auto result = (*trainer)->Run();
-  if (!result.ok()) return Fail(result.status());
+  if (!result.ok()) {
+    if (collective) {
+      return Fail(absl::Status(result.status().code(),
+                               absl::StrCat("rank ", collective->rank(), ": ", result.status().message())));
+    }
+    return Fail(result.status());
+  }
+  if (collective && collective->rank() != 0) return 0;
   if (result->final_val_loss > 0) {
     std::printf("final step %lld: val loss %.4f, perplexity %.2f\n",
                 static_cast<long long>(result->final_step), result->final_val_loss,
@@ -207,7 +248,8 @@ int RunEval(int argc, char** argv) {
   const int64_t per_batch = static_cast<int64_t>(B) * T;
   auto max_batches = args->GetInt("batches", 0);
   if (!max_batches.ok()) return Fail(max_batches.status(), kExitUsage);
-  int64_t batches = std::max<int64_t>(1, static_cast<int64_t>((*loader)->num_tokens()) / per_batch);
+  // One pass over the split in non-overlapping windows.
+  int64_t batches = std::max<int64_t>(1, static_cast<int64_t>((*loader)->windows_per_pass()) / B);
   if (*max_batches > 0) batches = std::min(batches, *max_batches);
   std::vector<int32_t> in(per_batch), tgt(per_batch);
   double sum = 0;

@@ -2,7 +2,9 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/fs.h"
 #include "common/status.h"
 #include "storage/checkpoint.h"
@@ -70,6 +72,9 @@ absl::Status LoadModelWeights(model::Model& m, const std::string& path) {
 absl::Status SaveOptimizer(const model::Model& mdl, const OptimizerState& opt,
                            const std::string& path) {
   auto& model = const_cast<model::Model&>(mdl);
+  if (opt.lo != 0 || static_cast<int64_t>(opt.m.size()) != model.num_params()) {
+    return absl::InternalError("SaveOptimizer needs the full optimizer state");
+  }
   std::vector<storage::TensorRef> refs;
   for (const auto& p : model.params_info()) {
     refs.push_back({"exp_avg." + p.name, p.shape, opt.m.data() + p.offset});
@@ -78,20 +83,75 @@ absl::Status SaveOptimizer(const model::Model& mdl, const OptimizerState& opt,
   return storage::WriteSafetensors(path, refs, {{"optimizer", "adamw"}});
 }
 
-absl::Status LoadOptimizer(const model::Model& mdl, OptimizerState* opt, const std::string& path) {
+std::string OptimizerShardName(int rank, int world) {
+  return absl::StrFormat("optimizer-rank%05d-of-%05d.safetensors", rank, world);
+}
+
+absl::Status SaveOptimizerShard(const OptimizerState& opt, int64_t total, const std::string& path) {
+  const int64_t len = static_cast<int64_t>(opt.m.size());
+  std::vector<storage::TensorRef> refs = {{"exp_avg", {len}, opt.m.data()},
+                                          {"exp_avg_sq", {len}, opt.v.data()}};
+  return storage::WriteSafetensors(path, refs,
+                                   {{"optimizer", "adamw"},
+                                    {"offset", std::to_string(opt.lo)},
+                                    {"total", std::to_string(total)}});
+}
+
+absl::Status LoadOptimizer(const model::Model& mdl, const std::string& ckpt_dir, int64_t lo,
+                           int64_t hi, OptimizerState* opt) {
   auto& model = const_cast<model::Model&>(mdl);
-  ASSIGN_OR_RETURN(auto file, storage::ReadSafetensors(path));
-  opt->m.assign(model.num_params(), 0.f);
-  opt->v.assign(model.num_params(), 0.f);
-  for (const auto& p : model.params_info()) {
-    for (auto [prefix, buf] : {std::pair{"exp_avg.", &opt->m}, std::pair{"exp_avg_sq.", &opt->v}}) {
-      auto it = file.tensors.find(prefix + p.name);
-      if (it == file.tensors.end() || it->second.data.size() != static_cast<size_t>(p.numel)) {
-        return absl::DataLossError(
-            absl::StrCat(path, ": optimizer tensor ", prefix, p.name, " is missing or has the wrong size"));
+  const int64_t total = model.num_params();
+  opt->lo = lo;
+  opt->m.assign(hi - lo, 0.f);
+  opt->v.assign(hi - lo, 0.f);
+  // Copies src[0, n) that sits at flat offset `at` into the [lo, hi) window.
+  auto place = [&](const std::vector<float>& src, int64_t at, std::vector<float>* dst) {
+    const int64_t a = std::max(at, lo), b = std::min<int64_t>(at + src.size(), hi);
+    if (a < b) std::copy(src.begin() + (a - at), src.begin() + (b - at), dst->begin() + (a - lo));
+  };
+  const std::string full = fs::JoinPath(ckpt_dir, "optimizer.safetensors");
+  if (fs::Exists(full)) {
+    ASSIGN_OR_RETURN(auto file, storage::ReadSafetensors(full));
+    for (const auto& p : model.params_info()) {
+      for (auto [prefix, buf] :
+           {std::pair{"exp_avg.", &opt->m}, std::pair{"exp_avg_sq.", &opt->v}}) {
+        auto it = file.tensors.find(prefix + p.name);
+        if (it == file.tensors.end() || it->second.data.size() != static_cast<size_t>(p.numel)) {
+          return absl::DataLossError(absl::StrCat(full, ": optimizer tensor ", prefix, p.name,
+                                                  " is missing or has the wrong size"));
+        }
+        place(it->second.data, p.offset, buf);
       }
-      std::copy(it->second.data.begin(), it->second.data.end(), buf->data() + p.offset);
     }
+    return absl::OkStatus();
+  }
+  // ZeRO-1 shards: they must tile [0, total) exactly.
+  ASSIGN_OR_RETURN(auto names, fs::ListDir(ckpt_dir));
+  int64_t covered = 0;
+  for (const auto& name : names) {
+    if (name.rfind("optimizer-rank", 0) != 0) continue;
+    const std::string path = fs::JoinPath(ckpt_dir, name);
+    ASSIGN_OR_RETURN(auto file, storage::ReadSafetensors(path));
+    int64_t offset = 0, file_total = 0;
+    if (!absl::SimpleAtoi(file.metadata["offset"], &offset) ||
+        !absl::SimpleAtoi(file.metadata["total"], &file_total) || file_total != total) {
+      return absl::DataLossError(absl::StrCat(path, ": shard metadata (offset/total) missing or for a ",
+                                              "model of ", file_total, " parameters, not ", total));
+    }
+    auto m = file.tensors.find("exp_avg"), v = file.tensors.find("exp_avg_sq");
+    if (m == file.tensors.end() || v == file.tensors.end() ||
+        m->second.data.size() != v->second.data.size() ||
+        offset + static_cast<int64_t>(m->second.data.size()) > total) {
+      return absl::DataLossError(absl::StrCat(path, ": exp_avg/exp_avg_sq missing or inconsistent"));
+    }
+    place(m->second.data, offset, &opt->m);
+    place(v->second.data, offset, &opt->v);
+    covered += static_cast<int64_t>(m->second.data.size());
+  }
+  if (covered != total) {
+    return absl::DataLossError(absl::StrCat(ckpt_dir, ": optimizer state covers ", covered, " of ",
+                                            total, " parameters (missing optimizer.safetensors or a ",
+                                            "shard file)"));
   }
   return absl::OkStatus();
 }

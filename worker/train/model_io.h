@@ -24,13 +24,25 @@ absl::Status SaveModelWeights(model::Model& m, const std::string& path);
 // the expected shape; errors name the file and tensor.
 absl::Status LoadModelWeights(model::Model& m, const std::string& path);
 
-// AdamW moments in the same flat layout as params.
+// AdamW moments for the parameter range [lo, lo + m.size()) of the flat
+// buffer: all of it without ZeRO, this rank's shard with ZeRO-1.
 struct OptimizerState {
+  int64_t lo = 0;
   std::vector<float> m, v;
 };
+// Full state, one tensor pair per parameter ("exp_avg.<name>",
+// "exp_avg_sq.<name>"): optimizer.safetensors.
 absl::Status SaveOptimizer(const model::Model& mdl, const OptimizerState& opt,
                            const std::string& path);
-absl::Status LoadOptimizer(const model::Model& mdl, OptimizerState* opt, const std::string& path);
+// One ZeRO-1 shard as flat "exp_avg"/"exp_avg_sq" with its offset in the
+// metadata: optimizer-rank00001-of-00004.safetensors.
+std::string OptimizerShardName(int rank, int world);
+absl::Status SaveOptimizerShard(const OptimizerState& opt, int64_t total, const std::string& path);
+// Fills opt->m/v for [lo, hi) from whichever form the checkpoint holds (full
+// file or any number of shards), so a run resumes with a different world size
+// or ZeRO setting. Errors name the file.
+absl::Status LoadOptimizer(const model::Model& mdl, const std::string& ckpt_dir, int64_t lo,
+                           int64_t hi, OptimizerState* opt);
 
 absl::Status SaveTrainerState(const llmt::v1::TrainerState& st, const std::string& path);
 absl::StatusOr<llmt::v1::TrainerState> LoadTrainerState(const std::string& path);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <optional>
 #include <vector>
 
 #include <google/protobuf/util/message_differencer.h>
@@ -22,6 +23,7 @@
 #include "kernels/optimizer.h"
 #include "kernels/reduce.h"
 #include "storage/checkpoint.h"
+#include "worker/comm/collective.h"
 #include "worker/data/loader.h"
 #include "worker/model/model.h"
 #include "worker/train/metrics_log.h"
@@ -75,12 +77,22 @@ class TrainerImpl final : public Trainer {
 
  private:
   absl::Status Resume(const std::string& dir);
-  double Evaluate();
+  absl::StatusOr<double> Evaluate();
   absl::StatusOr<std::string> SaveCheckpoint(int64_t steps_done);
+  // Averages gradients over ranks (all-reduce, or reduce-scatter onto this
+  // rank's shard with ZeRO-1) and returns the global gradient L2 norm.
+  absl::StatusOr<double> SyncGradients();
+  bool is_root() const { return comm_->rank() == 0; }
   void ApplyAdamW(int64_t adam_t, float lr, float grad_scale);
 
   TrainOptions opts_;
   v1::JobSpec spec_;
+  std::unique_ptr<comm::Collective> owned_comm_;
+  comm::Collective* comm_ = nullptr;
+  int world_ = 1;
+  bool zero_ = false;
+  comm::ShardLayout layout_;    // ZeRO-1 shards over the flat parameter buffer
+  int64_t opt_lo_ = 0, opt_hi_ = 0;  // the range this rank's optimizer updates
   std::string ckpt_root_;
   std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
   std::unique_ptr<model::Model> model_;
@@ -102,6 +114,13 @@ absl::Status TrainerImpl::Init() {
   accum_ = std::max(1, spec_.train().grad_accum_steps());
   ckpt_root_ = fs::JoinPath(opts_.out_dir, "checkpoints");
   RETURN_IF_ERROR(fs::MakeDirs(opts_.out_dir));
+  comm_ = opts_.comm;
+  if (comm_ == nullptr) {
+    owned_comm_ = std::make_unique<comm::LocalCollective>();
+    comm_ = owned_comm_.get();
+  }
+  world_ = comm_->world_size();
+  zero_ = spec_.train().zero() == 1;
 
   kernels::cpu::SetNumThreads(spec_.train().threads());  // 0 = all cores
 
@@ -111,6 +130,8 @@ absl::Status TrainerImpl::Init() {
   lo.batch_size = B_;
   lo.seq_len = T_;
   lo.seed = spec_.train().seed();
+  lo.rank = comm_->rank();
+  lo.world_size = world_;
   ASSIGN_OR_RETURN(train_loader_, data::DataLoader::Open(lo));
   lo.split = "val";
   lo.sequential = true;
@@ -127,8 +148,17 @@ absl::Status TrainerImpl::Init() {
   ASSIGN_OR_RETURN(auto cfg, ModelConfigFromSpec(spec_, train_loader_->vocab_size()));
   ASSIGN_OR_RETURN(model_, model::Model::Create(cfg, B_, T_));
   model_->InitWeights(spec_.train().seed());
-  opt_.m.assign(model_->num_params(), 0.f);
-  opt_.v.assign(model_->num_params(), 0.f);
+  const int64_t n = model_->num_params();
+  // Ranks start from identical weights (same seed); the broadcast makes that a
+  // guarantee rather than an assumption about deterministic init.
+  RETURN_IF_ERROR(comm_->Broadcast(model_->params(), static_cast<size_t>(n), 0));
+  // 16-float alignment keeps each shard's AdamW loop on 64-byte boundaries.
+  layout_ = comm::ShardLayout::Even(static_cast<size_t>(n), world_, 16);
+  opt_lo_ = zero_ ? static_cast<int64_t>(layout_.offset(comm_->rank())) : 0;
+  opt_hi_ = zero_ ? opt_lo_ + static_cast<int64_t>(layout_.len(comm_->rank())) : n;
+  opt_.lo = opt_lo_;
+  opt_.m.assign(opt_hi_ - opt_lo_, 0.f);
+  opt_.v.assign(opt_hi_ - opt_lo_, 0.f);
   inputs_.resize(static_cast<size_t>(B_) * T_);
   targets_.resize(static_cast<size_t>(B_) * T_);
 
@@ -142,7 +172,7 @@ absl::Status TrainerImpl::Init() {
   state_.set_format_version(kStateFormatVersion);
   *state_.mutable_spec() = spec_;
   state_.set_tokenizer_hash(train_loader_->tokenizer_hash());
-  state_.set_world_size(1);
+  state_.set_world_size(world_);
   state_.set_vocab_size(cfg.vocab_size);
 
   // Resume.
@@ -166,18 +196,25 @@ absl::Status TrainerImpl::Init() {
   }
   if (!resume_dir.empty()) RETURN_IF_ERROR(Resume(resume_dir));
 
-  ASSIGN_OR_RETURN(metrics_, MetricsLog::Open(fs::JoinPath(opts_.out_dir, "metrics.jsonl"),
-                                              state_.step()));
-  progress_ = std::make_unique<ProgressPrinter>(opts_.progress, spec_.train().max_steps(),
-                                                std::max(1, spec_.train().log_every()));
+  // Only rank 0 writes metrics and prints progress.
+  if (is_root()) {
+    ASSIGN_OR_RETURN(metrics_, MetricsLog::Open(fs::JoinPath(opts_.out_dir, "metrics.jsonl"),
+                                                state_.step()));
+  }
+  progress_ = std::make_unique<ProgressPrinter>(
+      is_root() ? opts_.progress : TrainOptions::Progress::kNone, spec_.train().max_steps(),
+      std::max(1, spec_.train().log_every()));
+  if (!is_root()) return absl::OkStatus();
 
   const double ftok = model_->flops_per_token(T_);
   LLMT_LOG(Info) << absl::StrFormat(
       "model %s: %.2fM parameters, %.3f GFLOP/token (train), vocab %d, activations %.1f MiB; "
-      "batch %d x %d x accum %d = %d tokens/step; %lld steps",
+      "batch %d x %d x accum %d x %d rank(s) = %d tokens/step; %lld steps%s",
       spec_.model().family(), model_->num_params() / 1e6, ftok / 1e9, cfg.vocab_size,
-      model_->activation_bytes() / 1048576.0, B_, T_, accum_, B_ * T_ * accum_,
-      static_cast<long long>(spec_.train().max_steps()));
+      model_->activation_bytes() / 1048576.0, B_, T_, accum_, world_, B_ * T_ * accum_ * world_,
+      static_cast<long long>(spec_.train().max_steps()),
+      world_ > 1 ? absl::StrCat("; ", comm_->backend(), zero_ ? " data parallel, ZeRO-1" : " data parallel")
+                 : "");
   return absl::OkStatus();
 }
 
@@ -196,19 +233,24 @@ absl::Status TrainerImpl::Resume(const std::string& dir) {
         " but ", spec_.data().dir(), " uses tokenizer ", train_loader_->tokenizer_hash().substr(0, 12)));
   }
   RETURN_IF_ERROR(LoadModelWeights(*model_, fs::JoinPath(dir, "model.safetensors")));
-  RETURN_IF_ERROR(LoadOptimizer(*model_, &opt_, fs::JoinPath(dir, "optimizer.safetensors")));
+  RETURN_IF_ERROR(LoadOptimizer(*model_, dir, opt_lo_, opt_hi_, &opt_));
   RETURN_IF_ERROR(train_loader_->Restore(FromProto(st.train_loader())));
   // Keep the current spec (max_steps etc. may have been extended) but the
   // checkpoint's progress counters.
   st.set_format_version(kStateFormatVersion);
   *st.mutable_spec() = spec_;
   state_ = st;
-  LLMT_LOG(Info) << "resumed from " << info.dir << " at step " << state_.step();
+  if (is_root()) {
+    LLMT_LOG(Info) << "resumed from " << info.dir << " at step " << state_.step()
+                   << (st.world_size() != world_
+                           ? absl::StrCat(" (saved by ", st.world_size(), " rank(s), now ", world_, ")")
+                           : "");
+  }
+  state_.set_world_size(world_);
   return absl::OkStatus();
 }
 
-double TrainerImpl::Evaluate() {
-  if (!val_loader_) return std::nan("");
+absl::StatusOr<double> TrainerImpl::Evaluate() {
   val_loader_->Reset();
   const int steps = std::max(1, spec_.eval().steps());
   double sum = 0;
@@ -216,33 +258,97 @@ double TrainerImpl::Evaluate() {
     val_loader_->Next(inputs_.data(), targets_.data());
     sum += model_->Forward(inputs_.data(), targets_.data(), B_, T_);
   }
-  return sum / steps;
+  double mean = sum / steps;
+  // Each rank evaluated its slice of the same global val batches.
+  RETURN_IF_ERROR(comm_->AllReduceScalar(&mean, comm::ReduceOp::kAvg));
+  return mean;
+}
+
+absl::StatusOr<double> TrainerImpl::SyncGradients() {
+  float* g = model_->grads();
+  const int64_t n = model_->num_params();
+  double sumsq = 0;
+  if (world_ == 1) {
+    sumsq = kernels::cpu::SumSquares(g, n);
+  } else if (zero_) {
+    // Each rank needs only its shard's averaged gradient.
+    RETURN_IF_ERROR(comm_->ReduceScatter(g, g + opt_lo_, layout_, comm::ReduceOp::kAvg));
+    sumsq = kernels::cpu::SumSquares(g + opt_lo_, opt_hi_ - opt_lo_);
+    RETURN_IF_ERROR(comm_->AllReduceScalar(&sumsq, comm::ReduceOp::kSum));
+  } else {
+    // Buckets bound the transient memory Gloo needs per call.
+    constexpr int64_t kBucket = 8 << 20;  // floats (32 MiB)
+    for (int64_t off = 0; off < n; off += kBucket) {
+      RETURN_IF_ERROR(comm_->AllReduceAvg(g + off, static_cast<size_t>(std::min(kBucket, n - off))));
+    }
+    sumsq = kernels::cpu::SumSquares(g, n);
+  }
+  return std::sqrt(sumsq);
 }
 
 void TrainerImpl::ApplyAdamW(int64_t adam_t, float lr, float grad_scale) {
   const auto& o = spec_.optim();
   float* p = model_->params();
   const float* g = model_->grads();
+  // Each parameter tensor's part inside [opt_lo_, opt_hi_) (everything
+  // without ZeRO); the tensor decides whether weight decay applies.
   for (const auto& info : model_->params_info()) {
-    kernels::cpu::AdamW(p + info.offset, g + info.offset, opt_.m.data() + info.offset,
-                        opt_.v.data() + info.offset, info.numel, lr, static_cast<float>(o.beta1()),
-                        static_cast<float>(o.beta2()), static_cast<float>(o.eps()),
+    const int64_t a = std::max(info.offset, opt_lo_);
+    const int64_t b = std::min(info.offset + info.numel, opt_hi_);
+    if (a >= b) continue;
+    kernels::cpu::AdamW(p + a, g + a, opt_.m.data() + (a - opt_lo_), opt_.v.data() + (a - opt_lo_),
+                        b - a, lr, static_cast<float>(o.beta1()), static_cast<float>(o.beta2()),
+                        static_cast<float>(o.eps()),
                         info.decay ? static_cast<float>(o.weight_decay()) : 0.f, adam_t, grad_scale);
   }
 }
 
+// Rank 0 stages the checkpoint and tells the others where; with ZeRO-1 every
+// rank writes its optimizer shard there; once all ranks report success rank 0
+// writes the model and trainer state and commits (manifest + rename), so the
+// committed directory always holds every rank's part.
 absl::StatusOr<std::string> TrainerImpl::SaveCheckpoint(int64_t steps_done) {
   auto t0 = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(auto w, storage::CheckpointWriter::Begin(ckpt_root_, steps_done));
-  RETURN_IF_ERROR(SaveModelWeights(*model_, w.PathFor("model.safetensors")));
-  RETURN_IF_ERROR(SaveOptimizer(*model_, opt_, w.PathFor("optimizer.safetensors")));
+  std::optional<storage::CheckpointWriter> w;
+  std::string staging(4096, '\0');
+  absl::Status root_status;
+  if (is_root()) {
+    auto begun = storage::CheckpointWriter::Begin(ckpt_root_, steps_done);
+    if (begun.ok()) {
+      w.emplace(std::move(begun).value());
+      staging.replace(0, w->temp_dir().size(), w->temp_dir());
+    } else {
+      root_status = begun.status();  // the others learn of it through the empty path
+    }
+  }
+  if (world_ > 1) RETURN_IF_ERROR(comm_->Broadcast(staging.data(), staging.size(), 0));
+  staging.resize(staging.find('\0'));
+  if (staging.empty()) {
+    return root_status.ok() ? absl::AbortedError("rank 0 could not stage the checkpoint")
+                            : root_status;
+  }
+  absl::Status shard_status;
+  if (zero_ && !opt_.m.empty()) {
+    shard_status = SaveOptimizerShard(
+        opt_, model_->num_params(),
+        fs::JoinPath(staging, OptimizerShardName(comm_->rank(), world_)));
+  }
+  // Every rank reports whether its shard made it, so all agree on failure.
+  double failed = shard_status.ok() ? 0 : 1;
+  if (world_ > 1) RETURN_IF_ERROR(comm_->AllReduceScalar(&failed, comm::ReduceOp::kMax));
+  if (!shard_status.ok()) return shard_status;
+  if (failed > 0) return absl::AbortedError("another rank failed to write its optimizer shard");
+  if (!is_root()) return staging;
+
+  RETURN_IF_ERROR(SaveModelWeights(*model_, w->PathFor("model.safetensors")));
+  if (!zero_) RETURN_IF_ERROR(SaveOptimizer(*model_, opt_, w->PathFor("optimizer.safetensors")));
   state_.set_step(steps_done);
   *state_.mutable_train_loader() = ToProto(train_loader_->state());
   state_.set_created_at(NowRfc3339());
-  RETURN_IF_ERROR(SaveTrainerState(state_, w.PathFor("trainer_state.json")));
+  RETURN_IF_ERROR(SaveTrainerState(state_, w->PathFor("trainer_state.json")));
   // The tokenizer travels with the weights so `llmt sample` needs nothing else.
-  RETURN_IF_ERROR(w.WriteFile("tokenizer.model", tokenizer_model_));
-  ASSIGN_OR_RETURN(std::string dir, w.Commit());
+  RETURN_IF_ERROR(w->WriteFile("tokenizer.model", tokenizer_model_));
+  ASSIGN_OR_RETURN(std::string dir, w->Commit());
   RETURN_IF_ERROR(storage::ApplyRetention(ckpt_root_, spec_.checkpoint().keep_last()));
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   LLMT_LOG(Info) << absl::StrFormat("checkpoint %s written in %.2f s", dir, secs);
@@ -258,8 +364,7 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
   const int max_bad = spec_.train().max_bad_steps() > 0 ? spec_.train().max_bad_steps() : 5;
   const double spike = spec_.train().loss_spike_factor();
   const double clip = spec_.optim().grad_clip();
-  const int64_t tokens_per_step = static_cast<int64_t>(B_) * T_ * accum_;
-  const int64_t n = model_->num_params();
+  const int64_t tokens_per_step = static_cast<int64_t>(B_) * T_ * accum_ * world_;
 
   int64_t step = state_.step();  // steps already completed
   if (step >= max_steps) {
@@ -275,7 +380,8 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
       model_->Backward(1.0f / accum_);
     }
     loss /= accum_;
-    double gnorm = kernels::cpu::L2Norm(model_->grads(), n);
+    RETURN_IF_ERROR(comm_->AllReduceScalar(&loss, comm::ReduceOp::kAvg));
+    ASSIGN_OR_RETURN(double gnorm, SyncGradients());
     const float lr = static_cast<float>(schedule_.LrAt(step));
 
     // Bad-step detection: non-finite loss/gradients, or a loss spike far above
@@ -309,6 +415,10 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
       const float grad_scale = (clip > 0 && gnorm > clip) ? static_cast<float>(clip / gnorm) : 1.f;
       const int64_t adam_t = step + 1 - state_.skipped_steps_total();
       ApplyAdamW(adam_t, lr, grad_scale);
+      if (zero_ && world_ > 1) {
+        // Every rank updated its shard; gather the full parameters.
+        RETURN_IF_ERROR(comm_->AllGather(model_->params(), layout_));
+      }
       state_.set_loss_ema(state_.loss_ema() == 0 ? loss : 0.95 * state_.loss_ema() + 0.05 * loss);
     }
     ++step;
@@ -328,26 +438,31 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
     m.tokens_seen = state_.tokens_seen();
 
     const bool last = step == max_steps;
-    const bool stopping = StopRequested();
+    // Ranks must agree on stopping at the same step (signals arrive whenever).
+    double stop_flag = StopRequested() ? 1 : 0;
+    RETURN_IF_ERROR(comm_->AllReduceScalar(&stop_flag, comm::ReduceOp::kMax));
+    const bool stopping = stop_flag > 0;
     if (val_loader_ && (last || (eval_every > 0 && step % eval_every == 0))) {
-      double vl = Evaluate();
+      ASSIGN_OR_RETURN(double vl, Evaluate());
       m.has_val = true;
       m.val_loss = vl;
       state_.set_last_val_loss(vl);
       if (state_.best_val_loss() == 0 || vl < state_.best_val_loss()) state_.set_best_val_loss(vl);
       result.final_val_loss = vl;
     }
-    RETURN_IF_ERROR(metrics_->Append(m));
+    if (metrics_) RETURN_IF_ERROR(metrics_->Append(m));
     progress_->Update(m);
-    if (opts_.observer) opts_.observer->OnStep(m);
+    if (opts_.observer && is_root()) opts_.observer->OnStep(m);
 
     if (last || stopping || (ckpt_every > 0 && step % ckpt_every == 0)) {
       ASSIGN_OR_RETURN(result.last_checkpoint, SaveCheckpoint(step));
     }
     if (stopping && !last) {
       progress_->Finish();
-      LLMT_LOG(Info) << "stop requested: checkpoint written at step " << step
-                     << "; continue with --resume auto";
+      if (is_root()) {
+        LLMT_LOG(Info) << "stop requested: checkpoint written at step " << step
+                       << "; continue with --resume auto";
+      }
       result.stopped_by_signal = true;
       break;
     }

@@ -11,6 +11,10 @@
 #include "absl/status/statusor.h"
 #include "llmt/v1/job.pb.h"
 
+namespace llmt::comm {
+class Collective;
+}
+
 namespace llmt::train {
 
 struct StepMetrics {
@@ -38,6 +42,9 @@ struct TrainOptions {
   std::string resume;         // "" (fresh; fails if OUT has checkpoints), "auto", or a checkpoint dir
   enum class Progress { kAuto, kBar, kLines, kNone } progress = Progress::kAuto;
   TrainObserver* observer = nullptr;
+  // Data-parallel group (not owned); nullptr = a single process. Every rank
+  // runs a Trainer with the same spec; rank 0 writes metrics and checkpoints.
+  comm::Collective* comm = nullptr;
 };
 
 struct TrainResult {
