@@ -151,10 +151,10 @@ int Sweep(Collective& c, Buffers& mem, const Flags& f, const std::string& op,
   const int n = c.world_size();
   const bool lead = c.rank() == 0;
   if (lead) {
-    std::printf("\n# %s, %s, %d rank%s; time = slowest rank, busbw from the median\n",
-                op.c_str(), title.c_str(), n, n == 1 ? "" : "s");
-    std::printf("%10s %10s %6s %12s %12s %12s %12s %12s\n", "size", "floats", "iters",
-                "median(us)", "min(us)", "algbw(GB/s)", "busbw(GB/s)", "best_busbw");
+    std::printf("\n# %s, %s, %d rank%s; time = slowest rank, busbw from the median\n", op.c_str(),
+                title.c_str(), n, n == 1 ? "" : "s");
+    std::printf("%10s %10s %6s %12s %12s %12s %12s %12s\n", "size", "floats", "iters", "median(us)",
+                "min(us)", "algbw(GB/s)", "busbw(GB/s)", "best_busbw");
     std::fflush(stdout);
   }
   for (size_t bytes = f.min_bytes; bytes <= f.max_bytes; bytes *= 4) {
@@ -163,9 +163,9 @@ int Sweep(Collective& c, Buffers& mem, const Flags& f, const std::string& op,
     float* buf = mem.Alloc(count);
     mem.Fill(buf, count, 1.f);
     // Enough iterations for a stable median, fewer for big messages.
-    const int iters = f.iters > 0 ? f.iters
-                                  : static_cast<int>(std::clamp<size_t>(
-                                        (size_t{256} << 20) / bytes, 5, 50));
+    const int iters =
+        f.iters > 0 ? f.iters
+                    : static_cast<int>(std::clamp<size_t>((size_t{256} << 20) / bytes, 5, 50));
     const int warmup = 2;
     std::vector<double> times;
     for (int it = 0; it < warmup + iters; ++it) {
@@ -200,9 +200,9 @@ int Sweep(Collective& c, Buffers& mem, const Flags& f, const std::string& op,
     const double gb = static_cast<double>(count * sizeof(float)) / 1e9;
     const double algbw = gb / t;
     if (lead) {
-      std::printf("%10s %10zu %6d %12.1f %12.1f %12.3f %12.3f %12.3f\n",
-                  HumanBytes(bytes).c_str(), count, iters, t * 1e6, best * 1e6, algbw,
-                  algbw * BusFactor(op, n), gb / best * BusFactor(op, n));
+      std::printf("%10s %10zu %6d %12.1f %12.1f %12.3f %12.3f %12.3f\n", HumanBytes(bytes).c_str(),
+                  count, iters, t * 1e6, best * 1e6, algbw, algbw * BusFactor(op, n),
+                  gb / best * BusFactor(op, n));
       std::fflush(stdout);
     }
   }

@@ -11,10 +11,14 @@ namespace llmt::comm {
 
 const char* ReduceOpName(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kAvg: return "avg";
-    case ReduceOp::kMax: return "max";
-    case ReduceOp::kMin: return "min";
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kMin:
+      return "min";
   }
   return "?";
 }
@@ -50,8 +54,8 @@ bool ShardLayout::equal_lengths() const {
 
 absl::Status ShardLayout::CheckWorld(int world) const {
   if (static_cast<int>(lens_.size()) != world) {
-    return absl::InvalidArgumentError(absl::StrCat("shard layout has ", lens_.size(),
-                                                   " shards but the world size is ", world));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard layout has ", lens_.size(), " shards but the world size is ", world));
   }
   return absl::OkStatus();
 }
@@ -115,8 +119,8 @@ absl::Status LocalCollective::AllReduceScalar(double* value, ReduceOp op) {
   return absl::OkStatus();
 }
 
-absl::Status LocalCollective::ReduceScatter(const float* in, float* out,
-                                            const ShardLayout& layout, ReduceOp op) {
+absl::Status LocalCollective::ReduceScatter(const float* in, float* out, const ShardLayout& layout,
+                                            ReduceOp op) {
   RETURN_IF_ERROR(CheckReduceScatterArgs(in, out, layout, op));
   if (layout.total() > 0 && out != in) {
     std::memmove(out, in, layout.total() * sizeof(float));

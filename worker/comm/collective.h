@@ -133,8 +133,8 @@ class Collective {
  protected:
   // Shared argument checks; they name the call and the bad argument.
   absl::Status CheckRoot(const char* call, int root) const;
-  absl::Status CheckReduceScatterArgs(const float* in, const float* out,
-                                      const ShardLayout& layout, ReduceOp op) const;
+  absl::Status CheckReduceScatterArgs(const float* in, const float* out, const ShardLayout& layout,
+                                      ReduceOp op) const;
   absl::Status CheckAllGatherArgs(const float* data, const ShardLayout& layout) const;
 };
 

@@ -10,8 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -118,7 +118,8 @@ absl::StatusOr<std::shared_ptr<Store>> OpenStore(const CommEnv& env) {
     return std::shared_ptr<Store>(std::move(fs));
   }
   if (env.master_addr.empty() || env.master_port == 0) {
-    return absl::InvalidArgumentError("no rendezvous: set MASTER_ADDR/MASTER_PORT or LLMT_STORE_DIR");
+    return absl::InvalidArgumentError(
+        "no rendezvous: set MASTER_ADDR/MASTER_PORT or LLMT_STORE_DIR");
   }
   if (env.rank == 0) {
     ASSIGN_OR_RETURN(auto s, TcpStore::Host(env.master_port));
@@ -149,11 +150,10 @@ absl::StatusOr<std::string> LocalAddressToward(const std::string& host, int port
       socklen_t len = sizeof(local);
       char buf[INET6_ADDRSTRLEN] = {0};
       if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
-        const void* addr = local.ss_family == AF_INET6
-                               ? static_cast<const void*>(
-                                     &reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
-                               : static_cast<const void*>(
-                                     &reinterpret_cast<sockaddr_in*>(&local)->sin_addr);
+        const void* addr =
+            local.ss_family == AF_INET6
+                ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
+                : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr);
         if (inet_ntop(local.ss_family, addr, buf, sizeof(buf)) != nullptr) out = buf;
       }
     } else {
@@ -200,8 +200,9 @@ absl::StatusOr<std::unique_ptr<Collective>> MakeCollective(const CommEnv& env, C
   } else {
     absl::StatusOr<std::string> a = LocalAddressToward(env.master_addr, env.master_port);
     if (!a.ok()) {
-      return Annotate(a.status(), "choosing the address Gloo binds (set LLMT_COMM_IFACE or "
-                                  "LLMT_COMM_HOST to override)");
+      return Annotate(a.status(),
+                      "choosing the address Gloo binds (set LLMT_COMM_IFACE or "
+                      "LLMT_COMM_HOST to override)");
     }
     o.hostname = *a;
   }

@@ -56,10 +56,13 @@ void MinFn(void* c, const void* a, const void* b, size_t n) {
 template <typename T>
 ReduceFn FnFor(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kMax: return &MaxFn<T>;
-    case ReduceOp::kMin: return &MinFn<T>;
+    case ReduceOp::kMax:
+      return &MaxFn<T>;
+    case ReduceOp::kMin:
+      return &MinFn<T>;
     case ReduceOp::kSum:
-    case ReduceOp::kAvg: break;
+    case ReduceOp::kAvg:
+      break;
   }
   return &SumFn<T>;
 }
@@ -149,12 +152,12 @@ GlooCollective::GlooCollective(std::shared_ptr<Store> store, int rank, int world
 
 GlooCollective::~GlooCollective() = default;
 
-absl::StatusOr<std::unique_ptr<GlooCollective>> GlooCollective::Create(
-    std::shared_ptr<Store> store, int rank, int world, const GlooOptions& opts) {
+absl::StatusOr<std::unique_ptr<GlooCollective>> GlooCollective::Create(std::shared_ptr<Store> store,
+                                                                       int rank, int world,
+                                                                       const GlooOptions& opts) {
   if (world < 1) return absl::InvalidArgumentError(absl::StrCat("world size ", world, " < 1"));
   if (rank < 0 || rank >= world) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("rank ", rank, " is outside [0, ", world, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " is outside [0, ", world, ")"));
   }
   if (store == nullptr) return absl::InvalidArgumentError("gloo: no rendezvous store");
   if (opts.timeout.count() < 2) {
@@ -183,11 +186,11 @@ absl::Status GlooCollective::Connect() {
     }
     dev = gloo::transport::tcp::CreateDevice(attr);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat(
-        "gloo: cannot use network ",
-        opts_.iface.empty() ? absl::StrCat("address '", opts_.hostname, "'")
-                            : absl::StrCat("interface '", opts_.iface, "'"),
-        " on rank ", rank_, ": ", CleanGlooMessage(e.what())));
+    return absl::UnavailableError(
+        absl::StrCat("gloo: cannot use network ",
+                     opts_.iface.empty() ? absl::StrCat("address '", opts_.hostname, "'")
+                                         : absl::StrCat("interface '", opts_.iface, "'"),
+                     " on rank ", rank_, ": ", CleanGlooMessage(e.what())));
   }
   auto ctx = std::make_shared<gloo::rendezvous::Context>(rank_, world_);
   ctx->setTimeout(op_timeout_);
@@ -197,8 +200,7 @@ absl::Status GlooCollective::Connect() {
     ctx->connectFullMesh(adapter, dev);
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("gloo: rank ", rank_, " could not connect to its ",
-                                               world_ - 1, " peers: ",
-                                               CleanGlooMessage(e.what())));
+                                               world_ - 1, " peers: ", CleanGlooMessage(e.what())));
   }
   context_ = std::move(ctx);
   LLMT_LOG(Debug) << "gloo: rank " << rank_ << "/" << world_ << " connected via "
@@ -209,9 +211,8 @@ absl::Status GlooCollective::Connect() {
 absl::Status GlooCollective::Run(const char* op, const std::string& what,
                                  const std::function<void()>& fn) {
   if (!broken_.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("gloo ", op, ": the group is unusable after an earlier failure: ",
-                     broken_.message()));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "gloo ", op, ": the group is unusable after an earlier failure: ", broken_.message()));
   }
   const uint64_t seq = ++seq_;
   const auto t0 = Clock::now();
@@ -231,9 +232,9 @@ absl::Status GlooCollective::Run(const char* op, const std::string& what,
   }
   const std::string peers =
       DiagnosePeers(store_.get(), rank_, world_, seq, op, error, grace_, peer_info_);
-  std::string msg = absl::StrCat("gloo ", op, " (collective #", seq, ", ", what,
-                                 ") failed on rank ", rank_, " of ", world_, " after ",
-                                 Seconds(Clock::now() - t0), ": ", error, ". ", peers);
+  std::string msg =
+      absl::StrCat("gloo ", op, " (collective #", seq, ", ", what, ") failed on rank ", rank_,
+                   " of ", world_, " after ", Seconds(Clock::now() - t0), ": ", error, ". ", peers);
   broken_ = timed_out ? absl::DeadlineExceededError(msg) : absl::UnavailableError(msg);
   LLMT_LOG(Error) << msg;
   return broken_;

@@ -41,10 +41,10 @@ absl::StatusOr<std::vector<std::string>> JoinGroup(Store* store, int rank, int w
     for (int r = 0; r < world; ++r) {
       if (!store->Get(keys[r], milliseconds(0)).ok()) missing.push_back(r);
     }
-    return absl::DeadlineExceededError(absl::StrCat(
-        "rendezvous: rank(s) ", absl::StrJoin(missing, ", "), " of ", world,
-        " did not join within ", Seconds(timeout), " via ", store->Describe(),
-        " (were they started, with the same WORLD_SIZE and store address?)"));
+    return absl::DeadlineExceededError(
+        absl::StrCat("rendezvous: rank(s) ", absl::StrJoin(missing, ", "), " of ", world,
+                     " did not join within ", Seconds(timeout), " via ", store->Describe(),
+                     " (were they started, with the same WORLD_SIZE and store address?)"));
   }
   std::vector<std::string> info(world);
   for (int r = 0; r < world; ++r) {
@@ -94,8 +94,8 @@ std::string DiagnosePeers(Store* store, int rank, int world, uint64_t seq, const
     std::vector<std::string> parts = absl::StrSplit(*v, absl::MaxSplits('\n', 2));
     uint64_t their_seq = 0;
     if (parts.size() >= 2 && absl::SimpleAtoi(parts[0], &their_seq) && their_seq != seq) {
-      desync.push_back(absl::StrCat("rank ", r, " failed in collective #", their_seq, " (",
-                                    parts[1], ")"));
+      desync.push_back(
+          absl::StrCat("rank ", r, " failed in collective #", their_seq, " (", parts[1], ")"));
     } else {
       same.push_back(r);
     }
@@ -104,13 +104,11 @@ std::string DiagnosePeers(Store* store, int rank, int world, uint64_t seq, const
   if (!silent.empty()) {
     sentences.push_back(absl::StrCat(silent.size() == 1 ? "Peer " : "Peers ",
                                      absl::StrJoin(silent, ", "), " did not report within ",
-                                     Seconds(grace),
-                                     ": died, hung, or busy outside collectives."));
+                                     Seconds(grace), ": died, hung, or busy outside collectives."));
   }
   if (!same.empty()) {
     sentences.push_back(absl::StrCat(same.size() == 1 ? "Rank " : "Ranks ",
-                                     absl::StrJoin(same, ", "),
-                                     " failed in the same collective."));
+                                     absl::StrJoin(same, ", "), " failed in the same collective."));
   }
   if (!desync.empty()) {
     sentences.push_back(absl::StrCat(absl::StrJoin(desync, "; "),

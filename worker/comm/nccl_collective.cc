@@ -20,10 +20,14 @@ using std::chrono::milliseconds;
 
 ncclRedOp_t NcclOp(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return ncclSum;
-    case ReduceOp::kAvg: return ncclAvg;
-    case ReduceOp::kMax: return ncclMax;
-    case ReduceOp::kMin: return ncclMin;
+    case ReduceOp::kSum:
+      return ncclSum;
+    case ReduceOp::kAvg:
+      return ncclAvg;
+    case ReduceOp::kMax:
+      return ncclMax;
+    case ReduceOp::kMin:
+      return ncclMin;
   }
   return ncclSum;
 }
@@ -48,8 +52,9 @@ NcclCollective::NcclCollective(std::shared_ptr<Store> store, int rank, int world
   op_timeout_ = opts.timeout - grace_;
 }
 
-absl::StatusOr<std::unique_ptr<NcclCollective>> NcclCollective::Create(
-    std::shared_ptr<Store> store, int rank, int world, const NcclOptions& opts) {
+absl::StatusOr<std::unique_ptr<NcclCollective>> NcclCollective::Create(std::shared_ptr<Store> store,
+                                                                       int rank, int world,
+                                                                       const NcclOptions& opts) {
   if (world < 1) return absl::InvalidArgumentError(absl::StrCat("world size ", world, " < 1"));
   if (rank < 0 || rank >= world) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " is outside [0, ", world, ")"));
@@ -70,7 +75,8 @@ absl::Status NcclCollective::Init() {
   if (opts_.device >= 0) {
     if (opts_.device >= count) {
       return absl::InvalidArgumentError(absl::StrCat("nccl: device ", opts_.device,
-                                                     " does not exist (", count, " visible; "
+                                                     " does not exist (", count,
+                                                     " visible; "
                                                      "check LOCAL_RANK / CUDA_VISIBLE_DEVICES)"));
     }
     if (cudaError_t e = cudaSetDevice(opts_.device); e != cudaSuccess) {
@@ -136,6 +142,7 @@ absl::Status NcclCollective::Init() {
 }
 
 NcclCollective::~NcclCollective() {
+  cudaSetDevice(device_);  // the destructor may run on another thread
   if (comm_ != nullptr) {
     if (broken_.ok()) {
       // Finalize flushes outstanding work; bounded like any other call.
@@ -194,17 +201,16 @@ std::string NcclCollective::WaitDone(Clock::time_point deadline, bool* timed_out
 }
 
 absl::Status NcclCollective::Fail(const char* op, const std::string& what, uint64_t seq,
-                                  const std::string& error, bool timed_out,
-                                  Clock::time_point t0) {
+                                  const std::string& error, bool timed_out, Clock::time_point t0) {
   // Abort releases kernels spinning on a dead peer and frees the rank to
   // report; the communicator is unusable afterwards either way.
   ncclCommAbort(comm_);
   comm_ = nullptr;
   const std::string peers =
       DiagnosePeers(store_.get(), rank_, world_, seq, op, error, grace_, peer_info_);
-  std::string msg = absl::StrCat("nccl ", op, " (collective #", seq, ", ", what,
-                                 ") failed on rank ", rank_, " of ", world_, " after ",
-                                 Seconds(Clock::now() - t0), ": ", error, ". ", peers);
+  std::string msg =
+      absl::StrCat("nccl ", op, " (collective #", seq, ", ", what, ") failed on rank ", rank_,
+                   " of ", world_, " after ", Seconds(Clock::now() - t0), ": ", error, ". ", peers);
   broken_ = timed_out ? absl::DeadlineExceededError(msg) : absl::UnavailableError(msg);
   LLMT_LOG(Error) << msg;
   return broken_;
@@ -222,8 +228,7 @@ absl::Status NcclCollective::Run(const char* op, const std::string& what,
   auto r = static_cast<ncclResult_t>(enqueue());
   if (r != ncclSuccess && r != ncclInProgress) {
     return Fail(op, what, seq,
-                absl::StrCat(ncclGetErrorString(r), " (", ncclGetLastError(comm_), ")"), false,
-                t0);
+                absl::StrCat(ncclGetErrorString(r), " (", ncclGetLastError(comm_), ")"), false, t0);
   }
   bool timed_out = false;
   std::string err = WaitDone(t0 + op_timeout_, &timed_out);
@@ -244,8 +249,8 @@ absl::Status NcclCollective::AllReduceScalar(double* value, ReduceOp op) {
   RETURN_IF_ERROR(Run("all_reduce_scalar", ReduceOpName(op), [&] {
     cudaMemcpyAsync(dev_scratch_, host_scratch_, sizeof(double), cudaMemcpyHostToDevice,
                     S(stream_));
-    ncclResult_t r = ncclAllReduce(dev_scratch_, dev_scratch_, 1, ncclDouble, NcclOp(op), comm_,
-                                   S(stream_));
+    ncclResult_t r =
+        ncclAllReduce(dev_scratch_, dev_scratch_, 1, ncclDouble, NcclOp(op), comm_, S(stream_));
     if (r != ncclSuccess && r != ncclInProgress) return static_cast<int>(r);
     // With a non-blocking communicator the copy must wait until NCCL has
     // enqueued its kernel, or it would be ordered before it on the stream.
@@ -270,8 +275,8 @@ absl::Status NcclCollective::ReduceScatter(const float* in, float* out, const Sh
   if (layout.equal_lengths()) {
     // NCCL's in-place convention (out == in + rank * len) is our alias rule.
     return Run("reduce_scatter", what, [&] {
-      return static_cast<int>(ncclReduceScatter(in, out, layout.len(0), ncclFloat, NcclOp(op),
-                                                comm_, S(stream_)));
+      return static_cast<int>(
+          ncclReduceScatter(in, out, layout.len(0), ncclFloat, NcclOp(op), comm_, S(stream_)));
     });
   }
   return Run("reduce_scatter", what, [&] {
@@ -322,8 +327,7 @@ absl::Status NcclCollective::Broadcast(void* data, size_t bytes, int root) {
   RETURN_IF_ERROR(CheckRoot("Broadcast", root));
   if (bytes == 0) return broken_;
   return Run("broadcast", absl::StrCat(bytes, " bytes from rank ", root), [&] {
-    return static_cast<int>(
-        ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, S(stream_)));
+    return static_cast<int>(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, S(stream_)));
   });
 }
 

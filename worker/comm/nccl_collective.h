@@ -33,8 +33,8 @@ struct ncclComm;
 namespace llmt::comm {
 
 struct NcclOptions : CollectiveOptions {
-  int device = -1;          // CUDA device index; -1 = the current device
-  void* stream = nullptr;   // cudaStream_t to run on; nullptr = a private stream
+  int device = -1;         // CUDA device index; -1 = the current device
+  void* stream = nullptr;  // cudaStream_t to run on; nullptr = a private stream
 };
 
 class NcclCollective final : public Collective {
@@ -68,9 +68,8 @@ class NcclCollective final : public Collective {
   // Polls until the communicator is no longer "in progress" and the stream is
   // idle, or the deadline. Empty string on success, else the error text.
   std::string WaitDone(std::chrono::steady_clock::time_point deadline, bool* timed_out);
-  absl::Status Fail(const char* op, const std::string& what, uint64_t seq,
-                    const std::string& error, bool timed_out,
-                    std::chrono::steady_clock::time_point t0);
+  absl::Status Fail(const char* op, const std::string& what, uint64_t seq, const std::string& error,
+                    bool timed_out, std::chrono::steady_clock::time_point t0);
 
   std::shared_ptr<Store> base_store_;
   std::unique_ptr<PrefixStore> store_;

@@ -91,7 +91,8 @@ absl::Status FileStore::Set(const std::string& key, const std::string& value) {
       dir_, absl::StrCat(".tmp-", getpid(), "-", counter.fetch_add(1), "-", EncodeKey(key)));
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    return absl::UnavailableError(absl::StrCat("file store: creating ", tmp, ": ", strerror(errno)));
+    return absl::UnavailableError(
+        absl::StrCat("file store: creating ", tmp, ": ", strerror(errno)));
   }
   size_t done = 0;
   while (done < value.size()) {
@@ -125,9 +126,8 @@ absl::StatusOr<std::string> FileStore::Get(const std::string& key,
     absl::StatusOr<std::string> v = ReadIfExists(path);
     if (v.ok() || !absl::IsNotFound(v.status())) return v;
     if (Clock::now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat("key '", key, "' was not set in ",
-                                                      Describe(), " within ", timeout.count(),
-                                                      " ms"));
+      return absl::DeadlineExceededError(absl::StrCat("key '", key, "' was not set in ", Describe(),
+                                                      " within ", timeout.count(), " ms"));
     }
     std::this_thread::sleep_for(std::min<std::chrono::microseconds>(
         sleep, std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()) +
@@ -194,9 +194,8 @@ absl::Status MemoryStore::Wait(const std::vector<std::string>& keys,
                                std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto all = [&] {
-    return std::all_of(keys.begin(), keys.end(), [&](const std::string& k) {
-      return kv_.count(k) > 0;
-    });
+    return std::all_of(keys.begin(), keys.end(),
+                       [&](const std::string& k) { return kv_.count(k) > 0; });
   };
   cv_.wait_for(lock, timeout, [&] { return closed_ || all(); });
   if (closed_) return absl::UnavailableError("store is closed");

@@ -99,8 +99,8 @@ class TcpStoreServer;
 class TcpStore final : public Store {
  public:
   static absl::StatusOr<std::unique_ptr<TcpStore>> Host(int port);
-  static absl::StatusOr<std::unique_ptr<TcpStore>> Connect(const std::string& host, int port,
-                                                           std::chrono::milliseconds connect_timeout);
+  static absl::StatusOr<std::unique_ptr<TcpStore>> Connect(
+      const std::string& host, int port, std::chrono::milliseconds connect_timeout);
   ~TcpStore() override;
 
   absl::Status Set(const std::string& key, const std::string& value) override;

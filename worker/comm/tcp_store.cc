@@ -230,9 +230,8 @@ class TcpStoreServer {
     sockaddr_storage bound{};
     socklen_t len = sizeof(bound);
     getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
-    port_ = bound.ss_family == AF_INET6
-                ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-                : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    port_ = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                                        : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
     accept_thread_ = std::thread([this] { AcceptLoop(); });
     return absl::OkStatus();
   }
@@ -242,9 +241,9 @@ class TcpStoreServer {
 
  private:
   static absl::Status InUse(int port) {
-    return absl::UnavailableError(absl::StrCat(
-        "TCP store: port ", port,
-        " is already in use (another run on this machine? pick another MASTER_PORT)"));
+    return absl::UnavailableError(
+        absl::StrCat("TCP store: port ", port,
+                     " is already in use (another run on this machine? pick another MASTER_PORT)"));
   }
 
   void AcceptLoop() {
@@ -375,10 +374,10 @@ absl::StatusOr<std::unique_ptr<TcpStore>> TcpStore::Connect(const std::string& h
     // Rank 0 may simply not be up yet: retry until the deadline.
     std::this_thread::sleep_for(milliseconds(100));
   }
-  return absl::DeadlineExceededError(absl::StrCat(
-      "could not connect to the TCP store at ", host, ":", port, " (hosted by rank 0) within ",
-      connect_timeout.count(), " ms: ", last_error,
-      "; check MASTER_ADDR/MASTER_PORT and that rank 0 is running"));
+  return absl::DeadlineExceededError(
+      absl::StrCat("could not connect to the TCP store at ", host, ":", port,
+                   " (hosted by rank 0) within ", connect_timeout.count(), " ms: ", last_error,
+                   "; check MASTER_ADDR/MASTER_PORT and that rank 0 is running"));
 }
 
 TcpStore::~TcpStore() {
@@ -394,7 +393,8 @@ absl::StatusOr<std::string> TcpStore::Roundtrip(const std::string& request,
                                                 milliseconds reply_timeout) {
   std::lock_guard<std::mutex> lock(mu_);
   if (fd_ < 0) {
-    return absl::UnavailableError(absl::StrCat(Describe(), " is unreachable (connection lost "
+    return absl::UnavailableError(absl::StrCat(Describe(),
+                                               " is unreachable (connection lost "
                                                "earlier; rank 0 has probably exited)"));
   }
   auto fail = [&](const std::string& what) {
@@ -409,8 +409,10 @@ absl::StatusOr<std::string> TcpStore::Roundtrip(const std::string& request,
   }
   std::string reply;
   switch (ReadFrame(fd_, &reply, Clock::now() + reply_timeout + kReplyMargin)) {
-    case ReadResult::kOk: break;
-    case ReadResult::kClosed: return fail("connection closed; rank 0 has probably exited");
+    case ReadResult::kOk:
+      break;
+    case ReadResult::kClosed:
+      return fail("connection closed; rank 0 has probably exited");
     case ReadResult::kTimeout: {
       absl::Status s = fail("no reply");
       return absl::DeadlineExceededError(s.message());
@@ -421,11 +423,14 @@ absl::StatusOr<std::string> TcpStore::Roundtrip(const std::string& request,
   std::string body;
   if (!r.U8(&code) || !r.Str(&body)) return fail("malformed reply");
   switch (code) {
-    case kOk: return body;
-    case kDeadline: return absl::DeadlineExceededError(absl::StrCat(body, " (", Describe(), ")"));
+    case kOk:
+      return body;
+    case kDeadline:
+      return absl::DeadlineExceededError(absl::StrCat(body, " (", Describe(), ")"));
     case kStopping:
       return absl::UnavailableError(absl::StrCat(Describe(), " is shutting down: ", body));
-    default: return absl::InternalError(absl::StrCat(Describe(), " rejected a request: ", body));
+    default:
+      return absl::InternalError(absl::StrCat(Describe(), " rejected a request: ", body));
   }
 }
 

@@ -3,6 +3,8 @@
 // store handle) over memory, file and TCP stores. Inputs are small integers,
 // so every sum is exact in fp32 whatever the reduction order, and results are
 // compared bit for bit (also across ranks).
+#include "worker/comm/collective.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -10,7 +12,6 @@
 
 #include "comm_test_util.h"
 #include "gtest/gtest.h"
-#include "worker/comm/collective.h"
 #include "worker/comm/gloo_collective.h"
 
 namespace llmt::comm {
@@ -203,8 +204,8 @@ void CheckReduceScatter(std::vector<std::unique_ptr<GlooCollective>>& group) {
             const size_t i = layout.offset(r) + j;
             float want = SumAt(W, i, pass);
             if (op == ReduceOp::kAvg) want /= static_cast<float>(W);
-            ASSERT_EQ(out[r][j], want) << "total " << total << " align " << align << " rank "
-                                       << r << " j " << j << " pass " << pass;
+            ASSERT_EQ(out[r][j], want) << "total " << total << " align " << align << " rank " << r
+                                       << " j " << j << " pass " << pass;
           }
           if (!in_place) {  // the input is left alone
             for (size_t i = 0; i < total; ++i) ASSERT_EQ(in[r][i], Val(r, i, pass));
@@ -371,8 +372,8 @@ TEST(GlooRendezvousTest, WorldOfOneWorks) {
   ASSERT_TRUE((*c)->AllReduceAvg(v.data(), 3).ok());
   EXPECT_EQ(v, (std::vector<float>{1, 2, 3}));
   std::vector<float> out(3);
-  ASSERT_TRUE((*c)->ReduceScatter(v.data(), out.data(), ShardLayout::Even(3, 1), ReduceOp::kSum)
-                  .ok());
+  ASSERT_TRUE(
+      (*c)->ReduceScatter(v.data(), out.data(), ShardLayout::Even(3, 1), ReduceOp::kSum).ok());
   EXPECT_EQ(out, v);
   EXPECT_TRUE((*c)->Barrier().ok());
 }

@@ -22,8 +22,8 @@ namespace llmt::comm::testing {
 
 inline std::string FreshDir(const std::string& name) {
   static std::atomic<int> n{0};
-  std::string dir = ::testing::TempDir() + "/comm-" + name + "-" + std::to_string(getpid()) +
-                    "-" + std::to_string(n++);
+  std::string dir = ::testing::TempDir() + "/comm-" + name + "-" + std::to_string(getpid()) + "-" +
+                    std::to_string(n++);
   std::string cmd = "rm -rf '" + dir + "' && mkdir -p '" + dir + "'";
   EXPECT_EQ(system(cmd.c_str()), 0);
   return dir;
@@ -58,9 +58,12 @@ enum class StoreKind { kMemory, kFile, kTcp };
 
 inline const char* StoreKindName(StoreKind k) {
   switch (k) {
-    case StoreKind::kMemory: return "memory";
-    case StoreKind::kFile: return "file";
-    case StoreKind::kTcp: return "tcp";
+    case StoreKind::kMemory:
+      return "memory";
+    case StoreKind::kFile:
+      return "file";
+    case StoreKind::kTcp:
+      return "tcp";
   }
   return "?";
 }

@@ -1,11 +1,12 @@
 // torchrun-style environment parsing (errors name the variable) and
 // MakeCollective end to end: world 1 -> local; 2 ranks over MASTER_ADDR/PORT
 // (TCP store hosted by rank 0) and over LLMT_STORE_DIR.
+#include "worker/comm/env.h"
+
 #include <map>
 
 #include "comm_test_util.h"
 #include "gtest/gtest.h"
-#include "worker/comm/env.h"
 
 namespace llmt::comm {
 namespace {

@@ -75,8 +75,10 @@ int RunRank(const Scenario& sc, int rank, const std::string& dir, int port) {
   // A broken group stays broken.
   absl::Status again = (*c)->Barrier();
   std::ofstream f(dir + "/result." + std::to_string(rank));
-  f << static_cast<int>(s.code()) << "\n" << dt << "\n"
-    << static_cast<int>(again.code()) << "\n" << s.message() << "\n";
+  f << static_cast<int>(s.code()) << "\n"
+    << dt << "\n"
+    << static_cast<int>(again.code()) << "\n"
+    << s.message() << "\n";
   f.close();
   return 0;
 }

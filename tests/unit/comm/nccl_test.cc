@@ -65,8 +65,7 @@ void CheckGroup(int world) {
         std::vector<float> h(total);
         for (size_t i = 0; i < total; ++i) h[i] = Val(r, i);
         float* in = Upload(h);
-        ASSERT_TRUE(
-            col.ReduceScatter(in, in + layout.offset(r), layout, ReduceOp::kSum).ok());
+        ASSERT_TRUE(col.ReduceScatter(in, in + layout.offset(r), layout, ReduceOp::kSum).ok());
         std::vector<float> shard = Download(in + layout.offset(r), layout.len(r));
         for (size_t j = 0; j < shard.size(); ++j) {
           float want = 0;

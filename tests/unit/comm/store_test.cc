@@ -1,11 +1,12 @@
 // Rendezvous stores: FileStore, TcpStore (host + clients), MemoryStore,
 // PrefixStore — set/get/wait, overwrite, binary and empty values, timeouts
 // (bounded both ways) and a server that disappears.
+#include "worker/comm/store.h"
+
 #include <thread>
 
 #include "comm_test_util.h"
 #include "gtest/gtest.h"
-#include "worker/comm/store.h"
 
 namespace llmt::comm {
 namespace {
