@@ -20,6 +20,7 @@
 #include "worker/data/loader.h"
 #include "worker/data/prepare.h"
 #include "worker/data/tokenizer.h"
+#include "worker/train/event_pipe.h"
 #include "worker/train/model_io.h"
 #include "worker/train/sampler.h"
 #include "worker/train/trainer.h"
@@ -183,10 +184,25 @@ int RunTrain(int argc, char** argv) {
     if (comm_env->rank != 0) o.progress = train::TrainOptions::Progress::kNone;
   }
 
+  // Under llmt-worker: progress, checkpoints and the outcome go up a pipe.
+  std::unique_ptr<train::EventPipeObserver> events;
+  if (int fd = train::EventPipeObserver::FdFromEnv(); fd >= 0) {
+    events = std::make_unique<train::EventPipeObserver>(fd);
+    o.observer = events.get();
+  }
   train::InstallStopSignalHandlers();
   auto trainer = train::Trainer::Create(o);
-  if (!trainer.ok()) return FailFor(trainer.status());
+  if (!trainer.ok()) {
+    if (events) events->OnExit(false, 0, std::string(trainer.status().message()));
+    return FailFor(trainer.status());
+  }
   auto result = (*trainer)->Run();
+  if (events) {
+    events->OnExit(result.ok(), result.ok() ? result->final_step : 0,
+                   result.ok() ? (result->stopped_by_signal ? "stopped by signal after a checkpoint"
+                                                            : "completed")
+                               : std::string(result.status().message()));
+  }
   if (!result.ok()) {
     if (collective) {
       return Fail(absl::Status(result.status().code(),
