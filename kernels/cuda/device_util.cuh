@@ -1,0 +1,114 @@
+// Device-side helpers for kernels/cuda/*.cu (not a public header): fp32 <->
+// storage-type conversion, vector loads, warp/block reductions with a fixed
+// combination order (so every reduction is bit-reproducible run to run), and
+// launch-size helpers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/common.cuh"
+
+namespace llmt::kernels::cuda::internal {
+
+// ---- conversions: all arithmetic in fp32, storage in T --------------------
+__device__ __forceinline__ float ToF(float x) { return x; }
+__device__ __forceinline__ float ToF(bf16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromF(float x);
+template <>
+__device__ __forceinline__ float FromF<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ bf16 FromF<bf16>(float x) {
+  return __float2bfloat16_rn(x);  // round to nearest even
+}
+
+// ---- vector (up to 128-bit) loads and stores ------------------------------
+// Vec<T, V> is V consecutive elements, aligned to its size so that a load is
+// one LDG.64/LDG.128. Callers only use V > 1 after checking on the host that
+// every pointer is aligned to sizeof(T) * V (see Aligned()).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+template <int V, typename T>
+__device__ __forceinline__ Vec<T, V> LoadVec(const T* p) {
+  return *reinterpret_cast<const Vec<T, V>*>(p);
+}
+template <int V, typename T>
+__device__ __forceinline__ void StoreVec(T* p, const Vec<T, V>& x) {
+  *reinterpret_cast<Vec<T, V>*>(p) = x;
+}
+
+// Host: true when every non-null pointer is aligned to `bytes`.
+inline bool Aligned(int64_t bytes, const void* a, const void* b = nullptr,
+                    const void* c = nullptr, const void* d = nullptr) {
+  auto ok = [bytes](const void* p) {
+    return p == nullptr || reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
+  };
+  return ok(a) && ok(b) && ok(c) && ok(d);
+}
+
+// ---- reductions ------------------------------------------------------------
+__device__ __forceinline__ float WarpSum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ double WarpSum(double x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float WarpMax(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every
+// thread gets the result. `smem` holds at least 32 values. The order is fixed
+// by the block shape, so results are reproducible. Contains __syncthreads():
+// call from all threads.
+template <typename F>
+__device__ __forceinline__ F BlockSum(F x, F* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  x = WarpSum(x);
+  __syncthreads();  // smem may still be read by a previous BlockSum
+  if (lane == 0) smem[warp] = x;
+  __syncthreads();
+  x = lane < nwarps ? smem[lane] : F(0);
+  return WarpSum(x);
+}
+
+__device__ __forceinline__ float BlockMax(float x, float* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  x = WarpMax(x);
+  __syncthreads();
+  if (lane == 0) smem[warp] = x;
+  __syncthreads();
+  x = lane < nwarps ? smem[lane] : -INFINITY;
+  return WarpMax(x);
+}
+
+// ---- launch helpers ----------------------------------------------------------
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for a grid-stride loop over `work` items with `threads` per block,
+// capped (grid-stride loops stay correct for any grid size).
+inline unsigned GridFor(int64_t work, int threads, int64_t cap = 65535 * 4) {
+  int64_t g = CeilDiv(work, threads);
+  if (g < 1) g = 1;
+  if (g > cap) g = cap;
+  return static_cast<unsigned>(g);
+}
+
+}  // namespace llmt::kernels::cuda::internal

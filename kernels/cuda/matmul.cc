@@ -1,0 +1,518 @@
+// Host side of the GEMM layer: cuBLASLt plans, the row-major -> column-major
+// mapping, fused epilogues and their fallbacks.
+//
+// Row-major vs column-major. cuBLASLt is column-major. A row-major matrix
+// X [r, c] with leading dimension ld is, read column-major, X^T [c, r] with the
+// same ld. So the row-major product D = op(A) op(B) [M,N] is computed as the
+// column-major product D^T = op(B)^T op(A)^T [N,M]: cuBLASLt's "A" is our B,
+// its "B" is our A, the transpose flags carry over unchanged, and cuBLASLt's
+// m, n, k are our N, M, K. A bias vector of length m in cuBLASLt therefore is
+// one value per row-major output column: bias[N], as wanted.
+#include "kernels/cuda/matmul.cuh"
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/runtime.cuh"
+
+namespace llmt::kernels::cuda {
+namespace {
+
+enum class Epi { kNone, kBias, kGelu, kGeluBias, kDGelu };
+
+const char* EpiName(Epi e) {
+  switch (e) {
+    case Epi::kNone: return "none";
+    case Epi::kBias: return "bias";
+    case Epi::kGelu: return "gelu_aux";
+    case Epi::kGeluBias: return "gelu_aux_bias";
+    case Epi::kDGelu: return "dgelu";
+  }
+  return "?";
+}
+
+cublasLtEpilogue_t LtEpilogue(Epi e) {
+  switch (e) {
+    case Epi::kNone: return CUBLASLT_EPILOGUE_DEFAULT;
+    case Epi::kBias: return CUBLASLT_EPILOGUE_BIAS;
+    case Epi::kGelu: return CUBLASLT_EPILOGUE_GELU_AUX;
+    case Epi::kGeluBias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    case Epi::kDGelu: return CUBLASLT_EPILOGUE_DGELU;
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+Epi EpilogueOf(const GemmOp& op) {
+  if (op.dgelu) return Epi::kDGelu;
+  if (op.gelu) return op.bias != nullptr ? Epi::kGeluBias : Epi::kGelu;
+  if (op.bias != nullptr) return Epi::kBias;
+  return Epi::kNone;
+}
+
+cudaDataType_t LtType(DType t) { return t == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
+
+// Largest power of two (capped at 256) dividing the address: cuBLASLt picks
+// vectorised kernels only for sufficiently aligned operands.
+uint32_t AlignOf(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uint32_t al = 256;
+  while (al > 1 && a % al != 0) al >>= 1;
+  return al;
+}
+
+std::string Describe(const GemmOp& op) {
+  return absl::StrCat("GEMM M=", op.M, " N=", op.N, " K=", op.K, " trans_a=", op.trans_a,
+                      " trans_b=", op.trans_b, " A=", DTypeName(op.a_type), "/lda=", op.lda,
+                      " B=", DTypeName(op.b_type), "/ldb=", op.ldb, " D=", DTypeName(op.d_type),
+                      "/ldd=", op.ldd, " beta=", op.beta, " epilogue=", EpiName(EpilogueOf(op)));
+}
+
+struct PlanKey {
+  bool ta, tb;
+  int64_t M, N, K;
+  DType at, bt, dt;
+  int64_t lda, ldb, ldc, ldd, ldaux;
+  Epi epi;
+  uint32_t align_a, align_b, align_c, align_d;
+  bool tf32;
+  auto Tie() const {
+    return std::tie(ta, tb, M, N, K, at, bt, dt, lda, ldb, ldc, ldd, ldaux, epi, align_a, align_b,
+                    align_c, align_d, tf32);
+  }
+  bool operator<(const PlanKey& o) const { return Tie() < o.Tie(); }
+};
+
+// Descriptors plus the chosen algorithm for one PlanKey. `found` is false
+// when cuBLASLt's heuristic returned nothing (cached too, so the fallback
+// decision is made once per shape).
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool found = false;
+  Plan() = default;
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+  ~Plan() {
+    if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
+    if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
+    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+    if (desc != nullptr) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+}  // namespace
+
+struct Blas::Impl {
+  cublasLtHandle_t handle = nullptr;
+  DeviceBuffer workspace;
+  bool allow_tf32 = false;
+  bool fuse_epilogues = true;
+  int64_t fallbacks = 0;
+  std::map<PlanKey, std::unique_ptr<Plan>> plans;
+  ~Impl() {
+    plans.clear();
+    if (handle != nullptr) cublasLtDestroy(handle);
+  }
+};
+
+Blas::Blas(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Blas::~Blas() = default;
+
+absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
+  auto impl = std::make_unique<Impl>();
+  const cublasStatus_t st = cublasLtCreate(&impl->handle);
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("cublasLtCreate failed: ", CublasStatusName(st)));
+  }
+  auto ws = DeviceBuffer::Allocate("cublaslt_workspace", workspace_bytes);
+  if (!ws.ok()) return ws.status();
+  impl->workspace = std::move(*ws);
+  return std::unique_ptr<Blas>(new Blas(std::move(impl)));
+}
+
+cublasLtHandle_t Blas::handle() const { return impl_->handle; }
+void* Blas::workspace() const { return impl_->workspace.data(); }
+int64_t Blas::workspace_bytes() const { return impl_->workspace.bytes(); }
+void Blas::set_allow_tf32(bool on) { impl_->allow_tf32 = on; }
+bool Blas::allow_tf32() const { return impl_->allow_tf32; }
+void Blas::set_fuse_epilogues(bool on) { impl_->fuse_epilogues = on; }
+bool Blas::fuse_epilogues() const { return impl_->fuse_epilogues; }
+int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
+int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
+
+namespace {
+
+// Fatal on argument errors: these are programming errors in the caller.
+void Validate(const GemmOp& op) {
+  auto fail = [&](const std::string& why) {
+    Fatal(absl::StrCat("cuda::Gemm: ", why, " (", Describe(op), ")"));
+  };
+  if (op.M < 0 || op.N < 0 || op.K <= 0) fail("dimensions must be M, N >= 0 and K > 0");
+  if (op.A == nullptr || op.B == nullptr || op.D == nullptr) fail("A, B and D must be non-null");
+  if (op.a_type != op.b_type) fail("A and B must have the same type");
+  if (op.a_type == DType::kF32 && op.d_type != DType::kF32) {
+    fail("fp32 operands need an fp32 output");
+  }
+  if (op.lda < (op.trans_a ? op.M : op.K)) fail("lda smaller than A's row length");
+  if (op.ldb < (op.trans_b ? op.K : op.N)) fail("ldb smaller than B's row length");
+  if (op.ldd < op.N) fail("ldd smaller than N");
+  if (op.beta != 0.f && op.C != nullptr && op.ldc < op.N) fail("ldc smaller than N");
+  if (op.gelu && op.dgelu) fail("gelu and dgelu are exclusive");
+  if ((op.gelu || op.dgelu) && (op.aux == nullptr || op.ldaux < op.N)) {
+    fail("gelu/dgelu need aux with ldaux >= N");
+  }
+  if (op.dgelu && (op.beta != 0.f || op.bias != nullptr)) fail("dgelu takes no beta*C or bias");
+  if (op.C == nullptr && op.beta != 0.f) fail("beta != 0 needs C");
+}
+
+Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
+  const void* C = (op.beta != 0.f && op.C != nullptr) ? op.C : op.D;
+  const int64_t ldc = C == op.D ? op.ldd : op.ldc;
+  const bool tf32 = impl.allow_tf32 && op.a_type == DType::kF32;
+  const PlanKey key{op.trans_a, op.trans_b, op.M, op.N, op.K, op.a_type, op.b_type, op.d_type,
+                    op.lda, op.ldb, ldc, op.ldd, (op.gelu || op.dgelu) ? op.ldaux : 0, epi,
+                    AlignOf(op.A), AlignOf(op.B), AlignOf(C), AlignOf(op.D), tf32};
+  auto it = impl.plans.find(key);
+  if (it != impl.plans.end()) return it->second.get();
+
+  auto plan = std::make_unique<Plan>();
+  const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  LLMT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, compute, CUDA_R_32F));
+  // cuBLASLt A = our B, cuBLASLt B = our A (see the top of this file).
+  const cublasOperation_t op_a = op.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_b = op.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                   &op_a, sizeof(op_a)));
+  LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB,
+                                                   &op_b, sizeof(op_b)));
+  const cublasLtEpilogue_t lt_epi = LtEpilogue(epi);
+  LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                   &lt_epi, sizeof(lt_epi)));
+  if (epi == Epi::kGelu || epi == Epi::kGeluBias || epi == Epi::kDGelu) {
+    const int64_t ldaux = op.ldaux;
+    LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ldaux, sizeof(ldaux)));
+  }
+  // Stored (column-major) shapes: our row-major B is [K,N] (or [N,K] when
+  // transposed), i.e. column-major N x K (or K x N).
+  const uint64_t a_rows = op.trans_b ? op.K : op.N, a_cols = op.trans_b ? op.N : op.K;
+  const uint64_t b_rows = op.trans_a ? op.M : op.K, b_cols = op.trans_a ? op.K : op.M;
+  LLMT_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan->a, LtType(op.b_type), a_rows, a_cols, op.ldb));
+  LLMT_CUBLAS_CHECK(
+      cublasLtMatrixLayoutCreate(&plan->b, LtType(op.a_type), b_rows, b_cols, op.lda));
+  LLMT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->c, LtType(op.d_type), op.N, op.M, ldc));
+  LLMT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d, LtType(op.d_type), op.N, op.M, op.ldd));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = static_cast<uint64_t>(impl.workspace.bytes());
+  LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  const uint32_t al_a = key.align_b, al_b = key.align_a, al_c = key.align_c, al_d = key.align_d;
+  LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+  LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+  LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
+  LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int n_results = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(impl.handle, plan->desc, plan->a, plan->b, plan->c, plan->d,
+                                     pref, 1, &result, &n_results);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st == CUBLAS_STATUS_SUCCESS && n_results > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+    plan->algo = result.algo;
+    plan->found = true;
+  } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+    Fatal(absl::StrCat("cuBLAS call cublasLtMatmulAlgoGetHeuristic failed: ",
+                       CublasStatusName(st), " for ", Describe(op)));
+  }
+  Plan* p = plan.get();
+  impl.plans.emplace(key, std::move(plan));
+  return p;
+}
+
+bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
+  Plan* plan = GetPlan(impl, op, epi);
+  if (!plan->found) return false;
+  if (epi == Epi::kBias || epi == Epi::kGeluBias) {
+    const void* bias = op.bias;
+    LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  }
+  if (epi == Epi::kGelu || epi == Epi::kGeluBias || epi == Epi::kDGelu) {
+    void* aux = op.aux;
+    LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+  }
+  const void* C = (op.beta != 0.f && op.C != nullptr) ? op.C : op.D;
+  const float alpha = op.alpha, beta = op.beta;
+  const cublasStatus_t st = cublasLtMatmul(
+      impl.handle, plan->desc, &alpha, op.B, plan->a, op.A, plan->b, &beta, C, plan->c, op.D,
+      plan->d, &plan->algo, impl.workspace.data(), static_cast<size_t>(impl.workspace.bytes()),
+      stream);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+    // The heuristic offered an algorithm that then declined these operands:
+    // treat like "no algorithm" so that Gemm() can fall back.
+    plan->found = false;
+    return false;
+  }
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    Fatal(absl::StrCat("cuBLAS call cublasLtMatmul failed: ", CublasStatusName(st), " for ",
+                       Describe(op)));
+  }
+  if (SyncCheckEnabled()) {
+    const cudaError_t err = cudaStreamSynchronize(stream);
+    if (err != cudaSuccess) {
+      Fatal(absl::StrCat("cublasLtMatmul failed while running: ", CudaErrorString(err), " for ",
+                         Describe(op)));
+    }
+  }
+  return true;
+}
+
+void GeluForwardTyped(void* out, const void* inp, DType t, int64_t n, cudaStream_t stream) {
+  if (t == DType::kF32) {
+    GeluForward(static_cast<float*>(out), static_cast<const float*>(inp), n, stream);
+  } else {
+    GeluForward(static_cast<bf16*>(out), static_cast<const bf16*>(inp), n, stream);
+  }
+}
+
+void GeluBackwardTyped(void* dinp, const void* inp, const void* dout, DType t, int64_t n,
+                       cudaStream_t stream) {
+  if (t == DType::kF32) {
+    GeluBackward(static_cast<float*>(dinp), static_cast<const float*>(inp),
+                 static_cast<const float*>(dout), n, stream);
+  } else {
+    GeluBackward(static_cast<bf16*>(dinp), static_cast<const bf16*>(inp),
+                 static_cast<const bf16*>(dout), n, stream);
+  }
+}
+
+}  // namespace
+
+bool TryGemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
+  Validate(op);
+  if (op.M == 0 || op.N == 0) return true;
+  return RunLt(blas.impl(), op, EpilogueOf(op), stream);
+}
+
+void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
+  Validate(op);
+  if (op.M == 0 || op.N == 0) return;
+  Blas::Impl& impl = blas.impl();
+  const Epi epi = EpilogueOf(op);
+  if ((epi == Epi::kNone || impl.fuse_epilogues) && RunLt(impl, op, epi, stream)) return;
+  if (epi == Epi::kNone) {
+    Fatal(absl::StrCat("cuBLASLt has no algorithm for ", Describe(op)));
+  }
+  ++impl.fallbacks;
+  GemmOp plain = op;
+  plain.bias = nullptr;
+  plain.gelu = plain.dgelu = false;
+  plain.aux = nullptr;
+  auto run_plain = [&](const GemmOp& p) {
+    if (!RunLt(impl, p, Epi::kNone, stream)) {
+      Fatal(absl::StrCat("cuBLASLt has no algorithm for ", Describe(p)));
+    }
+  };
+  // The elementwise GELU kernels need dense rows.
+  auto need_dense = [&](int64_t ld, const char* what) {
+    if (ld != op.N) {
+      Fatal(absl::StrCat("cuda::Gemm fallback: ", what, " must be dense (ld == N) for ",
+                         Describe(op)));
+    }
+  };
+  if (epi == Epi::kDGelu) {
+    // D = alpha AB, then D = gelu'(aux) * D in place.
+    need_dense(op.ldd, "D");
+    need_dense(op.ldaux, "aux");
+    run_plain(plain);
+    GeluBackwardTyped(op.D, op.aux, op.D, op.d_type, op.M * op.N, stream);
+    return;
+  }
+  // Bias (and beta C) are seeded into the GEMM target, which then accumulates
+  // with beta = 1. For GELU the target is aux (pre-activation), then D = gelu(aux).
+  const bool gelu = epi == Epi::kGelu || epi == Epi::kGeluBias;
+  void* target = gelu ? op.aux : op.D;
+  const int64_t ld_target = gelu ? op.ldaux : op.ldd;
+  const bool seeded = op.bias != nullptr || (op.beta != 0.f && op.C != nullptr);
+  if (seeded) {
+    BiasResidualFill(target, op.d_type, ld_target, op.beta != 0.f ? op.C : nullptr, op.ldc,
+                     op.beta, op.bias, op.M, op.N, stream);
+  }
+  plain.D = target;
+  plain.ldd = ld_target;
+  plain.C = target;
+  plain.ldc = ld_target;
+  plain.beta = seeded ? 1.f : 0.f;
+  run_plain(plain);
+  if (gelu) {
+    need_dense(op.ldd, "D");
+    need_dense(op.ldaux, "aux");
+    GeluForwardTyped(op.D, op.aux, op.d_type, op.M * op.N, stream);
+  }
+}
+
+namespace {
+
+template <typename T>
+void Forward(Blas& blas, T* out, const T* inp, const T* weight, const T* bias, int64_t M,
+             int64_t K, int64_t N, WeightLayout layout, const T* residual, T* pre_gelu,
+             cudaStream_t stream) {
+  if (pre_gelu != nullptr && residual != nullptr) {
+    Fatal("cuda::MatmulForward: a fused GELU (pre_gelu) cannot be combined with a residual");
+  }
+  constexpr DType t = DTypeOf<T>::value;
+  const bool out_in = layout == WeightLayout::kOutIn;
+  GemmOp op;
+  op.M = M;
+  op.N = N;
+  op.K = K;
+  op.A = inp;
+  op.a_type = t;
+  op.lda = K;
+  // kInOut: W [K,N] -> inp W.  kOutIn: W [N,K] -> inp W^T.
+  op.B = weight;
+  op.b_type = t;
+  op.trans_b = out_in;
+  op.ldb = out_in ? K : N;
+  op.D = out;
+  op.d_type = t;
+  op.ldd = N;
+  if (residual != nullptr) {
+    op.C = residual;
+    op.ldc = N;
+    op.beta = 1.f;
+  }
+  op.bias = bias;
+  if (pre_gelu != nullptr) {
+    op.gelu = true;
+    op.aux = pre_gelu;
+    op.ldaux = N;
+  }
+  Gemm(blas, op, stream);
+}
+
+template <typename T, typename G>
+void Backward(Blas& blas, T* dinp, G* dweight, G* dbias, const T* dout, const T* inp,
+              const T* weight, int64_t M, int64_t K, int64_t N, WeightLayout layout, float alpha,
+              bool accumulate_dinp, const T* gelu_pre, cudaStream_t stream) {
+  constexpr DType t = DTypeOf<T>::value;
+  constexpr DType g = DTypeOf<G>::value;
+  const bool in_out = layout == WeightLayout::kInOut;
+  if (dinp != nullptr) {
+    if (gelu_pre != nullptr && accumulate_dinp) {
+      Fatal("cuda::MatmulBackward: gelu_pre cannot be combined with accumulate_dinp");
+    }
+    // dinp[M,K] = alpha dout[M,N] W^T: W [K,N] -> transpose; W [N,K] -> as is.
+    GemmOp op;
+    op.M = M;
+    op.N = K;
+    op.K = N;
+    op.alpha = alpha;
+    op.A = dout;
+    op.a_type = t;
+    op.lda = N;
+    op.B = weight;
+    op.b_type = t;
+    op.trans_b = in_out;
+    op.ldb = in_out ? N : K;
+    op.D = dinp;
+    op.d_type = t;
+    op.ldd = K;
+    if (accumulate_dinp) {
+      op.C = dinp;
+      op.ldc = K;
+      op.beta = 1.f;
+    }
+    if (gelu_pre != nullptr) {
+      op.dgelu = true;
+      op.aux = const_cast<T*>(gelu_pre);  // read-only for DGELU
+      op.ldaux = K;
+    }
+    Gemm(blas, op, stream);
+  }
+  if (dweight != nullptr) {
+    GemmOp op;
+    op.alpha = alpha;
+    op.beta = 1.f;  // accumulate
+    op.trans_a = true;
+    op.a_type = t;
+    op.b_type = t;
+    op.d_type = g;
+    op.K = M;
+    if (in_out) {
+      // dW[K,N] += inp^T[K,M] dout[M,N]
+      op.M = K;
+      op.N = N;
+      op.A = inp;
+      op.lda = K;
+      op.B = dout;
+      op.ldb = N;
+    } else {
+      // dW[N,K] += dout^T[N,M] inp[M,K]
+      op.M = N;
+      op.N = K;
+      op.A = dout;
+      op.lda = N;
+      op.B = inp;
+      op.ldb = K;
+    }
+    op.C = dweight;
+    op.ldc = op.N;
+    op.D = dweight;
+    op.ldd = op.N;
+    Gemm(blas, op, stream);
+  }
+  if (dbias != nullptr) BiasBackward(dbias, dout, M, N, alpha, stream);
+}
+
+}  // namespace
+
+void MatmulForward(Blas& blas, float* out, const float* inp, const float* weight,
+                   const float* bias, int64_t M, int64_t K, int64_t N, WeightLayout layout,
+                   const float* residual, float* pre_gelu, cudaStream_t stream) {
+  Forward(blas, out, inp, weight, bias, M, K, N, layout, residual, pre_gelu, stream);
+}
+void MatmulForward(Blas& blas, bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
+                   int64_t M, int64_t K, int64_t N, WeightLayout layout, const bf16* residual,
+                   bf16* pre_gelu, cudaStream_t stream) {
+  Forward(blas, out, inp, weight, bias, M, K, N, layout, residual, pre_gelu, stream);
+}
+
+void MatmulBackward(Blas& blas, float* dinp, float* dweight, float* dbias, const float* dout,
+                    const float* inp, const float* weight, int64_t M, int64_t K, int64_t N,
+                    WeightLayout layout, float alpha, bool accumulate_dinp,
+                    const float* gelu_pre, cudaStream_t stream) {
+  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha,
+           accumulate_dinp, gelu_pre, stream);
+}
+void MatmulBackward(Blas& blas, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
+                    const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
+                    WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
+                    cudaStream_t stream) {
+  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha,
+           accumulate_dinp, gelu_pre, stream);
+}
+void MatmulBackward(Blas& blas, bf16* dinp, float* dweight, float* dbias, const bf16* dout,
+                    const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
+                    WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
+                    cudaStream_t stream) {
+  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha,
+           accumulate_dinp, gelu_pre, stream);
+}
+
+}  // namespace llmt::kernels::cuda

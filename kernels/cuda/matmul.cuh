@@ -1,0 +1,159 @@
+// GEMMs on the GPU through cuBLASLt: the kernels/matmul.h ops (MatmulForward /
+// MatmulBackward, both weight layouts, += weight-gradient accumulation) with
+// device pointers, a Blas context and a stream.
+//
+// Precision: bf16 operands with fp32 accumulation (CUBLAS_COMPUTE_32F) and bf16
+// or fp32 outputs; all-fp32 for testing (true fp32 SGEMM unless TF32 is
+// allowed on the Blas). Weight gradients may be fp32 while activations are
+// bf16 (cuBLASLt's BF16 x BF16 -> F32 kernels), which keeps micro-batch
+// gradient accumulation in fp32.
+//
+// Epilogues: bias (+ residual through C with beta = 1) and GELU
+// (CUBLASLT_EPILOGUE_GELU_AUX_BIAS forward, CUBLASLT_EPILOGUE_DGELU backward)
+// are fused into the GEMM where cuBLASLt has an algorithm for them; otherwise
+// (or with set_fuse_epilogues(false)) the same result is produced by a plain
+// GEMM plus this backend's own bias / GELU kernels. Bias gradients are a
+// deterministic column-sum kernel (cuBLASLt's BGRAD epilogues overwrite
+// rather than accumulate).
+#pragma once
+
+#include <cublasLt.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/matmul.h"
+
+namespace llmt::kernels::cuda {
+
+// Same enum as the CPU backend so model code names layouts once.
+using WeightLayout = ::llmt::kernels::cpu::WeightLayout;
+
+// cuBLASLt handle, workspace and a cache of matmul plans (descriptors plus the
+// heuristic's algorithm) keyed by shape, types, leading dimensions, epilogue
+// and pointer alignment. Not thread-safe: one per (device, host thread).
+class Blas {
+ public:
+  // 32 MiB is what NVIDIA recommends for Hopper's cuBLASLt kernels.
+  static constexpr int64_t kDefaultWorkspaceBytes = int64_t{32} << 20;
+
+  // Creates the handle and allocates the workspace on the current device.
+  static absl::StatusOr<std::unique_ptr<Blas>> Create(
+      int64_t workspace_bytes = kDefaultWorkspaceBytes);
+  ~Blas();
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+
+  cublasLtHandle_t handle() const;
+  void* workspace() const;
+  int64_t workspace_bytes() const;
+
+  // fp32 x fp32 GEMMs on TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32).
+  // Default off: fp32 is the precision the GPU tests compare against the CPU.
+  void set_allow_tf32(bool on);
+  bool allow_tf32() const;
+  // Default on. Off: never ask cuBLASLt for bias/GELU epilogues (the fallback
+  // path), e.g. to rule them out when debugging.
+  void set_fuse_epilogues(bool on);
+  bool fuse_epilogues() const;
+
+  // Plans cached so far, and GEMMs that had to fall back from a fused
+  // epilogue because cuBLASLt offered no algorithm for it.
+  int64_t num_plans() const;
+  int64_t num_epilogue_fallbacks() const;
+
+  struct Impl;  // defined in matmul.cc
+  Impl& impl() { return *impl_; }
+
+ private:
+  explicit Blas(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// One row-major GEMM  D[M,N] = epilogue(alpha op(A)[M,K] op(B)[K,N] + beta C + bias)
+// with op(X) = X or X^T as in cblas. A and B may have different types from D
+// (bf16 x bf16 -> f32 is the mixed case); C, bias and aux have D's type.
+struct GemmOp {
+  bool trans_a = false, trans_b = false;
+  int64_t M = 0, N = 0, K = 0;
+  float alpha = 1.f, beta = 0.f;
+  const void* A = nullptr;
+  DType a_type = DType::kF32;
+  int64_t lda = 0;
+  const void* B = nullptr;
+  DType b_type = DType::kF32;
+  int64_t ldb = 0;
+  const void* C = nullptr;  // read when beta != 0; may equal D (in place)
+  int64_t ldc = 0;
+  void* D = nullptr;
+  DType d_type = DType::kF32;
+  int64_t ldd = 0;
+  const void* bias = nullptr;  // [N], added to every row
+  // gelu: D = gelu(x) and aux = x where x = alpha AB + beta C + bias.
+  // dgelu: D = gelu'(aux) * (alpha AB) (beta must be 0, no bias).
+  bool gelu = false;
+  bool dgelu = false;
+  void* aux = nullptr;  // [M, N] with leading dimension ldaux
+  int64_t ldaux = 0;
+};
+
+// Runs `op` in one cuBLASLt call. Returns false, having run nothing, when
+// cuBLASLt has no algorithm for it (typically a fused epilogue unsupported for
+// these types or alignments). Fatal on invalid arguments and on any other
+// cuBLASLt error, naming the call and the GEMM's shape.
+bool TryGemm(Blas& blas, const GemmOp& op, cudaStream_t stream);
+// TryGemm, and if cuBLASLt declines a fused epilogue, the same result from a
+// plain GEMM plus own kernels. Fatal when not even the plain GEMM runs.
+void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream);
+
+// out[M,N] = inp[M,K] W (+ bias[N]) (+ residual[M,N]), W [K,N] (kInOut) or
+// [N,K] (kOutIn), like the CPU MatmulForward; out may alias residual. When
+// `pre_gelu` is non-null the GELU is fused too: pre_gelu = inp W + bias and
+// out = gelu(pre_gelu) (residual must then be null). Any pointer but out, inp
+// and weight may be null.
+void MatmulForward(Blas& blas, float* out, const float* inp, const float* weight,
+                   const float* bias, int64_t M, int64_t K, int64_t N, WeightLayout layout,
+                   const float* residual, float* pre_gelu, cudaStream_t stream);
+void MatmulForward(Blas& blas, bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
+                   int64_t M, int64_t K, int64_t N, WeightLayout layout, const bf16* residual,
+                   bf16* pre_gelu, cudaStream_t stream);
+
+// Backward of MatmulForward scaled by alpha, like the CPU MatmulBackward:
+//   dinp[M,K] = alpha dout W^T  (overwritten; += if accumulate_dinp)
+//   dweight  += alpha inp^T dout  (in W's layout)
+//   dbias[N] += alpha column sums of dout
+// When `gelu_pre` is non-null, the GELU between this layer's input and the
+// previous GEMM is back-propagated too: dinp = gelu'(gelu_pre) * (alpha dout W^T)
+// (incompatible with accumulate_dinp). dinp / dweight / dbias may be null.
+// Gradients dweight/dbias are bf16 or fp32 (the mixed overload) for bf16
+// activations.
+void MatmulBackward(Blas& blas, float* dinp, float* dweight, float* dbias, const float* dout,
+                    const float* inp, const float* weight, int64_t M, int64_t K, int64_t N,
+                    WeightLayout layout, float alpha, bool accumulate_dinp,
+                    const float* gelu_pre, cudaStream_t stream);
+void MatmulBackward(Blas& blas, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
+                    const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
+                    WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
+                    cudaStream_t stream);
+void MatmulBackward(Blas& blas, bf16* dinp, float* dweight, float* dbias, const bf16* dout,
+                    const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
+                    WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
+                    cudaStream_t stream);
+
+// dbias[N] += alpha * sum over the M rows of dout[M,N] (row stride N).
+// Deterministic: fixed per-column summation order.
+void BiasBackward(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
+                  cudaStream_t stream);
+void BiasBackward(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
+                  cudaStream_t stream);
+void BiasBackward(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
+                  cudaStream_t stream);
+
+// D[M,N] = beta * C[M,N] + bias[N] (either may be null, meaning 0). C may
+// alias D. The fallback path's epilogue-less seeding; also usable on its own.
+void BiasResidualFill(void* D, DType t, int64_t ldd, const void* C, int64_t ldc, float beta,
+                      const void* bias, int64_t M, int64_t N, cudaStream_t stream);
+
+}  // namespace llmt::kernels::cuda

@@ -1,0 +1,240 @@
+// cuBLASLt GEMMs against the CPU backend (OpenBLAS) on random inputs.
+// Tolerances (|gpu - cpu| <= atol + rtol |cpu|):
+//   fp32: rtol 1e-5, atol 1e-5 (sums of K products in a different order);
+//   bf16: rtol 1e-2, atol 2e-2 (inputs are rounded to bf16 for both backends,
+//         accumulation is fp32, outputs carry one bf16 rounding, 2^-9).
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "kernels/activation.h"
+#include "kernels/cuda/matmul.cuh"
+#include "kernels/matmul.h"
+#include "tests/unit/cuda/cuda_test_util.h"
+
+namespace llmt::kernels::cuda {
+namespace {
+
+using testing::Dev;
+using testing::ExpectClose;
+using testing::FVec;
+using testing::Randn;
+using testing::RoundBf16;
+using testing::Tol;
+
+template <typename T>
+Tol GemmTol() {
+  if constexpr (std::is_same_v<T, float>) {
+    return {1e-5, 1e-5};
+  } else {
+    return {1e-2, 2e-2};
+  }
+}
+
+template <typename T>
+FVec Prep(FVec v) {
+  if constexpr (std::is_same_v<T, bf16>) v = RoundBf16(std::move(v));
+  return v;
+}
+
+template <typename T>
+class MatmulTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveGpu()) GTEST_SKIP() << "no CUDA GPU (cudaGetDeviceCount reports none)";
+    ASSERT_TRUE(SetDevice(0).ok());
+    auto b = Blas::Create();
+    ASSERT_TRUE(b.ok()) << b.status();
+    blas_ = std::move(*b);
+  }
+  std::unique_ptr<Blas> blas_;
+};
+
+using Types = ::testing::Types<float, bf16>;
+TYPED_TEST_SUITE(MatmulTest, Types);
+
+// Forward with every combination of layout, bias and residual; odd sizes to
+// exercise unaligned leading dimensions.
+TYPED_TEST(MatmulTest, ForwardMatchesCpu) {
+  using T = TypeParam;
+  for (const auto layout : {WeightLayout::kInOut, WeightLayout::kOutIn}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      for (const auto& [M, K, N] : {std::tuple{64, 48, 80}, std::tuple{37, 29, 53}}) {
+        const bool with_bias = variant & 1, with_res = variant & 2;
+        SCOPED_TRACE(::testing::Message() << "layout " << static_cast<int>(layout) << " bias "
+                                          << with_bias << " residual " << with_res << " M=" << M
+                                          << " K=" << K << " N=" << N);
+        const FVec x = Prep<T>(Randn(size_t(M) * K, 1));
+        const FVec w = Prep<T>(Randn(size_t(K) * N, 2, 0.2f));
+        const FVec b = Prep<T>(Randn(N, 3));
+        const FVec r = Prep<T>(Randn(size_t(M) * N, 4));
+        FVec want(size_t(M) * N);
+        cpu::MatmulForward(want.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, M, K,
+                           N, layout, with_res ? r.data() : nullptr);
+        Dev<T> dx(x), dw(w), db(b), dr(r), dout(size_t(M) * N);
+        MatmulForward(*this->blas_, dout.get(), dx.get(), dw.get(), with_bias ? db.get() : nullptr,
+                      M, K, N, layout, with_res ? dr.get() : nullptr, nullptr, nullptr);
+        ExpectClose(dout.Download(), want, GemmTol<T>(), "out");
+      }
+    }
+  }
+}
+
+// out may alias the residual (in-place residual stream update).
+TYPED_TEST(MatmulTest, ForwardResidualInPlace) {
+  using T = TypeParam;
+  const int M = 32, K = 64, N = 48;
+  const FVec x = Prep<T>(Randn(size_t(M) * K, 5));
+  const FVec w = Prep<T>(Randn(size_t(N) * K, 6, 0.2f));
+  const FVec b = Prep<T>(Randn(N, 7));
+  const FVec r = Prep<T>(Randn(size_t(M) * N, 8));
+  FVec want = r;
+  cpu::MatmulForward(want.data(), x.data(), w.data(), b.data(), M, K, N, WeightLayout::kOutIn,
+                     want.data());
+  Dev<T> dx(x), dw(w), db(b), dr(r);
+  MatmulForward(*this->blas_, dr.get(), dx.get(), dw.get(), db.get(), M, K, N,
+                WeightLayout::kOutIn, dr.get(), nullptr, nullptr);
+  ExpectClose(dr.Download(), want, GemmTol<T>(), "out");
+}
+
+// Fused GELU epilogue (and its fallback) against CPU matmul + GeluForward.
+TYPED_TEST(MatmulTest, ForwardGeluEpilogue) {
+  using T = TypeParam;
+  const int M = 64, K = 32, N = 96;
+  const FVec x = Prep<T>(Randn(size_t(M) * K, 9));
+  const FVec w = Prep<T>(Randn(size_t(K) * N, 10, 0.3f));
+  const FVec b = Prep<T>(Randn(N, 11));
+  FVec pre(size_t(M) * N), want(size_t(M) * N);
+  cpu::MatmulForward(pre.data(), x.data(), w.data(), b.data(), M, K, N, WeightLayout::kInOut);
+  cpu::GeluForward(want.data(), pre.data(), M * N);
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused" : "fallback");
+    this->blas_->set_fuse_epilogues(fuse);
+    Dev<T> dx(x), dw(w), db(b), dpre(size_t(M) * N), dout(size_t(M) * N);
+    MatmulForward(*this->blas_, dout.get(), dx.get(), dw.get(), db.get(), M, K, N,
+                  WeightLayout::kInOut, nullptr, dpre.get(), nullptr);
+    ExpectClose(dpre.Download(), pre, GemmTol<T>(), "pre_gelu");
+    ExpectClose(dout.Download(), want, GemmTol<T>(), "gelu out");
+  }
+}
+
+// Backward for both layouts: dinp overwrite and accumulate, dweight and dbias
+// accumulate onto existing values, alpha scaling.
+TYPED_TEST(MatmulTest, BackwardMatchesCpu) {
+  using T = TypeParam;
+  const float alpha = 0.5f;
+  for (const auto layout : {WeightLayout::kInOut, WeightLayout::kOutIn}) {
+    for (bool acc_dinp : {false, true}) {
+      for (const auto& [M, K, N] : {std::tuple{64, 48, 80}, std::tuple{45, 27, 33}}) {
+        SCOPED_TRACE(::testing::Message() << "layout " << static_cast<int>(layout)
+                                          << " accumulate_dinp " << acc_dinp << " M=" << M
+                                          << " K=" << K << " N=" << N);
+        const FVec x = Prep<T>(Randn(size_t(M) * K, 12));
+        const FVec w = Prep<T>(Randn(size_t(K) * N, 13, 0.2f));
+        const FVec dy = Prep<T>(Randn(size_t(M) * N, 14));
+        const FVec dx0 = Prep<T>(Randn(size_t(M) * K, 15));
+        const FVec dw0 = Prep<T>(Randn(size_t(K) * N, 16));
+        const FVec db0 = Prep<T>(Randn(N, 17));
+        FVec dx = dx0, dw = dw0, db = db0;
+        cpu::MatmulBackward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), M, K,
+                            N, layout, alpha, acc_dinp);
+        Dev<T> gx(x), gw(w), gdy(dy), gdx(dx0), gdw(dw0), gdb(db0);
+        MatmulBackward(*this->blas_, gdx.get(), gdw.get(), gdb.get(), gdy.get(), gx.get(),
+                       gw.get(), M, K, N, layout, alpha, acc_dinp, nullptr, nullptr);
+        ExpectClose(gdx.Download(), dx, GemmTol<T>(), "dinp");
+        ExpectClose(gdw.Download(), dw, GemmTol<T>(), "dweight");
+        ExpectClose(gdb.Download(), db, GemmTol<T>(), "dbias");
+      }
+    }
+  }
+}
+
+// Fused DGELU epilogue (and fallback): dinp = gelu'(pre) * (dout W^T).
+TYPED_TEST(MatmulTest, BackwardDGeluEpilogue) {
+  using T = TypeParam;
+  const int M = 64, K = 96, N = 32;  // this layer's input width K is the GELU width
+  const FVec pre = Prep<T>(Randn(size_t(M) * K, 18));
+  const FVec w = Prep<T>(Randn(size_t(K) * N, 19, 0.2f));
+  const FVec dy = Prep<T>(Randn(size_t(M) * N, 20));
+  FVec dact(size_t(M) * K), want(size_t(M) * K);
+  cpu::MatmulBackward(dact.data(), nullptr, nullptr, dy.data(), nullptr, w.data(), M, K, N,
+                      WeightLayout::kInOut);
+  cpu::GeluBackward(want.data(), pre.data(), dact.data(), M * K);
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused" : "fallback");
+    this->blas_->set_fuse_epilogues(fuse);
+    Dev<T> gpre(pre), gw(w), gdy(dy), gdx(size_t(M) * K);
+    MatmulBackward(*this->blas_, gdx.get(), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                   gdy.get(), nullptr, gw.get(), M, K, N, WeightLayout::kInOut, 1.f, false,
+                   gpre.get(), nullptr);
+    ExpectClose(gdx.Download(), want, GemmTol<T>(), "dinp through gelu");
+  }
+}
+
+// Mixed precision: bf16 activations, fp32 weight/bias gradients accumulated
+// over two micro-batches.
+TEST(MatmulMixedTest, Bf16ActivationsFp32GradsAccumulate) {
+  LLMT_REQUIRE_GPU();
+  auto blas = Blas::Create();
+  ASSERT_TRUE(blas.ok()) << blas.status();
+  const int M = 64, K = 40, N = 72;
+  const FVec x1 = RoundBf16(Randn(size_t(M) * K, 21)), x2 = RoundBf16(Randn(size_t(M) * K, 22));
+  const FVec dy1 = RoundBf16(Randn(size_t(M) * N, 23)),
+             dy2 = RoundBf16(Randn(size_t(M) * N, 24));
+  const FVec w = RoundBf16(Randn(size_t(N) * K, 25, 0.2f));
+  FVec dw(size_t(N) * K, 0.f), db(N, 0.f);
+  cpu::MatmulBackward(nullptr, dw.data(), db.data(), dy1.data(), x1.data(), w.data(), M, K, N,
+                      WeightLayout::kOutIn, 0.5f);
+  cpu::MatmulBackward(nullptr, dw.data(), db.data(), dy2.data(), x2.data(), w.data(), M, K, N,
+                      WeightLayout::kOutIn, 0.5f);
+  Dev<bf16> gx1(x1), gx2(x2), gdy1(dy1), gdy2(dy2), gw(w);
+  Dev<float> gdw(FVec(size_t(N) * K, 0.f)), gdb(FVec(N, 0.f));
+  MatmulBackward(**blas, static_cast<bf16*>(nullptr), gdw.get(), gdb.get(), gdy1.get(), gx1.get(),
+                 gw.get(), M, K, N, WeightLayout::kOutIn, 0.5f, false, nullptr, nullptr);
+  MatmulBackward(**blas, static_cast<bf16*>(nullptr), gdw.get(), gdb.get(), gdy2.get(), gx2.get(),
+                 gw.get(), M, K, N, WeightLayout::kOutIn, 0.5f, false, nullptr, nullptr);
+  // fp32 outputs from exact bf16 inputs: only summation order differs.
+  ExpectClose(gdw.Download(), dw, Tol{1e-5, 1e-5}, "dweight f32");
+  ExpectClose(gdb.Download(), db, Tol{1e-5, 1e-5}, "dbias f32");
+}
+
+// The low-level Gemm with transposes and padded leading dimensions.
+TEST(MatmulGemmTest, TransposesAndLeadingDimensions) {
+  LLMT_REQUIRE_GPU();
+  auto blas = Blas::Create();
+  ASSERT_TRUE(blas.ok()) << blas.status();
+  const int M = 24, N = 40, K = 16, pad = 8;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "trans_a " << ta << " trans_b " << tb);
+      const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+      const FVec A = Randn(size_t(ta ? K : M) * lda, 26), B = Randn(size_t(tb ? N : K) * ldb, 27);
+      const FVec C0 = Randn(size_t(M) * ldc, 28);
+      FVec want = C0;
+      cpu::Gemm(ta, tb, M, N, K, 0.75f, A.data(), lda, B.data(), ldb, 0.5f, want.data(), ldc);
+      Dev<float> gA(A), gB(B), gC(C0);
+      GemmOp op;
+      op.trans_a = ta;
+      op.trans_b = tb;
+      op.M = M;
+      op.N = N;
+      op.K = K;
+      op.alpha = 0.75f;
+      op.beta = 0.5f;
+      op.A = gA.get();
+      op.lda = lda;
+      op.B = gB.get();
+      op.ldb = ldb;
+      op.C = gC.get();
+      op.ldc = ldc;
+      op.D = gC.get();
+      op.ldd = ldc;
+      Gemm(**blas, op, nullptr);
+      ExpectClose(gC.Download(), want, Tol{1e-5, 1e-5}, "C");
+    }
+  }
+  EXPECT_GT((*blas)->num_plans(), 0);
+}
+
+}  // namespace
+}  // namespace llmt::kernels::cuda
