@@ -19,6 +19,7 @@
 #include "worker/comm/env.h"
 #include "worker/data/loader.h"
 #include "worker/data/prepare.h"
+#include "worker/data/stats.h"
 #include "worker/data/tokenizer.h"
 #include "worker/train/event_pipe.h"
 #include "worker/train/model_io.h"
@@ -274,14 +275,23 @@ int RunEval(int argc, char** argv) {
     sum += loaded->model->Forward(in.data(), tgt.data(), B, T);
   }
   const double loss = sum / batches;
+  // The context-free baseline: what a model that ignores context would score.
+  auto unigram = data::UnigramEntropyNats(lo.data_dir, "train");
+  const double h1 = unigram.ok() ? *unigram : std::nan("");
   if (args->Has("json")) {
-    std::printf("{\"checkpoint\":\"%s\",\"step\":%lld,\"val_loss\":%.6f,\"perplexity\":%.6f,\"tokens\":%lld}\n",
+    std::printf("{\"checkpoint\":\"%s\",\"step\":%lld,\"val_loss\":%.6f,\"perplexity\":%.6f,"
+                "\"tokens\":%lld,\"unigram_entropy\":%s}\n",
                 ckpt->c_str(), static_cast<long long>(state->step()), loss, std::exp(loss),
-                static_cast<long long>(batches * per_batch));
+                static_cast<long long>(batches * per_batch),
+                unigram.ok() ? absl::StrFormat("%.6f", h1).c_str() : "null");
   } else {
     std::printf("checkpoint %s (step %lld)\nval loss %.4f | perplexity %.2f | %lld tokens\n", ckpt->c_str(),
                 static_cast<long long>(state->step()), loss, std::exp(loss),
                 static_cast<long long>(batches * per_batch));
+    if (unigram.ok()) {
+      std::printf("unigram entropy of the training tokens %.4f nats (perplexity %.1f): the model is "
+                  "%.2f nats below it\n", h1, std::exp(h1), h1 - loss);
+    }
   }
   return 0;
 }
