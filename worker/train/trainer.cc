@@ -30,6 +30,7 @@
 #include "worker/train/model_io.h"
 #include "worker/train/progress.h"
 #include "worker/train/schedule.h"
+#include "worker/train/step_guard.h"
 
 namespace llmt::train {
 namespace {
@@ -98,6 +99,7 @@ class TrainerImpl final : public Trainer {
   std::unique_ptr<model::Model> model_;
   OptimizerState opt_;
   Schedule schedule_;
+  StepGuard guard_;
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<ProgressPrinter> progress_;
   std::vector<int32_t> inputs_, targets_;
@@ -195,6 +197,8 @@ absl::Status TrainerImpl::Init() {
     }
   }
   if (!resume_dir.empty()) RETURN_IF_ERROR(Resume(resume_dir));
+  guard_ = StepGuard(spec_.train().loss_spike_factor(), schedule_.warmup_steps, state_.loss_ema(),
+                     state_.grad_norm_ema());
 
   // Only rank 0 writes metrics and prints progress.
   if (is_root()) {
@@ -362,7 +366,6 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
   const int64_t eval_every = spec_.eval().every_steps();
   const int64_t ckpt_every = spec_.checkpoint().every_steps();
   const int max_bad = spec_.train().max_bad_steps() > 0 ? spec_.train().max_bad_steps() : 5;
-  const double spike = spec_.train().loss_spike_factor();
   const double clip = spec_.optim().grad_clip();
   const int64_t tokens_per_step = static_cast<int64_t>(B_) * T_ * accum_ * world_;
 
@@ -384,18 +387,12 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
     ASSIGN_OR_RETURN(double gnorm, SyncGradients());
     const float lr = static_cast<float>(schedule_.LrAt(step));
 
-    // Bad-step detection: non-finite loss/gradients, or a loss spike far above
-    // the running mean. The batch is consumed but the weights don't move.
-    std::string bad_reason;
-    if (!std::isfinite(loss)) {
-      bad_reason = "loss is not finite";
-    } else if (!std::isfinite(gnorm)) {
-      bad_reason = "gradient norm is not finite";
-    } else if (spike > 0 && state_.loss_ema() > 0 && step > schedule_.warmup_steps &&
-               loss > spike * state_.loss_ema()) {
-      bad_reason = absl::StrFormat("loss %.4f is over %.1fx its running mean %.4f", loss, spike,
-                                   state_.loss_ema());
-    }
+    // Bad-step detection: non-finite loss/gradients, or a loss or gradient
+    // spike far above its running mean. The batch is consumed but the weights
+    // don't move.
+    const std::string bad_reason = guard_.Check(step, loss, gnorm);
+    state_.set_loss_ema(guard_.loss_ema());
+    state_.set_grad_norm_ema(guard_.grad_norm_ema());
     StepMetrics m;
     if (!bad_reason.empty()) {
       state_.set_bad_steps_in_row(state_.bad_steps_in_row() + 1);
@@ -419,7 +416,7 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
         // Every rank updated its shard; gather the full parameters.
         RETURN_IF_ERROR(comm_->AllGather(model_->params(), layout_));
       }
-      state_.set_loss_ema(state_.loss_ema() == 0 ? loss : 0.95 * state_.loss_ema() + 0.05 * loss);
+
     }
     ++step;
     state_.set_step(step);
