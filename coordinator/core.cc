@@ -466,7 +466,6 @@ void Coordinator::SetJobState(Txn& txn, JobEntry& e, v1::JobState to, const std:
   if (to == v1::JOB_STATE_PENDING) {
     pending_.insert(qkey);
     e.job.set_queued_time_us(now);
-    e.wait_reason = "not yet considered by the scheduler";
     sched_dirty_ = true;
   }
   if (IsTerminal(to)) e.job.set_end_time_us(now);
@@ -652,47 +651,59 @@ void Coordinator::PlaceJob(Txn& txn, JobEntry& e, const std::vector<RankSlot>& s
   live_attempts_.insert(id);
 }
 
+namespace {
+
+void TakeSlots(const std::vector<RankSlot>& slots, std::vector<WorkerFree>* free) {
+  for (const auto& s : slots) {
+    for (auto& f : *free) {
+      if (f.worker_id != s.worker_id) continue;
+      for (int g : s.gpus) {
+        auto pos = std::find(f.free_gpus.begin(), f.free_gpus.end(), g);
+        if (pos != f.free_gpus.end()) f.free_gpus.erase(pos);
+      }
+      f.free_cpus -= s.cpus;
+    }
+  }
+}
+
+}  // namespace
+
+// Strict priority order without backfill: the first job that could run on
+// the ready workers but not with what is free now blocks everything behind
+// it, so big gangs are not starved by a stream of small jobs. The pass stops
+// there (jobs behind it cannot be placed), which keeps a pass cheap with a
+// long queue; GetQueue derives the per-job reasons on demand.
 void Coordinator::SchedulePass(Txn& txn, absl::Time now) {
   if (!sched_dirty_ && now < next_backoff_due_) return;
   sched_dirty_ = false;
   next_backoff_due_ = absl::InfiniteFuture();
+  blocker_id_ = 0;
+  blocker_detail_.clear();
   std::vector<WorkerFree> free = FreeResources(false);
   std::vector<WorkerFree> ready_total = TotalCapacity(false);
-  const JobEntry* blocker = nullptr;
-  // Snapshot: placement and preemption change pending_ during the pass.
-  std::vector<uint64_t> order;
-  for (const auto& [prio, id] : pending_) order.push_back(id);
-  for (uint64_t id : order) {
+  std::map<std::tuple<int, int, int>, bool> fits_ready;  // by gang shape
+  // Placing a job erases only its own entry (the iterator has moved past
+  // it); preemption inserts entries but ends the pass.
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    uint64_t id = it->second;
+    ++it;
     JobEntry& e = jobs_[id];
-    if (e.job.state() != v1::JOB_STATE_PENDING) continue;
     if (e.job.not_before_us() > ToMicros(now)) {
-      absl::Time due = absl::FromUnixMicros(e.job.not_before_us());
-      next_backoff_due_ = std::min(next_backoff_due_, due);
-      e.wait_reason = absl::StrCat("restart backoff until ", FormatTime(e.job.not_before_us()),
-                                   " (restart ", e.job.restarts(), " of ",
-                                   e.job.spec().max_restarts(), ")");
+      next_backoff_due_ = std::min(next_backoff_due_, absl::FromUnixMicros(e.job.not_before_us()));
       continue;
     }
-    if (live_attempts_.count(e.job.current_attempt_id())) {
-      e.wait_reason = absl::StrCat("waiting for attempt ", e.job.current_attempt_id(),
-                                   " to stop on its workers");
-      continue;
-    }
+    if (live_attempts_.count(e.job.current_attempt_id())) continue;  // previous one stopping
     GangRequest req = GangFor(e.job.spec());
-    if (!PlaceGang(req, ready_total)) {
-      e.wait_reason = absl::StrCat("needs ", Describe(req), "; no set of ready workers (",
-                                   ready_total.size(), " ready) can hold it now");
-      continue;
+    auto shape = std::make_tuple(req.ranks, req.gpus_per_rank, req.cpus_per_rank);
+    auto fit = fits_ready.find(shape);
+    if (fit == fits_ready.end()) {
+      fit = fits_ready.emplace(shape, PlaceGang(req, ready_total).has_value()).first;
     }
-    if (blocker != nullptr) {
-      e.wait_reason = absl::StrCat("behind ", JobName(blocker->job.id()), " (priority ",
-                                   blocker->job.spec().priority(), ") which waits for resources");
-      continue;
-    }
+    if (!fit->second) continue;  // no ready worker set could hold it: skip, do not block
     auto slots = PlaceGang(req, free);
     if (slots) {
       PlaceJob(txn, e, *slots);
-      free = FreeResources(false);
+      TakeSlots(*slots, &free);
       continue;
     }
     int free_gpus = 0, free_cpus = 0;
@@ -700,54 +711,84 @@ void Coordinator::SchedulePass(Txn& txn, absl::Time now) {
       free_gpus += static_cast<int>(f.free_gpus.size());
       free_cpus += f.free_cpus;
     }
-    e.wait_reason = absl::StrCat("waiting for resources: needs ", Describe(req), "; free now: ",
-                                 free_gpus, " GPUs, ", free_cpus, " CPU cores across ",
-                                 free.size(), " ready workers");
-    blocker = &e;
-    if (!options_.preemption) continue;
-    std::vector<RunningGang> running;
-    for (uint64_t aid : live_attempts_) {
-      const v1::Attempt& a = attempts_[aid];
-      if (!IsActive(a.state())) continue;
-      RunningGang g;
-      g.attempt_id = aid;
-      g.job_id = a.job_id();
-      g.priority = jobs_[a.job_id()].job.spec().priority();
-      g.create_time_us = a.create_time_us();
-      for (const auto& r : a.ranks()) {
-        if (r.released()) continue;
-        RankSlot s;
-        s.worker_id = r.worker_id();
-        s.gpus.assign(r.gpu_indices().begin(), r.gpu_indices().end());
-        s.cpus = r.cpu_cores();
-        g.slots.push_back(std::move(s));
-      }
-      running.push_back(std::move(g));
-    }
-    auto victims =
-        ChoosePreemptionVictims(req, e.job.spec().priority(), FreeResources(true), running);
-    if (!victims) continue;
-    if (victims->empty()) {
-      absl::StrAppend(&e.wait_reason, "; preempted jobs are stopping");
-      continue;
-    }
-    std::vector<std::string> names;
-    for (uint64_t vid : *victims) {
-      v1::Attempt& va = attempts_[vid];
-      JobEntry& ve = jobs_[va.job_id()];
-      std::string why = absl::StrCat("preempted by ", JobName(id), " (priority ",
-                                     e.job.spec().priority(), ")");
-      StopAttempt(txn, ve, va, v1::ATTEMPT_STATE_PREEMPTED, why);
-      ve.job.set_preemptions(ve.job.preemptions() + 1);
-      SetJobState(txn, ve, v1::JOB_STATE_PENDING,
-                  absl::StrCat(why, "; will resume from its latest checkpoint"), vid);
-      MarkJob(txn, ve);
-      names.push_back(JobName(ve.job.id()));
-      if (metrics_) metrics_->preemptions->Inc();
-    }
-    absl::StrAppend(&e.wait_reason, "; preempting ", absl::StrJoin(names, ", "));
-    LLMT_LOG(Info) << "coordinator: " << JobName(id) << " preempts " << absl::StrJoin(names, ", ");
+    blocker_id_ = id;
+    blocker_detail_ = absl::StrCat("waiting for resources: needs ", Describe(req), "; free now: ",
+                                   free_gpus, " GPUs, ", free_cpus, " CPU cores across ",
+                                   free.size(), " ready workers");
+    if (options_.preemption) Preempt(txn, e, req);
+    break;
   }
+}
+
+void Coordinator::Preempt(Txn& txn, JobEntry& e, const GangRequest& req) {
+  std::vector<RunningGang> running;
+  for (uint64_t aid : live_attempts_) {
+    const v1::Attempt& a = attempts_[aid];
+    if (!IsActive(a.state())) continue;
+    RunningGang g;
+    g.attempt_id = aid;
+    g.job_id = a.job_id();
+    g.priority = jobs_[a.job_id()].job.spec().priority();
+    g.create_time_us = a.create_time_us();
+    for (const auto& r : a.ranks()) {
+      if (r.released()) continue;
+      RankSlot s;
+      s.worker_id = r.worker_id();
+      s.gpus.assign(r.gpu_indices().begin(), r.gpu_indices().end());
+      s.cpus = r.cpu_cores();
+      g.slots.push_back(std::move(s));
+    }
+    running.push_back(std::move(g));
+  }
+  // Stopping attempts count as free: their resources are on the way back.
+  auto victims =
+      ChoosePreemptionVictims(req, e.job.spec().priority(), FreeResources(true), running);
+  if (!victims) return;
+  if (victims->empty()) {
+    absl::StrAppend(&blocker_detail_, "; preempted jobs are stopping");
+    return;
+  }
+  std::vector<std::string> names;
+  for (uint64_t vid : *victims) {
+    v1::Attempt& va = attempts_[vid];
+    JobEntry& ve = jobs_[va.job_id()];
+    std::string why = absl::StrCat("preempted by ", JobName(e.job.id()), " (priority ",
+                                   e.job.spec().priority(), ")");
+    StopAttempt(txn, ve, va, v1::ATTEMPT_STATE_PREEMPTED, why);
+    ve.job.set_preemptions(ve.job.preemptions() + 1);
+    SetJobState(txn, ve, v1::JOB_STATE_PENDING,
+                absl::StrCat(why, "; will resume from its latest checkpoint"), vid);
+    MarkJob(txn, ve);
+    names.push_back(JobName(ve.job.id()));
+    if (metrics_) metrics_->preemptions->Inc();
+  }
+  absl::StrAppend(&blocker_detail_, "; preempting ", absl::StrJoin(names, ", "));
+  LLMT_LOG(Info) << "coordinator: " << JobName(e.job.id()) << " preempts "
+                 << absl::StrJoin(names, ", ");
+}
+
+std::string Coordinator::WaitReason(const JobEntry& e, bool behind_blocker, absl::Time now,
+                                    const std::vector<WorkerFree>& ready_total) const {
+  if (e.job.not_before_us() > ToMicros(now)) {
+    return absl::StrCat("restart backoff until ", FormatTime(e.job.not_before_us()), " (restart ",
+                        e.job.restarts(), " of ", e.job.spec().max_restarts(), ")");
+  }
+  if (live_attempts_.count(e.job.current_attempt_id())) {
+    return absl::StrCat("waiting for attempt ", e.job.current_attempt_id(),
+                        " to stop on its workers");
+  }
+  GangRequest req = GangFor(e.job.spec());
+  if (!PlaceGang(req, ready_total)) {
+    return absl::StrCat("needs ", Describe(req), "; no set of ready workers (",
+                        ready_total.size(), " ready) can hold it now");
+  }
+  if (e.job.id() == blocker_id_) return blocker_detail_;
+  if (behind_blocker) {
+    const JobEntry& b = jobs_.at(blocker_id_);
+    return absl::StrCat("behind ", JobName(blocker_id_), " (priority ", b.job.spec().priority(),
+                        ") which waits for resources");
+  }
+  return "not yet considered by the scheduler";
 }
 
 void Coordinator::ApplyRetention(Txn& txn, JobEntry& e) {
@@ -924,15 +965,31 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
   int total = 0;
   uint64_t last = 0;
   bool more = false;
-  for (const auto& [id, e] : jobs_) {
-    if (!filter.Matches(e.job)) continue;
-    ++total;
-    if (id <= after) continue;
-    if (resp.jobs_size() < page_size) {
-      *resp.add_jobs() = e.job;
-      last = id;
-    } else {
-      more = true;
+  bool unfiltered = absl::StripAsciiWhitespace(req.filter()).empty();
+  if (unfiltered) {
+    // No filter: start at the token instead of scanning every job.
+    total = static_cast<int>(jobs_.size());
+    for (auto it = jobs_.upper_bound(after); it != jobs_.end(); ++it) {
+      if (resp.jobs_size() == page_size) {
+        more = true;
+        break;
+      }
+      *resp.add_jobs() = it->second.job;
+      last = it->first;
+    }
+  } else {
+    for (auto it = jobs_.upper_bound(after); it != jobs_.end(); ++it) {
+      if (!filter.Matches(it->second.job)) continue;
+      if (resp.jobs_size() == page_size) {
+        more = true;
+        break;
+      }
+      *resp.add_jobs() = it->second.job;
+      last = it->first;
+    }
+    // Counting every match costs a full scan: only the first page pays it.
+    if (req.page_token().empty()) {
+      for (const auto& [id, e] : jobs_) total += filter.Matches(e.job);
     }
   }
   resp.set_total_size(total);
@@ -1055,6 +1112,9 @@ absl::StatusOr<v1::ListAttemptsResponse> Coordinator::ListAttempts(
 absl::StatusOr<v1::GetQueueResponse> Coordinator::GetQueue() {
   std::unique_lock<std::mutex> l(mu_);
   v1::GetQueueResponse resp;
+  absl::Time now = clock_->Now();
+  std::vector<WorkerFree> ready_total = TotalCapacity(false);
+  bool behind = false;
   int pos = 0;
   for (const auto& [prio, id] : pending_) {
     const JobEntry& e = jobs_[id];
@@ -1063,7 +1123,8 @@ absl::StatusOr<v1::GetQueueResponse> Coordinator::GetQueue() {
     q->set_position(++pos);
     q->set_priority(e.job.spec().priority());
     q->set_queued_time_us(e.job.queued_time_us());
-    q->set_reason(e.wait_reason.empty() ? "not yet considered by the scheduler" : e.wait_reason);
+    q->set_reason(WaitReason(e, behind, now, ready_total));
+    if (id == blocker_id_) behind = true;
   }
   RETURN_IF_ERROR(ReadBarrier(l));
   return resp;

@@ -142,7 +142,6 @@ class Coordinator {
  private:
   struct JobEntry {
     v1::Job job;
-    std::string wait_reason;  // from the last scheduling pass (PENDING only)
   };
   struct WorkerEntry {
     v1::Worker w;
@@ -171,6 +170,9 @@ class Coordinator {
   void PlaceJob(Txn& txn, JobEntry& e, const std::vector<RankSlot>& slots);
   void ApplyRetention(Txn& txn, JobEntry& e);
   void SchedulePass(Txn& txn, absl::Time now);
+  void Preempt(Txn& txn, JobEntry& e, const GangRequest& req);
+  std::string WaitReason(const JobEntry& e, bool behind_blocker, absl::Time now,
+                         const std::vector<WorkerFree>& ready_total) const;
   std::vector<WorkerFree> FreeResources(bool count_stopping_as_free) const;
   std::vector<WorkerFree> TotalCapacity(bool include_lost) const;
   // The job's current attempt if `attempt_id` is it and it is live; else
@@ -198,6 +200,8 @@ class Coordinator {
   uint64_t next_job_id_ = 1;
   uint64_t next_attempt_id_ = 1;
   bool sched_dirty_ = true;
+  uint64_t blocker_id_ = 0;     // first job the last pass could not place (0 = none)
+  std::string blocker_detail_;  // why it waits
   absl::Time next_backoff_due_ = absl::InfiniteFuture();
   bool recovered_ = false;
 

@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/log.h"
 #include "coordinator/server.h"
@@ -50,6 +51,9 @@ int main(int argc, char** argv) {
       "Serves the llmt JobService and WorkerService (see docs/coordinator.md).\n"
       "Flags can be put in a file and passed with --flagfile=FILE.");
   absl::ParseCommandLine(argc, argv);
+  // Debian's Abseil runs absl::Mutex deadlock detection (a lock graph update
+  // on every acquisition, used heavily inside gRPC); it is a debugging aid.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   if (absl::GetFlag(FLAGS_verbose)) llmt::SetLogLevel(llmt::LogLevel::kDebug);
 
   // Block the shutdown signals in every thread (threads inherit the mask) and

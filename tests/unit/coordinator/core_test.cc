@@ -738,6 +738,22 @@ TEST_F(CoreTest, ListJobsFiltersAndPaginatesUnderConcurrentInserts) {
   auto nlp = core_->ListJobs(f);
   ASSERT_TRUE(nlp.ok()) << nlp.status();
   EXPECT_EQ(nlp->total_size(), 40);  // no scheduling pass yet: all pending
+  // Filtered paging visits every match once.
+  v1::ListJobsRequest fp;
+  fp.set_filter("labels.team=nlp");
+  fp.set_page_size(7);
+  std::vector<uint64_t> nlp_ids;
+  do {
+    auto page = core_->ListJobs(fp);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const auto& j : page->jobs()) {
+      EXPECT_EQ(j.spec().labels().at("team"), "nlp");
+      nlp_ids.push_back(j.id());
+    }
+    fp.set_page_token(page->next_page_token());
+  } while (!fp.page_token().empty());
+  EXPECT_EQ(nlp_ids.size(), 40u);
+  EXPECT_EQ(std::set<uint64_t>(nlp_ids.begin(), nlp_ids.end()).size(), 40u);
   f.set_filter("state=(RUNNING OR SUCCEEDED)");
   EXPECT_EQ(core_->ListJobs(f)->total_size(), 0);
   core_->Tick();
