@@ -515,7 +515,9 @@ absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
       }
       continue;
     }
-    auto tfail = [&](const std::string& what) { return fail(absl::StrCat("tensor ", name, ": ", what)); };
+    auto tfail = [&](const std::string& what) {
+      return fail(absl::StrCat("tensor ", name, ": ", what));
+    };
     if (out.tensors.count(name) != 0) return tfail("duplicate tensor name");
     if (v.kind != Json::kObject) return tfail("entry is not an object");
     const Json* dtype = nullptr;

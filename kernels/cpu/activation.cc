@@ -7,13 +7,14 @@
 namespace llmt::kernels::cpu {
 namespace {
 using internal::ExpF;
+using internal::Par;
 constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
 constexpr float kGeluA = 0.044715f;
 }  // namespace
 
 // 0.5 x (1 + tanh(u)) == x * sigmoid(2u): one exp, no tanh.
 void GeluForward(float* out, const float* inp, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (Par(n))
   for (int64_t i = 0; i < n; ++i) {
     const float x = inp[i];
     const float u = kGeluC * (x + kGeluA * x * x * x);
@@ -23,7 +24,7 @@ void GeluForward(float* out, const float* inp, int64_t n) {
 
 // d/dx [x s(2u)] = s + 2 x s (1 - s) u',  u' = sqrt(2/pi) (1 + 3a x^2).
 void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (Par(n))
   for (int64_t i = 0; i < n; ++i) {
     const float x = inp[i];
     const float u = kGeluC * (x + kGeluA * x * x * x);
@@ -34,7 +35,7 @@ void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n) {
 }
 
 void SwiGLUForward(float* out, const float* gate_up, int64_t rows, int F) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Par(rows * F))
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = gate_up + r * 2 * F;
     const float* u = g + F;
@@ -46,7 +47,7 @@ void SwiGLUForward(float* out, const float* gate_up, int64_t rows, int F) {
 
 // h = silu(g) u; dg = dh u silu'(g), silu'(g) = s (1 + g (1 - s)); du = dh silu(g).
 void SwiGLUBackward(float* dgate_up, const float* gate_up, const float* dout, int64_t rows, int F) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Par(rows * F))
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = gate_up + r * 2 * F;
     const float* u = g + F;

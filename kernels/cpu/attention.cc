@@ -12,6 +12,7 @@ namespace llmt::kernels::cpu {
 namespace {
 
 using internal::ExpF;
+using internal::Par;
 
 // Rows of the causal score matrix are processed in blocks: block [r0, r1)
 // only needs key columns [0, r1), so long sequences skip the upper triangle
@@ -34,7 +35,7 @@ void AttentionForward(float* out, float* att, const float* qkv, int B, int T, in
   const int C = NH * hd;
   const int group = NH / NKV;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (Par(int64_t{B} * NH * T * T * hd / 8))
   for (int bh = 0; bh < B * NH; ++bh) {
     const int b = bh / NH, h = bh % NH, g = h / group;
     const float* base = qkv + static_cast<int64_t>(b) * T * ld;
@@ -78,7 +79,7 @@ void AttentionBackward(float* dqkv, float* datt, const float* dout, const float*
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   // One task per (batch, kv head): the query heads of a group all accumulate
   // into the same dK / dV, so they run in order on one thread.
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (Par(int64_t{B} * NH * T * T * hd / 8))
   for (int bg = 0; bg < B * NKV; ++bg) {
     const int b = bg / NKV, g = bg % NKV;
     const float* base = qkv + static_cast<int64_t>(b) * T * ld;
@@ -147,7 +148,7 @@ namespace {
 void Rope(float* x, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
           int64_t ld, float sign) {
   const int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Par(int64_t{B} * T * n_heads * hd))
   for (int64_t r = 0; r < static_cast<int64_t>(B) * T; ++r) {
     const int t = static_cast<int>(r % T);
     const float* c = cos + static_cast<int64_t>(t) * half;

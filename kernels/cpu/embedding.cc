@@ -4,11 +4,13 @@
 
 #include <algorithm>
 
+#include "kernels/cpu/vec_math.h"
+
 namespace llmt::kernels::cpu {
 
 void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
                       int T, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Par(int64_t{B} * T * C))
   for (int64_t r = 0; r < static_cast<int64_t>(B) * T; ++r) {
     const float* e = wte + static_cast<int64_t>(tokens[r]) * C;
     float* o = out + r * C;
@@ -25,7 +27,7 @@ void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_
                        int T, int C) {
   // A token may repeat within the batch, so threads own channel slices and
   // scatter every row into their slice: race-free and order-deterministic.
-#pragma omp parallel
+#pragma omp parallel if (internal::Par(int64_t{B} * T * C))
   {
     const int t = omp_get_thread_num();
     const int nth = omp_get_num_threads();

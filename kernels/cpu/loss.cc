@@ -8,6 +8,7 @@
 namespace llmt::kernels::cpu {
 namespace {
 using internal::ExpF;
+using internal::Par;
 
 // Writes exp(x - max) into the row and returns (max, sum).
 inline void ExpRow(float* x, int V, float* mx_out, float* sum_out) {
@@ -29,7 +30,7 @@ inline void ExpRow(float* x, int V, float* mx_out, float* sum_out) {
 float SoftmaxCrossEntropy(float* logits, const int32_t* targets, int64_t rows, int V,
                           float grad_scale, float* row_losses) {
   double total = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+#pragma omp parallel for schedule(static) reduction(+ : total) if (Par(rows * V))
   for (int64_t r = 0; r < rows; ++r) {
     float* x = logits + r * V;
     const int y = targets[r];
@@ -49,7 +50,7 @@ float SoftmaxCrossEntropy(float* logits, const int32_t* targets, int64_t rows, i
 }
 
 void Softmax(float* x, int64_t rows, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Par(rows * V))
   for (int64_t r = 0; r < rows; ++r) {
     float* row = x + r * V;
     float mx, sum;

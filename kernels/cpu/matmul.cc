@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kernels/cpu/runtime.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace llmt::kernels::cpu {
 namespace {
@@ -60,7 +61,7 @@ void MatmulForward(float* out, const float* inp, const float* weight, const floa
   float beta = 0.f;
   if (bias != nullptr || residual != nullptr) {
     beta = 1.f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Par(M * N))
     for (int64_t m = 0; m < M; ++m) {
       float* o = out + m * N;
       if (residual != nullptr && bias != nullptr) {
@@ -98,8 +99,7 @@ void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout
   }
   if (dbias != nullptr) {
     // Column sums: threads own column slices, rows are streamed in order.
-    const int nt = NumThreads();
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel if (internal::Par(M * N))
     {
       const int t = omp_get_thread_num();
       const int nth = omp_get_num_threads();

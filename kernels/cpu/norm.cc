@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/vec_math.h"
+
 namespace llmt::kernels::cpu {
 namespace {
 
@@ -13,7 +15,7 @@ namespace {
 // deterministic. `f(r, lo, hi)` accumulates rows r's columns [lo, hi).
 template <typename F>
 void ForColumnSlices(int64_t rows, int C, F f) {
-#pragma omp parallel
+#pragma omp parallel if (internal::Par(rows * C))
   {
     const int t = omp_get_thread_num();
     const int nth = omp_get_num_threads();
@@ -30,7 +32,7 @@ void ForColumnSlices(int64_t rows, int C, F f) {
 
 void LayerNormForward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                       const float* bias, int64_t rows, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Par(rows * C))
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = inp + r * C;
     float* o = out + r * C;
@@ -55,7 +57,7 @@ void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* d
                        const float* inp, const float* weight, const float* mean, const float* rstd,
                        int64_t rows, int C) {
   // dx = rstd * (dn - mean(dn) - n * mean(dn * n)), n = normalised x, dn = dout * w.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Par(rows * C))
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = inp + r * C;
     const float* dy = dout + r * C;
@@ -88,7 +90,7 @@ void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* d
 
 void RMSNormForward(float* out, float* rstd, const float* inp, const float* weight, int64_t rows,
                     int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Par(rows * C))
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = inp + r * C;
     float* o = out + r * C;
@@ -104,7 +106,7 @@ void RMSNormForward(float* out, float* rstd, const float* inp, const float* weig
 void RMSNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
                      const float* weight, const float* rstd, int64_t rows, int C) {
   // n = x * rstd; dx = rstd * (dn - n * mean(dn * n)), dn = dout * w.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Par(rows * C))
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = inp + r * C;
     const float* dy = dout + r * C;

@@ -52,7 +52,8 @@ std::string ProfileReport() {
   for (const auto& r : rows) total += r.second.seconds;
   std::string out;
   char line[160];
-  std::snprintf(line, sizeof(line), "%-24s %10s %8s %7s\n", "section", "total_ms", "calls", "share");
+  std::snprintf(line, sizeof(line), "%-24s %10s %8s %7s\n", "section", "total_ms", "calls",
+                "share");
   out += line;
   for (const auto& [name, e] : rows) {
     std::snprintf(line, sizeof(line), "%-24s %10.1f %8lld %6.1f%%\n", name.c_str(),
@@ -81,31 +82,46 @@ int NumThreads() {
 
 HostBuffer::HostBuffer(int64_t n) {
   if (n <= 0) return;
-  size_t bytes = static_cast<size_t>(n) * sizeof(float);
-  size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* p = nullptr;
-  if (posix_memalign(&p, kHugePage, rounded) != 0) return;
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  // Anonymous mappings are zero-filled and faulted in lazily (no second
+  // zeroing pass, and untouched memory never counts towards RSS). Map 2 MiB
+  // extra so the buffer can start on a huge-page boundary.
+  const size_t mapped = (bytes + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
+  void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return;
+  const uintptr_t base = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t aligned = (base + kHugePage - 1) / kHugePage * kHugePage;
   // Advice only: fine to fail (e.g. THP disabled).
-  madvise(p, rounded, MADV_HUGEPAGE);
-  std::memset(p, 0, bytes);
-  data_ = static_cast<float*>(p);
+  madvise(reinterpret_cast<void*>(aligned), mapped - (aligned - base), MADV_HUGEPAGE);
+  map_ = p;
+  map_bytes_ = mapped;
+  data_ = reinterpret_cast<float*>(aligned);
   size_ = n;
 }
 
-HostBuffer::~HostBuffer() { std::free(data_); }
+HostBuffer::~HostBuffer() {
+  if (map_ != nullptr) munmap(map_, map_bytes_);
+}
 
-HostBuffer::HostBuffer(HostBuffer&& o) noexcept : data_(o.data_), size_(o.size_) {
+HostBuffer::HostBuffer(HostBuffer&& o) noexcept
+    : data_(o.data_), size_(o.size_), map_(o.map_), map_bytes_(o.map_bytes_) {
   o.data_ = nullptr;
   o.size_ = 0;
+  o.map_ = nullptr;
+  o.map_bytes_ = 0;
 }
 
 HostBuffer& HostBuffer::operator=(HostBuffer&& o) noexcept {
   if (this != &o) {
-    std::free(data_);
+    if (map_ != nullptr) munmap(map_, map_bytes_);
     data_ = o.data_;
     size_ = o.size_;
+    map_ = o.map_;
+    map_bytes_ = o.map_bytes_;
     o.data_ = nullptr;
     o.size_ = 0;
+    o.map_ = nullptr;
+    o.map_bytes_ = 0;
   }
   return *this;
 }

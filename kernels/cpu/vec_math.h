@@ -9,6 +9,12 @@
 
 namespace llmt::kernels::cpu::internal {
 
+// Loops with less work than this (elements touched) run on the calling
+// thread: a parallel region costs microseconds to open, far more when the
+// machine is oversubscribed, and tiny ops (small models, tests) gain nothing.
+constexpr int64_t kMinParallelWork = int64_t{1} << 15;
+inline bool Par(int64_t work) { return work >= kMinParallelWork; }
+
 // exp(x) for x in about [-87, 88] (clamped outside), relative error ~2e-7
 // (Cephes expf polynomial after range reduction by ln 2).
 inline float ExpF(float x) {

@@ -90,7 +90,8 @@ inline double Uniform01(uint64_t bits) {  // (0, 1]
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 class CpuModel final : public Model {
@@ -319,7 +320,7 @@ void CpuModel::InitWeights(uint64_t seed) {
     // Box-Muller on counter-based uniforms: element pair j of tensor i.
     const uint64_t stream = SplitMix(seed ^ SplitMix(0x5EED0000ull + i));
     const int64_t pairs = (p.numel + 1) / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (pairs >= 4096)
     for (int64_t j = 0; j < pairs; ++j) {
       const uint64_t r = SplitMix(stream + 2 * static_cast<uint64_t>(j));
       const double u1 = Uniform01(r), u2 = Uniform01(SplitMix(r ^ 0xA5A5A5A5A5A5A5A5ull));

@@ -68,7 +68,9 @@ TEST_P(ModelGradTest, FiniteDifferencesPerTensor) {
   const double h = 3e-3;
   for (const ParamInfo& info : m.params_info()) {
     double gnorm = 0;
-    for (int64_t i = 0; i < info.numel; ++i) gnorm += double(g[info.offset + i]) * g[info.offset + i];
+    for (int64_t i = 0; i < info.numel; ++i) {
+      gnorm += double(g[info.offset + i]) * g[info.offset + i];
+    }
     gnorm = std::sqrt(gnorm);
     ASSERT_GT(gnorm, 1e-6) << info.name << " has no gradient";
     for (int dir = 0; dir < 2; ++dir) {
