@@ -16,6 +16,9 @@ absl::Status Rendezvous::Set(uint64_t attempt_id, const std::string& key,
         absl::StrCat("value: ", value.size(), " bytes exceeds the limit of ", kMaxValueBytes));
   }
   std::lock_guard<std::mutex> l(mu_);
+  if (dropped_gen_.count(attempt_id)) {
+    return absl::FailedPreconditionError(absl::StrCat("attempt ", attempt_id, " has ended"));
+  }
   auto& m = kv_[attempt_id];
   if (m.size() >= kMaxKeysPerAttempt && !m.count(key)) {
     return absl::ResourceExhaustedError(absl::StrCat("attempt ", attempt_id, " already has ",
@@ -75,6 +78,9 @@ absl::StatusOr<int64_t> Rendezvous::Add(uint64_t attempt_id, const std::string& 
                                         int64_t delta) {
   if (key.empty()) return absl::InvalidArgumentError("key: must not be empty");
   std::lock_guard<std::mutex> l(mu_);
+  if (dropped_gen_.count(attempt_id)) {
+    return absl::FailedPreconditionError(absl::StrCat("attempt ", attempt_id, " has ended"));
+  }
   auto& m = kv_[attempt_id];
   int64_t v = 0;
   auto it = m.find(key);
