@@ -134,6 +134,85 @@ TEST(CoordinatorIntegration, SubmitPlaceProgressCheckpointSucceed) {
   EXPECT_TRUE(absl::StrContains(HttpGet(coord.http_port(), "/healthz"), "200 OK"));
 }
 
+// A client that drops its WatchJob stream resumes with after_seq and gets the
+// rest without gaps or duplicates; two ranks rendezvous through the KV.
+TEST(CoordinatorIntegration, WatchResumeAndRendezvousOverGrpc) {
+  CoordinatorProcess coord(TempDir("watch"));
+  ASSERT_TRUE(coord.Start(kFastFlags)) << coord.LogTail();
+  auto jobs = coord.Jobs();
+  TestWorker w("worker-a", coord.Workers());
+  ASSERT_TRUE(w.Register(0, 2).ok());
+  v1::CreateJobRequest cr;
+  *cr.mutable_spec() = Spec(2, 1);
+  v1::Job job;
+  ASSERT_TRUE(jobs->CreateJob(Ctx().get(), cr, &job).ok());
+  v1::DesiredAttempt d;
+  ASSERT_TRUE(w.WaitDesired(&d));
+  uint64_t att = d.attempt_id();
+  v1::HeartbeatResponse hb;
+  ASSERT_TRUE(w.Heartbeat({{att, 0}, {att, 1}}, &hb).ok());
+
+  // Rank 1 waits for the id rank 0 publishes.
+  auto kv = coord.Workers();
+  std::string got;
+  std::thread rank1([&] {
+    v1::KvWaitRequest r;
+    r.set_attempt_id(att);
+    r.add_keys("nccl/uid");
+    r.set_timeout_ms(5000);
+    v1::KvWaitResponse resp;
+    grpc::Status s = kv->KvWait(Ctx().get(), r, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    got = resp.values(0);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  v1::KvSetRequest set;
+  set.set_attempt_id(att);
+  set.set_key("nccl/uid");
+  set.set_value(std::string("\x01\x00\xff uid", 7));
+  v1::KvSetResponse sr;
+  ASSERT_TRUE(kv->KvSet(Ctx().get(), set, &sr).ok());
+  rank1.join();
+  EXPECT_EQ(got, std::string("\x01\x00\xff uid", 7));
+
+  for (int step = 1; step <= 20; ++step) ASSERT_TRUE(w.Progress(att, 0, step, "line").ok());
+  std::vector<int64_t> seqs;
+  {
+    v1::WatchJobRequest wr;
+    wr.set_name(job.name());
+    auto ctx = Ctx();
+    auto reader = jobs->WatchJob(ctx.get(), wr);
+    v1::Event ev;
+    while (seqs.size() < 7 && reader->Read(&ev)) seqs.push_back(ev.seq());
+    ctx->TryCancel();  // the connection "drops"
+    while (reader->Read(&ev)) {
+    }
+    reader->Finish().IgnoreError();
+  }
+  ASSERT_EQ(seqs.size(), 7u);
+  v1::ReportAttemptResultResponse rr;
+  ASSERT_TRUE(w.Result(att, 0, v1::ATTEMPT_OUTCOME_SUCCEEDED, &rr).ok());
+  ASSERT_TRUE(w.Result(att, 1, v1::ATTEMPT_OUTCOME_SUCCEEDED, &rr).ok());
+  {
+    v1::WatchJobRequest wr;
+    wr.set_name(job.name());
+    wr.set_after_seq(seqs.back());
+    auto ctx = Ctx();
+    auto reader = jobs->WatchJob(ctx.get(), wr);
+    v1::Event ev;
+    while (reader->Read(&ev)) seqs.push_back(ev.seq());
+    EXPECT_TRUE(reader->Finish().ok());
+  }
+  for (size_t i = 0; i < seqs.size(); ++i) ASSERT_EQ(seqs[i], static_cast<int64_t>(i + 1));
+  EXPECT_EQ(seqs.back(), GetJob(jobs.get(), job.id()).last_event_seq());
+  // The attempt ended: its KV is gone and closed.
+  v1::KvGetRequest g;
+  g.set_attempt_id(att);
+  g.set_key("nccl/uid");
+  v1::KvGetResponse gr;
+  EXPECT_EQ(kv->KvGet(Ctx().get(), g, &gr).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
 TEST(CoordinatorIntegration, LeaseExpiryRestartsFromCheckpoint) {
   CoordinatorProcess coord(TempDir("lease"));
   ASSERT_TRUE(coord.Start(kFastFlags)) << coord.LogTail();
