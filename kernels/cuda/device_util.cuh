@@ -28,6 +28,27 @@ __device__ __forceinline__ bf16 FromF<bf16>(float x) {
   return __float2bfloat16_rn(x);  // round to nearest even
 }
 
+// ---- stochastic rounding ----------------------------------------------------
+// Counter-based random bits (SplitMix64 finaliser of seed and index): the same
+// (seed, i) always gives the same bits, so stochastically rounded results are
+// reproducible and independent of the launch shape.
+__device__ __forceinline__ uint32_t HashBits(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<uint32_t>(z ^ (z >> 31));
+}
+
+// fp32 -> bf16 rounding up or down in magnitude with probability proportional
+// to the distance (unbiased in expectation): add 16 random bits below the
+// bf16 mantissa, then truncate. Inf/NaN use round-to-nearest.
+__device__ __forceinline__ bf16 StochasticRoundBf16(float x, uint32_t rnd) {
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7f800000u) == 0x7f800000u) return __float2bfloat16_rn(x);
+  u += rnd & 0xffffu;
+  return __ushort_as_bfloat16(static_cast<unsigned short>(u >> 16));
+}
+
 // ---- vector (up to 128-bit) loads and stores ------------------------------
 // Vec<T, V> is V consecutive elements, aligned to its size so that a load is
 // one LDG.64/LDG.128. Callers only use V > 1 after checking on the host that

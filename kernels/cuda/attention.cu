@@ -1,0 +1,461 @@
+// Flash attention, SIMT implementation (fp32 arithmetic for fp32 and bf16
+// storage), the dispatch between it and the tensor-core kernels, and RoPE.
+//
+// Work decomposition of the SIMT kernels. A block of 256 threads owns 64 rows
+// (query rows in the forward and dQ kernels, key rows in the dK/dV kernel);
+// each row is owned by a group of kG = 4 consecutive threads, thread `sub` of
+// the group holding head dimensions sub, sub + 4, sub + 8, ... in registers
+// (interleaved so that the 4 threads read consecutive shared-memory words).
+// A dot product over the head dimension is 1/4 of the dims per thread plus
+// two xor-shuffles within the group. The other operand streams through
+// shared memory in tiles of 32 rows converted to fp32. All threads of a block
+// run the same loops (masking is done on values, never by skipping shuffles).
+#include <cmath>
+
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/device_util.cuh"
+
+namespace llmt::kernels::cuda {
+namespace {
+
+using internal::AttnDims;
+using internal::CeilDiv;
+using internal::FromF;
+using internal::GridFor;
+using internal::ToF;
+
+constexpr int kG = 4;      // threads per row
+constexpr int kRows = 64;  // rows owned by a block
+constexpr int kTile = 32;  // streamed rows per shared-memory tile
+constexpr int kSimtThreads = kRows * kG;
+static_assert(kRows % kTile == 0, "query tiles must align with key blocks");
+
+bool g_tensor_cores = true;
+
+// Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
+__device__ __forceinline__ float GroupSum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  x += __shfl_xor_sync(0xffffffffu, x, 2);
+  return x;
+}
+
+// ---- forward -----------------------------------------------------------------
+// Block (x, y): query rows [tile*64, tile*64 + 64) of (batch, head) y, with
+// tile = gridDim.x - 1 - x so that the longest rows (most keys) start first.
+template <typename T, int HD>
+__global__ void __launch_bounds__(kSimtThreads)
+    FlashFwdSimt(T* out, float* lse, const T* qkv, AttnDims d) {
+  constexpr int D = HD / kG;
+  __shared__ float Ks[kTile][HD];
+  __shared__ float Vs[kTile][HD];
+  const int tile = gridDim.x - 1 - blockIdx.x;
+  const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, g = h / d.group;
+  const int sub = threadIdx.x % kG;
+  const int t = tile * kRows + threadIdx.x / kG;
+  const bool valid = t < d.T;
+  const T* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+  const T* kbase = base + static_cast<int64_t>(d.NH + g) * HD;
+  const T* vbase = base + static_cast<int64_t>(d.NH + d.NKV + g) * HD;
+
+  float q[D], acc[D];
+#pragma unroll
+  for (int k = 0; k < D; ++k) {
+    q[k] = valid ? ToF(base[static_cast<int64_t>(t) * d.ld + h * HD + sub + kG * k]) * d.scale
+                 : 0.f;
+    acc[k] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  const int last_key = min(d.T - 1, tile * kRows + kRows - 1);
+  for (int j0 = 0; j0 <= last_key; j0 += kTile) {
+    for (int e = threadIdx.x; e < kTile * HD; e += blockDim.x) {
+      const int s = e / HD, c = e % HD, j = j0 + s;
+      const bool in = j < d.T;
+      Ks[s][c] = in ? ToF(kbase[static_cast<int64_t>(j) * d.ld + c]) : 0.f;
+      Vs[s][c] = in ? ToF(vbase[static_cast<int64_t>(j) * d.ld + c]) : 0.f;
+    }
+    __syncthreads();
+    float sc[kTile];
+    float mt = -INFINITY;
+#pragma unroll
+    for (int s = 0; s < kTile; ++s) {
+      float p = 0.f;
+#pragma unroll
+      for (int k = 0; k < D; ++k) p += q[k] * Ks[s][sub + kG * k];
+      p = GroupSum(p);
+      sc[s] = (j0 + s <= t) ? p : -INFINITY;
+      mt = fmaxf(mt, sc[s]);
+    }
+    // Key 0 is visible to every row, so m_new is finite from the first tile
+    // on; exp(-inf - finite) = 0 rescales the empty initial state.
+    const float m_new = fmaxf(m, mt);
+    const float corr = expf(m - m_new);
+    l *= corr;
+#pragma unroll
+    for (int k = 0; k < D; ++k) acc[k] *= corr;
+#pragma unroll
+    for (int s = 0; s < kTile; ++s) {
+      const float p = expf(sc[s] - m_new);
+      l += p;
+#pragma unroll
+      for (int k = 0; k < D; ++k) acc[k] += p * Vs[s][sub + kG * k];
+    }
+    m = m_new;
+    __syncthreads();
+  }
+  if (valid) {
+    T* o = out + (static_cast<int64_t>(b) * d.T + t) * d.C + h * HD;
+    const float inv = 1.f / l;
+#pragma unroll
+    for (int k = 0; k < D; ++k) o[sub + kG * k] = FromF<T>(acc[k] * inv);
+    if (sub == 0) lse[static_cast<int64_t>(bh) * d.T + t] = m + logf(l);
+  }
+}
+
+// ---- backward ----------------------------------------------------------------
+// Dsum[b, h, t] = sum_c dout[b, t, h, c] * out[b, t, h, c]: one warp per row.
+template <typename T>
+__global__ void FlashBwdPreprocess(float* Dsum, const T* dout, const T* out, AttnDims d) {
+  const int64_t rows = static_cast<int64_t>(d.B) * d.NH * d.T;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+       w < rows; w += warps) {
+    const int64_t t = w % d.T, bh = w / d.T;
+    const int64_t b = bh / d.NH, h = bh % d.NH;
+    const int64_t off = (b * d.T + t) * d.C + h * d.hd;
+    float s = 0.f;
+    for (int c = lane; c < d.hd; c += 32) s += ToF(dout[off + c]) * ToF(out[off + c]);
+    s = internal::WarpSum(s);
+    if (lane == 0) Dsum[w] = s;
+  }
+}
+
+// dQ for query rows [tile*64, +64) of (batch, head) y:
+//   p = exp(scale q.k - lse), dp = dout.v, ds = p (dp - Dsum), dq = scale sum ds k.
+template <typename T, int HD>
+__global__ void __launch_bounds__(kSimtThreads)
+    FlashBwdDqSimt(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* Dsum,
+                   AttnDims d) {
+  constexpr int D = HD / kG;
+  __shared__ float Ks[kTile][HD];
+  __shared__ float Vs[kTile][HD];
+  const int tile = gridDim.x - 1 - blockIdx.x;
+  const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, g = h / d.group;
+  const int sub = threadIdx.x % kG;
+  const int t = tile * kRows + threadIdx.x / kG;
+  const bool valid = t < d.T;
+  const T* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+  const T* kbase = base + static_cast<int64_t>(d.NH + g) * HD;
+  const T* vbase = base + static_cast<int64_t>(d.NH + d.NKV + g) * HD;
+  const T* dobase = dout + (static_cast<int64_t>(b) * d.T + t) * d.C + h * HD;
+
+  float q[D], dO[D], dq[D];
+#pragma unroll
+  for (int k = 0; k < D; ++k) {
+    q[k] = valid ? ToF(base[static_cast<int64_t>(t) * d.ld + h * HD + sub + kG * k]) * d.scale
+                 : 0.f;
+    dO[k] = valid ? ToF(dobase[sub + kG * k]) : 0.f;
+    dq[k] = 0.f;
+  }
+  const float L = valid ? lse[static_cast<int64_t>(bh) * d.T + t] : 0.f;
+  const float Dt = valid ? Dsum[static_cast<int64_t>(bh) * d.T + t] : 0.f;
+  const int last_key = min(d.T - 1, tile * kRows + kRows - 1);
+  for (int j0 = 0; j0 <= last_key; j0 += kTile) {
+    for (int e = threadIdx.x; e < kTile * HD; e += blockDim.x) {
+      const int s = e / HD, c = e % HD, j = j0 + s;
+      const bool in = j < d.T;
+      Ks[s][c] = in ? ToF(kbase[static_cast<int64_t>(j) * d.ld + c]) : 0.f;
+      Vs[s][c] = in ? ToF(vbase[static_cast<int64_t>(j) * d.ld + c]) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int s = 0; s < kTile; ++s) {
+      float sc = 0.f, dp = 0.f;
+#pragma unroll
+      for (int k = 0; k < D; ++k) {
+        sc += q[k] * Ks[s][sub + kG * k];
+        dp += dO[k] * Vs[s][sub + kG * k];
+      }
+      sc = GroupSum(sc);
+      dp = GroupSum(dp);
+      const float p = (j0 + s <= t) ? expf(sc - L) : 0.f;
+      const float ds = p * (dp - Dt);
+#pragma unroll
+      for (int k = 0; k < D; ++k) dq[k] += ds * Ks[s][sub + kG * k];
+    }
+    __syncthreads();
+  }
+  if (valid) {
+    T* o = dqkv + (static_cast<int64_t>(b) * d.T + t) * d.ld + h * HD;
+#pragma unroll
+    for (int k = 0; k < D; ++k) o[sub + kG * k] = FromF<T>(dq[k] * d.scale);
+  }
+}
+
+// dK, dV for key rows [tile*64, +64) of (batch, kv head) y, accumulated over
+// every query head of the GQA group and every query row t >= key row:
+//   dv += p dout_t,  dk += ds (scale q_t).
+template <typename T, int HD>
+__global__ void __launch_bounds__(kSimtThreads)
+    FlashBwdDkvSimt(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* Dsum,
+                    AttnDims d) {
+  constexpr int D = HD / kG;
+  __shared__ float Qs[kTile][HD];   // scaled queries
+  __shared__ float dOs[kTile][HD];
+  __shared__ float Ls[kTile], Ds[kTile];
+  const int tile = blockIdx.x;  // low key tiles see the most queries: start them first
+  const int bg = blockIdx.y, b = bg / d.NKV, g = bg % d.NKV;
+  const int sub = threadIdx.x % kG;
+  const int s = tile * kRows + threadIdx.x / kG;  // this group's key row
+  const bool valid = s < d.T;
+  const T* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+  const int64_t kcol = static_cast<int64_t>(d.NH + g) * HD;
+  const int64_t vcol = static_cast<int64_t>(d.NH + d.NKV + g) * HD;
+
+  float kr[D], vr[D], dk[D], dv[D];
+#pragma unroll
+  for (int k = 0; k < D; ++k) {
+    kr[k] = valid ? ToF(base[static_cast<int64_t>(s) * d.ld + kcol + sub + kG * k]) : 0.f;
+    vr[k] = valid ? ToF(base[static_cast<int64_t>(s) * d.ld + vcol + sub + kG * k]) : 0.f;
+    dk[k] = 0.f;
+    dv[k] = 0.f;
+  }
+  for (int h = g * d.group; h < (g + 1) * d.group; ++h) {
+    const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
+    for (int i0 = tile * kRows; i0 < d.T; i0 += kTile) {
+      for (int e = threadIdx.x; e < kTile * HD; e += blockDim.x) {
+        const int r = e / HD, c = e % HD, t = i0 + r;
+        const bool in = t < d.T;
+        Qs[r][c] = in ? ToF(base[static_cast<int64_t>(t) * d.ld + h * HD + c]) * d.scale : 0.f;
+        dOs[r][c] =
+            in ? ToF(dout[(static_cast<int64_t>(b) * d.T + t) * d.C + h * HD + c]) : 0.f;
+      }
+      for (int r = threadIdx.x; r < kTile; r += blockDim.x) {
+        const int t = i0 + r;
+        Ls[r] = t < d.T ? lse[bh * d.T + t] : 0.f;
+        Ds[r] = t < d.T ? Dsum[bh * d.T + t] : 0.f;
+      }
+      __syncthreads();
+#pragma unroll 4
+      for (int r = 0; r < kTile; ++r) {
+        const int t = i0 + r;
+        float sc = 0.f, dp = 0.f;
+#pragma unroll
+        for (int k = 0; k < D; ++k) {
+          sc += kr[k] * Qs[r][sub + kG * k];
+          dp += vr[k] * dOs[r][sub + kG * k];
+        }
+        sc = GroupSum(sc);
+        dp = GroupSum(dp);
+        const float p = (t >= s && t < d.T) ? expf(sc - Ls[r]) : 0.f;
+        const float ds = p * (dp - Ds[r]);
+#pragma unroll
+        for (int k = 0; k < D; ++k) {
+          dv[k] += p * dOs[r][sub + kG * k];
+          dk[k] += ds * Qs[r][sub + kG * k];
+        }
+      }
+      __syncthreads();
+    }
+  }
+  if (valid) {
+    T* o = dqkv + (static_cast<int64_t>(b) * d.T + s) * d.ld;
+#pragma unroll
+    for (int k = 0; k < D; ++k) {
+      o[kcol + sub + kG * k] = FromF<T>(dk[k]);
+      o[vcol + sub + kG * k] = FromF<T>(dv[k]);
+    }
+  }
+}
+
+// ---- dispatch ------------------------------------------------------------------
+AttnDims MakeDims(int B, int T, int NH, int NKV, int hd) {
+  if (B <= 0 || T <= 0 || NH <= 0 || NKV <= 0 || NH % NKV != 0 || !AttentionSupportsHeadDim(hd)) {
+    Fatal("cuda attention: unsupported shape B=" + std::to_string(B) + " T=" +
+          std::to_string(T) + " NH=" + std::to_string(NH) + " NKV=" + std::to_string(NKV) +
+          " hd=" + std::to_string(hd) +
+          " (need positive sizes, NKV dividing NH, hd in {8,16,32,64,80,96,128})");
+  }
+  AttnDims d;
+  d.B = B;
+  d.T = T;
+  d.NH = NH;
+  d.NKV = NKV;
+  d.hd = hd;
+  d.ld = static_cast<int64_t>(NH + 2 * NKV) * hd;
+  d.C = static_cast<int64_t>(NH) * hd;
+  d.group = NH / NKV;
+  d.scale = 1.f / std::sqrt(static_cast<float>(hd));
+  return d;
+}
+
+// Calls f(std::integral_constant<int, HD>) for the runtime head dim.
+template <typename F>
+void DispatchHeadDim(int hd, F&& f) {
+  switch (hd) {
+    case 8: f(std::integral_constant<int, 8>()); break;
+    case 16: f(std::integral_constant<int, 16>()); break;
+    case 32: f(std::integral_constant<int, 32>()); break;
+    case 64: f(std::integral_constant<int, 64>()); break;
+    case 80: f(std::integral_constant<int, 80>()); break;
+    case 96: f(std::integral_constant<int, 96>()); break;
+    case 128: f(std::integral_constant<int, 128>()); break;
+    default: Fatal("cuda attention: unsupported head dim " + std::to_string(hd));
+  }
+}
+
+template <typename T>
+void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int hd,
+             cudaStream_t stream) {
+  const AttnDims d = MakeDims(B, T_, NH, NKV, hd);
+  if constexpr (std::is_same_v<T, bf16>) {
+    // The tensor-core kernels copy tiles with 16-byte vector accesses.
+    if (g_tensor_cores && internal::FlashTcSupports(hd) && internal::Aligned(16, out, qkv)) {
+      internal::FlashForwardTc(out, lse, qkv, d, stream);
+      return;
+    }
+  }
+  const dim3 grid(static_cast<unsigned>(CeilDiv(T_, kRows)), static_cast<unsigned>(B * NH));
+  DispatchHeadDim(hd, [&](auto hd_c) {
+    FlashFwdSimt<T, decltype(hd_c)::value><<<grid, kSimtThreads, 0, stream>>>(out, lse, qkv, d);
+  });
+  LLMT_CUDA_CHECK_LAUNCH("FlashFwdSimt", stream);
+}
+
+template <typename T>
+void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse, int B, int T_,
+              int NH, int NKV, int hd, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  const AttnDims d = MakeDims(B, T_, NH, NKV, hd);
+  CheckScratch("AttentionBackward", scratch, scratch_bytes,
+               AttentionBackwardScratchBytes(B, T_, NH));
+  float* Dsum = static_cast<float*>(scratch);
+  const int64_t rows = static_cast<int64_t>(B) * NH * T_;
+  FlashBwdPreprocess<T><<<GridFor(rows, 8), 256, 0, stream>>>(Dsum, dout, out, d);
+  LLMT_CUDA_CHECK_LAUNCH("FlashBwdPreprocess", stream);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (g_tensor_cores && internal::FlashTcSupports(hd) &&
+        internal::Aligned(16, dqkv, dout, qkv)) {
+      internal::FlashBackwardTc(dqkv, dout, qkv, lse, Dsum, d, stream);
+      return;
+    }
+  }
+  const unsigned tiles = static_cast<unsigned>(CeilDiv(T_, kRows));
+  DispatchHeadDim(hd, [&](auto hd_c) {
+    constexpr int HD = decltype(hd_c)::value;
+    FlashBwdDqSimt<T, HD><<<dim3(tiles, static_cast<unsigned>(B * NH)), kSimtThreads, 0,
+                            stream>>>(dqkv, dout, qkv, lse, Dsum, d);
+    LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqSimt", stream);
+    FlashBwdDkvSimt<T, HD><<<dim3(tiles, static_cast<unsigned>(B * NKV)), kSimtThreads, 0,
+                             stream>>>(dqkv, dout, qkv, lse, Dsum, d);
+    LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvSimt", stream);
+  });
+}
+
+// ---- RoPE --------------------------------------------------------------------------
+__global__ void RopeTableKernel(float* cos_out, float* sin_out, int T, int hd, float theta) {
+  const int half = hd / 2;
+  const int64_t n = static_cast<int64_t>(T) * half;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += stride) {
+    const int64_t t = e / half;
+    const int i = static_cast<int>(e % half);
+    // HF: inv_freq = 1 / theta^(arange(0, hd, 2) / hd), in double like the CPU.
+    const double inv_freq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / hd);
+    const double a = static_cast<double>(t) * inv_freq;
+    cos_out[e] = static_cast<float>(cos(a));
+    sin_out[e] = static_cast<float>(sin(a));
+  }
+}
+
+// Thread per (row, head, i < hd/2): rotates the pair (x1[i], x2[i]).
+// sign = +1 forward, -1 backward (the inverse rotation).
+template <typename T>
+__global__ void RopeKernel(T* x, const float* cos_t, const float* sin_t, int64_t rows, int T_,
+                           int n_heads, int hd, int64_t ld, float sign) {
+  const int half = hd / 2;
+  const int64_t n = rows * n_heads * half;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += stride) {
+    const int i = static_cast<int>(e % half);
+    const int64_t rh = e / half;
+    const int h = static_cast<int>(rh % n_heads);
+    const int64_t r = rh / n_heads;
+    const int64_t t = r % T_;
+    T* x1 = x + r * ld + static_cast<int64_t>(h) * hd;
+    const float c = cos_t[t * half + i], s = sign * sin_t[t * half + i];
+    const float a = ToF(x1[i]), b = ToF(x1[half + i]);
+    x1[i] = FromF<T>(a * c - b * s);
+    x1[half + i] = FromF<T>(b * c + a * s);
+  }
+}
+
+template <typename T>
+void Rope(T* x, const float* cos_t, const float* sin_t, int B, int T_, int n_heads, int hd,
+          int64_t ld, float sign, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(B) * T_;
+  if (rows <= 0 || n_heads <= 0) return;
+  if (hd <= 0 || hd % 2 != 0) Fatal("Rope: head dim must be even, got " + std::to_string(hd));
+  RopeKernel<T><<<GridFor(rows * n_heads * (hd / 2), 256), 256, 0, stream>>>(
+      x, cos_t, sin_t, rows, T_, n_heads, hd, ld, sign);
+  LLMT_CUDA_CHECK_LAUNCH(sign > 0 ? "RopeForward" : "RopeBackward", stream);
+}
+
+}  // namespace
+
+bool AttentionSupportsHeadDim(int hd) {
+  return hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 80 || hd == 96 || hd == 128;
+}
+
+void SetAttentionTensorCores(bool on) { g_tensor_cores = on; }
+bool AttentionTensorCores() { return g_tensor_cores; }
+
+size_t AttentionBackwardScratchBytes(int B, int T, int NH) {
+  return static_cast<size_t>(B) * NH * T * sizeof(float);
+}
+
+void AttentionForward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                      int hd, cudaStream_t stream) {
+  Forward(out, lse, qkv, B, T, NH, NKV, hd, stream);
+}
+void AttentionForward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, int NKV,
+                      int hd, cudaStream_t stream) {
+  Forward(out, lse, qkv, B, T, NH, NKV, hd, stream);
+}
+void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                       const float* lse, int B, int T, int NH, int NKV, int hd, void* scratch,
+                       size_t scratch_bytes, cudaStream_t stream) {
+  Backward(dqkv, dout, qkv, out, lse, B, T, NH, NKV, hd, scratch, scratch_bytes, stream);
+}
+void AttentionBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                       const float* lse, int B, int T, int NH, int NKV, int hd, void* scratch,
+                       size_t scratch_bytes, cudaStream_t stream) {
+  Backward(dqkv, dout, qkv, out, lse, B, T, NH, NKV, hd, scratch, scratch_bytes, stream);
+}
+
+void RopeTable(float* cos, float* sin, int T, int hd, float theta, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(T) * (hd / 2);
+  if (n <= 0) return;
+  RopeTableKernel<<<GridFor(n, 256), 256, 0, stream>>>(cos, sin, T, hd, theta);
+  LLMT_CUDA_CHECK_LAUNCH("RopeTableKernel", stream);
+}
+void RopeForward(float* x, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
+                 int64_t ld, cudaStream_t stream) {
+  Rope(x, cos, sin, B, T, n_heads, hd, ld, 1.f, stream);
+}
+void RopeForward(bf16* x, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
+                 int64_t ld, cudaStream_t stream) {
+  Rope(x, cos, sin, B, T, n_heads, hd, ld, 1.f, stream);
+}
+void RopeBackward(float* dx, const float* cos, const float* sin, int B, int T, int n_heads,
+                  int hd, int64_t ld, cudaStream_t stream) {
+  Rope(dx, cos, sin, B, T, n_heads, hd, ld, -1.f, stream);
+}
+void RopeBackward(bf16* dx, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
+                  int64_t ld, cudaStream_t stream) {
+  Rope(dx, cos, sin, B, T, n_heads, hd, ld, -1.f, stream);
+}
+
+}  // namespace llmt::kernels::cuda

@@ -1,0 +1,77 @@
+// Causal multi-head self-attention (GQA) and rotary embeddings on the GPU:
+// the kernels/attention.h ops with device pointers and a stream.
+//
+// Same packed layout as the CPU backend: qkv is [B, T, (NH + 2*NKV) * hd]
+// holding the NH query heads, then NKV key heads, then NKV value heads; query
+// head h reads key/value head h / (NH / NKV); out is [B, T, NH*hd].
+//
+// Unlike the CPU backend, attention here is a flash-attention-style fused
+// kernel: the T x T score/probability matrix is never materialised. The
+// forward keeps, per query row, a running max and sum of exponentials (online
+// softmax) while streaming key/value tiles through shared memory, and saves
+// only the row's log-sum-exp (lse [B, NH, T], fp32) for the backward. The
+// backward recomputes the probabilities tile by tile from q, k and lse
+// (FlashAttention-2's scheme) in two kernels: one owns a tile of keys and
+// accumulates dK and dV over all queries (and all query heads of its GQA
+// group) in registers, the other owns a tile of queries and accumulates dQ.
+// Every output element is written by exactly one thread, so results are
+// deterministic without atomics.
+//
+// Two implementations (see docs/cuda.md): bf16 inputs with head dim 64 or 128
+// use tensor cores (WMMA, bf16 x bf16 -> fp32) for QK^T and PV; everything
+// else (fp32, used by the tests against the CPU, and other head dims) runs a
+// SIMT kernel in fp32 arithmetic. Supported head dims: 8, 16, 32, 64, 80, 96,
+// 128.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/common.cuh"
+
+namespace llmt::kernels::cuda {
+
+// True when AttentionForward/Backward support head dimension hd.
+bool AttentionSupportsHeadDim(int hd);
+
+// out [B, T, NH*hd] (overwritten); lse [B, NH, T] (fp32, overwritten) is the
+// log-sum-exp of each query row's scaled scores. Scale 1/sqrt(hd).
+void AttentionForward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
+                      int hd, cudaStream_t stream);
+void AttentionForward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, int NKV,
+                      int hd, cudaStream_t stream);
+
+// Scratch bytes AttentionBackward needs (rowsum(dout * out), B*NH*T fp32).
+size_t AttentionBackwardScratchBytes(int B, int T, int NH);
+
+// dqkv (same layout as qkv) is overwritten from dout [B, T, NH*hd], the
+// forward's inputs qkv, its output out and its lse.
+void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                       const float* lse, int B, int T, int NH, int NKV, int hd, void* scratch,
+                       size_t scratch_bytes, cudaStream_t stream);
+void AttentionBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                       const float* lse, int B, int T, int NH, int NKV, int hd, void* scratch,
+                       size_t scratch_bytes, cudaStream_t stream);
+
+// Debug/test switch: when false, bf16 attention also runs the SIMT kernels
+// (default true). Lets the tests compare both implementations on one GPU.
+void SetAttentionTensorCores(bool on);
+bool AttentionTensorCores();
+
+// RoPE tables cos/sin [T, hd/2] (device, fp32) for positions 0..T-1:
+// angle(t, i) = t * theta^(-2i/hd), computed in double like the CPU backend.
+void RopeTable(float* cos, float* sin, int T, int hd, float theta, cudaStream_t stream);
+// Rotates in place `n_heads` heads of width hd starting at column 0 of each
+// row of x (row r = b*T + t, row stride ld elements), Hugging Face
+// rotate_half convention: y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin.
+void RopeForward(float* x, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
+                 int64_t ld, cudaStream_t stream);
+void RopeForward(bf16* x, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
+                 int64_t ld, cudaStream_t stream);
+// In-place backward (the inverse rotation) on gradients.
+void RopeBackward(float* dx, const float* cos, const float* sin, int B, int T, int n_heads,
+                  int hd, int64_t ld, cudaStream_t stream);
+void RopeBackward(bf16* dx, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
+                  int64_t ld, cudaStream_t stream);
+
+}  // namespace llmt::kernels::cuda

@@ -1,0 +1,163 @@
+#include <cub/device/device_radix_sort.cuh>
+
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/embedding.cuh"
+
+namespace llmt::kernels::cuda {
+namespace {
+
+using internal::CeilDiv;
+using internal::FromF;
+using internal::GridFor;
+using internal::ToF;
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void EmbeddingForwardKernel(T* out, const int32_t* tokens, const T* wte, const T* wpe,
+                                       int64_t N, int T_, int C) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N * C;
+       i += stride) {
+    const int64_t r = i / C;
+    const int c = static_cast<int>(i - r * C);
+    float v = ToF(wte[static_cast<int64_t>(tokens[r]) * C + c]);
+    if (wpe != nullptr) v += ToF(wpe[(r % T_) * C + c]);
+    out[i] = FromF<T>(v);
+  }
+}
+
+__global__ void IotaKernel(int32_t* x, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    x[i] = static_cast<int32_t>(i);
+  }
+}
+
+// Block per sorted position i; only the first position of each run of equal
+// tokens does work: it sums the run's rows (ascending, thanks to the stable
+// sort) channel by channel and adds the sum to the token's gradient row. Each
+// dwte row is therefore written by exactly one block.
+template <typename T, typename G>
+__global__ void EmbeddingTokenGradKernel(G* dwte, const T* dout, const int32_t* sorted_tok,
+                                         const int32_t* sorted_row, int64_t N, int C) {
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    const int32_t tok = sorted_tok[i];
+    if (i > 0 && sorted_tok[i - 1] == tok) continue;  // uniform across the block
+    int64_t end = i + 1;
+    while (end < N && sorted_tok[end] == tok) ++end;
+    G* dst = dwte + static_cast<int64_t>(tok) * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float acc = 0.f;
+      for (int64_t j = i; j < end; ++j) acc += ToF(dout[static_cast<int64_t>(sorted_row[j]) * C + c]);
+      dst[c] = FromF<G>(ToF(dst[c]) + acc);
+    }
+  }
+}
+
+// Thread per (t, c): dwpe[t, c] += sum over b (in order) of dout[b, t, c].
+template <typename T, typename G>
+__global__ void EmbeddingPosGradKernel(G* dwpe, const T* dout, int B, int T_, int C) {
+  const int64_t n = static_cast<int64_t>(T_) * C;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    float acc = 0.f;
+    for (int b = 0; b < B; ++b) acc += ToF(dout[b * n + i]);
+    dwpe[i] = FromF<G>(ToF(dwpe[i]) + acc);
+  }
+}
+
+// Scratch layout: [keys_out N][vals_in N][vals_out N] int32 (each padded to
+// 256 bytes), then CUB's temporary storage.
+size_t Pad256(size_t b) { return (b + 255) / 256 * 256; }
+
+size_t CubTempBytes(int64_t N) {
+  size_t temp = 0;
+  // Size query only (null temp storage): runs nothing on the device.
+  LLMT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp,
+                                                  static_cast<const int32_t*>(nullptr),
+                                                  static_cast<int32_t*>(nullptr),
+                                                  static_cast<const int32_t*>(nullptr),
+                                                  static_cast<int32_t*>(nullptr),
+                                                  static_cast<int>(N)));
+  return temp;
+}
+
+template <typename T>
+void LaunchForward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int T_, int C,
+                   cudaStream_t stream) {
+  const int64_t N = static_cast<int64_t>(B) * T_;
+  if (N <= 0 || C <= 0) return;
+  EmbeddingForwardKernel<T><<<GridFor(N * C, kThreads), kThreads, 0, stream>>>(out, tokens, wte,
+                                                                              wpe, N, T_, C);
+  LLMT_CUDA_CHECK_LAUNCH("EmbeddingForwardKernel", stream);
+}
+
+template <typename T, typename G>
+void LaunchBackward(G* dwte, G* dwpe, const T* dout, const int32_t* tokens, int B, int T_, int C,
+                    void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  const int64_t N = static_cast<int64_t>(B) * T_;
+  if (N <= 0 || C <= 0) return;
+  if (N > 0x7fffffff) Fatal("EmbeddingBackward: more than 2^31 tokens");
+  CheckScratch("EmbeddingBackward", scratch, scratch_bytes, EmbeddingBackwardScratchBytes(B, T_));
+  char* s = static_cast<char*>(scratch);
+  const size_t plane = Pad256(static_cast<size_t>(N) * sizeof(int32_t));
+  int32_t* keys_out = reinterpret_cast<int32_t*>(s);
+  int32_t* vals_in = reinterpret_cast<int32_t*>(s + plane);
+  int32_t* vals_out = reinterpret_cast<int32_t*>(s + 2 * plane);
+  void* temp = s + 3 * plane;
+  size_t temp_bytes = CubTempBytes(N);
+
+  IotaKernel<<<GridFor(N, kThreads), kThreads, 0, stream>>>(vals_in, N);
+  LLMT_CUDA_CHECK_LAUNCH("EmbeddingBackward/IotaKernel", stream);
+  // LSD radix sort: stable, so equal tokens keep ascending row order.
+  const cudaError_t err = cub::DeviceRadixSort::SortPairs(
+      temp, temp_bytes, tokens, keys_out, vals_in, vals_out, static_cast<int>(N), 0,
+      static_cast<int>(sizeof(int32_t) * 8), stream);
+  if (err != cudaSuccess) {
+    Fatal("EmbeddingBackward: cub::DeviceRadixSort::SortPairs failed: " + CudaErrorString(err));
+  }
+  LLMT_CUDA_CHECK_LAUNCH("EmbeddingBackward/cub::DeviceRadixSort::SortPairs", stream);
+  EmbeddingTokenGradKernel<T, G><<<GridFor(N, 1, 65535), 128, 0, stream>>>(
+      dwte, dout, keys_out, vals_out, N, C);
+  LLMT_CUDA_CHECK_LAUNCH("EmbeddingTokenGradKernel", stream);
+  if (dwpe != nullptr) {
+    EmbeddingPosGradKernel<T, G>
+        <<<GridFor(static_cast<int64_t>(T_) * C, kThreads), kThreads, 0, stream>>>(dwpe, dout, B,
+                                                                                  T_, C);
+    LLMT_CUDA_CHECK_LAUNCH("EmbeddingPosGradKernel", stream);
+  }
+}
+
+}  // namespace
+
+size_t EmbeddingBackwardScratchBytes(int B, int T) {
+  const int64_t N = static_cast<int64_t>(B) * T;
+  if (N <= 0) return 0;
+  return 3 * Pad256(static_cast<size_t>(N) * sizeof(int32_t)) + CubTempBytes(N);
+}
+
+void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
+                      int B, int T, int C, cudaStream_t stream) {
+  LaunchForward(out, tokens, wte, wpe, B, T, C, stream);
+}
+void EmbeddingForward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B,
+                      int T, int C, cudaStream_t stream) {
+  LaunchForward(out, tokens, wte, wpe, B, T, C, stream);
+}
+void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                       int T, int C, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBackward(dwte, dwpe, dout, tokens, B, T, C, scratch, scratch_bytes, stream);
+}
+void EmbeddingBackward(bf16* dwte, bf16* dwpe, const bf16* dout, const int32_t* tokens, int B,
+                       int T, int C, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBackward(dwte, dwpe, dout, tokens, B, T, C, scratch, scratch_bytes, stream);
+}
+void EmbeddingBackward(float* dwte, float* dwpe, const bf16* dout, const int32_t* tokens, int B,
+                       int T, int C, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBackward(dwte, dwpe, dout, tokens, B, T, C, scratch, scratch_bytes, stream);
+}
+
+}  // namespace llmt::kernels::cuda

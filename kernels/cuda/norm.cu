@@ -1,0 +1,225 @@
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/norm.cuh"
+
+namespace llmt::kernels::cuda {
+namespace {
+
+using internal::CeilDiv;
+using internal::FromF;
+using internal::ToF;
+using internal::WarpSum;
+
+constexpr int kThreads = 256;  // 8 warps
+constexpr int kWarps = kThreads / 32;
+
+// One warp per row; lanes stride over the C channels (coalesced). The row is
+// read up to three times (sum, variance, output); the re-reads hit L1/L2.
+// With kRes the row is first built as residual = inp1 + inp2 (rounded to T
+// and stored), and the statistics are taken of the stored values so that the
+// backward, which reads `residual`, sees exactly the normalised input.
+template <typename T, bool kLN, bool kRes>
+__global__ void NormForwardKernel(T* residual, T* out, float* mean, float* rstd, const T* inp1,
+                                  const T* inp2, const T* weight, const T* bias, int64_t rows,
+                                  int C, float eps) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;  // uniform per warp
+  const int64_t off = row * C;
+  const T* x;
+  float sum = 0.f, sumsq = 0.f;
+  if constexpr (kRes) {
+    // residual may alias inp1/inp2: each element is read, then written, by
+    // the same lane; the later passes re-read the lane's own writes.
+    T* r = residual + off;
+    for (int c = lane; c < C; c += 32) {
+      const T v = FromF<T>(ToF(inp1[off + c]) + ToF(inp2[off + c]));
+      r[c] = v;
+      const float f = ToF(v);
+      sum += f;
+      sumsq += f * f;
+    }
+    x = r;
+  } else {
+    x = inp1 + off;
+    for (int c = lane; c < C; c += 32) {
+      const float f = ToF(x[c]);
+      sum += f;
+      sumsq += f * f;
+    }
+  }
+  float m = 0.f, rs;
+  if constexpr (kLN) {
+    m = WarpSum(sum) / C;
+    // Two-pass variance (no cancellation for large means), as the CPU backend.
+    float v = 0.f;
+    for (int c = lane; c < C; c += 32) {
+      const float d = ToF(x[c]) - m;
+      v += d * d;
+    }
+    rs = 1.f / sqrtf(WarpSum(v) / C + eps);
+  } else {
+    rs = 1.f / sqrtf(WarpSum(sumsq) / C + eps);
+  }
+  T* o = out + off;
+  for (int c = lane; c < C; c += 32) {
+    float y = (ToF(x[c]) - m) * rs * ToF(weight[c]);
+    if constexpr (kLN) {
+      if (bias != nullptr) y += ToF(bias[c]);
+    }
+    o[c] = FromF<T>(y);
+  }
+  if (lane == 0) {
+    if constexpr (kLN) mean[row] = m;
+    rstd[row] = rs;
+  }
+}
+
+// Block b handles rows [b R, b R + R), R = kNormRowsPerBlock.
+// Phase 1 (warp per row): dinp += rstd (dn - mean(dn) - n mean(dn n)) with
+//   n = (x - mean) rstd, dn = dout w (LayerNorm; RMSNorm drops the mean(dn)
+//   term and uses mean = 0).
+// Phase 2 (thread per channel): partial weight (and bias) gradients of the
+//   block's rows, summed in row order, into partial[b][c] (and
+//   partial[nblocks + b][c]).
+template <typename T, bool kLN>
+__global__ void NormBackwardKernel(T* dinp, float* partial, const T* dout, const T* inp,
+                                   const T* weight, const float* mean, const float* rstd,
+                                   int64_t rows, int C) {
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kNormRowsPerBlock;
+  const int64_t r1 = min(rows, r0 + kNormRowsPerBlock);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  for (int64_t r = r0 + warp; r < r1; r += kWarps) {
+    const int64_t off = r * C;
+    const float m = kLN ? mean[r] : 0.f, rs = rstd[r];
+    float sum_dn = 0.f, sum_dn_n = 0.f;
+    for (int c = lane; c < C; c += 32) {
+      const float n = (ToF(inp[off + c]) - m) * rs;
+      const float dn = ToF(dout[off + c]) * ToF(weight[c]);
+      sum_dn += dn;
+      sum_dn_n += dn * n;
+    }
+    const float a = kLN ? WarpSum(sum_dn) / C : 0.f;
+    const float b = WarpSum(sum_dn_n) / C;
+    for (int c = lane; c < C; c += 32) {
+      const float n = (ToF(inp[off + c]) - m) * rs;
+      const float dn = ToF(dout[off + c]) * ToF(weight[c]);
+      dinp[off + c] = FromF<T>(ToF(dinp[off + c]) + (dn - a - n * b) * rs);
+    }
+  }
+  const int64_t nblocks = gridDim.x;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float gw = 0.f, gb = 0.f;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float dy = ToF(dout[r * C + c]);
+      const float n = (ToF(inp[r * C + c]) - (kLN ? mean[r] : 0.f)) * rstd[r];
+      gw += dy * n;
+      gb += dy;
+    }
+    partial[blockIdx.x * static_cast<int64_t>(C) + c] = gw;
+    if constexpr (kLN) partial[(nblocks + blockIdx.x) * C + c] = gb;
+  }
+}
+
+// dweight[c] += sum over blocks (in order) of partial[k][c]; same for dbias.
+template <typename G>
+__global__ void NormParamGradKernel(G* dweight, G* dbias, const float* partial, int64_t nblocks,
+                                    int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float gw = 0.f;
+  for (int64_t k = 0; k < nblocks; ++k) gw += partial[k * C + c];
+  dweight[c] = FromF<G>(ToF(dweight[c]) + gw);
+  if (dbias != nullptr) {
+    float gb = 0.f;
+    for (int64_t k = 0; k < nblocks; ++k) gb += partial[(nblocks + k) * C + c];
+    dbias[c] = FromF<G>(ToF(dbias[c]) + gb);
+  }
+}
+
+template <typename T, bool kLN, bool kRes>
+void LaunchForward(T* residual, T* out, float* mean, float* rstd, const T* inp1, const T* inp2,
+                   const T* weight, const T* bias, int64_t rows, int C, float eps,
+                   cudaStream_t stream) {
+  if (rows <= 0 || C <= 0) return;
+  const unsigned grid = static_cast<unsigned>(CeilDiv(rows, kWarps));
+  NormForwardKernel<T, kLN, kRes><<<grid, kThreads, 0, stream>>>(
+      residual, out, mean, rstd, inp1, inp2, weight, bias, rows, C, eps);
+  LLMT_CUDA_CHECK_LAUNCH(kLN ? (kRes ? "FusedResidualLayerNormForward" : "LayerNormForward")
+                             : (kRes ? "FusedResidualRMSNormForward" : "RMSNormForward"),
+                         stream);
+}
+
+template <typename T, typename G, bool kLN>
+void LaunchBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp, const T* weight,
+                    const float* mean, const float* rstd, int64_t rows, int C, void* scratch,
+                    size_t scratch_bytes, cudaStream_t stream) {
+  if (rows <= 0 || C <= 0) return;
+  const char* name = kLN ? "LayerNormBackward" : "RMSNormBackward";
+  CheckScratch(name, scratch, scratch_bytes, NormBackwardScratchBytes(rows, C));
+  const int64_t nblocks = CeilDiv(rows, kNormRowsPerBlock);
+  float* partial = static_cast<float*>(scratch);
+  NormBackwardKernel<T, kLN><<<static_cast<unsigned>(nblocks), kThreads, 0, stream>>>(
+      dinp, partial, dout, inp, weight, mean, rstd, rows, C);
+  LLMT_CUDA_CHECK_LAUNCH(name, stream);
+  NormParamGradKernel<G><<<static_cast<unsigned>(CeilDiv(C, kThreads)), kThreads, 0, stream>>>(
+      dweight, kLN ? dbias : nullptr, partial, nblocks, C);
+  LLMT_CUDA_CHECK_LAUNCH(kLN ? "LayerNormBackward/NormParamGradKernel"
+                             : "RMSNormBackward/NormParamGradKernel",
+                         stream);
+}
+
+}  // namespace
+
+size_t NormBackwardScratchBytes(int64_t rows, int C) {
+  // Two planes (weight, bias) for LayerNorm; RMSNorm uses the first.
+  return static_cast<size_t>(CeilDiv(rows, kNormRowsPerBlock)) * static_cast<size_t>(C) * 2 *
+         sizeof(float);
+}
+
+#define LLMT_NORM_FWD(T)                                                                        \
+  void LayerNormForward(T* out, float* mean, float* rstd, const T* inp, const T* weight,        \
+                        const T* bias, int64_t rows, int C, float eps, cudaStream_t stream) {   \
+    LaunchForward<T, true, false>(nullptr, out, mean, rstd, inp, nullptr, weight, bias, rows,   \
+                                  C, eps, stream);                                              \
+  }                                                                                             \
+  void FusedResidualLayerNormForward(T* residual, T* out, float* mean, float* rstd,             \
+                                     const T* inp1, const T* inp2, const T* weight,             \
+                                     const T* bias, int64_t rows, int C, float eps,             \
+                                     cudaStream_t stream) {                                     \
+    LaunchForward<T, true, true>(residual, out, mean, rstd, inp1, inp2, weight, bias, rows, C,  \
+                                 eps, stream);                                                  \
+  }                                                                                             \
+  void RMSNormForward(T* out, float* rstd, const T* inp, const T* weight, int64_t rows, int C,  \
+                      float eps, cudaStream_t stream) {                                         \
+    LaunchForward<T, false, false>(nullptr, out, nullptr, rstd, inp, nullptr, weight, nullptr,  \
+                                   rows, C, eps, stream);                                       \
+  }                                                                                             \
+  void FusedResidualRMSNormForward(T* residual, T* out, float* rstd, const T* inp1,             \
+                                   const T* inp2, const T* weight, int64_t rows, int C,         \
+                                   float eps, cudaStream_t stream) {                            \
+    LaunchForward<T, false, true>(residual, out, nullptr, rstd, inp1, inp2, weight, nullptr,    \
+                                  rows, C, eps, stream);                                        \
+  }
+LLMT_NORM_FWD(float)
+LLMT_NORM_FWD(bf16)
+#undef LLMT_NORM_FWD
+
+#define LLMT_NORM_BWD(T, G)                                                                     \
+  void LayerNormBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp,            \
+                         const T* weight, const float* mean, const float* rstd, int64_t rows,   \
+                         int C, void* scratch, size_t scratch_bytes, cudaStream_t stream) {     \
+    LaunchBackward<T, G, true>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, C,    \
+                               scratch, scratch_bytes, stream);                                 \
+  }                                                                                             \
+  void RMSNormBackward(T* dinp, G* dweight, const T* dout, const T* inp, const T* weight,       \
+                       const float* rstd, int64_t rows, int C, void* scratch,                   \
+                       size_t scratch_bytes, cudaStream_t stream) {                             \
+    LaunchBackward<T, G, false>(dinp, dweight, static_cast<G*>(nullptr), dout, inp, weight,     \
+                                nullptr, rstd, rows, C, scratch, scratch_bytes, stream);        \
+  }
+LLMT_NORM_BWD(float, float)
+LLMT_NORM_BWD(bf16, bf16)
+LLMT_NORM_BWD(bf16, float)
+#undef LLMT_NORM_BWD
+
+}  // namespace llmt::kernels::cuda
