@@ -10,6 +10,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/log.h"
@@ -50,6 +52,13 @@ int main(int argc, char** argv) {
       "llmt-coordinator --data_dir=DIR [flags]\n"
       "Serves the llmt JobService and WorkerService (see docs/coordinator.md).\n"
       "Flags can be put in a file and passed with --flagfile=FILE.");
+  // --help lists this file's flags (absl matches on the program name otherwise).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "coordinator/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   // Debian's Abseil runs absl::Mutex deadlock detection (a lock graph update
   // on every acquisition, used heavily inside gRPC); it is a debugging aid.
