@@ -6,7 +6,10 @@
 set -u
 port="${1:-${LLMT_HTTP_PORT:-7071}}"
 path="${2:-/healthz}"
-exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null || { echo "healthcheck: nothing listens on port $port"; exit 1; }
+if ! { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+  echo "healthcheck: nothing listens on port $port"
+  exit 1
+fi
 printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$path" >&3
 read -r -t 5 status_line <&3 || { echo "healthcheck: no answer on port $port"; exit 1; }
 exec 3<&-
