@@ -163,6 +163,30 @@ inline double ExpectClose(const FVec& got, const FVec& want, Tol tol, const std:
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
+inline double MaxAbs(const FVec& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, std::fabs(double(x)));
+  return m;
+}
+
+// The per-dtype tolerance used by the kernel tests: element i passes when
+//   |got - want| <= rtol * (|want| + max_j |want_j|)
+// with rtol = 1e-5 for fp32 (summation order and libm differences) and 1e-2
+// for bf16 (outputs and some intermediates carry bf16 rounding, 2^-9). The
+// max term makes the bound scale-aware for elements that cancel to ~0.
+template <typename T>
+Tol TolFor(const FVec& want, double rtol_f32 = 1e-5, double rtol_bf16 = 1e-2) {
+  const double r = std::is_same_v<T, float> ? rtol_f32 : rtol_bf16;
+  return {r, r * MaxAbs(want)};
+}
+
+// Rounds to bf16 when T is bf16 (so the CPU reference sees the GPU's inputs).
+template <typename T>
+FVec Prep(FVec v) {
+  if constexpr (!std::is_same_v<T, float>) v = RoundBf16(std::move(v));
+  return v;
+}
+
 template <typename T>
 constexpr const char* TypeName() {
   return std::is_same_v<T, float> ? "f32" : "bf16";

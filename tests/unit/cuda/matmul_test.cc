@@ -18,6 +18,7 @@ namespace {
 using testing::Dev;
 using testing::ExpectClose;
 using testing::FVec;
+using testing::Prep;
 using testing::Randn;
 using testing::RoundBf16;
 using testing::Tol;
@@ -29,12 +30,6 @@ Tol GemmTol() {
   } else {
     return {1e-2, 2e-2};
   }
-}
-
-template <typename T>
-FVec Prep(FVec v) {
-  if constexpr (std::is_same_v<T, bf16>) v = RoundBf16(std::move(v));
-  return v;
 }
 
 template <typename T>

@@ -1,6 +1,7 @@
 // CUDA runtime helpers. The message/report tests are pure host logic and run
 // everywhere; the allocation and device tests skip without a GPU.
 #include "kernels/cuda/runtime.cuh"
+#include "kernels/cuda/optimizer.cuh"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -108,6 +109,21 @@ TEST(CudaRuntimeTest, OutOfMemoryIsAStatusNamingTheBuffer) {
   auto ok = DeviceBuffer::Allocate("small", 256);
   EXPECT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+// Host-side validation of the multi-tensor AdamW segment table.
+TEST(CudaRuntimeTest, AdamWSegmentsMustTileTheBuffer) {
+  EXPECT_TRUE(ValidateAdamWSegments({{0, 10, 0.1f}, {10, 0, 0.f}, {10, 5, 0.f}}, 15).ok());
+  EXPECT_TRUE(ValidateAdamWSegments({}, 0).ok());
+  const absl::Status gap = ValidateAdamWSegments({{0, 10, 0.1f}, {11, 4, 0.f}}, 15);
+  EXPECT_FALSE(gap.ok());
+  EXPECT_THAT(std::string(gap.message()), HasSubstr("segment 1"));
+  const absl::Status overlap = ValidateAdamWSegments({{0, 10, 0.1f}, {9, 6, 0.f}}, 15);
+  EXPECT_FALSE(overlap.ok());
+  const absl::Status short_cover = ValidateAdamWSegments({{0, 10, 0.1f}}, 15);
+  EXPECT_FALSE(short_cover.ok());
+  EXPECT_THAT(std::string(short_cover.message()), HasSubstr("cover [0, 10)"));
+  EXPECT_FALSE(ValidateAdamWSegments({{0, -1, 0.f}}, 0).ok());
 }
 
 }  // namespace

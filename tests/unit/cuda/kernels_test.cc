@@ -1,0 +1,621 @@
+// CUDA kernels against the CPU backend on random inputs: activations, norms
+// (plain and fused with the residual add), the fused classifier, embedding,
+// RoPE, reductions, AdamW and conversions. Every test runs for fp32 and bf16
+// storage where the kernel has both; bf16 inputs are rounded to bf16 before
+// the CPU sees them, so both backends compute from identical values.
+//
+// Tolerances (testing::TolFor): |gpu - cpu| <= rtol (|cpu| + max|cpu|) with
+// rtol = 1e-5 for fp32 and 1e-2 for bf16, unless a test states otherwise.
+// Reductions that must be reproducible are also run twice and compared
+// bit for bit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/activation.h"
+#include "kernels/attention.h"
+#include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/loss.cuh"
+#include "kernels/cuda/norm.cuh"
+#include "kernels/cuda/optimizer.cuh"
+#include "kernels/cuda/reduce.cuh"
+#include "kernels/embedding.h"
+#include "kernels/loss.h"
+#include "kernels/norm.h"
+#include "kernels/optimizer.h"
+#include "kernels/reduce.h"
+#include "tests/unit/cuda/cuda_test_util.h"
+
+namespace llmt::kernels::cuda {
+namespace {
+
+using testing::Dev;
+using testing::ExpectClose;
+using testing::FVec;
+using testing::Prep;
+using testing::Randn;
+using testing::RandTokens;
+using testing::RoundBf16;
+using testing::Tol;
+using testing::TolFor;
+using testing::Uniform;
+
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveGpu()) GTEST_SKIP() << "no CUDA GPU (cudaGetDeviceCount reports none)";
+    ASSERT_TRUE(SetDevice(0).ok());
+  }
+};
+
+template <typename T>
+class TypedGpuTest : public GpuTest {};
+using Types = ::testing::Types<float, bf16>;
+TYPED_TEST_SUITE(TypedGpuTest, Types);
+
+// A scratch buffer of at least `bytes`.
+Dev<char> Scratch(size_t bytes) { return Dev<char>(std::max<size_t>(bytes, 1), "scratch"); }
+
+bool BitEqual(const FVec& a, const FVec& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// ------------------------------------------------------------ activations ----
+
+TYPED_TEST(TypedGpuTest, GeluForwardBackward) {
+  using T = TypeParam;
+  // Odd n (vector tail) and a misaligned view (scalar path).
+  for (int offset : {0, 1}) {
+    const int64_t n = 4099;
+    const FVec x = Prep<T>(Randn(n + offset, 1, 2.f));
+    const FVec dy = Prep<T>(Randn(n + offset, 2));
+    FVec want(n), dwant(n);
+    cpu::GeluForward(want.data(), x.data() + offset, n);
+    cpu::GeluBackward(dwant.data(), x.data() + offset, dy.data() + offset, n);
+    Dev<T> gx(x), gdy(dy), gy(n + offset), gdx(n + offset);
+    GeluForward(gy.get() + offset, gx.get() + offset, n, nullptr);
+    GeluBackward(gdx.get() + offset, gx.get() + offset, gdy.get() + offset, n, nullptr);
+    FVec y = gy.Download(), dx = gdx.Download();
+    y.erase(y.begin(), y.begin() + offset);
+    dx.erase(dx.begin(), dx.begin() + offset);
+    ExpectClose(y, want, TolFor<T>(want), "gelu");
+    ExpectClose(dx, dwant, TolFor<T>(dwant), "gelu backward");
+  }
+  // In place (dinp aliases dout).
+  const int64_t n = 1000;
+  const FVec x = Prep<T>(Randn(n, 3)), dy = Prep<T>(Randn(n, 4));
+  FVec dwant(n);
+  cpu::GeluBackward(dwant.data(), x.data(), dy.data(), n);
+  Dev<T> gx(x), gdy(dy);
+  GeluBackward(gdy.get(), gx.get(), gdy.get(), n, nullptr);
+  ExpectClose(gdy.Download(), dwant, TolFor<T>(dwant), "gelu backward in place");
+}
+
+TYPED_TEST(TypedGpuTest, SwiGLUForwardBackward) {
+  using T = TypeParam;
+  for (int F : {64, 37}) {  // vectorised and scalar paths
+    const int64_t rows = 33;
+    const FVec gu = Prep<T>(Randn(rows * 2 * F, 5, 2.f));
+    const FVec dy = Prep<T>(Randn(rows * F, 6));
+    FVec want(rows * F), dwant(rows * 2 * F);
+    cpu::SwiGLUForward(want.data(), gu.data(), rows, F);
+    cpu::SwiGLUBackward(dwant.data(), gu.data(), dy.data(), rows, F);
+    Dev<T> ggu(gu), gdy(dy), gy(rows * F), gdgu(rows * 2 * F);
+    SwiGLUForward(gy.get(), ggu.get(), rows, F, nullptr);
+    SwiGLUBackward(gdgu.get(), ggu.get(), gdy.get(), rows, F, nullptr);
+    ExpectClose(gy.Download(), want, TolFor<T>(want), "swiglu");
+    ExpectClose(gdgu.Download(), dwant, TolFor<T>(dwant), "swiglu backward");
+  }
+}
+
+// ------------------------------------------------------------------ norms ----
+
+TYPED_TEST(TypedGpuTest, LayerNormForwardBackward) {
+  using T = TypeParam;
+  const int64_t rows = 70;  // not a multiple of the 32-row backward blocks
+  for (int C : {96, 50}) {
+    const FVec x = Prep<T>(Randn(rows * C, 7, 3.f));
+    const FVec w = Prep<T>(Uniform(C, 8, 0.5f, 1.5f)), b = Prep<T>(Randn(C, 9));
+    const FVec dy = Prep<T>(Randn(rows * C, 10));
+    const FVec dx0 = Prep<T>(Randn(rows * C, 11)), dw0 = Prep<T>(Randn(C, 12)),
+               db0 = Prep<T>(Randn(C, 13));
+    FVec y(rows * C), mean(rows), rstd(rows);
+    cpu::LayerNormForward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows,
+                          C, 1e-5f);
+    FVec dx = dx0, dw = dw0, db = db0;
+    cpu::LayerNormBackward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
+                           mean.data(), rstd.data(), rows, C);
+
+    Dev<T> gx(x), gw(w), gb(b), gdy(dy), gy(rows * C), gdx(dx0), gdw(dw0), gdb(db0);
+    Dev<float> gmean(rows), grstd(rows);
+    LayerNormForward(gy.get(), gmean.get(), grstd.get(), gx.get(), gw.get(), gb.get(), rows, C,
+                     1e-5f, nullptr);
+    ExpectClose(gy.Download(), y, TolFor<T>(y), "layernorm out");
+    ExpectClose(gmean.Download(), mean, TolFor<float>(mean), "mean");
+    ExpectClose(grstd.Download(), rstd, TolFor<float>(rstd), "rstd");
+    auto scratch = Scratch(NormBackwardScratchBytes(rows, C));
+    // Backward from the CPU's statistics so that only the backward is tested.
+    Dev<float> cmean(mean), crstd(rstd);
+    LayerNormBackward(gdx.get(), gdw.get(), gdb.get(), gdy.get(), gx.get(), gw.get(), cmean.get(),
+                      crstd.get(), rows, C, scratch.get(), scratch.size(), nullptr);
+    ExpectClose(gdx.Download(), dx, TolFor<T>(dx), "layernorm dinp (accumulated)");
+    ExpectClose(gdw.Download(), dw, TolFor<T>(dw), "layernorm dweight");
+    ExpectClose(gdb.Download(), db, TolFor<T>(db), "layernorm dbias");
+  }
+}
+
+TYPED_TEST(TypedGpuTest, RMSNormForwardBackward) {
+  using T = TypeParam;
+  const int64_t rows = 45, C = 128;
+  const FVec x = Prep<T>(Randn(rows * C, 14, 2.f));
+  const FVec w = Prep<T>(Uniform(C, 15, 0.5f, 1.5f));
+  const FVec dy = Prep<T>(Randn(rows * C, 16));
+  const FVec dx0 = Prep<T>(Randn(rows * C, 17)), dw0 = Prep<T>(Randn(C, 18));
+  FVec y(rows * C), rstd(rows);
+  cpu::RMSNormForward(y.data(), rstd.data(), x.data(), w.data(), rows, C, 1e-6f);
+  FVec dx = dx0, dw = dw0;
+  cpu::RMSNormBackward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, C);
+
+  Dev<T> gx(x), gw(w), gdy(dy), gy(rows * C), gdx(dx0), gdw(dw0);
+  Dev<float> grstd(rows);
+  RMSNormForward(gy.get(), grstd.get(), gx.get(), gw.get(), rows, C, 1e-6f, nullptr);
+  ExpectClose(gy.Download(), y, TolFor<T>(y), "rmsnorm out");
+  ExpectClose(grstd.Download(), rstd, TolFor<float>(rstd), "rstd");
+  auto scratch = Scratch(NormBackwardScratchBytes(rows, C));
+  Dev<float> crstd(rstd);
+  RMSNormBackward(gdx.get(), gdw.get(), gdy.get(), gx.get(), gw.get(), crstd.get(), rows, C,
+                  scratch.get(), scratch.size(), nullptr);
+  ExpectClose(gdx.Download(), dx, TolFor<T>(dx), "rmsnorm dinp (accumulated)");
+  ExpectClose(gdw.Download(), dw, TolFor<T>(dw), "rmsnorm dweight");
+}
+
+// residual = a + b (rounded to T) and its norm in one kernel, in place over a.
+TYPED_TEST(TypedGpuTest, FusedResidualNormsForward) {
+  using T = TypeParam;
+  const int64_t rows = 40, C = 64;
+  const FVec a = Prep<T>(Randn(rows * C, 19)), b2 = Prep<T>(Randn(rows * C, 20));
+  const FVec w = Prep<T>(Uniform(C, 21, 0.5f, 1.5f)), bias = Prep<T>(Randn(C, 22));
+  FVec res(rows * C);
+  for (size_t i = 0; i < res.size(); ++i) res[i] = a[i] + b2[i];
+  res = Prep<T>(res);
+  FVec ln(rows * C), mean(rows), rstd(rows), rms(rows * C), rrstd(rows);
+  cpu::LayerNormForward(ln.data(), mean.data(), rstd.data(), res.data(), w.data(), bias.data(),
+                        rows, C, 1e-5f);
+  cpu::RMSNormForward(rms.data(), rrstd.data(), res.data(), w.data(), rows, C, 1e-5f);
+
+  Dev<T> ga(a), gb(b2), gw(w), gbias(bias), gout(rows * C);
+  Dev<float> gmean(rows), grstd(rows);
+  FusedResidualLayerNormForward(ga.get(), gout.get(), gmean.get(), grstd.get(), ga.get(),
+                                gb.get(), gw.get(), gbias.get(), rows, C, 1e-5f, nullptr);
+  ExpectClose(ga.Download(), res, TolFor<T>(res, 1e-6, 1e-6), "residual (exact)");
+  ExpectClose(gout.Download(), ln, TolFor<T>(ln), "fused layernorm out");
+  ExpectClose(grstd.Download(), rstd, TolFor<float>(rstd), "fused layernorm rstd");
+
+  Dev<T> ga2(a), gres(rows * C);
+  FusedResidualRMSNormForward(gres.get(), gout.get(), grstd.get(), ga2.get(), gb.get(), gw.get(),
+                              rows, C, 1e-5f, nullptr);
+  ExpectClose(gres.Download(), res, TolFor<T>(res, 1e-6, 1e-6), "residual (exact)");
+  ExpectClose(gout.Download(), rms, TolFor<T>(rms), "fused rmsnorm out");
+}
+
+// bf16 activations with fp32 weight gradients, and bit-reproducibility.
+TEST_F(GpuTest, NormBackwardMixedPrecisionAndDeterminism) {
+  const int64_t rows = 100, C = 80;
+  const FVec x = RoundBf16(Randn(rows * C, 23)), w = RoundBf16(Uniform(C, 24, 0.5f, 1.5f));
+  const FVec dy = RoundBf16(Randn(rows * C, 25));
+  FVec y(rows * C), mean(rows), rstd(rows), dx(rows * C, 0.f), dw(C, 0.f), db(C, 0.f);
+  const FVec bias(C, 0.f);
+  cpu::LayerNormForward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), bias.data(), rows,
+                        C, 1e-5f);
+  cpu::LayerNormBackward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
+                         mean.data(), rstd.data(), rows, C);
+  Dev<bf16> gx(x), gw(w), gdy(dy);
+  Dev<float> cmean(mean), crstd(rstd);
+  auto scratch = Scratch(NormBackwardScratchBytes(rows, C));
+  FVec first_dw;
+  for (int run = 0; run < 2; ++run) {
+    Dev<bf16> gdx(FVec(rows * C, 0.f));
+    Dev<float> gdw(FVec(C, 0.f)), gdb(FVec(C, 0.f));
+    LayerNormBackward(gdx.get(), gdw.get(), gdb.get(), gdy.get(), gx.get(), gw.get(), cmean.get(),
+                      crstd.get(), rows, C, scratch.get(), scratch.size(), nullptr);
+    const FVec got_dw = gdw.Download();
+    // fp32 gradients from exact bf16 inputs: fp32 tolerance.
+    ExpectClose(got_dw, dw, TolFor<float>(dw), "dweight f32");
+    ExpectClose(gdb.Download(), db, TolFor<float>(db), "dbias f32");
+    ExpectClose(gdx.Download(), dx, TolFor<bf16>(dx), "dinp bf16");
+    if (run == 0) {
+      first_dw = got_dw;
+    } else {
+      EXPECT_TRUE(BitEqual(first_dw, got_dw)) << "norm weight gradient not reproducible";
+    }
+  }
+}
+
+// ----------------------------------------------------------- classifier ----
+
+TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyInPlace) {
+  using T = TypeParam;
+  const int64_t rows = 37;
+  const int V = 1000;
+  for (int64_t ld : {int64_t{V}, int64_t{1008}}) {  // dense and padded vocabulary
+    const FVec logits = Prep<T>(Randn(rows * V, 26, 3.f));
+    const std::vector<int32_t> targets = RandTokens(rows, V, 27);
+    FVec want = logits, row_loss(rows);
+    const float grad_scale = 1.f / rows;
+    const float mean = cpu::SoftmaxCrossEntropy(want.data(), targets.data(), rows, V, grad_scale,
+                                                row_loss.data());
+    FVec padded(rows * ld, 7.f);  // padding columns must come back as 0
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(logits.begin() + r * V, logits.begin() + (r + 1) * V, padded.begin() + r * ld);
+    }
+    Dev<T> gl(padded);
+    Dev<int32_t> gt(rows);
+    ASSERT_EQ(cudaMemcpy(gt.get(), targets.data(), rows * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    Dev<float> gloss(rows);
+    Dev<double> gmean(1);
+    auto scratch = Scratch(ReduceScratchBytes());
+    SoftmaxCrossEntropy(gl.get(), gt.get(), rows, V, ld, grad_scale, gloss.get(), nullptr);
+    Sum(gloss.get(), rows, gmean.get(), scratch.get(), scratch.size(), nullptr);
+    const FVec got = gl.Download();
+    FVec got_dense(rows * V);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(got.begin() + r * ld, got.begin() + r * ld + V, got_dense.begin() + r * V);
+      for (int64_t j = V; j < ld; ++j) ASSERT_EQ(got[r * ld + j], 0.f) << "padding column " << j;
+    }
+    ExpectClose(got_dense, want, TolFor<T>(want), "dlogits");
+    // Losses are computed in fp32 from the same (bf16-rounded) logits.
+    ExpectClose(gloss.Download(), row_loss, TolFor<float>(row_loss), "row losses");
+    double sum = 0;
+    ASSERT_EQ(cudaMemcpy(&sum, gmean.get(), sizeof(double), cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_NEAR(sum / rows, mean, 1e-5 * std::fabs(mean));
+  }
+}
+
+TEST_F(GpuTest, SoftmaxCrossEntropyBadTargetIsNaN) {
+  const int64_t rows = 2;
+  const int V = 10;
+  Dev<float> gl(Randn(rows * V, 28)), gloss(rows);
+  const std::vector<int32_t> targets = {3, 12};  // 12 is out of range
+  Dev<int32_t> gt(rows);
+  ASSERT_EQ(cudaMemcpy(gt.get(), targets.data(), rows * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  SoftmaxCrossEntropy(gl.get(), gt.get(), rows, V, V, 1.f, gloss.get(), nullptr);
+  const FVec loss = gloss.Download(), grad = gl.Download();
+  EXPECT_TRUE(std::isfinite(loss[0]));
+  EXPECT_TRUE(std::isnan(loss[1]));
+  for (int j = 0; j < V; ++j) EXPECT_EQ(grad[V + j], 0.f);
+}
+
+TYPED_TEST(TypedGpuTest, Softmax) {
+  using T = TypeParam;
+  const int64_t rows = 9;
+  const int V = 777;
+  const FVec x = Prep<T>(Randn(rows * V, 29, 4.f));
+  FVec want = x;
+  cpu::Softmax(want.data(), rows, V);
+  Dev<T> gx(x);
+  Softmax(gx.get(), rows, V, V, nullptr);
+  ExpectClose(gx.Download(), want, TolFor<T>(want), "softmax");
+}
+
+// ------------------------------------------------------------- embedding ----
+
+TYPED_TEST(TypedGpuTest, EmbeddingForwardBackward) {
+  using T = TypeParam;
+  const int B = 3, Tn = 17, C = 40, V = 11;  // few tokens: many repeats
+  const std::vector<int32_t> tokens = RandTokens(B * Tn, V, 30);
+  const FVec wte = Prep<T>(Randn(V * C, 31)), wpe = Prep<T>(Randn(Tn * C, 32));
+  const FVec dy = Prep<T>(Randn(B * Tn * C, 33));
+  const FVec dwte0 = Prep<T>(Randn(V * C, 34)), dwpe0 = Prep<T>(Randn(Tn * C, 35));
+  FVec y(B * Tn * C), dwte = dwte0, dwpe = dwpe0;
+  cpu::EmbeddingForward(y.data(), tokens.data(), wte.data(), wpe.data(), B, Tn, C);
+  cpu::EmbeddingBackward(dwte.data(), dwpe.data(), dy.data(), tokens.data(), B, Tn, C);
+
+  Dev<int32_t> gt(tokens.size());
+  ASSERT_EQ(cudaMemcpy(gt.get(), tokens.data(), tokens.size() * 4, cudaMemcpyHostToDevice),
+            cudaSuccess);
+  Dev<T> gwte(wte), gwpe(wpe), gy(B * Tn * C), gdy(dy);
+  EmbeddingForward(gy.get(), gt.get(), gwte.get(), gwpe.get(), B, Tn, C, nullptr);
+  ExpectClose(gy.Download(), y, TolFor<T>(y), "embedding out");
+  EmbeddingForward(gy.get(), gt.get(), gwte.get(), static_cast<T*>(nullptr), B, Tn, C, nullptr);
+  const FVec y_tok = gy.Download();
+  for (int64_t r = 0; r < B * Tn; ++r) {
+    for (int c = 0; c < C; ++c) ASSERT_EQ(y_tok[r * C + c], wte[tokens[r] * C + c]);
+  }
+
+  auto scratch = Scratch(EmbeddingBackwardScratchBytes(B, Tn));
+  FVec first;
+  for (int run = 0; run < 2; ++run) {
+    Dev<T> gdwte(dwte0), gdwpe(dwpe0);
+    EmbeddingBackward(gdwte.get(), gdwpe.get(), gdy.get(), gt.get(), B, Tn, C, scratch.get(),
+                      scratch.size(), nullptr);
+    const FVec got = gdwte.Download();
+    ExpectClose(got, dwte, TolFor<T>(dwte), "dwte");
+    ExpectClose(gdwpe.Download(), dwpe, TolFor<T>(dwpe), "dwpe");
+    if (run == 0) {
+      first = got;
+    } else {
+      EXPECT_TRUE(BitEqual(first, got)) << "embedding backward not reproducible";
+    }
+  }
+}
+
+TEST_F(GpuTest, EmbeddingBackwardBf16ToFp32Grads) {
+  const int B = 2, Tn = 64, C = 24, V = 50;
+  const std::vector<int32_t> tokens = RandTokens(B * Tn, V, 36);
+  const FVec dy = RoundBf16(Randn(B * Tn * C, 37));
+  FVec dwte(V * C, 0.f), dwpe(Tn * C, 0.f);
+  cpu::EmbeddingBackward(dwte.data(), dwpe.data(), dy.data(), tokens.data(), B, Tn, C);
+  Dev<int32_t> gt(tokens.size());
+  ASSERT_EQ(cudaMemcpy(gt.get(), tokens.data(), tokens.size() * 4, cudaMemcpyHostToDevice),
+            cudaSuccess);
+  Dev<bf16> gdy(dy);
+  Dev<float> gdwte(FVec(V * C, 0.f)), gdwpe(FVec(Tn * C, 0.f));
+  auto scratch = Scratch(EmbeddingBackwardScratchBytes(B, Tn));
+  EmbeddingBackward(gdwte.get(), gdwpe.get(), gdy.get(), gt.get(), B, Tn, C, scratch.get(),
+                    scratch.size(), nullptr);
+  ExpectClose(gdwte.Download(), dwte, TolFor<float>(dwte), "dwte f32");
+  ExpectClose(gdwpe.Download(), dwpe, TolFor<float>(dwpe), "dwpe f32");
+}
+
+// ------------------------------------------------------------------ RoPE ----
+
+TYPED_TEST(TypedGpuTest, RopeTableForwardBackward) {
+  using T = TypeParam;
+  const int B = 2, Tn = 33, NH = 4, NKV = 2, hd = 16;
+  const int64_t ld = (NH + 2 * NKV) * hd;
+  FVec cos_t(Tn * hd / 2), sin_t(Tn * hd / 2);
+  cpu::RopeTable(cos_t.data(), sin_t.data(), Tn, hd, 10000.f);
+  Dev<float> gcos(Tn * hd / 2), gsin(Tn * hd / 2);
+  RopeTable(gcos.get(), gsin.get(), Tn, hd, 10000.f, nullptr);
+  ExpectClose(gcos.Download(), cos_t, Tol{0, 1e-6}, "cos table");
+  ExpectClose(gsin.Download(), sin_t, Tol{0, 1e-6}, "sin table");
+
+  const FVec x = Prep<T>(Randn(B * Tn * ld, 38));
+  FVec fwd = x;
+  cpu::RopeForward(fwd.data(), cos_t.data(), sin_t.data(), B, Tn, NH + NKV, hd, ld);
+  FVec bwd = x;
+  cpu::RopeBackward(bwd.data(), cos_t.data(), sin_t.data(), B, Tn, NH + NKV, hd, ld);
+  Dev<float> ccos(cos_t), csin(sin_t);
+  Dev<T> gx(x), gx2(x);
+  RopeForward(gx.get(), ccos.get(), csin.get(), B, Tn, NH + NKV, hd, ld, nullptr);
+  RopeBackward(gx2.get(), ccos.get(), csin.get(), B, Tn, NH + NKV, hd, ld, nullptr);
+  const FVec got = gx.Download();
+  ExpectClose(got, fwd, TolFor<T>(fwd), "rope forward");
+  ExpectClose(gx2.Download(), bwd, TolFor<T>(bwd), "rope backward");
+  // Value heads (columns past (NH+NKV)*hd) are untouched.
+  for (int64_t r = 0; r < B * Tn; ++r) {
+    for (int64_t c = (NH + NKV) * hd; c < ld; ++c) ASSERT_EQ(got[r * ld + c], x[r * ld + c]);
+  }
+}
+
+// ------------------------------------------------------------ reductions ----
+
+TYPED_TEST(TypedGpuTest, SumSquaresNormAndDeterminism) {
+  using T = TypeParam;
+  const int64_t n = 1000003, n2 = 4321;
+  const FVec x = Prep<T>(Randn(n, 39)), y = Prep<T>(Randn(n2, 40));
+  const double want = cpu::SumSquares(x.data(), n), want2 = cpu::SumSquares(y.data(), n2);
+  Dev<T> gx(x), gy(y);
+  Dev<double> out(2);
+  auto scratch = Scratch(ReduceScratchBytes());
+  double got[2], again[2];
+  SumSquares(gx.get(), n, out.get(), false, scratch.get(), scratch.size(), nullptr);
+  L2Norm(gx.get(), n, out.get() + 1, scratch.get(), scratch.size(), nullptr);
+  ASSERT_EQ(cudaMemcpy(got, out.get(), 16, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_NEAR(got[0], want, 1e-10 * want);
+  EXPECT_NEAR(got[1], std::sqrt(want), 1e-10 * std::sqrt(want));
+  SumSquares(gx.get(), n, out.get(), false, scratch.get(), scratch.size(), nullptr);
+  ASSERT_EQ(cudaMemcpy(again, out.get(), 8, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(std::memcmp(&got[0], &again[0], 8), 0) << "SumSquares not reproducible";
+  // accumulate = true adds a second buffer into the same global sum.
+  SumSquares(gy.get(), n2, out.get(), true, scratch.get(), scratch.size(), nullptr);
+  ASSERT_EQ(cudaMemcpy(got, out.get(), 8, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_NEAR(got[0], want + want2, 1e-10 * (want + want2));
+}
+
+TEST_F(GpuTest, SumScaleZeroAndNonFinite) {
+  const int64_t n = 70001;
+  const FVec x = Randn(n, 41);
+  double want = 0;
+  for (float v : x) want += v;
+  Dev<float> gx(x);
+  Dev<double> out(1);
+  auto scratch = Scratch(ReduceScratchBytes());
+  Sum(gx.get(), n, out.get(), scratch.get(), scratch.size(), nullptr);
+  double got = 0;
+  ASSERT_EQ(cudaMemcpy(&got, out.get(), 8, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_NEAR(got, want, 1e-9 * n);
+
+  Dev<int> flag(1);
+  ASSERT_EQ(cudaMemset(flag.get(), 0, 4), cudaSuccess);
+  AnyNonFinite(gx.get(), n, flag.get(), nullptr);
+  int f = -1;
+  ASSERT_EQ(cudaMemcpy(&f, flag.get(), 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(f, 0);
+  for (float bad : {NAN, INFINITY, -INFINITY}) {
+    FVec y = x;
+    y[n - 2] = bad;
+    Dev<bf16> gy(y);
+    ASSERT_EQ(cudaMemset(flag.get(), 0, 4), cudaSuccess);
+    AnyNonFinite(gy.get(), n, flag.get(), nullptr);
+    ASSERT_EQ(cudaMemcpy(&f, flag.get(), 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(f, 1) << bad;
+  }
+
+  FVec scaled = x;
+  for (auto& v : scaled) v *= 0.25f;
+  Scale(gx.get(), n, 0.25f, nullptr);
+  EXPECT_EQ(gx.Download(), scaled);
+  Zero(gx.get(), n, nullptr);
+  for (float v : gx.Download()) ASSERT_EQ(v, 0.f);
+}
+
+// --------------------------------------------------------------- AdamW ----
+
+struct AdamState {
+  FVec p, g, m, v;
+};
+AdamState RandomAdamState(int64_t n, uint32_t seed, bool bf16_grads) {
+  AdamState s{Randn(n, seed), Randn(n, seed + 1, 0.1f), Randn(n, seed + 2, 0.01f),
+              Uniform(n, seed + 3, 0.f, 1e-3f)};
+  if (bf16_grads) s.g = RoundBf16(s.g);
+  return s;
+}
+
+TEST_F(GpuTest, AdamWMatchesCpuFp32AndBf16Grads) {
+  const int64_t n = 10003;
+  for (bool bf16_grads : {false, true}) {
+    SCOPED_TRACE(bf16_grads ? "bf16 grads" : "fp32 grads");
+    AdamState s = RandomAdamState(n, 42, bf16_grads);
+    AdamState want = s;
+    cpu::AdamW(want.p.data(), want.g.data(), want.m.data(), want.v.data(), n, 1e-3f, 0.9f, 0.95f,
+               1e-8f, 0.1f, 7, 0.5f);
+    Dev<float> gp(s.p), gm(s.m), gv(s.v);
+    Dev<bf16> pcopy(n);
+    if (bf16_grads) {
+      Dev<bf16> gg(s.g);
+      AdamW(gp.get(), gg.get(), gm.get(), gv.get(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 0.5f,
+            pcopy.get(), false, 0, nullptr);
+    } else {
+      Dev<float> gg(s.g);
+      AdamW(gp.get(), gg.get(), gm.get(), gv.get(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 0.5f,
+            pcopy.get(), false, 0, nullptr);
+    }
+    const FVec p = gp.Download();
+    ExpectClose(p, want.p, TolFor<float>(want.p), "p");
+    ExpectClose(gm.Download(), want.m, TolFor<float>(want.m), "m");
+    ExpectClose(gv.Download(), want.v, TolFor<float>(want.v), "v");
+    // Round-to-nearest copy of the GPU's own master weights, exactly.
+    EXPECT_EQ(pcopy.Download(), RoundBf16(p));
+  }
+}
+
+TEST_F(GpuTest, AdamWMultiTensorMatchesPerRangeCpu) {
+  const int64_t n = 9000;
+  const std::vector<AdamWSegment> segs = {
+      {0, 3000, 0.1f}, {3000, 0, 0.f}, {3000, 500, 0.f}, {3500, 5499, 0.1f}, {8999, 1, 0.f}};
+  ASSERT_TRUE(ValidateAdamWSegments(segs, n).ok());
+  AdamState s = RandomAdamState(n, 43, false);
+  AdamState want = s;
+  for (const AdamWSegment& sg : segs) {
+    cpu::AdamW(want.p.data() + sg.offset, want.g.data() + sg.offset, want.m.data() + sg.offset,
+               want.v.data() + sg.offset, sg.n, 3e-4f, 0.9f, 0.999f, 1e-8f, sg.weight_decay, 3);
+  }
+  Dev<float> gp(s.p), gg(s.g), gm(s.m), gv(s.v);
+  Dev<AdamWSegment> gsegs(segs.size());
+  ASSERT_EQ(cudaMemcpy(gsegs.get(), segs.data(), segs.size() * sizeof(AdamWSegment),
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  AdamWMultiTensor(gp.get(), gg.get(), gm.get(), gv.get(), n, gsegs.get(),
+                   static_cast<int>(segs.size()), 3e-4f, 0.9f, 0.999f, 1e-8f, 3, 1.f, nullptr,
+                   false, 0, nullptr);
+  ExpectClose(gp.Download(), want.p, TolFor<float>(want.p), "p");
+  ExpectClose(gm.Download(), want.m, TolFor<float>(want.m), "m");
+  ExpectClose(gv.Download(), want.v, TolFor<float>(want.v), "v");
+}
+
+// Stochastic rounding: every result is one of the two bf16 neighbours, the
+// mean is unbiased, and the bits are a pure function of (seed, index).
+TEST_F(GpuTest, StochasticRoundingIsUnbiasedAndReproducible) {
+  const int64_t n = 1 << 20;
+  const float x = 1.f + 0.3f * (1.f / 128.f);  // 30% of the way from 1 to the next bf16
+  Dev<float> src(FVec(n, x));
+  Dev<bf16> a(n), b(n), c(n);
+  ConvertF32ToBf16(a.get(), src.get(), n, true, 1234, nullptr);
+  ConvertF32ToBf16(b.get(), src.get(), n, true, 1234, nullptr);
+  ConvertF32ToBf16(c.get(), src.get(), n, true, 99, nullptr);
+  const FVec va = a.Download(), vb = b.Download(), vc = c.Download();
+  EXPECT_EQ(va, vb);
+  EXPECT_NE(va, vc);
+  double mean = 0;
+  int64_t up = 0;
+  for (float v : va) {
+    ASSERT_TRUE(v == 1.f || v == 1.f + 1.f / 128.f) << v;
+    up += v > 1.f;
+    mean += v;
+  }
+  mean /= n;
+  EXPECT_NEAR(static_cast<double>(up) / n, 0.3, 0.005);
+  EXPECT_NEAR(mean, x, 1e-4);
+  // Round-to-nearest and the way back.
+  ConvertF32ToBf16(a.get(), src.get(), n, false, 0, nullptr);
+  Dev<float> back(n);
+  ConvertBf16ToF32(back.get(), a.get(), n, nullptr);
+  for (float v : back.Download()) ASSERT_EQ(v, 1.f);
+}
+
+// ------------------------------------------------------------- attention ----
+
+struct AttnShape {
+  int B, T, NH, NKV, hd;
+};
+
+void PrintTo(const AttnShape& s, std::ostream* os) {
+  *os << "B" << s.B << "_T" << s.T << "_NH" << s.NH << "_NKV" << s.NKV << "_hd" << s.hd;
+}
+
+// CPU reference: out and dqkv through the CPU backend (which materialises att).
+void CpuAttention(const AttnShape& s, const FVec& qkv, const FVec& dout, FVec* out, FVec* dqkv) {
+  const int64_t ld = int64_t(s.NH + 2 * s.NKV) * s.hd;
+  FVec att(int64_t(s.B) * s.NH * s.T * s.T), datt(att.size());
+  out->assign(int64_t(s.B) * s.T * s.NH * s.hd, 0.f);
+  dqkv->assign(int64_t(s.B) * s.T * ld, 0.f);
+  cpu::AttentionForward(out->data(), att.data(), qkv.data(), s.B, s.T, s.NH, s.NKV, s.hd);
+  cpu::AttentionBackward(dqkv->data(), datt.data(), dout.data(), qkv.data(), att.data(), s.B, s.T,
+                         s.NH, s.NKV, s.hd);
+}
+
+template <typename T>
+void CheckAttention(const AttnShape& s, bool tensor_cores) {
+  SetAttentionTensorCores(tensor_cores);
+  const int64_t ld = int64_t(s.NH + 2 * s.NKV) * s.hd;
+  const int64_t n_qkv = int64_t(s.B) * s.T * ld, n_out = int64_t(s.B) * s.T * s.NH * s.hd;
+  const FVec qkv = Prep<T>(Randn(n_qkv, 44));
+  const FVec dout = Prep<T>(Randn(n_out, 45));
+  FVec out, dqkv;
+  CpuAttention(s, Prep<T>(qkv), dout, &out, &dqkv);
+  Dev<T> gqkv(qkv), gdout(dout), gout(n_out), gdqkv(n_qkv);
+  Dev<float> glse(int64_t(s.B) * s.NH * s.T);
+  AttentionForward(gout.get(), glse.get(), gqkv.get(), s.B, s.T, s.NH, s.NKV, s.hd, nullptr);
+  ExpectClose(gout.Download(), out, TolFor<T>(out), "attention out");
+  auto scratch = Scratch(AttentionBackwardScratchBytes(s.B, s.T, s.NH));
+  FVec first;
+  for (int run = 0; run < 2; ++run) {
+    AttentionBackward(gdqkv.get(), gdout.get(), gqkv.get(), gout.get(), glse.get(), s.B, s.T,
+                      s.NH, s.NKV, s.hd, scratch.get(), scratch.size(), nullptr);
+    const FVec got = gdqkv.Download();
+    if (run == 0) {
+      // Gradients: fp32 2e-5 (sums over up to T scores), bf16 2e-2 (P and dS
+      // are rounded to bf16 before their products, as in FlashAttention).
+      ExpectClose(got, dqkv, TolFor<T>(dqkv, 2e-5, 2e-2), "attention dqkv");
+      first = got;
+    } else {
+      EXPECT_TRUE(BitEqual(first, got)) << "attention backward not reproducible";
+    }
+  }
+  SetAttentionTensorCores(true);
+}
+
+class AttentionTest : public GpuTest, public ::testing::WithParamInterface<AttnShape> {};
+
+TEST_P(AttentionTest, Fp32MatchesCpu) { CheckAttention<float>(GetParam(), false); }
+TEST_P(AttentionTest, Bf16SimtMatchesCpu) { CheckAttention<bf16>(GetParam(), false); }
+TEST_P(AttentionTest, Bf16TensorCoresMatchCpu) {
+  // Head dims without a tensor-core kernel fall back to SIMT inside.
+  CheckAttention<bf16>(GetParam(), true);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionTest,
+    ::testing::Values(AttnShape{2, 67, 4, 2, 16},    // GQA, partial tiles, small hd
+                      AttnShape{1, 130, 2, 2, 64},   // MHA, hd 64 (GPT-2)
+                      AttnShape{2, 150, 4, 1, 64},   // multi-query, 3 tiles of 64
+                      AttnShape{1, 96, 2, 1, 128},   // hd 128 (Llama-style)
+                      AttnShape{1, 5, 3, 3, 32}));   // fewer rows than a tile
+
+}  // namespace
+}  // namespace llmt::kernels::cuda
