@@ -3,7 +3,13 @@
 // (this binary re-executed) so its peak RSS is its own. Prints a table.
 //
 //   bench_cpu_train [--threads 2] [--steps 7] [--warmup 2] [--model all|gpt2-124m|demo]
-//                   [--clip] [--profile]
+//                   [--clip] [--profile] [--spin]
+//
+// Children run with OMP_WAIT_POLICY=passive unless the caller set it (or
+// --spin): on a shared 2-core VM, libgomp's default spin-waiting made
+// single parallel regions take a whole scheduler slice whenever another
+// process held the other core (10-100x slower small ops); idle threads that
+// sleep cost ~microseconds per region on a quiet machine.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,18 +70,21 @@ struct Options {
   std::string model = "all";
   bool clip = false;
   bool profile = false;
+  bool spin = false;
   bool child = false;
 };
 
 void Usage() {
   std::printf(
       "usage: bench_cpu_train [--threads N] [--steps N] [--warmup N]\n"
-      "                       [--model all|gpt2-124m|demo] [--clip] [--profile]\n"
+      "                       [--model all|gpt2-124m|demo] [--clip] [--profile] [--spin]\n"
       "Times fp32 training steps (forward + backward + AdamW) of the CPU engine and prints\n"
       "tokens/s, the median step time and the peak RSS per model.\n"
       "  --threads  kernel threads (default 2)      --steps   timed steps (default 7, >= 5)\n"
       "  --warmup   untimed first steps (default 2) --clip    add global-norm clipping\n"
-      "  --profile  print a per-section time table\n");
+      "  --profile  print a per-section time table\n"
+      "  --spin     keep libgomp's default spin-waiting (default: OMP_WAIT_POLICY=passive\n"
+      "             unless already set in the environment)\n");
 }
 
 // Child: run one model, print "RESULT ..." on stdout.
@@ -173,6 +182,8 @@ int main(int argc, char** argv) {
       o.clip = true;
     } else if (a == "--profile") {
       o.profile = true;
+    } else if (a == "--spin") {
+      o.spin = true;
     } else if (a == "--child") {
       o.child = true;
     } else {
@@ -194,9 +205,13 @@ int main(int argc, char** argv) {
   }
   if (o.child) return RunOne(specs.front(), o);
 
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  const std::string env =
+      (policy == nullptr && !o.spin) ? "OMP_WAIT_POLICY=passive " : "";
   std::printf("CPU training benchmark: fp32, fwd + bwd + AdamW%s, %d threads, median of %d "
-              "steps after %d warm-up\n\n",
-              o.clip ? " + clip" : "", o.threads, o.steps, o.warmup);
+              "steps after %d warm-up, OMP_WAIT_POLICY=%s\n\n",
+              o.clip ? " + clip" : "", o.threads, o.steps, o.warmup,
+              policy != nullptr ? policy : (o.spin ? "(libgomp default)" : "passive"));
   std::printf("%-10s %6s %11s %9s %9s %9s %8s %9s %9s %8s\n", "model", "BxT", "params",
               "tokens/s", "step_ms", "best_ms", "GFLOP/s", "peak_MiB", "arena_MiB", "loss");
   int rc = 0;
@@ -213,7 +228,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     self[len] = '\0';
-    cmd.replace(0, std::strlen("/proc/self/exe"), std::string("'") + self + "'");
+    cmd.replace(0, std::strlen("/proc/self/exe"), env + "'" + self + "'");
     FILE* p = popen(cmd.c_str(), "r");
     if (p == nullptr) return 1;
     std::string out;

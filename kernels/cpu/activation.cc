@@ -14,7 +14,7 @@ constexpr float kGeluA = 0.044715f;
 
 // 0.5 x (1 + tanh(u)) == x * sigmoid(2u): one exp, no tanh.
 void GeluForward(float* out, const float* inp, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (Par(n))
+#pragma omp parallel for simd schedule(static) if (parallel : Par(n))
   for (int64_t i = 0; i < n; ++i) {
     const float x = inp[i];
     const float u = kGeluC * (x + kGeluA * x * x * x);
@@ -24,7 +24,7 @@ void GeluForward(float* out, const float* inp, int64_t n) {
 
 // d/dx [x s(2u)] = s + 2 x s (1 - s) u',  u' = sqrt(2/pi) (1 + 3a x^2).
 void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (Par(n))
+#pragma omp parallel for simd schedule(static) if (parallel : Par(n))
   for (int64_t i = 0; i < n; ++i) {
     const float x = inp[i];
     const float u = kGeluC * (x + kGeluA * x * x * x);

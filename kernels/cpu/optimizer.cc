@@ -15,7 +15,7 @@ void AdamW(float* p, const float* g, float* m, float* v, int64_t n, float lr, fl
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   const float decay = 1.f - lr * wd;
   const float one_m_b1 = 1.f - b1, one_m_b2 = 1.f - b2;
-#pragma omp parallel for simd schedule(static) if (internal::Par(n))
+#pragma omp parallel for simd schedule(static) if (parallel : internal::Par(n))
   for (int64_t i = 0; i < n; ++i) {
     const float gi = g[i] * grad_scale;
     const float mi = b1 * m[i] + one_m_b1 * gi;

@@ -37,7 +37,7 @@ double SumSquares(const float* x, int64_t n) {
 double L2Norm(const float* x, int64_t n) { return std::sqrt(SumSquares(x, n)); }
 
 void Scale(float* x, int64_t n, float s) {
-#pragma omp parallel for simd schedule(static) if (internal::Par(n))
+#pragma omp parallel for simd schedule(static) if (parallel : internal::Par(n))
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 

@@ -1,5 +1,7 @@
 #include "kernels/cpu/runtime.h"
 
+#include "kernels/cpu/vec_math.h"
+
 #include <cblas.h>
 #include <omp.h>
 #include <sys/mman.h>
@@ -14,6 +16,13 @@
 #include <vector>
 
 namespace llmt::kernels::cpu {
+
+namespace internal {
+// See vec_math.h: deliberately not visible as constants to the kernels.
+extern const float kExpMin = -87.f;
+extern const float kExpMax = 88.3f;
+}  // namespace internal
+
 namespace {
 std::atomic<int> g_threads{0};
 std::once_flag g_init_once;

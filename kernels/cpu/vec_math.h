@@ -15,15 +15,24 @@ namespace llmt::kernels::cpu::internal {
 constexpr int64_t kMinParallelWork = int64_t{1} << 15;
 inline bool Par(int64_t work) { return work >= kMinParallelWork; }
 
-// exp(x) for x in about [-87, 88] (clamped outside), relative error ~2e-7
+// Clamp bounds of ExpF. They are defined out of line (runtime.cc) on purpose:
+// when GCC sees constant bounds it splits the vectorised loop into a
+// constant-folded "saturated" path blended with the normal one, and in GELU /
+// SiLU that path divides every lane by exp(88) ~ 2e38, producing subnormals
+// whose microcode assists made those loops 4x slower. Opaque bounds keep one
+// straight-line path. exp(kExpMin = -87) is still a normal float.
+extern const float kExpMin;
+extern const float kExpMax;
+
+// exp(x) for x in [-87, 88.3] (clamped outside), relative error ~2e-7
 // (Cephes expf polynomial after range reduction by ln 2).
 inline float ExpF(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f;
   constexpr float kLn2Lo = -2.12194440e-4f;
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
+  x = x < kExpMin ? kExpMin : x;
+  x = x > kExpMax ? kExpMax : x;
   float n = (x * kLog2e + kRound) - kRound;
   float r = x - n * kLn2Hi;
   r = r - n * kLn2Lo;
