@@ -35,24 +35,29 @@ __global__ void IotaKernel(int32_t* x, int64_t n) {
   }
 }
 
-// Block per sorted position i; only the first position of each run of equal
-// tokens does work: it sums the run's rows (ascending, thanks to the stable
-// sort) channel by channel and adds the sum to the token's gradient row. Each
-// dwte row is therefore written by exactly one block.
+// Block (x, y) handles sorted position i = x (grid-stride) and channels
+// [y * blockDim, (y + 1) * blockDim). Only the first position of each run of
+// equal tokens does work: it sums the run's rows (ascending, thanks to the
+// stable sort) and adds the sum to the token's gradient row, so each dwte
+// element is written by exactly one thread. Splitting the channels over
+// blockIdx.y keeps a frequent token's long run from serialising all C
+// channels in one block.
+constexpr int kTokThreads = 128;
 template <typename T, typename G>
 __global__ void EmbeddingTokenGradKernel(G* dwte, const T* dout, const int32_t* sorted_tok,
                                          const int32_t* sorted_row, int64_t N, int C) {
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const int32_t tok = sorted_tok[i];
     if (i > 0 && sorted_tok[i - 1] == tok) continue;  // uniform across the block
-    int64_t end = i + 1;
-    while (end < N && sorted_tok[end] == tok) ++end;
-    G* dst = dwte + static_cast<int64_t>(tok) * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      float acc = 0.f;
-      for (int64_t j = i; j < end; ++j) acc += ToF(dout[static_cast<int64_t>(sorted_row[j]) * C + c]);
-      dst[c] = FromF<G>(ToF(dst[c]) + acc);
+    if (c >= C) continue;
+    float acc = 0.f;
+#pragma unroll 4
+    for (int64_t j = i; j < N && sorted_tok[j] == tok; ++j) {
+      acc += ToF(dout[static_cast<int64_t>(sorted_row[j]) * C + c]);
     }
+    G* dst = dwte + static_cast<int64_t>(tok) * C;
+    dst[c] = FromF<G>(ToF(dst[c]) + acc);
   }
 }
 
@@ -120,8 +125,9 @@ void LaunchBackward(G* dwte, G* dwpe, const T* dout, const int32_t* tokens, int 
     Fatal("EmbeddingBackward: cub::DeviceRadixSort::SortPairs failed: " + CudaErrorString(err));
   }
   LLMT_CUDA_CHECK_LAUNCH("EmbeddingBackward/cub::DeviceRadixSort::SortPairs", stream);
-  EmbeddingTokenGradKernel<T, G><<<GridFor(N, 1, 65535), 128, 0, stream>>>(
-      dwte, dout, keys_out, vals_out, N, C);
+  const dim3 tok_grid(GridFor(N, 1, 65535), static_cast<unsigned>(CeilDiv(C, kTokThreads)));
+  EmbeddingTokenGradKernel<T, G><<<tok_grid, kTokThreads, 0, stream>>>(dwte, dout, keys_out,
+                                                                      vals_out, N, C);
   LLMT_CUDA_CHECK_LAUNCH("EmbeddingTokenGradKernel", stream);
   if (dwpe != nullptr) {
     EmbeddingPosGradKernel<T, G>

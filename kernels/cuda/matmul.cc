@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/runtime.cuh"
 
@@ -235,8 +236,15 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
     plan->algo = result.algo;
     plan->found = true;
   } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
-    Fatal(absl::StrCat("cuBLAS call cublasLtMatmulAlgoGetHeuristic failed: ",
-                       CublasStatusName(st), " for ", Describe(op)));
+    if (epi == Epi::kNone) {
+      Fatal(absl::StrCat("cuBLAS call cublasLtMatmulAlgoGetHeuristic failed: ",
+                         CublasStatusName(st), " for ", Describe(op)));
+    }
+    // A fused epilogue cuBLASLt rejects (e.g. an aux leading dimension it
+    // does not accept) is not an error: Gemm() computes it unfused.
+    LLMT_LOG(Warning) << "cuBLASLt declined epilogue " << EpiName(epi) << " ("
+                      << CublasStatusName(st) << ") for " << Describe(op)
+                      << "; using the unfused path";
   }
   Plan* p = plan.get();
   impl.plans.emplace(key, std::move(plan));
