@@ -17,6 +17,9 @@
 #include "common/status.h"
 #include "storage/checkpoint.h"
 #include "worker/comm/env.h"
+#ifdef LLMT_WITH_SERVICES
+#include "worker/daemon/coordinator_store.h"
+#endif
 #include "worker/data/loader.h"
 #include "worker/data/prepare.h"
 #include "worker/data/stats.h"
@@ -173,16 +176,30 @@ int RunTrain(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--progress: expected bar, lines, none or auto"), kExitUsage);
   }
 
-  // A rank of a multi-process run (launched by --nproc or by hand/torchrun-style).
-  auto comm_env = comm::ParseCommEnv();
-  if (!comm_env.ok()) return Fail(comm_env.status(), kExitUsage);
+  // A rank of a multi-process run (launched by --nproc or by hand/torchrun-style,
+  // or by llmt-worker with the coordinator's rendezvous KV: LLMT_RDZV_COORDINATOR).
   std::unique_ptr<comm::Collective> collective;
-  if (comm_env->world_size > 1) {
-    auto c = comm::MakeCollective(*comm_env, comm::CommDevice::kCpu);
+#ifdef LLMT_WITH_SERVICES
+  if (daemon::CoordinatorRendezvousRequested()) {
+    auto c = daemon::MakeCoordinatorCollectiveFromEnv(comm::CommDevice::kCpu);
     if (!c.ok()) return Fail(c.status());
-    collective = std::move(c).value();
-    o.comm = collective.get();
-    if (comm_env->rank != 0) o.progress = train::TrainOptions::Progress::kNone;
+    if ((*c)->world_size() > 1) {
+      collective = std::move(c).value();
+      o.comm = collective.get();
+      if (collective->rank() != 0) o.progress = train::TrainOptions::Progress::kNone;
+    }
+  } else
+#endif
+  {
+    auto comm_env = comm::ParseCommEnv();
+    if (!comm_env.ok()) return Fail(comm_env.status(), kExitUsage);
+    if (comm_env->world_size > 1) {
+      auto c = comm::MakeCollective(*comm_env, comm::CommDevice::kCpu);
+      if (!c.ok()) return Fail(c.status());
+      collective = std::move(c).value();
+      o.comm = collective.get();
+      if (comm_env->rank != 0) o.progress = train::TrainOptions::Progress::kNone;
+    }
   }
 
   // Under llmt-worker: progress, checkpoints and the outcome go up a pipe.

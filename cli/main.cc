@@ -6,6 +6,9 @@
 #include <string>
 
 #include "cli/local_commands.h"
+#ifdef LLMT_WITH_SERVICES
+#include "cli/remote_commands.h"
+#endif
 
 namespace {
 
@@ -18,6 +21,20 @@ void Usage(FILE* out) {
       "  eval      validation loss and perplexity of a checkpoint\n"
       "  sample    generate text from a checkpoint\n",
       out);
+#ifdef LLMT_WITH_SERVICES
+  std::fputs(
+      "\nremote commands (a coordinator: --coordinator or LLMT_COORDINATOR):\n"
+      "  submit       submit a training job from a spec; prints its name\n"
+      "  get          show a job: state, progress, attempts, latest checkpoint\n"
+      "  list         list jobs (--state)\n"
+      "  watch        follow a job with a progress bar until it ends\n"
+      "  cancel       cancel a job\n"
+      "  checkpoints  list a job's checkpoints\n"
+      "  logs         print a job's trainer output (-f to follow)\n"
+      "  queue        pending jobs and why they wait\n"
+      "  workers      registered workers\n",
+      out);
+#endif
 }
 
 }  // namespace
@@ -36,6 +53,9 @@ int main(int argc, char** argv) {
   if (cmd == "train") return llmt::cli::RunTrain(argc, argv);
   if (cmd == "eval") return llmt::cli::RunEval(argc, argv);
   if (cmd == "sample") return llmt::cli::RunSample(argc, argv);
+#ifdef LLMT_WITH_SERVICES
+  if (llmt::cli::IsRemoteCommand(cmd.c_str())) return llmt::cli::RunRemote(argc, argv);
+#endif
   std::fprintf(stderr, "llmt: unknown command '%s'\n", cmd.c_str());
   Usage(stderr);
   return 2;
