@@ -8,6 +8,7 @@
 //      (clean), from spawn to serving and to the first answered GetJob.
 // Prints a table. Usage:
 //   control_plane_bench [--coordinator=PATH] [--dir=DIR] [--seconds=3] [--jobs=10000]
+//                       [--sections=store,create,list]
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -20,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,6 +33,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "common/fs.h"
+#include "storage/store/store.h"
 #include "grpcpp/grpcpp.h"
 #include "llmt/v1/coordinator.grpc.pb.h"
 
@@ -50,6 +53,8 @@ struct Options {
   std::string dir = "/tmp/llmt-control-plane-bench";
   double seconds = 3;
   int jobs = 10000;
+  std::string sections = "store,create,list";  // which parts to run
+  bool Has(const std::string& s) const { return absl::StrContains(sections, s); }
 };
 
 class Coordinator {
@@ -185,6 +190,43 @@ double Metric(int http_port, const std::string& name) {
 
 std::atomic<int> g_next_job{0};
 
+// Store-level: synced commits per second with `threads` committers, either
+// through the group-commit queue or serialised by one mutex around each
+// synced write (what a naive "lock, write, unlock" coordinator would do).
+double StoreCommitsPerSecond(const std::string& dir, int threads, bool serialise,
+                             double seconds) {
+  (void)llmt::fs::RemoveAll(dir);
+  auto store = llmt::store::Store::Open(dir);
+  if (!store.ok()) {
+    std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
+    std::exit(1);
+  }
+  std::mutex mu;
+  std::atomic<int> n{0};
+  auto t0 = Clock::now();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      llmt::v1::Job job;
+      *job.mutable_spec() = Spec(t);
+      for (uint64_t i = 0; Since(t0) < seconds; ++i) {
+        job.set_id((static_cast<uint64_t>(t) << 40) | i);
+        llmt::store::Batch b = (*store)->NewBatch();
+        b.Put(llmt::store::Cf::kJobs, llmt::store::JobKey(job.id()), job);
+        if (serialise) {
+          std::lock_guard<std::mutex> l(mu);
+          (void)(*store)->Commit(std::move(b));
+        } else {
+          (void)(*store)->Commit(std::move(b));
+        }
+        n++;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  return n.load() / Since(t0);
+}
+
 struct LoadResult {
   int calls = 0, errors = 0;
   double seconds = 0;
@@ -241,10 +283,11 @@ int main(int argc, char** argv) {
     else if (absl::ConsumePrefix(&a, "--dir=")) o.dir = std::string(a);
     else if (absl::ConsumePrefix(&a, "--seconds=")) (void)absl::SimpleAtod(a, &o.seconds);
     else if (absl::ConsumePrefix(&a, "--jobs=")) (void)absl::SimpleAtoi(a, &o.jobs);
+    else if (absl::ConsumePrefix(&a, "--sections=")) o.sections = std::string(a);
     else {
       std::fprintf(stderr,
                    "usage: control_plane_bench [--coordinator=PATH] [--dir=DIR] [--seconds=3] "
-                   "[--jobs=10000]\n");
+                   "[--jobs=10000] [--sections=store,create,list]\n");
       return 2;
     }
   }
@@ -266,7 +309,16 @@ int main(int argc, char** argv) {
   getloadavg(load, 3);
   std::printf("llmt control-plane benchmark (coordinator %s, data in %s, %u CPUs, load %.1f)\n",
               o.coordinator.c_str(), o.dir.c_str(), std::thread::hardware_concurrency(), load[0]);
-  {
+  if (o.Has("store")) std::printf("Store: synced 1-job commits/s (in process, %.0f s each)\n", o.seconds / 2);
+  if (o.Has("store")) std::printf("%8s %16s %22s\n", "threads", "group commit", "mutex around write");
+  for (int t : {1, 8, 64}) {
+    if (!o.Has("store")) break;
+    double g = StoreCommitsPerSecond(o.dir + "/store", t, false, o.seconds / 2);
+    double s = StoreCommitsPerSecond(o.dir + "/store", t, true, o.seconds / 2);
+    std::printf("%8d %16.0f %22.0f\n", t, g, s);
+  }
+  std::printf("\n");
+  if (o.Has("create")) {
     (void)llmt::fs::MakeDirs(o.dir + "/throughput");
     Coordinator coord(o.coordinator, o.dir + "/throughput");
     double first_start = coord.Start();
@@ -293,6 +345,7 @@ int main(int argc, char** argv) {
     coord.Kill(SIGTERM);
   }
 
+  if (!o.Has("list")) return 0;
   // A fresh store holding exactly --jobs jobs for listing and restarts.
   (void)llmt::fs::MakeDirs(o.dir + "/listing");
   Coordinator coord(o.coordinator, o.dir + "/listing");
