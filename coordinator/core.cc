@@ -1597,7 +1597,7 @@ void Coordinator::Tick() {
     }
   }
   SchedulePass(txn, now);
-  if (txn.batch.empty()) return;
+  if (txn.batch.empty() && txn.dirty_jobs.empty()) return;
   Commit(txn, l).IgnoreError();  // a failure aborts inside Commit
 }
 
