@@ -10,7 +10,8 @@
 //
 // Epilogues: bias (+ residual through C with beta = 1) and GELU
 // (CUBLASLT_EPILOGUE_GELU_AUX_BIAS forward, CUBLASLT_EPILOGUE_DGELU backward)
-// are fused into the GEMM where cuBLASLt has an algorithm for them; otherwise
+// are fused into the GEMM where cuBLASLt has an algorithm for them (GELU only
+// for bf16: cuBLASLt's tanh-approximated GELU is not fp32-exact); otherwise
 // (or with set_fuse_epilogues(false)) the same result is produced by a plain
 // GEMM plus this backend's own bias / GELU kernels. Bias gradients are a
 // deterministic column-sum kernel (cuBLASLt's BGRAD epilogues overwrite
@@ -99,6 +100,23 @@ struct GemmOp {
   int64_t ldaux = 0;
 };
 
+// How a row-major GemmOp is posed to (column-major) cuBLASLt: its operand
+// "A" is our B and its "B" is our A (see matmul.cc). Each matrix is described
+// as stored: rows x cols, column-major, leading dimension ld, plus whether the
+// matmul transposes it. Pure function, unit-tested on the host against a
+// column-major reference GEMM.
+struct LtMatrix {
+  const void* ptr;
+  uint64_t rows, cols;
+  int64_t ld;
+  bool transposed;
+};
+struct LtProblem {
+  LtMatrix a, b, c, d;
+  uint64_t m, n, k;  // cuBLASLt's problem size: D is m x n
+};
+LtProblem ToColumnMajor(const GemmOp& op);
+
 // Runs `op` in one cuBLASLt call. Returns false, having run nothing, when
 // cuBLASLt has no algorithm for it (typically a fused epilogue unsupported for
 // these types or alignments). Fatal on invalid arguments and on any other
@@ -141,6 +159,17 @@ void MatmulBackward(Blas& blas, bf16* dinp, float* dweight, float* dbias, const 
                     const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
                     cudaStream_t stream);
+
+// The GemmOps the Matmul* functions run (pure; unit-tested on the host).
+GemmOp MatmulForwardOp(void* out, const void* inp, const void* weight, const void* bias,
+                       int64_t M, int64_t K, int64_t N, WeightLayout layout, const void* residual,
+                       void* pre_gelu, DType t);
+GemmOp MatmulBackwardDinpOp(void* dinp, const void* dout, const void* weight, int64_t M,
+                            int64_t K, int64_t N, WeightLayout layout, float alpha,
+                            bool accumulate_dinp, const void* gelu_pre, DType t);
+GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const void* inp,
+                               int64_t M, int64_t K, int64_t N, WeightLayout layout, float alpha,
+                               DType t);
 
 // dbias[N] += alpha * sum over the M rows of dout[M,N] (row stride N).
 // Deterministic: fixed per-column summation order.

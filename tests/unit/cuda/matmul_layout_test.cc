@@ -1,0 +1,220 @@
+// Host-only check of the row-major -> column-major mapping that every GEMM
+// goes through (no GPU needed): a reference GEMM with cuBLAS semantics
+// (column-major storage, op(X) = X or X^T, leading dimensions) is run on the
+// cuBLASLt problem description returned by ToColumnMajor and must reproduce
+// the row-major product the GemmOp asks for.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "kernels/activation.h"
+#include "kernels/cuda/matmul.cuh"
+#include "kernels/matmul.h"
+
+namespace llmt::kernels::cuda {
+namespace {
+
+// Element (r, c) of a stored column-major matrix.
+float At(const LtMatrix& x, uint64_t r, uint64_t c) {
+  EXPECT_LT(r, x.rows);
+  EXPECT_LT(c, x.cols);
+  return static_cast<const float*>(x.ptr)[r + c * static_cast<uint64_t>(x.ld)];
+}
+
+// cublasLtMatmul's definition: D = alpha op(A) op(B) + beta C, D m x n.
+void ReferenceLt(const LtProblem& p, float alpha, float beta) {
+  // Shapes must be consistent with m, n, k and the transposes.
+  EXPECT_EQ(p.a.transposed ? p.a.cols : p.a.rows, p.m);
+  EXPECT_EQ(p.a.transposed ? p.a.rows : p.a.cols, p.k);
+  EXPECT_EQ(p.b.transposed ? p.b.cols : p.b.rows, p.k);
+  EXPECT_EQ(p.b.transposed ? p.b.rows : p.b.cols, p.n);
+  EXPECT_EQ(p.c.rows, p.m);
+  EXPECT_EQ(p.c.cols, p.n);
+  EXPECT_EQ(p.d.rows, p.m);
+  EXPECT_EQ(p.d.cols, p.n);
+  EXPECT_GE(static_cast<uint64_t>(p.a.ld), p.a.rows);
+  EXPECT_GE(static_cast<uint64_t>(p.b.ld), p.b.rows);
+  EXPECT_GE(static_cast<uint64_t>(p.d.ld), p.d.rows);
+  std::vector<float> out(p.m * p.n);
+  for (uint64_t i = 0; i < p.m; ++i) {
+    for (uint64_t j = 0; j < p.n; ++j) {
+      double s = 0;
+      for (uint64_t l = 0; l < p.k; ++l) {
+        const float a = p.a.transposed ? At(p.a, l, i) : At(p.a, i, l);
+        const float b = p.b.transposed ? At(p.b, j, l) : At(p.b, l, j);
+        s += double(a) * b;
+      }
+      out[i + j * p.m] = static_cast<float>(alpha * s + beta * At(p.c, i, j));
+    }
+  }
+  float* d = const_cast<float*>(static_cast<const float*>(p.d.ptr));
+  for (uint64_t i = 0; i < p.m; ++i) {
+    for (uint64_t j = 0; j < p.n; ++j) d[i + j * p.d.ld] = out[i + j * p.m];
+  }
+}
+
+TEST(MatmulLayoutTest, ColumnMajorProblemComputesTheRowMajorProduct) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd;
+  const int M = 5, N = 7, K = 3, pad = 2;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "trans_a " << ta << " trans_b " << tb);
+      const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + 1;
+      std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C(M * ldc);
+      for (auto* v : {&A, &B, &C}) {
+        for (auto& x : *v) x = nd(rng);
+      }
+      // Row-major reference: D[m][n] = 0.5 sum_k op(A)[m][k] op(B)[k][n] + 0.25 C[m][n].
+      std::vector<float> want = C;
+      for (int m = 0; m < M; ++m) {
+        for (int n = 0; n < N; ++n) {
+          double s = 0;
+          for (int k = 0; k < K; ++k) {
+            const float a = ta ? A[k * lda + m] : A[m * lda + k];
+            const float b = tb ? B[n * ldb + k] : B[k * ldb + n];
+            s += double(a) * b;
+          }
+          want[m * ldc + n] = static_cast<float>(0.5 * s + 0.25 * C[m * ldc + n]);
+        }
+      }
+      GemmOp op;
+      op.trans_a = ta;
+      op.trans_b = tb;
+      op.M = M;
+      op.N = N;
+      op.K = K;
+      op.alpha = 0.5f;
+      op.beta = 0.25f;
+      op.A = A.data();
+      op.lda = lda;
+      op.B = B.data();
+      op.ldb = ldb;
+      op.C = C.data();
+      op.ldc = ldc;
+      op.D = C.data();  // in place, as the weight-gradient GEMMs run
+      op.ldd = ldc;
+      const LtProblem p = ToColumnMajor(op);
+      EXPECT_EQ(p.a.ptr, B.data());  // cuBLASLt's A is our B
+      EXPECT_EQ(p.b.ptr, A.data());
+      ReferenceLt(p, op.alpha, op.beta);
+      for (size_t i = 0; i < C.size(); ++i) EXPECT_NEAR(C[i], want[i], 1e-5) << i;
+    }
+  }
+}
+
+// beta == 0 reads no C: the problem's C is D itself (cuBLASLt needs a valid
+// pointer with D's layout).
+TEST(MatmulLayoutTest, NoBetaUsesDAsC) {
+  float a[6] = {}, b[6] = {}, d[4] = {};
+  GemmOp op;
+  op.M = 2;
+  op.N = 2;
+  op.K = 3;
+  op.A = a;
+  op.lda = 3;
+  op.B = b;
+  op.ldb = 2;
+  op.D = d;
+  op.ldd = 2;
+  const LtProblem p = ToColumnMajor(op);
+  EXPECT_EQ(p.c.ptr, static_cast<const void*>(d));
+  EXPECT_EQ(p.c.ld, 2);
+  EXPECT_EQ(p.m, 2u);
+  EXPECT_EQ(p.k, 3u);
+}
+
+// Executes a GemmOp's documented semantics on the CPU (fp32):
+//   x = alpha op(A) op(B) + beta C + bias;  D = x, or D = gelu(x) and aux = x,
+//   or (dgelu) D = gelu'(aux) * alpha op(A) op(B).
+void RunOnCpu(const GemmOp& op) {
+  std::vector<float> prod(op.M * op.N);
+  cpu::Gemm(op.trans_a, op.trans_b, op.M, op.N, op.K, op.alpha, static_cast<const float*>(op.A),
+            op.lda, static_cast<const float*>(op.B), op.ldb, 0.f, prod.data(), op.N);
+  float* D = static_cast<float*>(op.D);
+  float* aux = static_cast<float*>(op.aux);
+  const float* C = static_cast<const float*>(op.C);
+  const float* bias = static_cast<const float*>(op.bias);
+  for (int64_t m = 0; m < op.M; ++m) {
+    for (int64_t n = 0; n < op.N; ++n) {
+      float x = prod[m * op.N + n];
+      if (op.dgelu) {
+        const float pre = aux[m * op.ldaux + n];
+        cpu::GeluBackward(&D[m * op.ldd + n], &pre, &x, 1);
+        continue;
+      }
+      if (op.beta != 0.f) x += op.beta * C[m * op.ldc + n];
+      if (bias != nullptr) x += bias[n];
+      if (op.gelu) {
+        aux[m * op.ldaux + n] = x;
+        cpu::GeluForward(&D[m * op.ldd + n], &x, 1);
+      } else {
+        D[m * op.ldd + n] = x;
+      }
+    }
+  }
+}
+
+std::vector<float> Rand(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+void ExpectNear(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-4) << what << " at " << i;
+}
+
+// The ops MatmulForward/MatmulBackward build reproduce cpu::MatmulForward /
+// cpu::MatmulBackward for both weight layouts, with bias, residual, fused
+// GELU, dGELU, alpha and both dinp modes.
+TEST(MatmulLayoutTest, MatmulOpsMatchCpuMatmul) {
+  const int M = 6, K = 5, N = 4;
+  for (const auto layout : {WeightLayout::kInOut, WeightLayout::kOutIn}) {
+    SCOPED_TRACE(static_cast<int>(layout));
+    const std::vector<float> x = Rand(M * K, 1), w = Rand(K * N, 2), b = Rand(N, 3),
+                             r = Rand(M * N, 4), dy = Rand(M * N, 5), pre = Rand(M * K, 6);
+    // Forward with bias and residual.
+    std::vector<float> want(M * N), got(M * N);
+    cpu::MatmulForward(want.data(), x.data(), w.data(), b.data(), M, K, N, layout, r.data());
+    RunOnCpu(MatmulForwardOp(got.data(), x.data(), w.data(), b.data(), M, K, N, layout, r.data(),
+                             nullptr, DType::kF32));
+    ExpectNear(got, want, "forward");
+    // Forward with fused GELU.
+    std::vector<float> want_pre(M * N), want_act(M * N), got_pre(M * N), got_act(M * N);
+    cpu::MatmulForward(want_pre.data(), x.data(), w.data(), b.data(), M, K, N, layout);
+    cpu::GeluForward(want_act.data(), want_pre.data(), M * N);
+    RunOnCpu(MatmulForwardOp(got_act.data(), x.data(), w.data(), b.data(), M, K, N, layout,
+                             nullptr, got_pre.data(), DType::kF32));
+    ExpectNear(got_pre, want_pre, "pre_gelu");
+    ExpectNear(got_act, want_act, "gelu");
+    // Backward: dinp overwrite and accumulate, dweight accumulate.
+    for (bool acc : {false, true}) {
+      std::vector<float> dx = Rand(M * K, 7), dw = Rand(K * N, 8);
+      std::vector<float> gdx = dx, gdw = dw;
+      cpu::MatmulBackward(dx.data(), dw.data(), nullptr, dy.data(), x.data(), w.data(), M, K, N,
+                          layout, 0.5f, acc);
+      RunOnCpu(MatmulBackwardDinpOp(gdx.data(), dy.data(), w.data(), M, K, N, layout, 0.5f, acc,
+                                    nullptr, DType::kF32));
+      RunOnCpu(MatmulBackwardDweightOp(gdw.data(), DType::kF32, dy.data(), x.data(), M, K, N,
+                                       layout, 0.5f, DType::kF32));
+      ExpectNear(gdx, dx, "dinp");
+      ExpectNear(gdw, dw, "dweight");
+    }
+    // Backward through a GELU: dinp = gelu'(pre) * (dout W^T).
+    std::vector<float> dact(M * K), want_dx(M * K), got_dx(M * K);
+    cpu::MatmulBackward(dact.data(), nullptr, nullptr, dy.data(), nullptr, w.data(), M, K, N,
+                        layout);
+    cpu::GeluBackward(want_dx.data(), pre.data(), dact.data(), M * K);
+    RunOnCpu(MatmulBackwardDinpOp(got_dx.data(), dy.data(), w.data(), M, K, N, layout, 1.f, false,
+                                  pre.data(), DType::kF32));
+    ExpectNear(got_dx, want_dx, "dinp through gelu");
+  }
+}
+
+}  // namespace
+}  // namespace llmt::kernels::cuda
