@@ -426,12 +426,16 @@ int List(int argc, char** argv) {
   v1::ListJobsRequest req;
   req.set_filter(absl::StrJoin(terms, " AND "));
   req.set_page_size(500);
-  std::printf("%-10s %-20s %-10s %-16s %-4s %s\n", "JOB", "NAME", "STATE", "STEP", "PRIO",
-              "CREATED");
+  bool header = false;
   while (true) {
     v1::ListJobsResponse resp;
     if (absl::Status s = client->Call(&v1::JobService::Stub::ListJobs, req, &resp); !s.ok()) {
       return client->Fail(s, "list");
+    }
+    if (!header) {
+      std::printf("%-10s %-20s %-10s %-16s %-4s %s\n", "JOB", "NAME", "STATE", "STEP", "PRIO",
+                  "CREATED");
+      header = true;
     }
     for (const auto& j : resp.jobs()) {
       std::string step = j.progress().step() > 0

@@ -268,10 +268,16 @@ void Daemon::HeartbeatOnce() {
   grpc::ClientContext ctx;
   rpc::PrepareContext(&ctx, options_.coordinator.token, options_.rpc_timeout);
   absl::Status s = rpc::FromGrpc(stub_->Heartbeat(&ctx, req, &resp));
+  LLMT_LOG(Debug) << "worker " << options_.worker_id << ": heartbeat " << s.code() << " in "
+                  << (absl::Now() - now);
   if (s.ok()) {
     // A silence longer than the lease: the coordinator may have declared this
     // worker lost and re-placed its attempts elsewhere.
     const bool after_silence = now - last_heartbeat_ok_ > lease_timeout_;
+    if (metrics_->connected->Value() == 0) {
+      LLMT_LOG(Info) << "worker " << options_.worker_id << ": coordinator reachable again after "
+                     << (now - last_heartbeat_ok_);
+    }
     last_heartbeat_ok_ = absl::Now();
     if (resp.heartbeat_interval_ms() > 0) {
       heartbeat_interval_ = absl::Milliseconds(resp.heartbeat_interval_ms());

@@ -123,6 +123,9 @@ int main(int argc, char** argv) {
   c.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   c.tls_key = absl::GetFlag(FLAGS_tls_key);
   c.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  // A worker must be back within a fraction of its lease after a coordinator
+  // restart; a connect attempt every half second costs nothing.
+  c.max_reconnect_backoff = absl::Milliseconds(500);
 
   o.worker_id = absl::GetFlag(FLAGS_worker_id);
   if (o.worker_id.empty()) {

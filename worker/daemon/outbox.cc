@@ -20,6 +20,9 @@ Outbox::Outbox(std::shared_ptr<grpc::Channel> channel, OutboxOptions options, Fe
       on_fenced_(std::move(on_fenced)),
       pending_gauge_(pending),
       retries_(retries) {
+  // The first progress point also waits one interval: a trainer's first
+  // steps come in a burst.
+  last_progress_sent_ = absl::Now();
   sender_ = std::thread([this] { SendLoop(); });
 }
 

@@ -1,5 +1,7 @@
 #include "worker/daemon/rpc_client.h"
 
+#include <stdlib.h>
+
 #include <chrono>
 
 #include "absl/strings/ascii.h"
@@ -12,6 +14,12 @@
 namespace llmt::rpc {
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& o) {
+  // With no call in flight, a synchronous client's connection attempts are
+  // only polled by gRPC's backup poller (every 5 s by default): a reconnect to
+  // a restarted coordinator would then complete seconds late, and a worker
+  // would miss its lease. Read once, at gRPC's initialisation, which happens
+  // on the first channel (an explicit setting in the environment wins).
+  setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100", /*overwrite=*/0);
   if (o.address.empty()) {
     return absl::InvalidArgumentError("coordinator address is empty (set --coordinator)");
   }
@@ -33,8 +41,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& 
     if (!o.tls_server_name.empty()) args.SetSslTargetNameOverride(o.tls_server_name);
   }
   const int max_backoff_ms = static_cast<int>(absl::ToInt64Milliseconds(o.max_reconnect_backoff));
+  // Only the backoff between attempts is shortened. GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is
+  // really the connect *timeout* (default 20 s): shortening it aborts handshakes with a
+  // freshly restarted (busy) coordinator, which then looks unreachable for seconds.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
   // Notice a silently dropped connection (network blip, killed peer) within
   // seconds instead of waiting for TCP's timeouts.
