@@ -10,7 +10,8 @@ wrong label or a query that silently returns nothing is caught.
   dashboards  each panel target is run as a range query over the last
               --window seconds, with Grafana's variables substituted ($job: all
               jobs, $__rate_interval, $__interval, $__range); it must return
-              at least one series. Template variable queries
+              at least one series with a number that is not NaN. Template
+              variable queries
               (label_values(metric, label)) must return at least one value.
   rules       each alert/record expression must evaluate without error
               (an instant query), and Prometheus' own evaluation of the loaded
@@ -224,9 +225,12 @@ def main():
                        f"evaluates; no data here ({', '.join(opt)} absent on this machine)")
             elif n == 0:
                 report(False, "panel", name, expr, "no data")
+            elif not finite:
+                # A panel of NaN is an empty panel (e.g. a quantile of a rate
+                # over a window with no observations).
+                report(False, "panel", name, expr, f"{n} series, every value NaN")
             else:
-                report(True, "panel", name, expr,
-                       f"{n} series" + ("" if finite else " (all NaN)"))
+                report(True, "panel", name, expr, f"{n} series")
 
     for path in args.rules:
         doc = yaml.safe_load(open(path, encoding="utf-8"))

@@ -245,6 +245,26 @@ def main():
         fail("Prometheus did not become ready")
     log(f"prometheus: {prom}")
 
+    # The worker's image HEALTHCHECK script sees it healthy and, once it has
+    # registered, ready.
+    hc = str(SRC / "deploy/docker/healthcheck.sh")
+    deadline = time.time() + 20
+    while run([hc, str(wports["http_port"]), "/readyz"]).returncode != 0:
+        if time.time() > deadline:
+            fail("the worker's /readyz never answered 200 (healthcheck.sh)")
+        time.sleep(0.2)
+    r = run([hc, str(wports["http_port"])])
+    if r.returncode != 0:
+        fail(f"healthcheck.sh on the worker failed: {r.stdout}")
+
+    # Submit only once Prometheus has scraped the coordinator, so the first
+    # placement is seen as an increase of the scheduling-latency histogram.
+    deadline = time.time() + 20
+    while not query(prom, 'up{job="llmt-coordinator"} == 1'):
+        if time.time() > deadline:
+            fail("Prometheus never scraped the coordinator")
+        time.sleep(0.2)
+
     # A job long enough to be watched: checkpoints and evaluations every few
     # hundred steps; cancelled once the checks are done.
     spec = work / "job.yaml"
@@ -302,6 +322,21 @@ def main():
     print(r.stdout, flush=True)
     if r.returncode != 0:
         fail("dashboard/alert expressions failed against the live Prometheus")
+
+    # The checker must also fail where it should: a dashboard whose query
+    # names a metric no daemon exports, and one whose query returns nothing.
+    dash = json.loads((SRC / "deploy/grafana/dashboards/llmt.json").read_text())
+    bad = {"panels": [{"title": "typo", "targets": [
+        {"refId": "A", "expr": "avg by (llmt_job) (llmt_train_losss)"}]},
+        {"title": "empty", "targets": [
+            {"refId": "A", "expr": 'llmt_train_loss{llmt_job="no-such-job"}'}]}],
+        "templating": dash.get("templating"), "title": "broken"}
+    (work / "broken.json").write_text(json.dumps(bad))
+    r = run(checker[:4] + ["--dashboard", str(work / "broken.json"), "--window", "60"])
+    if r.returncode != 1 or "unknown metric(s) llmt_train_losss" not in r.stdout \
+            or "empty [A]: no data" not in r.stdout:
+        fail(f"check_promql accepted a broken dashboard (exit {r.returncode}):\n{r.stdout}")
+    log("check_promql rejects a broken dashboard: ok")
 
     for what, argv in (
             ("promtool check rules", [promtool, "check", "rules",
