@@ -40,6 +40,17 @@ run promtool check config deploy/prometheus/prometheus.yml
 run promtool test rules deploy/prometheus/rules/llmt-alerts.test.yml
 step "Dockerfiles"
 run $py deploy/tools/lint_dockerfiles.py
+bd="${LLMT_BUILD_DIR:-build}"
+if [[ -x "$bd/coordinator/llmt-coordinator" && -x "$bd/worker/daemon/llmt-worker" ]]; then
+  step "daemon flags accepted by the binaries in $bd"
+  run $py deploy/tools/check_flags.py --binary "coordinator=$bd/coordinator/llmt-coordinator" \
+    --binary "worker=$bd/worker/daemon/llmt-worker" \
+    --manifests "$tmp/cpu-dev.yaml" --manifests "$tmp/gpu.yaml" \
+    --dockerfile coordinator=deploy/docker/coordinator.Dockerfile \
+    --dockerfile worker=deploy/docker/worker.Dockerfile
+else
+  echo "(daemon flag check skipped: no llmt-coordinator/llmt-worker in $bd; set LLMT_BUILD_DIR)"
+fi
 step "Grafana dashboard JSON"
 run $py -c 'import json,sys; d=json.load(open("deploy/grafana/dashboards/llmt.json")); sys.exit(0 if d["panels"] else 1)'
 

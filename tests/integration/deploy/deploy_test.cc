@@ -200,6 +200,59 @@ TEST_F(DeployK8s, GpuOverlayRendersWithGeneratedSecretsAndValidates) {
   EXPECT_THAT(text, HasSubstr("ReadWriteMany"));
 }
 
+// Every flag deploy/ hands the daemons (ConfigMap flag files, container args,
+// Dockerfile CMDs) is parsed by the real binaries: a renamed or mistyped flag
+// would crash-loop the pods.
+TEST_F(DeployK8s, DaemonsAcceptTheFlagsDeployGivesThem) {
+#ifndef LLMT_HAVE_WORKER
+  GTEST_SKIP()
+      << "llmt-worker is not part of this build: its flags cannot be checked";
+#else
+  REQUIRE_TOOL("openssl", "openssl");
+  fs::copy(Src("deploy/k8s"), dir_ + "/k8s", fs::copy_options::recursive);
+  fs::remove_all(dir_ + "/k8s/overlays/gpu/secrets");
+  ASSERT_EQ(RunCommand({dir_ + "/k8s/overlays/gpu/make-secrets.sh"}).exit_code,
+            0);
+  ASSERT_NO_FATAL_FAILURE(
+      Render(dir_ + "/k8s/overlays/cpu-dev", dir_ + "/cpu-dev.yaml"));
+  ASSERT_NO_FATAL_FAILURE(
+      Render(dir_ + "/k8s/overlays/gpu", dir_ + "/gpu.yaml"));
+  std::vector<std::string> argv = {
+      kPython,
+      Src("deploy/tools/check_flags.py"),
+      "--binary",
+      "coordinator=" + kBuild + "/coordinator/llmt-coordinator",
+      "--binary",
+      "worker=" + kBuild + "/worker/daemon/llmt-worker",
+      "--manifests",
+      dir_ + "/cpu-dev.yaml",
+      "--manifests",
+      dir_ + "/gpu.yaml",
+      "--dockerfile",
+      "coordinator=" + Src("deploy/docker/coordinator.Dockerfile"),
+      "--dockerfile",
+      "worker=" + Src("deploy/docker/worker.Dockerfile")};
+  RunResult r = RunCommand(argv);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("6 flag set(s) checked, 0 problem(s)"));
+
+  // A bad value in a flag file is caught.
+  std::string text = ReadFileOrEmpty(dir_ + "/cpu-dev.yaml");
+  size_t pos = text.find("--lease_timeout=15s");
+  ASSERT_NE(pos, std::string::npos);
+  text.replace(pos, 19, "--lease_timeout=15 seconds");
+  std::ofstream(dir_ + "/bad.yaml") << text;
+  argv = {
+      kPython,       Src("deploy/tools/check_flags.py"),
+      "--binary",    "coordinator=" + kBuild + "/coordinator/llmt-coordinator",
+      "--binary",    "worker=" + kBuild + "/worker/daemon/llmt-worker",
+      "--manifests", dir_ + "/bad.yaml"};
+  RunResult bad = RunCommand(argv);
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_THAT(bad.output, HasSubstr("Illegal value '15 seconds'"));
+#endif
+}
+
 // The validator is only worth something if it rejects what would not deploy.
 TEST_F(DeployK8s, ValidatorRejectsBrokenManifests) {
   std::string good = dir_ + "/good.yaml";
