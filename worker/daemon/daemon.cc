@@ -424,6 +424,8 @@ void Daemon::StartRank(const v1::DesiredAttempt& d, const v1::RankAssignment& ra
     ReportNotStarted(d, rank, std::string(s.message()));
     return;
   }
+  // A GPU rank sees only its own devices (CUDA_VISIBLE_DEVICES below), as 0..n-1.
+  if (ra.gpu_indices_size() > 0) r->spec.mutable_train()->set_device_index(0);
   if (absl::Status s = fs::WriteFileAtomic(spec_path, spec::ToYaml(r->spec)); !s.ok()) {
     ReportNotStarted(d, rank, std::string(s.message()));
     return;

@@ -425,6 +425,46 @@ TEST_F(ServiceE2E, TwoRankJobSpansTwoWorkersThroughTheCoordinatorRendezvous) {
   EXPECT_EQ(ckpts[0].step(), 100);
 }
 
+// Mutual TLS everywhere: workers, the CLI and the trainers' rendezvous.
+TEST_F(ServiceE2E, MutualTlsForWorkersCliAndRendezvous) {
+  const std::string d = root_ + "/pki";
+  stdfs::create_directories(d);
+  std::string cmd = absl::StrCat(
+      "cd ", d, " && (openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=llmt-test-ca "
+      "-keyout ca.key -out ca.pem && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost "
+      "-keyout server.key -out server.csr && printf 'subjectAltName=DNS:localhost' > san.ext && "
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+      "-extfile san.ext -out server.pem && openssl req -newkey rsa:2048 -nodes -subj /CN=client "
+      "-keyout client.key -out client.csr && openssl x509 -req -in client.csr -CA ca.pem "
+      "-CAkey ca.key -CAcreateserial -days 1 -out client.pem) > openssl.log 2>&1");
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl could not make certificates";
+  ASSERT_TRUE(cluster_->StartCoordinator({"--tls_cert=" + d + "/server.pem",
+                                          "--tls_key=" + d + "/server.key",
+                                          "--tls_client_ca=" + d + "/ca.pem"}));
+  const std::vector<std::string> worker_tls = {"--tls_ca=" + d + "/ca.pem",
+                                               "--tls_cert=" + d + "/client.pem",
+                                               "--tls_key=" + d + "/client.key",
+                                               "--tls_server_name=localhost"};
+  ASSERT_NE(cluster_->StartWorker("w1", 1, worker_tls), nullptr);
+  ASSERT_NE(cluster_->StartWorker("w2", 1, worker_tls), nullptr);
+  const std::vector<std::string> cli_tls = {"--tls-ca=" + d + "/ca.pem",
+                                            "--tls-cert=" + d + "/client.pem",
+                                            "--tls-key=" + d + "/client.key",
+                                            "--tls-server-name=localhost"};
+  std::vector<std::string> submit = {"submit", WriteSpec("tls", {.max_steps = 50, .ranks = 2})};
+  submit.insert(submit.end(), cli_tls.begin(), cli_tls.end());
+  auto r = cluster_->Cli(submit);
+  ASSERT_EQ(r.exit_code, 0) << r.output << cluster_->Logs();
+  std::vector<std::string> watch = {"watch", "jobs/1"};
+  watch.insert(watch.end(), cli_tls.begin(), cli_tls.end());
+  r = cluster_->Cli(watch);
+  EXPECT_EQ(r.exit_code, 0) << r.output << cluster_->Logs();
+  EXPECT_THAT(r.output, HasSubstr("jobs/1 SUCCEEDED"));
+  // Without a client certificate the CLI cannot get in.
+  r = cluster_->Cli({"list", "--tls-ca=" + d + "/ca.pem", "--tls-server-name=localhost"});
+  EXPECT_NE(r.exit_code, 0) << r.output;
+}
+
 TEST_F(ServiceE2E, BadInputsGiveClearErrors) {
   const std::string user_tokens = root_ + "/user_tokens", worker_tokens = root_ + "/worker_tokens";
   std::ofstream(user_tokens) << "user-secret\n";
