@@ -52,7 +52,7 @@ std::vector<std::string> ObserverLines(const std::function<void(train::EventPipe
   return lines;
 }
 
-TEST(TrainerEvents, ParsesWhatTheTrainerWrites) {
+TEST(WorkerTrainerEvents, ParsesWhatTheTrainerWrites) {
   auto lines = ObserverLines([](train::EventPipeObserver& o) {
     train::StepMetrics m;
     m.step = 7;
@@ -96,7 +96,7 @@ TEST(TrainerEvents, ParsesWhatTheTrainerWrites) {
   EXPECT_EQ(ex->message, "boom \"quoted\"\nsecond line");
 }
 
-TEST(TrainerEvents, RejectsMalformedLines) {
+TEST(WorkerTrainerEvents, RejectsMalformedLines) {
   for (const char* bad : {"", "not json", "{\"step\":1}", "{\"type\":\"nope\"}",
                           "{\"type\":\"step\"}", "{\"type\":\"checkpoint\",\"step\":3}",
                           "{\"type\":\"exit\"}"}) {
@@ -109,7 +109,7 @@ TEST(TrainerEvents, RejectsMalformedLines) {
 }
 
 // The FLOP count behind llmt_mfu_ratio matches the engine's own for both families.
-TEST(Mfu, FlopsPerTokenMatchesTheEngine) {
+TEST(WorkerMfu, FlopsPerTokenMatchesTheEngine) {
   for (const char* yaml :
        {"model: {family: gpt2, d_model: 48, n_layer: 3, n_head: 4, max_seq_len: 64}\n"
         "data: {dir: d}\ntrain: {batch_size: 2, seq_len: 32, max_steps: 10}\noptim: {lr: 0.001}\n",
@@ -163,7 +163,7 @@ ExitInfo WaitExit(RankProcess& p) {
   return x;
 }
 
-TEST(RankProcess, EventsOutputEnvironmentAndExitCode) {
+TEST(WorkerRankProcess, EventsOutputEnvironmentAndExitCode) {
   std::string dir = testing::FreshDir("rank-process");
   Collected c;
   auto p = StartShell(
@@ -185,7 +185,7 @@ TEST(RankProcess, EventsOutputEnvironmentAndExitCode) {
   EXPECT_THAT(p->TailLines(), ElementsAre("var=hello home=unset", "err", "no newline"));
 }
 
-TEST(RankProcess, SignalsReachTheProcessGroupAndAffinityIsApplied) {
+TEST(WorkerRankProcess, SignalsReachTheProcessGroupAndAffinityIsApplied) {
   std::string dir = testing::FreshDir("rank-process-sig");
   Collected c;
   auto p = StartShell("grep Cpus_allowed_list /proc/self/status; exec sleep 30", &c,
@@ -207,7 +207,7 @@ TEST(RankProcess, SignalsReachTheProcessGroupAndAffinityIsApplied) {
   EXPECT_THAT(x.Describe(), HasSubstr("killed by signal 15"));
 }
 
-TEST(RankProcess, MissingExecutableIsAnError) {
+TEST(WorkerRankProcess, MissingExecutableIsAnError) {
   LaunchSpec ls;
   ls.argv = {"/no/such/llmt", "train"};
   ls.log_path = testing::FreshDir("rank-process-missing") + "/r.log";
@@ -218,7 +218,7 @@ TEST(RankProcess, MissingExecutableIsAnError) {
 
 // With the coordinator unreachable nothing is delivered; progress of a rank
 // coalesces into one report until a checkpoint or result (a barrier) follows.
-TEST(Outbox, CoalescesProgressAndKeepsBarriersInOrder) {
+TEST(WorkerOutbox, CoalescesProgressAndKeepsBarriersInOrder) {
   rpc::ClientOptions co;
   co.address = "127.0.0.1:1";  // nothing listens there
   auto ch = rpc::MakeChannel(co);
