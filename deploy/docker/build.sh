@@ -5,6 +5,7 @@
 #
 #   deploy/docker/build.sh --component coordinator|worker --prefix DIR
 #                          [--build-dir DIR] [--cuda AUTO|ON|OFF] [--jobs N]
+#                          [--configure-only | --no-build]
 #
 # 1. configures a Release build (unless --build-dir already holds one: then
 #    its configuration is kept) with services on, tests off and no
@@ -19,9 +20,12 @@
 #    those. Libraries outside the package database (the CUDA base image's)
 #    are listed in DIR/share/llmt/unpackaged-libs.txt;
 # 5. checks that every library resolves and every binary starts (--help).
+# --configure-only stops after step 1; --no-build skips step 2 and installs
+# what an up-to-date --build-dir already holds (CI's tests do both, so they
+# never rebuild binaries other tests are running).
 set -euo pipefail
 
-component="" prefix="" build_dir="" cuda="" jobs="$(nproc)"
+component="" prefix="" build_dir="" cuda="" jobs="$(nproc)" configure_only=0 no_build=0
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -30,7 +34,9 @@ while [[ $# -gt 0 ]]; do
     --build-dir) build_dir="$2"; shift 2 ;;
     --cuda) cuda="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --configure-only) configure_only=1; shift ;;
+    --no-build) no_build=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -66,8 +72,15 @@ else
     -DCMAKE_CXX_FLAGS="-march=$arch" >/dev/null
 fi
 
+if [[ $configure_only -eq 1 ]]; then
+  echo "build.sh: configured $build_dir"
+  exit 0
+fi
+
 # 2. Build.
-cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
+if [[ $no_build -eq 0 ]]; then
+  cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
+fi
 
 # 3. Install.
 mkdir -p "$prefix/bin" "$prefix/lib/llmt" "$prefix/share/llmt"
@@ -85,21 +98,9 @@ done
 strip --strip-unneeded "${installed[@]}" 2>/dev/null || true
 
 # 4. Runtime packages: the owner of each shared library (through symlinks and
-# the /lib -> /usr/lib merge, which dpkg may record either way).
-owner() {
-  local p="$1" real
-  real="$(readlink -f "$p")"
-  for cand in "$p" "$real" "${p#/usr}" "/usr$p" "${real#/usr}" "/usr$real"; do
-    local o
-    if o="$(dpkg-query -S "$cand" 2>/dev/null)"; then
-      # "pkg:arch: /path" (several owners are ", "-separated); keep the names.
-      echo "${o%%: *}" | tr ',' '\n' | sed 's/^ *//; s/:.*$//'
-      return 0
-    fi
-  done
-  return 1
-}
-packages=() unpackaged=()
+# the /lib -> /usr/lib merge, which dpkg may record either way), looked up in
+# dpkg's file lists in one pass (dpkg-query -S per library is slow).
+declare -A libs_seen=()
 missing=""
 for f in "${installed[@]}"; do
   while read -r line; do
@@ -108,13 +109,33 @@ for f in "${installed[@]}"; do
       continue
     fi
     lib="$(awk '/=>/ {print $3}' <<<"$line")"
-    [[ -n "$lib" && -e "$lib" ]] || continue
-    if pkgs="$(owner "$lib")"; then
-      while read -r p; do packages+=("$p"); done <<<"$pkgs"
-    else
-      unpackaged+=("$lib")
-    fi
+    [[ -n "$lib" && -e "$lib" ]] && libs_seen["$lib"]=1
   done < <(ldd "$f")
+done
+variants() {
+  local p="$1" real
+  real="$(readlink -f "$p")"
+  printf '%s\n' "$p" "$real" "${p#/usr}" "/usr$p" "${real#/usr}" "/usr$real"
+}
+declare -A owner_of=()  # path variant -> packages
+patterns="$(for lib in "${!libs_seen[@]}"; do variants "$lib"; done | sort -u)"
+if [[ -n "$patterns" ]]; then
+  while IFS= read -r hit; do
+    list="${hit%%:/*}"  # /var/lib/dpkg/info/NAME[:ARCH].list:/path
+    path="/${hit#*:/}"
+    pkg="$(basename "$list" .list)"
+    owner_of["$path"]+=" ${pkg%%:*}"
+  done < <(grep -HFx -f <(printf '%s\n' "$patterns") /var/lib/dpkg/info/*.list 2>/dev/null || true)
+fi
+packages=() unpackaged=()
+for lib in "${!libs_seen[@]}"; do
+  found=""
+  while read -r v; do found+="${owner_of[$v]:-}"; done < <(variants "$lib")
+  if [[ -n "$found" ]]; then
+    for p in $found; do packages+=("$p"); done
+  else
+    unpackaged+=("$lib")
+  fi
 done
 [[ -z "$missing" ]] || die "unresolved shared libraries:"$'\n'"$missing"
 printf '%s\n' "${packages[@]}" | sort -u >"$prefix/share/llmt/runtime-packages.txt"

@@ -330,9 +330,23 @@ TEST(DeployDocker, DockerfilesPassTheLinter) {
 // covers its libraries, and the image's HEALTHCHECK script sees it healthy.
 TEST(DeployDocker, BuildScriptInstallsARunnableCoordinator) {
   std::string dir = FreshDir("image-coordinator");
+  // Step 1 as the image runs it: a fresh Release configuration for a portable
+  // ISA, services on, tests off.
+  RunResult c = RunCommand({Src("deploy/docker/build.sh"), "--component", "coordinator", "--prefix",
+                            dir + "/opt", "--build-dir", dir + "/build", "--configure-only"});
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  std::string cache = ReadFileOrEmpty(dir + "/build/CMakeCache.txt");
+  for (const char* entry :
+       {"LLMT_NATIVE:BOOL=OFF", "LLMT_BUILD_TESTS:BOOL=OFF", "LLMT_BUILD_SERVICES:BOOL=ON",
+        "LLMT_CUDA:STRING=OFF", "CMAKE_CXX_FLAGS:STRING=-march=x86-64-v3",
+        "CMAKE_BUILD_TYPE:STRING=Release"}) {
+    EXPECT_THAT(cache, HasSubstr(entry));
+  }
+  fs::remove_all(dir + "/build");
+  // Steps 3-5 on this (already built) tree: --no-build, so binaries that other
+  // tests run are never relinked underneath them.
   RunResult b = RunCommand({Src("deploy/docker/build.sh"), "--component", "coordinator", "--prefix",
-                            dir + "/opt", "--build-dir", kBuild, "--jobs", "2"},
-                           600);
+                            dir + "/opt", "--build-dir", kBuild, "--no-build"});
   ASSERT_EQ(b.exit_code, 0) << b.output;
   std::string pkgs = ReadFileOrEmpty(dir + "/opt/share/llmt/runtime-packages.txt");
   for (const char* p : {"libgrpc++1.51", "librocksdb", "libprotobuf32", "libcivetweb1",
@@ -378,8 +392,7 @@ TEST(DeployDocker, BuildScriptInstallsARunnableCoordinator) {
 TEST(DeployDocker, BuildScriptInstallsTheWorkerWithTrainerAndTokenizerShim) {
   std::string dir = FreshDir("image-worker");
   RunResult b = RunCommand({Src("deploy/docker/build.sh"), "--component", "worker", "--prefix",
-                            dir + "/opt", "--build-dir", kBuild, "--jobs", "2"},
-                           600);
+                            dir + "/opt", "--build-dir", kBuild, "--no-build"});
   ASSERT_EQ(b.exit_code, 0) << b.output;
   for (const char* f : {"/opt/bin/llmt-worker", "/opt/bin/llmt", "/opt/lib/llmt/libllmt_spm.so"}) {
     EXPECT_TRUE(fs::exists(dir + f)) << f;
