@@ -52,6 +52,11 @@ std::string Quote(const std::string& s) {
   return out + "'";
 }
 
+// Removes a test's directory unless the test failed (then it is kept to look at).
+void CleanUp(const std::string& dir) {
+  if (!::testing::Test::HasFailure()) fs::remove_all(dir);
+}
+
 // Fails the calling test (loudly, naming the package) when `tool` is missing.
 #define REQUIRE_TOOL(tool, package)                                                    \
   do {                                                                                 \
@@ -323,6 +328,7 @@ TEST(DeployDocker, DockerfilesPassTheLinter) {
     EXPECT_EQ(b.exit_code, 1) << c.to << ":\n" << b.output;
     EXPECT_THAT(b.output, HasSubstr(c.expect)) << c.to;
   }
+  CleanUp(dir);
 }
 
 // The image build steps, run outside Docker against this build tree: the
@@ -386,6 +392,7 @@ TEST(DeployDocker, BuildScriptInstallsARunnableCoordinator) {
   RunResult down = RunCommand({hc, http_port});
   EXPECT_EQ(down.exit_code, 1);
   EXPECT_THAT(down.output, HasSubstr("nothing listens"));
+  CleanUp(dir);
 }
 
 #ifdef LLMT_HAVE_WORKER
@@ -400,6 +407,7 @@ TEST(DeployDocker, BuildScriptInstallsTheWorkerWithTrainerAndTokenizerShim) {
   std::string pkgs = ReadFileOrEmpty(dir + "/opt/share/llmt/runtime-packages.txt");
   EXPECT_THAT(pkgs, HasSubstr("libsentencepiece0"));  // through the shim
   EXPECT_THAT(pkgs, HasSubstr("libopenblas"));
+  CleanUp(dir);
 }
 #endif
 
@@ -422,6 +430,7 @@ TEST(DeployE2E, PrometheusScrapesDaemonsAndAnswersEveryDashboardAndAlertQuery) {
   EXPECT_THAT(r.output, HasSubstr("0 failing"));
   EXPECT_THAT(r.output, HasSubstr("passed in"));
   std::cout << r.output;
+  CleanUp(dir);
 #endif
 }
 
