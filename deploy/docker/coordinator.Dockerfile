@@ -41,7 +41,10 @@ COPY deploy/docker/healthcheck.sh /usr/local/bin/llmt-healthcheck
 # gRPC (JobService, WorkerService) and HTTP (/metrics, /healthz, /readyz).
 EXPOSE 7070 7071
 USER 10001:10001
-ENV LLMT_HTTP_PORT=7071
+# The llmt user has no home directory and the root filesystem is read-only on
+# Kubernetes: anything that writes under $HOME goes to /tmp (an emptyDir).
+ENV LLMT_HTTP_PORT=7071 \
+    HOME=/tmp
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["/usr/local/bin/llmt-healthcheck"]
 ENTRYPOINT ["/opt/llmt/bin/llmt-coordinator"]

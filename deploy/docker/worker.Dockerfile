@@ -52,7 +52,10 @@ RUN apt-get update \
     && chown llmt:llmt /var/lib/llmt-worker /shared
 COPY --from=build /opt/llmt/ /opt/llmt/
 COPY deploy/docker/healthcheck.sh /usr/local/bin/llmt-healthcheck
+# HOME: the llmt user has no home directory and the root filesystem is
+# read-only on Kubernetes; /tmp is an emptyDir there.
 ENV PATH=/opt/llmt/bin:$PATH \
+    HOME=/tmp \
     LLMT_HTTP_PORT=7072 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
