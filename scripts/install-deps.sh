@@ -14,7 +14,7 @@ PKGS=(
   # deploy/ checks (tests/integration/deploy): Prometheus server + promtool, yamllint,
   # offline Kubernetes schema (python3-kubernetes), openssl for make-secrets.sh.
   # kubectl comes with the machine image (Debian's kubernetes-client 1.20 is too old).
-  prometheus yamllint python3-yaml python3-kubernetes openssl
+  prometheus yamllint python3-yaml python3-kubernetes openssl kubectl
 )
 # Extra packages for the deploy/monitoring checks (issue: deploy); optional here.
 if [[ -n "${LLMT_EXTRA_PKGS:-}" ]]; then
