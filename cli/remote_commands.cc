@@ -47,8 +47,8 @@ constexpr int kExitRefused = 6;
 constexpr int kExitJobFailed = 10;
 constexpr int kExitJobCancelled = 11;
 
-const std::vector<std::string> kConnFlags = {"coordinator", "token-file", "tls-ca", "tls-cert",
-                                             "tls-key", "tls-server-name", "timeout"};
+const std::vector<std::string> kConnFlags = {"coordinator", "token-file",      "tls-ca", "tls-cert",
+                                             "tls-key",     "tls-server-name", "timeout"};
 
 std::string OneLine(absl::string_view s) {
   std::string out = absl::StrReplaceAll(absl::StripTrailingAsciiWhitespace(s), {{"\n", "; "}});
@@ -109,7 +109,9 @@ std::string StripEnumPrefix(const std::string& name, absl::string_view prefix) {
   return std::string(v);
 }
 
-std::string StateName(v1::JobState s) { return StripEnumPrefix(v1::JobState_Name(s), "JOB_STATE_"); }
+std::string StateName(v1::JobState s) {
+  return StripEnumPrefix(v1::JobState_Name(s), "JOB_STATE_");
+}
 
 std::string AttemptStateName(v1::AttemptState s) {
   return StripEnumPrefix(v1::AttemptState_Name(s), "ATTEMPT_STATE_");
@@ -180,10 +182,11 @@ class Client {
     switch (s.code()) {
       case absl::StatusCode::kUnavailable:
       case absl::StatusCode::kDeadlineExceeded:
-        return cli::Fail(absl::StrCat("cannot reach the coordinator at ", options_.address, " (",
-                                      s.message(), "); is llmt-coordinator running? (--coordinator "
-                                      "or LLMT_COORDINATOR)"),
-                         kExitUnreachable);
+        return cli::Fail(
+            absl::StrCat("cannot reach the coordinator at ", options_.address, " (", s.message(),
+                         "); is llmt-coordinator running? (--coordinator "
+                         "or LLMT_COORDINATOR)"),
+            kExitUnreachable);
       case absl::StatusCode::kUnauthenticated:
       case absl::StatusCode::kPermissionDenied:
         return cli::Fail(absl::StrCat("authentication failed at ", options_.address, ": ",
@@ -216,7 +219,8 @@ class Client {
 absl::StatusOr<Args> ParseArgs(int argc, char** argv, std::vector<std::string> value_flags,
                                std::vector<std::string> bool_flags) {
   std::vector<std::string> storage;
-  for (int i = 0; i < argc; ++i) storage.push_back(std::strcmp(argv[i], "-f") == 0 ? "--follow" : argv[i]);
+  for (int i = 0; i < argc; ++i)
+    storage.push_back(std::strcmp(argv[i], "-f") == 0 ? "--follow" : argv[i]);
   std::vector<char*> ptrs;
   for (auto& s : storage) ptrs.push_back(s.data());
   value_flags.insert(value_flags.end(), kConnFlags.begin(), kConnFlags.end());
@@ -246,7 +250,8 @@ int Usage(const char* text) {
 // One positional JOB argument.
 absl::StatusOr<std::string> OneJob(const Args& args, const char* cmd) {
   if (args.positional().size() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(cmd, " needs exactly one JOB (e.g. jobs/3 or 3)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(cmd, " needs exactly one JOB (e.g. jobs/3 or 3)"));
   }
   return JobNameOf(args.positional()[0]);
 }
@@ -281,8 +286,8 @@ int Submit(int argc, char** argv) {
         "output_dir) are read on the workers. --request-id makes a retried submit idempotent\n"
         "(default: a fresh random id, reused for this command's own retries).");
   }
-  auto args = ParseArgs(argc, argv, {"set", "name", "priority", "label", "request-id"},
-                        {"force-queue"});
+  auto args =
+      ParseArgs(argc, argv, {"set", "name", "priority", "label", "request-id"}, {"force-queue"});
   if (!args.ok()) return Fail(std::string(args.status().message()), kExitUsage);
   if (args->positional().size() != 1) {
     return Fail("submit needs exactly one SPEC.yaml (see --help)", kExitUsage);
@@ -372,26 +377,27 @@ int Get(int argc, char** argv) {
               j.state_reason().empty() ? "" : absl::StrCat(" (", j.state_reason(), ")").c_str());
   std::string progress = ProgressSummary(j);
   if (!progress.empty()) std::printf("  progress:    %s\n", progress.c_str());
-  std::printf("  resources:   %d rank(s), %s\n", std::max(1, j.spec().resources().ranks()),
-              j.spec().resources().gpus_per_rank() > 0
-                  ? absl::StrCat(j.spec().resources().gpus_per_rank(), " GPU(s) per rank").c_str()
-                  : absl::StrCat(std::max(1, j.spec().resources().cpus_per_rank()),
-                                 " CPU core(s) per rank")
-                        .c_str());
+  std::printf(
+      "  resources:   %d rank(s), %s\n", std::max(1, j.spec().resources().ranks()),
+      j.spec().resources().gpus_per_rank() > 0
+          ? absl::StrCat(j.spec().resources().gpus_per_rank(), " GPU(s) per rank").c_str()
+          : absl::StrCat(std::max(1, j.spec().resources().cpus_per_rank()), " CPU core(s) per rank")
+                .c_str());
   std::printf("  priority:    %d   restarts: %d/%d   preemptions: %d\n", j.spec().priority(),
               j.restarts(), j.spec().max_restarts(), j.preemptions());
   if (j.has_latest_checkpoint()) {
     const auto& c = j.latest_checkpoint();
-    std::printf("  checkpoint:  step %lld  %s%s\n", static_cast<long long>(c.step()),
-                UriPath(c.uri()).c_str(),
-                c.metrics().count("val_loss")
-                    ? absl::StrCat("  (val loss ", Trim(Metric(c.metrics(), "val_loss"), 4), ")")
-                          .c_str()
-                    : "");
+    std::printf(
+        "  checkpoint:  step %lld  %s%s\n", static_cast<long long>(c.step()),
+        UriPath(c.uri()).c_str(),
+        c.metrics().count("val_loss")
+            ? absl::StrCat("  (val loss ", Trim(Metric(c.metrics(), "val_loss"), 4), ")").c_str()
+            : "");
   }
   std::printf("  output_dir:  %s\n", j.spec().output_dir().c_str());
-  std::printf("  created:     %s   started: %s   ended: %s\n", FormatTime(j.create_time_us()).c_str(),
-              FormatTime(j.start_time_us()).c_str(), FormatTime(j.end_time_us()).c_str());
+  std::printf("  created:     %s   started: %s   ended: %s\n",
+              FormatTime(j.create_time_us()).c_str(), FormatTime(j.start_time_us()).c_str(),
+              FormatTime(j.end_time_us()).c_str());
   if (attempts.attempts_size() > 0) {
     std::printf("  attempts:\n");
     for (const auto& a : attempts.attempts()) {
@@ -442,8 +448,8 @@ int List(int argc, char** argv) {
                              ? absl::StrCat(j.progress().step(), "/", j.spec().train().max_steps())
                              : "-";
       std::printf("%-10s %-20s %-10s %-16s %-4d %s\n", j.name().c_str(),
-                  j.spec().name().substr(0, 20).c_str(), StateName(j.state()).c_str(),
-                  step.c_str(), j.spec().priority(), FormatAge(j.create_time_us()).c_str());
+                  j.spec().name().substr(0, 20).c_str(), StateName(j.state()).c_str(), step.c_str(),
+                  j.spec().priority(), FormatAge(j.create_time_us()).c_str());
     }
     if (resp.next_page_token().empty()) break;
     req.set_page_token(resp.next_page_token());
@@ -586,9 +592,12 @@ absl::Status StreamEvents(Client& client, const std::string& job, int64_t after_
 
 int ExitForState(v1::JobState s) {
   switch (s) {
-    case v1::JOB_STATE_SUCCEEDED: return kExitOk;
-    case v1::JOB_STATE_CANCELLED: return kExitJobCancelled;
-    default: return kExitJobFailed;
+    case v1::JOB_STATE_SUCCEEDED:
+      return kExitOk;
+    case v1::JOB_STATE_CANCELLED:
+      return kExitJobCancelled;
+    default:
+      return kExitJobFailed;
   }
 }
 
@@ -642,12 +651,12 @@ int Watch(int argc, char** argv) {
             }
           } else if (ev.has_checkpoint()) {
             const auto& c = ev.checkpoint();
-            view.Line(absl::StrCat("checkpoint step ", c.step(), " (", FormatBytes(c.bytes()),
-                                   c.metrics().count("val_loss")
-                                       ? absl::StrCat(", val loss ",
-                                                      Trim(Metric(c.metrics(), "val_loss"), 4))
-                                       : "",
-                                   ") ", UriPath(c.uri())));
+            view.Line(absl::StrCat(
+                "checkpoint step ", c.step(), " (", FormatBytes(c.bytes()),
+                c.metrics().count("val_loss")
+                    ? absl::StrCat(", val loss ", Trim(Metric(c.metrics(), "val_loss"), 4))
+                    : "",
+                ") ", UriPath(c.uri())));
           } else if (ev.has_attempt_change()) {
             const auto& a = ev.attempt_change();
             if (a.state() == v1::ATTEMPT_STATE_FAILED || a.state() == v1::ATTEMPT_STATE_PREEMPTED) {
@@ -670,10 +679,10 @@ int Watch(int argc, char** argv) {
   view.Finish();
   std::printf("%s %s%s\n", j.name().c_str(), StateName(final_state).c_str(),
               final_reason.empty() ? "" : absl::StrCat(": ", final_reason).c_str());
-  double val = j.progress().metrics().count("val_loss")
-                   ? Metric(j.progress().metrics(), "val_loss")
-                   : view.val_loss();
-  if (val <= 0 && j.has_latest_checkpoint()) val = Metric(j.latest_checkpoint().metrics(), "val_loss");
+  double val = j.progress().metrics().count("val_loss") ? Metric(j.progress().metrics(), "val_loss")
+                                                        : view.val_loss();
+  if (val <= 0 && j.has_latest_checkpoint())
+    val = Metric(j.latest_checkpoint().metrics(), "val_loss");
   if (final_state == v1::JOB_STATE_SUCCEEDED && val > 0) {
     std::printf("final step %lld: val loss %.4f, perplexity %.2f\n",
                 static_cast<long long>(j.progress().step()), val, std::exp(val));
@@ -739,8 +748,8 @@ int Checkpoints(int argc, char** argv) {
     std::printf("%s\n", UriPath(resp.checkpoints(resp.checkpoints_size() - 1).uri()).c_str());
     return kExitOk;
   }
-  std::printf("%-9s %-9s %-10s %-13s %-20s %s\n", "STEP", "VAL_LOSS", "SIZE", "SHA256",
-              "CREATED", "DIRECTORY");
+  std::printf("%-9s %-9s %-10s %-13s %-20s %s\n", "STEP", "VAL_LOSS", "SIZE", "SHA256", "CREATED",
+              "DIRECTORY");
   for (const auto& c : resp.checkpoints()) {
     std::string vl = c.metrics().count("val_loss") ? Trim(Metric(c.metrics(), "val_loss"), 4) : "-";
     std::printf("%-9lld %-9s %-10s %-13s %-20s %s\n", static_cast<long long>(c.step()), vl.c_str(),
@@ -819,8 +828,8 @@ int Queue(int argc, char** argv) {
   }
   std::printf("%-4s %-10s %-5s %-12s %s\n", "POS", "JOB", "PRIO", "WAITING", "REASON");
   for (const auto& e : resp.entries()) {
-    std::string waiting = FormatDuration(absl::ToDoubleSeconds(
-        absl::Now() - absl::FromUnixMicros(e.queued_time_us())));
+    std::string waiting = FormatDuration(
+        absl::ToDoubleSeconds(absl::Now() - absl::FromUnixMicros(e.queued_time_us())));
     std::printf("%-4d %-10s %-5d %-12s %s\n", e.position(), e.name().c_str(), e.priority(),
                 waiting.c_str(), e.reason().c_str());
   }
@@ -854,8 +863,8 @@ int Workers(int argc, char** argv) {
 }  // namespace
 
 bool IsRemoteCommand(const char* cmd) {
-  for (const char* c : {"submit", "get", "list", "watch", "cancel", "checkpoints", "logs", "queue",
-                        "workers"}) {
+  for (const char* c :
+       {"submit", "get", "list", "watch", "cancel", "checkpoints", "logs", "queue", "workers"}) {
     if (std::strcmp(cmd, c) == 0) return true;
   }
   return false;

@@ -69,8 +69,8 @@ Nvml& GetNvml() {
     void* h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
     if (h == nullptr) return;
     n.init = reinterpret_cast<int (*)()>(dlsym(h, "nvmlInit_v2"));
-    n.by_uuid = reinterpret_cast<int (*)(const char*, void**)>(
-        dlsym(h, "nvmlDeviceGetHandleByUUID"));
+    n.by_uuid =
+        reinterpret_cast<int (*)(const char*, void**)>(dlsym(h, "nvmlDeviceGetHandleByUUID"));
     void* r = dlsym(h, "nvmlDeviceGetComputeRunningProcesses_v3");
     if (r == nullptr) r = dlsym(h, "nvmlDeviceGetComputeRunningProcesses_v2");
     n.running = reinterpret_cast<int (*)(void*, unsigned int*, Nvml::ProcessInfo*)>(r);
@@ -171,8 +171,8 @@ absl::StatusOr<v1::WorkerCapacity> BuildCapacity(const std::string& gpus_flag, i
         auto it = std::find_if(found.begin(), found.end(),
                                [&](const v1::GpuInfo& g) { return g.index() == i; });
         if (it == found.end()) {
-          return absl::InvalidArgumentError(absl::StrCat("--gpus: GPU ", i, " not found (",
-                                                         found.size(), " detected)"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("--gpus: GPU ", i, " not found (", found.size(), " detected)"));
         }
         *cap.add_gpus() = *it;
       }

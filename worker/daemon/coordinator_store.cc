@@ -125,8 +125,8 @@ absl::StatusOr<std::shared_ptr<CoordinatorStore>> OpenCoordinatorStoreFromEnv() 
   uint64_t attempt = 0;
   std::string a = Env("LLMT_RDZV_ATTEMPT");
   if (!absl::SimpleAtoi(a, &attempt) || attempt == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "environment variable LLMT_RDZV_ATTEMPT='", a, "' must be the attempt id (> 0)"));
+    return absl::InvalidArgumentError(absl::StrCat("environment variable LLMT_RDZV_ATTEMPT='", a,
+                                                   "' must be the attempt id (> 0)"));
   }
   o.token = Env("LLMT_RDZV_TOKEN");
   o.tls = Env("LLMT_RDZV_TLS") == "1";

@@ -8,9 +8,9 @@
 #include <numeric>
 
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/spec.h"
@@ -57,10 +57,14 @@ int DataVocabSize(const std::string& data_dir) {
 
 const char* OutcomeName(v1::AttemptOutcome o) {
   switch (o) {
-    case v1::ATTEMPT_OUTCOME_SUCCEEDED: return "SUCCEEDED";
-    case v1::ATTEMPT_OUTCOME_FAILED: return "FAILED";
-    case v1::ATTEMPT_OUTCOME_STOPPED: return "STOPPED";
-    default: return "UNSPECIFIED";
+    case v1::ATTEMPT_OUTCOME_SUCCEEDED:
+      return "SUCCEEDED";
+    case v1::ATTEMPT_OUTCOME_FAILED:
+      return "FAILED";
+    case v1::ATTEMPT_OUTCOME_STOPPED:
+      return "STOPPED";
+    default:
+      return "UNSPECIFIED";
   }
 }
 
@@ -75,9 +79,8 @@ double TrainFlopsPerToken(const v1::JobSpec& spec, int vocab_size) {
   if (m.family() == "gpt2") {
     const double F = m.d_ff() > 0 ? m.d_ff() : 4 * C;
     // wte, wpe; per layer ln_1, c_attn, c_proj, ln_2, c_fc, mlp c_proj; ln_f.
-    n = V * C + S * C + L * (2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * F + F) +
-                             (F * C + C)) +
-        2 * C;
+    n = V * C + S * C +
+        L * (2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * F + F) + (F * C + C)) + 2 * C;
   } else if (m.family() == "llama") {
     if (m.d_ff() <= 0) return 0;
     const double F = m.d_ff();
@@ -99,8 +102,8 @@ struct Daemon::Rank {
   std::vector<int> cpus;
   std::string gpu_uuid;
   double flops_per_token = 0, peak_flops = 0;
-  bool stop_sent = false;    // SIGTERM (or SIGKILL) sent by this daemon
-  bool killed = false;       // SIGKILL sent
+  bool stop_sent = false;  // SIGTERM (or SIGKILL) sent by this daemon
+  bool killed = false;     // SIGKILL sent
   absl::Time kill_at = absl::InfiniteFuture();
   std::string stop_why;
   std::atomic<int> pid{0};
@@ -133,8 +136,8 @@ Daemon::~Daemon() {
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& options) {
   if (options.worker_id.empty()) return absl::InvalidArgumentError("--worker_id: empty");
   if (options.trainer.empty() || access(options.trainer.c_str(), X_OK) != 0) {
-    return absl::NotFoundError(absl::StrCat("--trainer: '", options.trainer,
-                                            "' is not an executable llmt binary"));
+    return absl::NotFoundError(
+        absl::StrCat("--trainer: '", options.trainer, "' is not an executable llmt binary"));
   }
   std::unique_ptr<Daemon> d(new Daemon(options));
   d->options_.state_dir = Absolute(options.state_dir);
@@ -164,15 +167,17 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& opti
       d->metrics_->reports_pending, d->metrics_->report_retries);
   if (!options.http_listen.empty()) {
     ASSIGN_OR_RETURN(
-        d->http_,
-        metrics::HttpServer::Start(
-            options.http_listen, &d->registry_,
-            {{"/healthz", [] { return metrics::HttpResponse{200, "text/plain", "ok\n"}; }},
-             {"/readyz", [self] {
-                return self->ready_.load()
-                           ? metrics::HttpResponse{200, "text/plain", "ready\n"}
-                           : metrics::HttpResponse{503, "text/plain", "not registered\n"};
-              }}}));
+        d->http_, metrics::HttpServer::Start(
+                      options.http_listen, &d->registry_,
+                      {{"/healthz",
+                        [] {
+                          return metrics::HttpResponse{200, "text/plain", "ok\n"};
+                        }},
+                       {"/readyz", [self] {
+                          return self->ready_.load()
+                                     ? metrics::HttpResponse{200, "text/plain", "ready\n"}
+                                     : metrics::HttpResponse{503, "text/plain", "not registered\n"};
+                        }}}));
   }
   if (!options.port_file.empty()) {
     RETURN_IF_ERROR(
@@ -302,10 +307,14 @@ void Daemon::HeartbeatOnce() {
     // Another RegisterWorker superseded this session: whatever runs here may
     // already run elsewhere.
     LLMT_LOG(Warning) << "worker " << options_.worker_id << ": " << s.message()
-                      << "; killing all ranks and registering again";
+                      << "; killing all ranks and registering again (is another llmt-worker "
+                         "running with --worker_id="
+                      << options_.worker_id << "?)";
     for (auto& [key, r] : ranks_) StopRank(*r, /*kill_now=*/true, "session superseded");
     registered_ = false;
-    next_heartbeat_ = now;
+    // Two daemons with one id would otherwise supersede each other in a tight loop.
+    next_heartbeat_ = now + retry_backoff_;
+    retry_backoff_ = std::min(retry_backoff_ * 2, absl::Seconds(2));
     return;
   }
   metrics_->connected->Set(0);
@@ -373,8 +382,8 @@ void Daemon::ReleaseCpus(const std::vector<int>& cpus) {
 }
 
 void Daemon::ReportNotStarted(const v1::DesiredAttempt& d, int rank, const std::string& why) {
-  LLMT_LOG(Warning) << "worker " << options_.worker_id << ": attempt " << d.attempt_id()
-                    << " rank " << rank << " of " << d.job() << " not started: " << why;
+  LLMT_LOG(Warning) << "worker " << options_.worker_id << ": attempt " << d.attempt_id() << " rank "
+                    << rank << " of " << d.job() << " not started: " << why;
   v1::ReportAttemptResultRequest res;
   res.set_attempt_id(d.attempt_id());
   res.set_rank(rank);
@@ -417,8 +426,7 @@ void Daemon::StartRank(const v1::DesiredAttempt& d, const v1::RankAssignment& ra
     ReportNotStarted(d, rank, absl::StrCat("output_dir: ", s.message()));
     return;
   }
-  const std::string attempt_dir =
-      fs::JoinPath(options_.state_dir, absl::StrCat("attempts/", id));
+  const std::string attempt_dir = fs::JoinPath(options_.state_dir, absl::StrCat("attempts/", id));
   const std::string spec_path = fs::JoinPath(attempt_dir, absl::StrCat("spec-rank", rank, ".yaml"));
   if (absl::Status s = fs::MakeDirs(attempt_dir); !s.ok()) {
     ReportNotStarted(d, rank, std::string(s.message()));
@@ -440,9 +448,8 @@ void Daemon::StartRank(const v1::DesiredAttempt& d, const v1::RankAssignment& ra
     // written one whose commit never reached the coordinator.
     ls.argv.insert(ls.argv.end(), {"--resume", "auto"});
   }
-  ls.log_path = fs::JoinPath(options_.state_dir,
-                             absl::StrCat("logs/job-", d.job_id(), "-attempt-", id, "-rank-",
-                                          rank, ".log"));
+  ls.log_path = fs::JoinPath(options_.state_dir, absl::StrCat("logs/job-", d.job_id(), "-attempt-",
+                                                              id, "-rank-", rank, ".log"));
   ls.env = {"LLMT_EVENT_FD=3",
             absl::StrCat("WORLD_SIZE=", r->world_size),
             absl::StrCat("RANK=", rank),
@@ -453,14 +460,13 @@ void Daemon::StartRank(const v1::DesiredAttempt& d, const v1::RankAssignment& ra
             "LLMT_STORE_DIR"};
   if (r->world_size > 1) {
     const auto& c = options_.coordinator;
-    ls.env.insert(ls.env.end(),
-                  {"LLMT_RDZV_COORDINATOR=" + c.address, absl::StrCat("LLMT_RDZV_ATTEMPT=", id),
-                   "LLMT_RDZV_TOKEN=" + c.token, std::string("LLMT_RDZV_TLS=") + (c.tls ? "1" : "0"),
-                   "LLMT_RDZV_TLS_CA=" + c.tls_ca, "LLMT_RDZV_TLS_CERT=" + c.tls_cert,
-                   "LLMT_RDZV_TLS_KEY=" + c.tls_key,
-                   "LLMT_RDZV_TLS_SERVER_NAME=" + c.tls_server_name,
-                   "LLMT_COMM_HOST=" + options_.advertise_host,
-                   absl::StrCat("LLMT_RUN_ID=attempt-", id)});
+    ls.env.insert(
+        ls.env.end(),
+        {"LLMT_RDZV_COORDINATOR=" + c.address, absl::StrCat("LLMT_RDZV_ATTEMPT=", id),
+         "LLMT_RDZV_TOKEN=" + c.token, std::string("LLMT_RDZV_TLS=") + (c.tls ? "1" : "0"),
+         "LLMT_RDZV_TLS_CA=" + c.tls_ca, "LLMT_RDZV_TLS_CERT=" + c.tls_cert,
+         "LLMT_RDZV_TLS_KEY=" + c.tls_key, "LLMT_RDZV_TLS_SERVER_NAME=" + c.tls_server_name,
+         "LLMT_COMM_HOST=" + options_.advertise_host, absl::StrCat("LLMT_RUN_ID=attempt-", id)});
   } else {
     ls.env.insert(ls.env.end(), {"LLMT_RDZV_COORDINATOR", "LLMT_RDZV_TOKEN"});
   }
@@ -645,9 +651,9 @@ void Daemon::Enforce() {
     if (fenced.count(key.first)) {
       StopRank(*r, /*kill_now=*/true, "the coordinator fenced the attempt");
     } else if (r->stop_sent && now > r->kill_at) {
-      LLMT_LOG(Warning) << "worker " << options_.worker_id << ": attempt " << key.first
-                        << " rank " << key.second << " did not exit within "
-                        << options_.stop_grace << " of SIGTERM; SIGKILL";
+      LLMT_LOG(Warning) << "worker " << options_.worker_id << ": attempt " << key.first << " rank "
+                        << key.second << " did not exit within " << options_.stop_grace
+                        << " of SIGTERM; SIGKILL";
       StopRank(*r, /*kill_now=*/true, r->stop_why);
     }
   }
@@ -691,10 +697,10 @@ void Daemon::FinishRank(Rank& r) {
     res.set_message(absl::StrCat("finished at step ", final_step));
   } else if (r.stop_sent) {
     res.set_outcome(v1::ATTEMPT_OUTCOME_STOPPED);
-    res.set_message(absl::StrCat(r.stop_why, "; ",
-                                 clean ? absl::StrCat("stopped at step ", final_step,
-                                                      " after a checkpoint")
-                                       : x.Describe()));
+    res.set_message(
+        absl::StrCat(r.stop_why, "; ",
+                     clean ? absl::StrCat("stopped at step ", final_step, " after a checkpoint")
+                           : x.Describe()));
   } else {
     res.set_outcome(v1::ATTEMPT_OUTCOME_FAILED);
     std::string why;
@@ -716,9 +722,9 @@ void Daemon::FinishRank(Rank& r) {
     }
     res.set_message(why);
   }
-  LLMT_LOG(Info) << "worker " << options_.worker_id << ": " << r.job << " attempt "
-                 << r.attempt_id << " rank " << r.rank << " ended (" << x.Describe() << "): "
-                 << OutcomeName(res.outcome()) << ": " << res.message();
+  LLMT_LOG(Info) << "worker " << options_.worker_id << ": " << r.job << " attempt " << r.attempt_id
+                 << " rank " << r.rank << " ended (" << x.Describe()
+                 << "): " << OutcomeName(res.outcome()) << ": " << res.message();
   metrics_->ranks_ended.WithLabels({OutcomeName(res.outcome())})->Inc();
   r.running->Set(0);
   ReleaseCpus(r.cpus);

@@ -40,20 +40,20 @@
 namespace llmt::daemon {
 
 struct DaemonOptions {
-  std::string worker_id;               // stable name; default: the hostname
-  std::string advertise_host;          // address peers reach this machine at (Gloo binds it)
-  rpc::ClientOptions coordinator;      // address, token (WorkerService), TLS
-  std::string trainer;                 // path of the `llmt` binary that runs `llmt train`
-  std::string state_dir;               // rank logs and spec files
-  std::string gpus = "auto";           // see BuildCapacity
-  int cpus = 0;                        // 0 = every allowed core
+  std::string worker_id;           // stable name; default: the hostname
+  std::string advertise_host;      // address peers reach this machine at (Gloo binds it)
+  rpc::ClientOptions coordinator;  // address, token (WorkerService), TLS
+  std::string trainer;             // path of the `llmt` binary that runs `llmt train`
+  std::string state_dir;           // rank logs and spec files
+  std::string gpus = "auto";       // see BuildCapacity
+  int cpus = 0;                    // 0 = every allowed core
   std::map<std::string, std::string> labels;
   absl::Duration stop_grace = absl::Seconds(30);  // SIGTERM -> SIGKILL
   absl::Duration progress_interval = absl::Seconds(1);
   absl::Duration rpc_timeout = absl::Seconds(5);
   std::string http_listen = "0.0.0.0:7072";  // /metrics, /healthz, /readyz; "" = off
-  double peak_flops_per_rank = 0;      // for llmt_mfu_ratio; 0 = from the hardware
-  std::string port_file;               // "http_port=N\n" once serving
+  double peak_flops_per_rank = 0;            // for llmt_mfu_ratio; 0 = from the hardware
+  std::string port_file;                     // "http_port=N\n" once serving
 };
 
 // Training FLOPs per token of the spec's model (6 x parameters + 6 x layers x

@@ -78,8 +78,7 @@ std::string DefaultTrainer() {
 }
 
 bool IsLoopback(const std::string& host) {
-  return host == "localhost" || absl::StartsWith(host, "127.") || host == "::1" ||
-         host == "[::1]";
+  return host == "localhost" || absl::StartsWith(host, "127.") || host == "::1" || host == "[::1]";
 }
 
 }  // namespace
@@ -111,7 +110,8 @@ int main(int argc, char** argv) {
   if (!token_file.empty()) {
     auto t = llmt::rpc::ReadTokenFile(token_file);
     if (!t.ok()) {
-      std::fprintf(stderr, "llmt-worker: --token_file: %s\n", std::string(t.status().message()).c_str());
+      std::fprintf(stderr, "llmt-worker: --token_file: %s\n",
+                   std::string(t.status().message()).c_str());
       return 2;
     }
     c.token = *t;
@@ -132,6 +132,14 @@ int main(int argc, char** argv) {
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);
     o.worker_id = host;
+  }
+  if (o.worker_id.empty() || o.worker_id.size() > 253 ||
+      o.worker_id.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                    "0123456789._-") != std::string::npos) {
+    std::fprintf(stderr,
+                 "llmt-worker: --worker_id='%s' must be 1-253 characters of [A-Za-z0-9._-]\n",
+                 o.worker_id.c_str());
+    return 2;
   }
   o.advertise_host = absl::GetFlag(FLAGS_advertise_host);
   if (o.advertise_host.empty()) {

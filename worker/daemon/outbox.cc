@@ -218,8 +218,8 @@ void Outbox::SendLoop() {
       connected_ = auth;  // an auth failure did reach the coordinator
       if (retries_) retries_->Inc();
       if (absl::Now() - last_complaint > absl::Seconds(30)) {
-        LLMT_LOG(Warning) << "worker: reporting to the coordinator failed (" << s
-                          << "); retrying, " << queue_.size() << " report(s) queued";
+        LLMT_LOG(Warning) << "worker: reporting to the coordinator failed (" << s << "); retrying, "
+                          << queue_.size() << " report(s) queued";
         last_complaint = absl::Now();
       }
       cv_.wait_for(l, absl::ToChronoNanoseconds(backoff), [&] { return stop_; });

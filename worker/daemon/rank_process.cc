@@ -88,7 +88,7 @@ std::string ExitInfo::Describe() const {
 }
 
 absl::StatusOr<std::unique_ptr<RankProcess>> RankProcess::Start(const LaunchSpec& spec,
-                                                                 EventFn on_event, LineFn on_line) {
+                                                                EventFn on_event, LineFn on_line) {
   if (spec.argv.empty()) return absl::InvalidArgumentError("empty argv");
   if (access(spec.argv[0].c_str(), X_OK) != 0) {
     return absl::NotFoundError(
@@ -148,15 +148,15 @@ absl::StatusOr<std::unique_ptr<RankProcess>> RankProcess::Start(const LaunchSpec
     for (int fd : {log_fd, ev[0], ev[1], out[0], out[1]}) close(fd);
     return Errno("fork");
   }
-  if (pid == 0) ChildExec(spec, argv.data(), envp.data(), ev[1], out[1], parent,
-                          spec.cpus.empty() ? nullptr : &cpus);
+  if (pid == 0)
+    ChildExec(spec, argv.data(), envp.data(), ev[1], out[1], parent,
+              spec.cpus.empty() ? nullptr : &cpus);
   setpgid(pid, pid);  // as the child does: signals to the group work from now on
   close(ev[1]);
   close(out[1]);
   p->pid_ = pid;
-  p->reader_ = std::thread([raw = p.get(), e = ev[0], o = out[0], log_fd] {
-    raw->ReadLoop(e, o, log_fd);
-  });
+  p->reader_ =
+      std::thread([raw = p.get(), e = ev[0], o = out[0], log_fd] { raw->ReadLoop(e, o, log_fd); });
   return p;
 }
 

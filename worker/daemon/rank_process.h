@@ -13,8 +13,8 @@
 
 #include <atomic>
 #include <functional>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,9 +29,9 @@ struct LaunchSpec {
   // Added to (or overriding) the daemon's environment, "NAME=value"; a bare
   // "NAME" removes the variable.
   std::vector<std::string> env;
-  std::string cwd;                // "" = the daemon's
-  std::string log_path;           // stdout+stderr copy (appended)
-  std::vector<int> cpus;          // CPU affinity; empty = inherit
+  std::string cwd;        // "" = the daemon's
+  std::string log_path;   // stdout+stderr copy (appended)
+  std::vector<int> cpus;  // CPU affinity; empty = inherit
 };
 
 struct ExitInfo {
@@ -49,8 +49,8 @@ class RankProcess {
   // Forks and execs. Must be called from a thread that lives as long as the
   // daemon (PR_SET_PDEATHSIG fires when the forking *thread* exits).
   // Callbacks run on the reader thread.
-  static absl::StatusOr<std::unique_ptr<RankProcess>> Start(const LaunchSpec& spec, EventFn on_event,
-                                                            LineFn on_line);
+  static absl::StatusOr<std::unique_ptr<RankProcess>> Start(const LaunchSpec& spec,
+                                                            EventFn on_event, LineFn on_line);
   ~RankProcess();  // SIGKILLs and reaps if still running, joins the reader
   RankProcess(const RankProcess&) = delete;
   RankProcess& operator=(const RankProcess&) = delete;

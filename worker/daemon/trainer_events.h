@@ -14,8 +14,8 @@ namespace llmt::daemon {
 struct TrainerEvent {
   enum class Type { kStep, kCheckpoint, kExit };
   Type type = Type::kStep;
-  int64_t step = 0;        // step / checkpoint
-  int64_t max_steps = 0;   // step
+  int64_t step = 0;       // step / checkpoint
+  int64_t max_steps = 0;  // step
   // step: every numeric field but step/max_steps (loss, lr, grad_norm,
   // tokens_per_s, step_ms, tokens_seen, val_loss, ...); checkpoint: val_loss.
   std::map<std::string, double> metrics;

@@ -9,8 +9,9 @@ WorkerMetrics::WorkerMetrics(metrics::Registry* r)
     : train_loss(r->AddGauge("llmt_train_loss", "Training loss of the last step.", kJobRank)),
       val_loss(r->AddGauge("llmt_val_loss", "Validation loss of the last evaluation.", kJobRank)),
       learning_rate(r->AddGauge("llmt_learning_rate", "Learning rate of the last step.", kJobRank)),
-      grad_norm(r->AddGauge("llmt_grad_norm", "Global gradient norm of the last step (before "
-                                              "clipping).",
+      grad_norm(r->AddGauge("llmt_grad_norm",
+                            "Global gradient norm of the last step (before "
+                            "clipping).",
                             kJobRank)),
       tokens_per_second(r->AddGauge("llmt_tokens_per_second",
                                     "Training throughput of the whole job (all ranks), last step.",
@@ -27,16 +28,15 @@ WorkerMetrics::WorkerMetrics(metrics::Registry* r)
       checkpoint_duration(r->AddHistogram("llmt_checkpoint_duration_seconds",
                                           "Time to write and commit one checkpoint.", kJobRank,
                                           metrics::ExponentialBuckets(0.01, 2, 16))),
-      checkpoint_bytes(r->AddCounter("llmt_checkpoint_bytes_total",
-                                     "Bytes of checkpoints written.", kJobRank)),
+      checkpoint_bytes(
+          r->AddCounter("llmt_checkpoint_bytes_total", "Bytes of checkpoints written.", kJobRank)),
       gpu_memory_used(r->AddGauge("llmt_gpu_memory_used_bytes",
                                   "GPU memory held by the rank's process (NVML).", kJobRank)),
       attempts_running(r->AddGauge("llmt_attempts_running",
                                    "1 while the rank's trainer process runs on this worker.",
                                    kJobRank)),
-      connected(r->AddGauge("llmt_worker_connected",
-                            "1 while heartbeats reach the coordinator.")
-                    .Get()),
+      connected(
+          r->AddGauge("llmt_worker_connected", "1 while heartbeats reach the coordinator.").Get()),
       heartbeat_failures(r->AddCounter("llmt_worker_heartbeat_failures_total",
                                        "Heartbeats that did not reach the coordinator.")
                              .Get()),

@@ -24,10 +24,10 @@ struct WorkerMetrics {
   metrics::Family<metrics::Gauge>& attempts_running;
 
   // The daemon itself.
-  metrics::Gauge* connected;            // 1 while heartbeats succeed
+  metrics::Gauge* connected;  // 1 while heartbeats succeed
   metrics::Counter* heartbeat_failures;
   metrics::Counter* registrations;
-  metrics::Gauge* reports_pending;      // outbox depth
+  metrics::Gauge* reports_pending;  // outbox depth
   metrics::Counter* report_retries;
   metrics::Family<metrics::Counter>& ranks_ended;  // {outcome}
 };

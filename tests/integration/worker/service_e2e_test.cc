@@ -29,12 +29,13 @@ namespace stdfs = std::filesystem;
 // tiny model's loss drops within a few hundred steps.
 void WriteCorpus(const std::string& dir) {
   stdfs::create_directories(dir);
-  const std::vector<std::string> subj = {"the king", "a shepherd", "the people", "my brother",
+  const std::vector<std::string> subj = {"the king",    "a shepherd", "the people",   "my brother",
                                          "the prophet", "a stranger", "the children", "our father"};
-  const std::vector<std::string> verb = {"went unto", "spake to", "blessed", "looked upon",
-                                         "gathered", "remembered", "followed", "built"};
-  const std::vector<std::string> obj = {"the city", "the mountain", "the river", "the temple",
-                                        "the field", "the sea", "the house of bread", "the gate"};
+  const std::vector<std::string> verb = {"went unto", "spake to",   "blessed",  "looked upon",
+                                         "gathered",  "remembered", "followed", "built"};
+  const std::vector<std::string> obj = {"the city",           "the mountain", "the river",
+                                        "the temple",         "the field",    "the sea",
+                                        "the house of bread", "the gate"};
   std::mt19937 rng(42);
   std::ofstream f(dir + "/corpus.txt");
   for (int d = 0; d < 400; ++d) {
@@ -65,9 +66,9 @@ class ServiceE2E : public ::testing::Test {
   static void SetUpTestSuite() {
     data_root_ = new std::string(testing::FreshDir("service-e2e-data"));
     WriteCorpus(*data_root_ + "/corpus");
-    auto r = RunCommand({Binary("cli/llmt"), "prepare", "--input", *data_root_ + "/corpus",
-                         "--out", *data_root_ + "/data", "--vocab-size", "320", "--val-fraction",
-                         "0.1", "--seed", "3"});
+    auto r = RunCommand({Binary("cli/llmt"), "prepare", "--input", *data_root_ + "/corpus", "--out",
+                         *data_root_ + "/data", "--vocab-size", "320", "--val-fraction", "0.1",
+                         "--seed", "3"});
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   static void TearDownTestSuite() {
@@ -99,8 +100,7 @@ class ServiceE2E : public ::testing::Test {
       << "optim:\n  lr: 3.0e-3\n  weight_decay: 0.1\n  grad_clip: 1.0\n"
       << "schedule:\n  kind: cosine\n  warmup_steps: 5\n  min_lr_ratio: 0.1\n"
       << "eval:\n  every_steps: " << o.eval_every << "\n  steps: 2\n"
-      << "checkpoint:\n  every_steps: " << o.ckpt_every << "\n  keep_last: " << o.keep_last
-      << "\n"
+      << "checkpoint:\n  every_steps: " << o.ckpt_every << "\n  keep_last: " << o.keep_last << "\n"
       << "resources:\n  ranks: " << o.ranks << "\n  cpus_per_rank: " << o.cpus_per_rank << "\n"
       << "max_restarts: " << o.max_restarts << "\n";
     std::string path = root_ + "/" + name + ".yaml";
@@ -228,8 +228,8 @@ TEST_F(ServiceE2E, CancelMidRunStopsTheTrainer) {
   std::string job = cluster_->Submit(WriteSpec("long", {.max_steps = 100000, .ckpt_every = 0}));
   ASSERT_FALSE(job.empty());
   v1::Job j;
-  ASSERT_TRUE(cluster_->WaitJob(job, [](const v1::Job& x) { return x.progress().step() >= 20; },
-                                60000, &j));
+  ASSERT_TRUE(cluster_->WaitJob(
+      job, [](const v1::Job& x) { return x.progress().step() >= 20; }, 60000, &j));
   const uint64_t attempt = j.current_attempt_id();
   ASSERT_EQ(TrainerPids(attempt).size(), 1u);
 
@@ -239,8 +239,8 @@ TEST_F(ServiceE2E, CancelMidRunStopsTheTrainer) {
   EXPECT_EQ(j.state(), v1::JOB_STATE_CANCELLED);
   // The trainer got SIGTERM: it checkpointed where it was, then exited.
   EXPECT_TRUE(WaitFor([&] { return TrainerPids(attempt).empty(); }, 15000));
-  EXPECT_TRUE(cluster_->WaitJob(job, [](const v1::Job& x) { return x.has_latest_checkpoint(); },
-                                10000, &j));
+  EXPECT_TRUE(cluster_->WaitJob(
+      job, [](const v1::Job& x) { return x.has_latest_checkpoint(); }, 10000, &j));
   EXPECT_GT(j.latest_checkpoint().step(), 0);
   EXPECT_LT(j.latest_checkpoint().step(), 100000);
   // Its attempt ends CANCELLED once the worker confirms the rank stopped.
@@ -364,9 +364,10 @@ TEST_F(ServiceE2E, CoordinatorKilledMidRunRestartsAndJobCompletesWithoutLosingRe
   EXPECT_EQ(jobs_after[0].state(), v1::JOB_STATE_SUCCEEDED);
   auto ckpts_after = cluster_->Checkpoints(job);
   for (const auto& c : ckpts_before) {
-    EXPECT_TRUE(std::any_of(ckpts_after.begin(), ckpts_after.end(), [&](const v1::Checkpoint& x) {
-      return x.step() == c.step() && x.sha256() == c.sha256();
-    })) << "checkpoint step " << c.step() << " lost";
+    EXPECT_TRUE(std::any_of(
+        ckpts_after.begin(), ckpts_after.end(),
+        [&](const v1::Checkpoint& x) { return x.step() == c.step() && x.sha256() == c.sha256(); }))
+        << "checkpoint step " << c.step() << " lost";
   }
   EXPECT_EQ(ckpts_after.back().step(), 600);
   EXPECT_EQ(cluster_->Checkpoints(done).size(), done_ckpts_before.size());
@@ -417,8 +418,9 @@ TEST_F(ServiceE2E, TwoRankJobSpansTwoWorkersThroughTheCoordinatorRendezvous) {
   EXPECT_TRUE(attempts[0].ranks(0).succeeded() && attempts[0].ranks(1).succeeded());
   // Rank 1's trainer joined a 2-rank Gloo group through the coordinator's KV.
   std::string rank1_worker = attempts[0].ranks(1).worker_id();
-  std::string log = ReadFileOrEmpty(absl::StrCat(root_, "/", rank1_worker, "/state/logs/job-1-attempt-",
-                                                 attempts[0].attempt_id(), "-rank-1.log"));
+  std::string log =
+      ReadFileOrEmpty(absl::StrCat(root_, "/", rank1_worker, "/state/logs/job-1-attempt-",
+                                   attempts[0].attempt_id(), "-rank-1.log"));
   EXPECT_THAT(log, HasSubstr("rank 1/2 joined (gloo, coordinator rendezvous KV"));
   auto ckpts = cluster_->Checkpoints(job);
   ASSERT_EQ(ckpts.size(), 1u);
@@ -430,7 +432,8 @@ TEST_F(ServiceE2E, MutualTlsForWorkersCliAndRendezvous) {
   const std::string d = root_ + "/pki";
   stdfs::create_directories(d);
   std::string cmd = absl::StrCat(
-      "cd ", d, " && (openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=llmt-test-ca "
+      "cd ", d,
+      " && (openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=llmt-test-ca "
       "-keyout ca.key -out ca.pem && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost "
       "-keyout server.key -out server.csr && printf 'subjectAltName=DNS:localhost' > san.ext && "
       "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
@@ -441,16 +444,14 @@ TEST_F(ServiceE2E, MutualTlsForWorkersCliAndRendezvous) {
   ASSERT_TRUE(cluster_->StartCoordinator({"--tls_cert=" + d + "/server.pem",
                                           "--tls_key=" + d + "/server.key",
                                           "--tls_client_ca=" + d + "/ca.pem"}));
-  const std::vector<std::string> worker_tls = {"--tls_ca=" + d + "/ca.pem",
-                                               "--tls_cert=" + d + "/client.pem",
-                                               "--tls_key=" + d + "/client.key",
-                                               "--tls_server_name=localhost"};
+  const std::vector<std::string> worker_tls = {
+      "--tls_ca=" + d + "/ca.pem", "--tls_cert=" + d + "/client.pem",
+      "--tls_key=" + d + "/client.key", "--tls_server_name=localhost"};
   ASSERT_NE(cluster_->StartWorker("w1", 1, worker_tls), nullptr);
   ASSERT_NE(cluster_->StartWorker("w2", 1, worker_tls), nullptr);
-  const std::vector<std::string> cli_tls = {"--tls-ca=" + d + "/ca.pem",
-                                            "--tls-cert=" + d + "/client.pem",
-                                            "--tls-key=" + d + "/client.key",
-                                            "--tls-server-name=localhost"};
+  const std::vector<std::string> cli_tls = {
+      "--tls-ca=" + d + "/ca.pem", "--tls-cert=" + d + "/client.pem",
+      "--tls-key=" + d + "/client.key", "--tls-server-name=localhost"};
   std::vector<std::string> submit = {"submit", WriteSpec("tls", {.max_steps = 50, .ranks = 2})};
   submit.insert(submit.end(), cli_tls.begin(), cli_tls.end());
   auto r = cluster_->Cli(submit);
@@ -510,8 +511,8 @@ TEST_F(ServiceE2E, BadInputsGiveClearErrors) {
 
   // A data directory the worker does not have: the attempt fails with that
   // reason, visible in `llmt get`.
-  std::string job = cluster_->Submit(
-      WriteSpec("nodata", {.data_dir = root_ + "/no/such/data"}), {good});
+  std::string job =
+      cluster_->Submit(WriteSpec("nodata", {.data_dir = root_ + "/no/such/data"}), {good});
   ASSERT_EQ(job, "jobs/1");
   v1::Job j;
   EXPECT_TRUE(WaitFor(

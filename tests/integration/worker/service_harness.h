@@ -118,8 +118,8 @@ class Daemon {
     std::string old = ReadFileOrEmpty(log_);
     if (!old.empty()) std::ofstream(log_ + ".prev", std::ios::app) << old;
     proc_ = std::make_unique<Process>(argv_, log_);
-    return WaitFor(
-        [&] { return !proc_->Running() || PortFromFile(port_file_, "http_port") > 0; }, 20000) &&
+    return WaitFor([&] { return !proc_->Running() || PortFromFile(port_file_, "http_port") > 0; },
+                   20000) &&
            proc_->Running();
   }
   // Sends `sig` and reaps; returns the exit code (-signal if killed), or
@@ -170,8 +170,8 @@ class Cluster {
                                        "--shutdown_grace=2s"};
       argv.insert(argv.end(), extra.begin(), extra.end());
       std::filesystem::create_directories(root_ + "/coord");
-      coordinator_ = std::make_unique<Daemon>(argv, root_ + "/coord/coordinator.log",
-                                              root_ + "/coord/ports");
+      coordinator_ =
+          std::make_unique<Daemon>(argv, root_ + "/coord/coordinator.log", root_ + "/coord/ports");
     }
     if (!coordinator_->Start()) return false;
     channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());

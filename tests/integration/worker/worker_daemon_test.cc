@@ -97,9 +97,9 @@ TEST(WorkerTrainerEvents, ParsesWhatTheTrainerWrites) {
 }
 
 TEST(WorkerTrainerEvents, RejectsMalformedLines) {
-  for (const char* bad : {"", "not json", "{\"step\":1}", "{\"type\":\"nope\"}",
-                          "{\"type\":\"step\"}", "{\"type\":\"checkpoint\",\"step\":3}",
-                          "{\"type\":\"exit\"}"}) {
+  for (const char* bad :
+       {"", "not json", "{\"step\":1}", "{\"type\":\"nope\"}", "{\"type\":\"step\"}",
+        "{\"type\":\"checkpoint\",\"step\":3}", "{\"type\":\"exit\"}"}) {
     auto e = ParseTrainerEvent(bad);
     EXPECT_FALSE(e.ok()) << bad;
     if (!e.ok()) {
@@ -115,7 +115,8 @@ TEST(WorkerMfu, FlopsPerTokenMatchesTheEngine) {
         "data: {dir: d}\ntrain: {batch_size: 2, seq_len: 32, max_steps: 10}\noptim: {lr: 0.001}\n",
         "model: {family: llama, d_model: 64, n_layer: 2, n_head: 8, n_kv_head: 2, "
         "max_seq_len: 64}\n"
-        "data: {dir: d}\ntrain: {batch_size: 2, seq_len: 48, max_steps: 10}\noptim: {lr: 0.001}\n"}) {
+        "data: {dir: d}\ntrain: {batch_size: 2, seq_len: 48, max_steps: 10}\noptim: {lr: "
+        "0.001}\n"}) {
     auto spec = spec::ParseYaml(yaml, "test");
     ASSERT_TRUE(spec.ok()) << spec.status();
     const int vocab = 300;
@@ -188,8 +189,8 @@ TEST(WorkerRankProcess, EventsOutputEnvironmentAndExitCode) {
 TEST(WorkerRankProcess, SignalsReachTheProcessGroupAndAffinityIsApplied) {
   std::string dir = testing::FreshDir("rank-process-sig");
   Collected c;
-  auto p = StartShell("grep Cpus_allowed_list /proc/self/status; exec sleep 30", &c,
-                      dir + "/r.log", {0});
+  auto p = StartShell("grep Cpus_allowed_list /proc/self/status; exec sleep 30", &c, dir + "/r.log",
+                      {0});
   ASSERT_NE(p, nullptr);
   ASSERT_TRUE(testing::WaitFor(
       [&] {
