@@ -1,5 +1,4 @@
 #include "kernels/cuda/activation.cuh"
-
 #include "kernels/cuda/device_util.cuh"
 
 namespace llmt::kernels::cuda {
@@ -125,9 +124,11 @@ void LaunchGeluForward(T* out, const T* inp, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   constexpr int V = 16 / sizeof(T);
   if (Aligned(16, out, inp)) {
-    GeluForwardKernel<T, V><<<GridFor(n / V + 1, kThreads), kThreads, 0, stream>>>(out, inp, n);
+    internal::Launch(GeluForwardKernel<T, V>, GridFor(n / V + 1, kThreads), kThreads, 0, stream,
+                     out, inp, n);
   } else {
-    GeluForwardKernel<T, 1><<<GridFor(n, kThreads), kThreads, 0, stream>>>(out, inp, n);
+    internal::Launch(GeluForwardKernel<T, 1>, GridFor(n, kThreads), kThreads, 0, stream, out, inp,
+                     n);
   }
   LLMT_CUDA_CHECK_LAUNCH("GeluForwardKernel", stream);
 }
@@ -137,10 +138,11 @@ void LaunchGeluBackward(T* dinp, const T* inp, const T* dout, int64_t n, cudaStr
   if (n <= 0) return;
   constexpr int V = 16 / sizeof(T);
   if (Aligned(16, dinp, inp, dout)) {
-    GeluBackwardKernel<T, V>
-        <<<GridFor(n / V + 1, kThreads), kThreads, 0, stream>>>(dinp, inp, dout, n);
+    internal::Launch(GeluBackwardKernel<T, V>, GridFor(n / V + 1, kThreads), kThreads, 0, stream,
+                     dinp, inp, dout, n);
   } else {
-    GeluBackwardKernel<T, 1><<<GridFor(n, kThreads), kThreads, 0, stream>>>(dinp, inp, dout, n);
+    internal::Launch(GeluBackwardKernel<T, 1>, GridFor(n, kThreads), kThreads, 0, stream, dinp, inp,
+                     dout, n);
   }
   LLMT_CUDA_CHECK_LAUNCH("GeluBackwardKernel", stream);
 }
@@ -150,11 +152,11 @@ void LaunchSwiGLUForward(T* out, const T* gate_up, int64_t rows, int F, cudaStre
   if (rows <= 0 || F <= 0) return;
   constexpr int V = 16 / sizeof(T);
   if (F % V == 0 && Aligned(16, out, gate_up)) {
-    SwiGLUForwardKernel<T, V>
-        <<<GridFor(rows * F / V, kThreads), kThreads, 0, stream>>>(out, gate_up, rows, F);
+    internal::Launch(SwiGLUForwardKernel<T, V>, GridFor(rows * F / V, kThreads), kThreads, 0,
+                     stream, out, gate_up, rows, F);
   } else {
-    SwiGLUForwardKernel<T, 1>
-        <<<GridFor(rows * F, kThreads), kThreads, 0, stream>>>(out, gate_up, rows, F);
+    internal::Launch(SwiGLUForwardKernel<T, 1>, GridFor(rows * F, kThreads), kThreads, 0, stream,
+                     out, gate_up, rows, F);
   }
   LLMT_CUDA_CHECK_LAUNCH("SwiGLUForwardKernel", stream);
 }
@@ -165,11 +167,11 @@ void LaunchSwiGLUBackward(T* dgate_up, const T* gate_up, const T* dout, int64_t 
   if (rows <= 0 || F <= 0) return;
   constexpr int V = 16 / sizeof(T);
   if (F % V == 0 && Aligned(16, dgate_up, gate_up, dout)) {
-    SwiGLUBackwardKernel<T, V><<<GridFor(rows * F / V, kThreads), kThreads, 0, stream>>>(
-        dgate_up, gate_up, dout, rows, F);
+    internal::Launch(SwiGLUBackwardKernel<T, V>, GridFor(rows * F / V, kThreads), kThreads, 0,
+                     stream, dgate_up, gate_up, dout, rows, F);
   } else {
-    SwiGLUBackwardKernel<T, 1><<<GridFor(rows * F, kThreads), kThreads, 0, stream>>>(
-        dgate_up, gate_up, dout, rows, F);
+    internal::Launch(SwiGLUBackwardKernel<T, 1>, GridFor(rows * F, kThreads), kThreads, 0, stream,
+                     dgate_up, gate_up, dout, rows, F);
   }
   LLMT_CUDA_CHECK_LAUNCH("SwiGLUBackwardKernel", stream);
 }

@@ -14,8 +14,7 @@ namespace llmt::kernels::cuda {
 void GeluForward(float* out, const float* inp, int64_t n, cudaStream_t stream);
 void GeluForward(bf16* out, const bf16* inp, int64_t n, cudaStream_t stream);
 // dinp = dout * gelu'(inp); dinp may alias dout.
-void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n,
-                  cudaStream_t stream);
+void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n, cudaStream_t stream);
 void GeluBackward(bf16* dinp, const bf16* inp, const bf16* dout, int64_t n, cudaStream_t stream);
 
 // SwiGLU: out[r, j] = silu(gate_up[r, j]) * gate_up[r, F + j]; gate_up is

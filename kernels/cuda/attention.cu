@@ -61,8 +61,8 @@ __global__ void __launch_bounds__(kSimtThreads)
   float q[D], acc[D];
 #pragma unroll
   for (int k = 0; k < D; ++k) {
-    q[k] = valid ? ToF(base[static_cast<int64_t>(t) * d.ld + h * HD + sub + kG * k]) * d.scale
-                 : 0.f;
+    q[k] =
+        valid ? ToF(base[static_cast<int64_t>(t) * d.ld + h * HD + sub + kG * k]) * d.scale : 0.f;
     acc[k] = 0.f;
   }
   float m = -INFINITY, l = 0.f;
@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(kSimtThreads)
   float q[D], dO[D], dq[D];
 #pragma unroll
   for (int k = 0; k < D; ++k) {
-    q[k] = valid ? ToF(base[static_cast<int64_t>(t) * d.ld + h * HD + sub + kG * k]) * d.scale
-                 : 0.f;
+    q[k] =
+        valid ? ToF(base[static_cast<int64_t>(t) * d.ld + h * HD + sub + kG * k]) * d.scale : 0.f;
     dO[k] = valid ? ToF(dobase[sub + kG * k]) : 0.f;
     dq[k] = 0.f;
   }
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(kSimtThreads)
     FlashBwdDkvSimt(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* Dsum,
                     AttnDims d) {
   constexpr int D = HD / kG;
-  __shared__ float Qs[kTile][HD];   // scaled queries
+  __shared__ float Qs[kTile][HD];  // scaled queries
   __shared__ float dOs[kTile][HD];
   __shared__ float Ls[kTile], Ds[kTile];
   const int tile = blockIdx.x;  // low key tiles see the most queries: start them first
@@ -228,8 +228,7 @@ __global__ void __launch_bounds__(kSimtThreads)
         const int r = e / HD, c = e % HD, t = i0 + r;
         const bool in = t < d.T;
         Qs[r][c] = in ? ToF(base[static_cast<int64_t>(t) * d.ld + h * HD + c]) * d.scale : 0.f;
-        dOs[r][c] =
-            in ? ToF(dout[(static_cast<int64_t>(b) * d.T + t) * d.C + h * HD + c]) : 0.f;
+        dOs[r][c] = in ? ToF(dout[(static_cast<int64_t>(b) * d.T + t) * d.C + h * HD + c]) : 0.f;
       }
       for (int r = threadIdx.x; r < kTile; r += blockDim.x) {
         const int t = i0 + r;
@@ -272,8 +271,8 @@ __global__ void __launch_bounds__(kSimtThreads)
 // ---- dispatch ------------------------------------------------------------------
 AttnDims MakeDims(int B, int T, int NH, int NKV, int hd) {
   if (B <= 0 || T <= 0 || NH <= 0 || NKV <= 0 || NH % NKV != 0 || !AttentionSupportsHeadDim(hd)) {
-    Fatal("cuda attention: unsupported shape B=" + std::to_string(B) + " T=" +
-          std::to_string(T) + " NH=" + std::to_string(NH) + " NKV=" + std::to_string(NKV) +
+    Fatal("cuda attention: unsupported shape B=" + std::to_string(B) + " T=" + std::to_string(T) +
+          " NH=" + std::to_string(NH) + " NKV=" + std::to_string(NKV) +
           " hd=" + std::to_string(hd) +
           " (need positive sizes, NKV dividing NH, hd in {8,16,32,64,80,96,128})");
   }
@@ -294,14 +293,29 @@ AttnDims MakeDims(int B, int T, int NH, int NKV, int hd) {
 template <typename F>
 void DispatchHeadDim(int hd, F&& f) {
   switch (hd) {
-    case 8: f(std::integral_constant<int, 8>()); break;
-    case 16: f(std::integral_constant<int, 16>()); break;
-    case 32: f(std::integral_constant<int, 32>()); break;
-    case 64: f(std::integral_constant<int, 64>()); break;
-    case 80: f(std::integral_constant<int, 80>()); break;
-    case 96: f(std::integral_constant<int, 96>()); break;
-    case 128: f(std::integral_constant<int, 128>()); break;
-    default: Fatal("cuda attention: unsupported head dim " + std::to_string(hd));
+    case 8:
+      f(std::integral_constant<int, 8>());
+      break;
+    case 16:
+      f(std::integral_constant<int, 16>());
+      break;
+    case 32:
+      f(std::integral_constant<int, 32>());
+      break;
+    case 64:
+      f(std::integral_constant<int, 64>());
+      break;
+    case 80:
+      f(std::integral_constant<int, 80>());
+      break;
+    case 96:
+      f(std::integral_constant<int, 96>());
+      break;
+    case 128:
+      f(std::integral_constant<int, 128>());
+      break;
+    default:
+      Fatal("cuda attention: unsupported head dim " + std::to_string(hd));
   }
 }
 
@@ -318,7 +332,8 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
   }
   const dim3 grid(static_cast<unsigned>(CeilDiv(T_, kRows)), static_cast<unsigned>(B * NH));
   DispatchHeadDim(hd, [&](auto hd_c) {
-    FlashFwdSimt<T, decltype(hd_c)::value><<<grid, kSimtThreads, 0, stream>>>(out, lse, qkv, d);
+    internal::Launch(FlashFwdSimt<T, decltype(hd_c)::value>, grid, kSimtThreads, 0, stream, out,
+                     lse, qkv, d);
   });
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdSimt", stream);
 }
@@ -331,11 +346,10 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
                AttentionBackwardScratchBytes(B, T_, NH));
   float* Dsum = static_cast<float*>(scratch);
   const int64_t rows = static_cast<int64_t>(B) * NH * T_;
-  FlashBwdPreprocess<T><<<GridFor(rows, 8), 256, 0, stream>>>(Dsum, dout, out, d);
+  internal::Launch(FlashBwdPreprocess<T>, GridFor(rows, 8), 256, 0, stream, Dsum, dout, out, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdPreprocess", stream);
   if constexpr (std::is_same_v<T, bf16>) {
-    if (g_tensor_cores && internal::FlashTcSupports(hd) &&
-        internal::Aligned(16, dqkv, dout, qkv)) {
+    if (g_tensor_cores && internal::FlashTcSupports(hd) && internal::Aligned(16, dqkv, dout, qkv)) {
       internal::FlashBackwardTc(dqkv, dout, qkv, lse, Dsum, d, stream);
       return;
     }
@@ -343,11 +357,11 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
   const unsigned tiles = static_cast<unsigned>(CeilDiv(T_, kRows));
   DispatchHeadDim(hd, [&](auto hd_c) {
     constexpr int HD = decltype(hd_c)::value;
-    FlashBwdDqSimt<T, HD><<<dim3(tiles, static_cast<unsigned>(B * NH)), kSimtThreads, 0,
-                            stream>>>(dqkv, dout, qkv, lse, Dsum, d);
+    internal::Launch(FlashBwdDqSimt<T, HD>, dim3(tiles, static_cast<unsigned>(B * NH)),
+                     kSimtThreads, 0, stream, dqkv, dout, qkv, lse, Dsum, d);
     LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqSimt", stream);
-    FlashBwdDkvSimt<T, HD><<<dim3(tiles, static_cast<unsigned>(B * NKV)), kSimtThreads, 0,
-                             stream>>>(dqkv, dout, qkv, lse, Dsum, d);
+    internal::Launch(FlashBwdDkvSimt<T, HD>, dim3(tiles, static_cast<unsigned>(B * NKV)),
+                     kSimtThreads, 0, stream, dqkv, dout, qkv, lse, Dsum, d);
     LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvSimt", stream);
   });
 }
@@ -398,8 +412,8 @@ void Rope(T* x, const float* cos_t, const float* sin_t, int B, int T_, int n_hea
   const int64_t rows = static_cast<int64_t>(B) * T_;
   if (rows <= 0 || n_heads <= 0) return;
   if (hd <= 0 || hd % 2 != 0) Fatal("Rope: head dim must be even, got " + std::to_string(hd));
-  RopeKernel<T><<<GridFor(rows * n_heads * (hd / 2), 256), 256, 0, stream>>>(
-      x, cos_t, sin_t, rows, T_, n_heads, hd, ld, sign);
+  internal::Launch(RopeKernel<T>, GridFor(rows * n_heads * (hd / 2), 256), 256, 0, stream, x, cos_t,
+                   sin_t, rows, T_, n_heads, hd, ld, sign);
   LLMT_CUDA_CHECK_LAUNCH(sign > 0 ? "RopeForward" : "RopeBackward", stream);
 }
 
@@ -420,8 +434,8 @@ void AttentionForward(float* out, float* lse, const float* qkv, int B, int T, in
                       int hd, cudaStream_t stream) {
   Forward(out, lse, qkv, B, T, NH, NKV, hd, stream);
 }
-void AttentionForward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, int NKV,
-                      int hd, cudaStream_t stream) {
+void AttentionForward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, int NKV, int hd,
+                      cudaStream_t stream) {
   Forward(out, lse, qkv, B, T, NH, NKV, hd, stream);
 }
 void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
@@ -438,7 +452,7 @@ void AttentionBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16
 void RopeTable(float* cos, float* sin, int T, int hd, float theta, cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(T) * (hd / 2);
   if (n <= 0) return;
-  RopeTableKernel<<<GridFor(n, 256), 256, 0, stream>>>(cos, sin, T, hd, theta);
+  internal::Launch(RopeTableKernel, GridFor(n, 256), 256, 0, stream, cos, sin, T, hd, theta);
   LLMT_CUDA_CHECK_LAUNCH("RopeTableKernel", stream);
 }
 void RopeForward(float* x, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
@@ -449,8 +463,8 @@ void RopeForward(bf16* x, const float* cos, const float* sin, int B, int T, int 
                  int64_t ld, cudaStream_t stream) {
   Rope(x, cos, sin, B, T, n_heads, hd, ld, 1.f, stream);
 }
-void RopeBackward(float* dx, const float* cos, const float* sin, int B, int T, int n_heads,
-                  int hd, int64_t ld, cudaStream_t stream) {
+void RopeBackward(float* dx, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
+                  int64_t ld, cudaStream_t stream) {
   Rope(dx, cos, sin, B, T, n_heads, hd, ld, -1.f, stream);
 }
 void RopeBackward(bf16* dx, const float* cos, const float* sin, int B, int T, int n_heads, int hd,

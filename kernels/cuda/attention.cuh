@@ -38,8 +38,8 @@ bool AttentionSupportsHeadDim(int hd);
 // log-sum-exp of each query row's scaled scores. Scale 1/sqrt(hd).
 void AttentionForward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,
                       int hd, cudaStream_t stream);
-void AttentionForward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, int NKV,
-                      int hd, cudaStream_t stream);
+void AttentionForward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, int NKV, int hd,
+                      cudaStream_t stream);
 
 // Scratch bytes AttentionBackward needs (rowsum(dout * out), B*NH*T fp32).
 size_t AttentionBackwardScratchBytes(int B, int T, int NH);
@@ -69,8 +69,8 @@ void RopeForward(float* x, const float* cos, const float* sin, int B, int T, int
 void RopeForward(bf16* x, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
                  int64_t ld, cudaStream_t stream);
 // In-place backward (the inverse rotation) on gradients.
-void RopeBackward(float* dx, const float* cos, const float* sin, int B, int T, int n_heads,
-                  int hd, int64_t ld, cudaStream_t stream);
+void RopeBackward(float* dx, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
+                  int64_t ld, cudaStream_t stream);
 void RopeBackward(bf16* dx, const float* cos, const float* sin, int B, int T, int n_heads, int hd,
                   int64_t ld, cudaStream_t stream);
 

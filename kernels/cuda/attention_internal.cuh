@@ -11,16 +11,15 @@ namespace llmt::kernels::cuda::internal {
 // Problem shape in the packed qkv layout (see attention.cuh).
 struct AttnDims {
   int B, T, NH, NKV, hd;
-  int64_t ld;  // qkv row stride: (NH + 2*NKV) * hd
-  int64_t C;   // out row stride: NH * hd
-  int group;   // NH / NKV query heads per key/value head
+  int64_t ld;   // qkv row stride: (NH + 2*NKV) * hd
+  int64_t C;    // out row stride: NH * hd
+  int group;    // NH / NKV query heads per key/value head
   float scale;  // 1 / sqrt(hd)
 };
 
 // Tensor-core (WMMA) flash attention for bf16; hd 64 or 128.
 bool FlashTcSupports(int hd);
-void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
-                    cudaStream_t stream);
+void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream);
 // Dsum [B, NH, T] = rowsum(dout * out), computed by the caller.
 void FlashBackwardTc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                      const float* Dsum, const AttnDims& d, cudaStream_t stream);

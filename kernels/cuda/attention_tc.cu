@@ -24,7 +24,9 @@
 //   dQ kernel: one block per 64 queries: dQ += dS K over key tiles.
 // P and dS are rounded to bf16 for their products (as FlashAttention does);
 // all accumulation is fp32.
-#include <mma.h>
+#ifndef LLMT_CUDA_EMULATION
+#include <mma.h>  // the emulator provides its own nvcuda::wmma
+#endif
 
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/device_util.cuh"
@@ -34,12 +36,12 @@ namespace {
 
 using namespace nvcuda;  // NOLINT: wmma
 
-constexpr int kTileRows = 64;            // query and key tiles
-constexpr int kWarpsTc = 4;              // 16 rows per warp
+constexpr int kTileRows = 64;  // query and key tiles
+constexpr int kWarpsTc = 4;    // 16 rows per warp
 constexpr int kThreadsTc = kWarpsTc * 32;
-constexpr int kPad = 8;                  // bf16 elements of row padding (16 bytes)
-constexpr int kSLd = kTileRows + 4;      // fp32 score tiles [16][kSLd]
-constexpr int kPLd = kTileRows + 8;      // bf16 probability tiles [16][kPLd]
+constexpr int kPad = 8;              // bf16 elements of row padding (16 bytes)
+constexpr int kSLd = kTileRows + 4;  // fp32 score tiles [16][kSLd]
+constexpr int kPLd = kTileRows + 8;  // bf16 probability tiles [16][kPLd]
 
 using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
 using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
@@ -49,8 +51,8 @@ using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 // Shared-memory layouts (byte offsets; every region starts 32-byte aligned).
 template <int HD>
 struct FwdSmem {
-  static constexpr int kLd = HD + kPad;   // bf16 operand tiles [64][kLd]
-  static constexpr int kOLd = HD + 4;     // fp32 output accumulator [16][kOLd] per warp
+  static constexpr int kLd = HD + kPad;  // bf16 operand tiles [64][kLd]
+  static constexpr int kOLd = HD + 4;    // fp32 output accumulator [16][kOLd] per warp
   static constexpr size_t kTile = size_t{kTileRows} * kLd * sizeof(bf16);
   static constexpr size_t q = 0;
   static constexpr size_t k = q + kTile;
@@ -67,7 +69,7 @@ struct BwdSmem {
   static constexpr int kStageLd = HD + 4;  // fp32 staging of result fragments [16][kStageLd]
   static constexpr size_t kTile = size_t{kTileRows} * kLd * sizeof(bf16);
   static constexpr size_t kScore = size_t{kWarpsTc} * 16 * kSLd * sizeof(float);
-  static constexpr size_t own0 = 0;          // K (dK/dV kernel) or Q (dQ kernel)
+  static constexpr size_t own0 = 0;             // K (dK/dV kernel) or Q (dQ kernel)
   static constexpr size_t own1 = own0 + kTile;  // V or dO
   static constexpr size_t str0 = own1 + kTile;  // streamed Q or K
   static constexpr size_t str1 = str0 + kTile;  // streamed dO or V
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(kThreadsTc)
     FlashFwdTcKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
   using L = FwdSmem<HD>;
   constexpr int kLd = L::kLd, kOLd = L::kOLd;
-  extern __shared__ __align__(128) unsigned char smem[];
+  LLMT_DYNAMIC_SMEM(smem);
   bf16* Qs = reinterpret_cast<bf16*>(smem + L::q);
   bf16* Ks = reinterpret_cast<bf16*>(smem + L::k);
   bf16* Vs = reinterpret_cast<bf16*>(smem + L::v);
@@ -229,7 +231,7 @@ __global__ void __launch_bounds__(kThreadsTc)
                         const float* Dsum, AttnDims d) {
   using L = BwdSmem<HD>;
   constexpr int kLd = L::kLd;
-  extern __shared__ __align__(128) unsigned char smem[];
+  LLMT_DYNAMIC_SMEM(smem);
   bf16* Ks = reinterpret_cast<bf16*>(smem + L::own0);
   bf16* Vs = reinterpret_cast<bf16*>(smem + L::own1);
   bf16* Qs = reinterpret_cast<bf16*>(smem + L::str0);
@@ -296,8 +298,7 @@ __global__ void __launch_bounds__(kThreadsTc)
       // Row r = this lane's key; column c = query i0 + c.
       for (int c = half * 32; c < half * 32 + 32; ++c) {
         const int q = i0 + c;
-        const float p =
-            (q >= key && q < d.T) ? expf(Sw[r * kSLd + c] * d.scale - Lsm[c]) : 0.f;
+        const float p = (q >= key && q < d.T) ? expf(Sw[r * kSLd + c] * d.scale - Lsm[c]) : 0.f;
         const float ds = p * (dPw[r * kSLd + c] - Dsm[c]);
         Pw[r * kPLd + c] = __float2bfloat16_rn(p);
         dSw[r * kPLd + c] = __float2bfloat16_rn(ds);
@@ -334,7 +335,7 @@ __global__ void __launch_bounds__(kThreadsTc)
                        const float* Dsum, AttnDims d) {
   using L = BwdSmem<HD>;
   constexpr int kLd = L::kLd;
-  extern __shared__ __align__(128) unsigned char smem[];
+  LLMT_DYNAMIC_SMEM(smem);
   bf16* Qs = reinterpret_cast<bf16*>(smem + L::own0);
   bf16* dOs = reinterpret_cast<bf16*>(smem + L::own1);
   bf16* Ks = reinterpret_cast<bf16*>(smem + L::str0);
@@ -352,8 +353,8 @@ __global__ void __launch_bounds__(kThreadsTc)
   const bf16* kbase = base + static_cast<int64_t>(d.NH + g) * HD;
   const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + g) * HD;
   LoadTile<HD>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
-  LoadTile<HD>(dOs, dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD,
-               d.C, q0, d.T);
+  LoadTile<HD>(dOs, dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD, d.C,
+               q0, d.T);
   for (int e = threadIdx.x; e < kTileRows; e += blockDim.x) {
     const int q = q0 + e;
     Lsm[e] = q < d.T ? lse[static_cast<int64_t>(bh) * d.T + q] : 0.f;
@@ -423,11 +424,12 @@ __global__ void __launch_bounds__(kThreadsTc)
 // a device switch.
 template <typename K>
 void AllowSmem(K kernel, size_t bytes, const char* name) {
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(bytes));
+  const cudaError_t err =
+      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) {
-    Fatal(std::string("cudaFuncSetAttribute(MaxDynamicSharedMemorySize=") +
-          std::to_string(bytes) + ") for " + name + " failed: " + CudaErrorString(err));
+    Fatal(std::string("cudaFuncSetAttribute(MaxDynamicSharedMemorySize=") + std::to_string(bytes) +
+          ") for " + name + " failed: " + CudaErrorString(err));
   }
 }
 
@@ -437,22 +439,22 @@ void ForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaSt
   AllowSmem(FlashFwdTcKernel<HD>, bytes, "FlashFwdTcKernel");
   const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, kTileRows)),
                   static_cast<unsigned>(d.B * d.NH));
-  FlashFwdTcKernel<HD><<<grid, kThreadsTc, bytes, stream>>>(out, lse, qkv, d);
+  internal::Launch(FlashFwdTcKernel<HD>, grid, kThreadsTc, bytes, stream, out, lse, qkv, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdTcKernel", stream);
 }
 
 template <int HD>
-void BackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                const float* Dsum, const AttnDims& d, cudaStream_t stream) {
+void BackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* Dsum,
+                const AttnDims& d, cudaStream_t stream) {
   constexpr size_t bytes = BwdSmem<HD>::bytes;
   AllowSmem(FlashBwdDkvTcKernel<HD>, bytes, "FlashBwdDkvTcKernel");
   AllowSmem(FlashBwdDqTcKernel<HD>, bytes, "FlashBwdDqTcKernel");
   const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kTileRows));
-  FlashBwdDkvTcKernel<HD><<<dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kThreadsTc, bytes,
-                            stream>>>(dqkv, dout, qkv, lse, Dsum, d);
+  internal::Launch(FlashBwdDkvTcKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)),
+                   kThreadsTc, bytes, stream, dqkv, dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvTcKernel", stream);
-  FlashBwdDqTcKernel<HD><<<dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kThreadsTc, bytes,
-                           stream>>>(dqkv, dout, qkv, lse, Dsum, d);
+  internal::Launch(FlashBwdDqTcKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)),
+                   kThreadsTc, bytes, stream, dqkv, dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqTcKernel", stream);
 }
 

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "kernels/cuda/common.cuh"
 
@@ -68,8 +69,8 @@ __device__ __forceinline__ void StoreVec(T* p, const Vec<T, V>& x) {
 }
 
 // Host: true when every non-null pointer is aligned to `bytes`.
-inline bool Aligned(int64_t bytes, const void* a, const void* b = nullptr,
-                    const void* c = nullptr, const void* d = nullptr) {
+inline bool Aligned(int64_t bytes, const void* a, const void* b = nullptr, const void* c = nullptr,
+                    const void* d = nullptr) {
   auto ok = [bytes](const void* p) {
     return p == nullptr || reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
   };
@@ -119,6 +120,32 @@ __device__ __forceinline__ float BlockMax(float x, float* smem) {
   x = lane < nwarps ? smem[lane] : -INFINITY;
   return WarpMax(x);
 }
+
+// ---- launches ------------------------------------------------------------------
+// Every kernel is launched through Launch(kernel, grid, block, smem_bytes,
+// stream, args...) rather than with <<<...>>> directly, and kernels that use
+// dynamic shared memory declare it with LLMT_DYNAMIC_SMEM(name). With nvcc
+// these are exactly the triple-chevron launch and `extern __shared__`; under
+// LLMT_CUDA_EMULATION (tests/unit/cuda/emu: the same kernel code compiled by
+// the host compiler and run on CPU threads, so that kernel logic is tested
+// where there is no GPU) they map to the emulator.
+#ifdef LLMT_CUDA_EMULATION
+template <typename... KArgs, typename... Args>
+inline void Launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t /*stream*/, Args&&... args) {
+  ::llmt::emu::Launch(kernel, grid, block, smem, std::forward<Args>(args)...);
+}
+#define LLMT_DYNAMIC_SMEM(name) unsigned char* name = ::llmt::emu::DynamicSmem()
+#else
+template <typename... KArgs, typename... Args>
+inline void Launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, Args&&... args) {
+  // clang-format off
+  kernel<<<grid, block, smem, stream>>>(static_cast<KArgs>(args)...);
+  // clang-format on
+}
+#define LLMT_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 // ---- launch helpers ----------------------------------------------------------
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }

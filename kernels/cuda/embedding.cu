@@ -1,4 +1,9 @@
+#ifdef LLMT_CUDA_EMULATION
+#include <algorithm>
+#include <numeric>
+#else
 #include <cub/device/device_radix_sort.cuh>
+#endif
 
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/embedding.cuh"
@@ -78,16 +83,19 @@ __global__ void EmbeddingPosGradKernel(G* dwpe, const T* dout, int B, int T_, in
 // 256 bytes), then CUB's temporary storage.
 size_t Pad256(size_t b) { return (b + 255) / 256 * 256; }
 
+// CUB's temporary storage for the sort (a size query: runs nothing, but needs
+// a device to ask for its properties).
 size_t CubTempBytes(int64_t N) {
+#ifdef LLMT_CUDA_EMULATION
+  (void)N;
+  return 0;  // the emulator sorts on the host (its "device" memory is host memory)
+#else
   size_t temp = 0;
-  // Size query only (null temp storage): runs nothing on the device.
-  LLMT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp,
-                                                  static_cast<const int32_t*>(nullptr),
-                                                  static_cast<int32_t*>(nullptr),
-                                                  static_cast<const int32_t*>(nullptr),
-                                                  static_cast<int32_t*>(nullptr),
-                                                  static_cast<int>(N)));
+  LLMT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, temp, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), static_cast<int>(N)));
   return temp;
+#endif
 }
 
 template <typename T>
@@ -95,8 +103,8 @@ void LaunchForward(T* out, const int32_t* tokens, const T* wte, const T* wpe, in
                    cudaStream_t stream) {
   const int64_t N = static_cast<int64_t>(B) * T_;
   if (N <= 0 || C <= 0) return;
-  EmbeddingForwardKernel<T><<<GridFor(N * C, kThreads), kThreads, 0, stream>>>(out, tokens, wte,
-                                                                              wpe, N, T_, C);
+  internal::Launch(EmbeddingForwardKernel<T>, GridFor(N * C, kThreads), kThreads, 0, stream, out,
+                   tokens, wte, wpe, N, T_, C);
   LLMT_CUDA_CHECK_LAUNCH("EmbeddingForwardKernel", stream);
 }
 
@@ -115,9 +123,17 @@ void LaunchBackward(G* dwte, G* dwpe, const T* dout, const int32_t* tokens, int 
   void* temp = s + 3 * plane;
   size_t temp_bytes = CubTempBytes(N);
 
-  IotaKernel<<<GridFor(N, kThreads), kThreads, 0, stream>>>(vals_in, N);
+  internal::Launch(IotaKernel, GridFor(N, kThreads), kThreads, 0, stream, vals_in, N);
   LLMT_CUDA_CHECK_LAUNCH("EmbeddingBackward/IotaKernel", stream);
   // LSD radix sort: stable, so equal tokens keep ascending row order.
+#ifdef LLMT_CUDA_EMULATION
+  (void)temp;
+  (void)temp_bytes;
+  std::copy(vals_in, vals_in + N, vals_out);
+  std::stable_sort(vals_out, vals_out + N,
+                   [tokens](int32_t a, int32_t b) { return tokens[a] < tokens[b]; });
+  for (int64_t i = 0; i < N; ++i) keys_out[i] = tokens[vals_out[i]];
+#else
   const cudaError_t err = cub::DeviceRadixSort::SortPairs(
       temp, temp_bytes, tokens, keys_out, vals_in, vals_out, static_cast<int>(N), 0,
       static_cast<int>(sizeof(int32_t) * 8), stream);
@@ -125,14 +141,14 @@ void LaunchBackward(G* dwte, G* dwpe, const T* dout, const int32_t* tokens, int 
     Fatal("EmbeddingBackward: cub::DeviceRadixSort::SortPairs failed: " + CudaErrorString(err));
   }
   LLMT_CUDA_CHECK_LAUNCH("EmbeddingBackward/cub::DeviceRadixSort::SortPairs", stream);
+#endif
   const dim3 tok_grid(GridFor(N, 1, 65535), static_cast<unsigned>(CeilDiv(C, kTokThreads)));
-  EmbeddingTokenGradKernel<T, G><<<tok_grid, kTokThreads, 0, stream>>>(dwte, dout, keys_out,
-                                                                      vals_out, N, C);
+  internal::Launch(EmbeddingTokenGradKernel<T, G>, tok_grid, kTokThreads, 0, stream, dwte, dout,
+                   keys_out, vals_out, N, C);
   LLMT_CUDA_CHECK_LAUNCH("EmbeddingTokenGradKernel", stream);
   if (dwpe != nullptr) {
-    EmbeddingPosGradKernel<T, G>
-        <<<GridFor(static_cast<int64_t>(T_) * C, kThreads), kThreads, 0, stream>>>(dwpe, dout, B,
-                                                                                  T_, C);
+    internal::Launch(EmbeddingPosGradKernel<T, G>, GridFor(static_cast<int64_t>(T_) * C, kThreads),
+                     kThreads, 0, stream, dwpe, dout, B, T_, C);
     LLMT_CUDA_CHECK_LAUNCH("EmbeddingPosGradKernel", stream);
   }
 }
@@ -145,8 +161,8 @@ size_t EmbeddingBackwardScratchBytes(int B, int T) {
   return 3 * Pad256(static_cast<size_t>(N) * sizeof(int32_t)) + CubTempBytes(N);
 }
 
-void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
-                      int B, int T, int C, cudaStream_t stream) {
+void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                      int T, int C, cudaStream_t stream) {
   LaunchForward(out, tokens, wte, wpe, B, T, C, stream);
 }
 void EmbeddingForward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B,

@@ -11,8 +11,8 @@ namespace llmt::kernels::cuda {
 
 // out[b, t, :] = wte[tokens[b, t], :] (+ wpe[t, :] when wpe != nullptr).
 // tokens is a device array of B*T ids in [0, V) (the caller validates them).
-void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
-                      int B, int T, int C, cudaStream_t stream);
+void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                      int T, int C, cudaStream_t stream);
 void EmbeddingForward(bf16* out, const int32_t* tokens, const bf16* wte, const bf16* wpe, int B,
                       int T, int C, cudaStream_t stream);
 

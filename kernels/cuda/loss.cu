@@ -95,12 +95,12 @@ void CheckShape(const char* kernel, int64_t rows, int V, int64_t ld) {
 }
 
 template <typename T>
-void LaunchCE(T* logits, const int32_t* targets, int64_t rows, int V, int64_t ld,
-              float grad_scale, float* row_losses, cudaStream_t stream) {
+void LaunchCE(T* logits, const int32_t* targets, int64_t rows, int V, int64_t ld, float grad_scale,
+              float* row_losses, cudaStream_t stream) {
   if (rows <= 0) return;
   CheckShape("SoftmaxCrossEntropy", rows, V, ld);
-  SoftmaxCrossEntropyKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-      logits, targets, V, ld, grad_scale, row_losses);
+  internal::Launch(SoftmaxCrossEntropyKernel<T>, static_cast<unsigned>(rows), kThreads, 0, stream,
+                   logits, targets, V, ld, grad_scale, row_losses);
   LLMT_CUDA_CHECK_LAUNCH("SoftmaxCrossEntropyKernel", stream);
 }
 
@@ -108,7 +108,7 @@ template <typename T>
 void LaunchSoftmax(T* x, int64_t rows, int V, int64_t ld, cudaStream_t stream) {
   if (rows <= 0) return;
   CheckShape("Softmax", rows, V, ld);
-  SoftmaxKernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, V, ld);
+  internal::Launch(SoftmaxKernel<T>, static_cast<unsigned>(rows), kThreads, 0, stream, x, V, ld);
   LLMT_CUDA_CHECK_LAUNCH("SoftmaxKernel", stream);
 }
 

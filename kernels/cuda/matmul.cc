@@ -26,22 +26,32 @@ enum class Epi { kNone, kBias, kGelu, kGeluBias, kDGelu };
 
 const char* EpiName(Epi e) {
   switch (e) {
-    case Epi::kNone: return "none";
-    case Epi::kBias: return "bias";
-    case Epi::kGelu: return "gelu_aux";
-    case Epi::kGeluBias: return "gelu_aux_bias";
-    case Epi::kDGelu: return "dgelu";
+    case Epi::kNone:
+      return "none";
+    case Epi::kBias:
+      return "bias";
+    case Epi::kGelu:
+      return "gelu_aux";
+    case Epi::kGeluBias:
+      return "gelu_aux_bias";
+    case Epi::kDGelu:
+      return "dgelu";
   }
   return "?";
 }
 
 cublasLtEpilogue_t LtEpilogue(Epi e) {
   switch (e) {
-    case Epi::kNone: return CUBLASLT_EPILOGUE_DEFAULT;
-    case Epi::kBias: return CUBLASLT_EPILOGUE_BIAS;
-    case Epi::kGelu: return CUBLASLT_EPILOGUE_GELU_AUX;
-    case Epi::kGeluBias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
-    case Epi::kDGelu: return CUBLASLT_EPILOGUE_DGELU;
+    case Epi::kNone:
+      return CUBLASLT_EPILOGUE_DEFAULT;
+    case Epi::kBias:
+      return CUBLASLT_EPILOGUE_BIAS;
+    case Epi::kGelu:
+      return CUBLASLT_EPILOGUE_GELU_AUX;
+    case Epi::kGeluBias:
+      return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    case Epi::kDGelu:
+      return CUBLASLT_EPILOGUE_DGELU;
   }
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
@@ -199,9 +209,25 @@ void Validate(const GemmOp& op) {
 Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
   const LtProblem lt = ToColumnMajor(op);
   const bool tf32 = impl.allow_tf32 && op.a_type == DType::kF32;
-  const PlanKey key{op.trans_a, op.trans_b, op.M, op.N, op.K, op.a_type, op.b_type, op.d_type,
-                    op.lda, op.ldb, lt.c.ld, op.ldd, (op.gelu || op.dgelu) ? op.ldaux : 0, epi,
-                    AlignOf(op.A), AlignOf(op.B), AlignOf(lt.c.ptr), AlignOf(op.D), tf32};
+  const PlanKey key{op.trans_a,
+                    op.trans_b,
+                    op.M,
+                    op.N,
+                    op.K,
+                    op.a_type,
+                    op.b_type,
+                    op.d_type,
+                    op.lda,
+                    op.ldb,
+                    lt.c.ld,
+                    op.ldd,
+                    (op.gelu || op.dgelu) ? op.ldaux : 0,
+                    epi,
+                    AlignOf(op.A),
+                    AlignOf(op.B),
+                    AlignOf(lt.c.ptr),
+                    AlignOf(op.D),
+                    tf32};
   auto it = impl.plans.find(key);
   if (it != impl.plans.end()) return it->second.get();
 
@@ -211,10 +237,10 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
   // cuBLASLt A = our B, cuBLASLt B = our A (see the top of this file).
   const cublasOperation_t op_a = lt.a.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = lt.b.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
-  LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                   &op_a, sizeof(op_a)));
-  LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB,
-                                                   &op_b, sizeof(op_b)));
+  LLMT_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+  LLMT_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
   const cublasLtEpilogue_t lt_epi = LtEpilogue(epi);
   LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                    &lt_epi, sizeof(lt_epi)));
@@ -248,9 +274,8 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
   cublasLtMatmulHeuristicResult_t result{};
   int n_results = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(impl.handle, plan->desc, plan->a, plan->b, plan->c, plan->d,
-                                     pref, 1, &result, &n_results);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+      impl.handle, plan->desc, plan->a, plan->b, plan->c, plan->d, pref, 1, &result, &n_results);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st == CUBLAS_STATUS_SUCCESS && n_results > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
     plan->algo = result.algo;
@@ -276,8 +301,8 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   if (!plan->found) return false;
   if (epi == Epi::kBias || epi == Epi::kGeluBias) {
     const void* bias = op.bias;
-    LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
-        plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                     &bias, sizeof(bias)));
   }
   if (epi == Epi::kGelu || epi == Epi::kGeluBias || epi == Epi::kDGelu) {
     void* aux = op.aux;
@@ -286,10 +311,10 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   }
   const LtProblem lt = ToColumnMajor(op);
   const float alpha = op.alpha, beta = op.beta;
-  const cublasStatus_t st = cublasLtMatmul(
-      impl.handle, plan->desc, &alpha, lt.a.ptr, plan->a, lt.b.ptr, plan->b, &beta, lt.c.ptr,
-      plan->c, op.D, plan->d, &plan->algo, impl.workspace.data(),
-      static_cast<size_t>(impl.workspace.bytes()), stream);
+  const cublasStatus_t st =
+      cublasLtMatmul(impl.handle, plan->desc, &alpha, lt.a.ptr, plan->a, lt.b.ptr, plan->b, &beta,
+                     lt.c.ptr, plan->c, op.D, plan->d, &plan->algo, impl.workspace.data(),
+                     static_cast<size_t>(impl.workspace.bytes()), stream);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
     // The heuristic offered an algorithm that then declined these operands:
     // treat like "no algorithm" so that Gemm() can fall back.
@@ -384,8 +409,8 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
   const int64_t ld_target = gelu ? op.ldaux : op.ldd;
   const bool seeded = op.bias != nullptr || (op.beta != 0.f && op.C != nullptr);
   if (seeded) {
-    BiasResidualFill(target, op.d_type, ld_target, op.beta != 0.f ? op.C : nullptr, op.ldc,
-                     op.beta, op.bias, op.M, op.N, stream);
+    BiasResidualFill(target, op.d_type, ld_target, op.beta != 0.f ? op.C : nullptr, op.ldc, op.beta,
+                     op.bias, op.M, op.N, stream);
   }
   plain.D = target;
   plain.ldd = ld_target;
@@ -400,8 +425,8 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
   }
 }
 
-GemmOp MatmulForwardOp(void* out, const void* inp, const void* weight, const void* bias,
-                       int64_t M, int64_t K, int64_t N, WeightLayout layout, const void* residual,
+GemmOp MatmulForwardOp(void* out, const void* inp, const void* weight, const void* bias, int64_t M,
+                       int64_t K, int64_t N, WeightLayout layout, const void* residual,
                        void* pre_gelu, DType t) {
   if (pre_gelu != nullptr && residual != nullptr) {
     Fatal("cuda::MatmulForward: a fused GELU (pre_gelu) cannot be combined with a residual");
@@ -436,9 +461,9 @@ GemmOp MatmulForwardOp(void* out, const void* inp, const void* weight, const voi
   return op;
 }
 
-GemmOp MatmulBackwardDinpOp(void* dinp, const void* dout, const void* weight, int64_t M,
-                            int64_t K, int64_t N, WeightLayout layout, float alpha,
-                            bool accumulate_dinp, const void* gelu_pre, DType t) {
+GemmOp MatmulBackwardDinpOp(void* dinp, const void* dout, const void* weight, int64_t M, int64_t K,
+                            int64_t N, WeightLayout layout, float alpha, bool accumulate_dinp,
+                            const void* gelu_pre, DType t) {
   if (gelu_pre != nullptr && accumulate_dinp) {
     Fatal("cuda::MatmulBackward: gelu_pre cannot be combined with accumulate_dinp");
   }
@@ -472,9 +497,8 @@ GemmOp MatmulBackwardDinpOp(void* dinp, const void* dout, const void* weight, in
   return op;
 }
 
-GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const void* inp,
-                               int64_t M, int64_t K, int64_t N, WeightLayout layout, float alpha,
-                               DType t) {
+GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const void* inp, int64_t M,
+                               int64_t K, int64_t N, WeightLayout layout, float alpha, DType t) {
   GemmOp op;
   op.alpha = alpha;
   op.beta = 1.f;  // accumulate
@@ -510,9 +534,8 @@ GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const v
 namespace {
 
 template <typename T>
-void Forward(Blas& blas, T* out, const T* inp, const T* weight, const T* bias, int64_t M,
-             int64_t K, int64_t N, WeightLayout layout, const T* residual, T* pre_gelu,
-             cudaStream_t stream) {
+void Forward(Blas& blas, T* out, const T* inp, const T* weight, const T* bias, int64_t M, int64_t K,
+             int64_t N, WeightLayout layout, const T* residual, T* pre_gelu, cudaStream_t stream) {
   Gemm(blas,
        MatmulForwardOp(out, inp, weight, bias, M, K, N, layout, residual, pre_gelu,
                        DTypeOf<T>::value),
@@ -526,14 +549,13 @@ void Backward(Blas& blas, T* dinp, G* dweight, G* dbias, const T* dout, const T*
   constexpr DType t = DTypeOf<T>::value;
   if (dinp != nullptr) {
     Gemm(blas,
-         MatmulBackwardDinpOp(dinp, dout, weight, M, K, N, layout, alpha, accumulate_dinp,
-                              gelu_pre, t),
+         MatmulBackwardDinpOp(dinp, dout, weight, M, K, N, layout, alpha, accumulate_dinp, gelu_pre,
+                              t),
          stream);
   }
   if (dweight != nullptr) {
     Gemm(blas,
-         MatmulBackwardDweightOp(dweight, DTypeOf<G>::value, dout, inp, M, K, N, layout, alpha,
-                                 t),
+         MatmulBackwardDweightOp(dweight, DTypeOf<G>::value, dout, inp, M, K, N, layout, alpha, t),
          stream);
   }
   if (dbias != nullptr) BiasBackward(dbias, dout, M, N, alpha, stream);
@@ -541,9 +563,9 @@ void Backward(Blas& blas, T* dinp, G* dweight, G* dbias, const T* dout, const T*
 
 }  // namespace
 
-void MatmulForward(Blas& blas, float* out, const float* inp, const float* weight,
-                   const float* bias, int64_t M, int64_t K, int64_t N, WeightLayout layout,
-                   const float* residual, float* pre_gelu, cudaStream_t stream) {
+void MatmulForward(Blas& blas, float* out, const float* inp, const float* weight, const float* bias,
+                   int64_t M, int64_t K, int64_t N, WeightLayout layout, const float* residual,
+                   float* pre_gelu, cudaStream_t stream) {
   Forward(blas, out, inp, weight, bias, M, K, N, layout, residual, pre_gelu, stream);
 }
 void MatmulForward(Blas& blas, bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
@@ -554,24 +576,24 @@ void MatmulForward(Blas& blas, bf16* out, const bf16* inp, const bf16* weight, c
 
 void MatmulBackward(Blas& blas, float* dinp, float* dweight, float* dbias, const float* dout,
                     const float* inp, const float* weight, int64_t M, int64_t K, int64_t N,
-                    WeightLayout layout, float alpha, bool accumulate_dinp,
-                    const float* gelu_pre, cudaStream_t stream) {
-  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha,
-           accumulate_dinp, gelu_pre, stream);
+                    WeightLayout layout, float alpha, bool accumulate_dinp, const float* gelu_pre,
+                    cudaStream_t stream) {
+  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha, accumulate_dinp,
+           gelu_pre, stream);
 }
 void MatmulBackward(Blas& blas, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
                     const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
                     cudaStream_t stream) {
-  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha,
-           accumulate_dinp, gelu_pre, stream);
+  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha, accumulate_dinp,
+           gelu_pre, stream);
 }
 void MatmulBackward(Blas& blas, bf16* dinp, float* dweight, float* dbias, const bf16* dout,
                     const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
                     cudaStream_t stream) {
-  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha,
-           accumulate_dinp, gelu_pre, stream);
+  Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha, accumulate_dinp,
+           gelu_pre, stream);
 }
 
 }  // namespace llmt::kernels::cuda

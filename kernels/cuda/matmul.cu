@@ -50,7 +50,7 @@ void LaunchBiasBackward(G* dbias, const T* dout, int64_t M, int64_t N, float alp
   if (M <= 0 || N <= 0) return;
   const dim3 block(kBiasTile, kBiasTile);
   const unsigned grid = static_cast<unsigned>(internal::CeilDiv(N, kBiasTile));
-  BiasBackwardKernel<G, T><<<grid, block, 0, stream>>>(dbias, dout, M, N, alpha);
+  internal::Launch(BiasBackwardKernel<G, T>, grid, block, 0, stream, dbias, dout, M, N, alpha);
   LLMT_CUDA_CHECK_LAUNCH("BiasBackwardKernel", stream);
 }
 
@@ -61,13 +61,13 @@ void BiasResidualFill(void* D, DType t, int64_t ldd, const void* C, int64_t ldc,
   if (M <= 0 || N <= 0) return;
   constexpr int kThreads = 256;
   if (t == DType::kF32) {
-    BiasResidualFillKernel<float><<<GridFor(M * N, kThreads), kThreads, 0, stream>>>(
-        static_cast<float*>(D), ldd, static_cast<const float*>(C), ldc, beta,
-        static_cast<const float*>(bias), M, N);
+    internal::Launch(BiasResidualFillKernel<float>, GridFor(M * N, kThreads), kThreads, 0, stream,
+                     static_cast<float*>(D), ldd, static_cast<const float*>(C), ldc, beta,
+                     static_cast<const float*>(bias), M, N);
   } else {
-    BiasResidualFillKernel<bf16><<<GridFor(M * N, kThreads), kThreads, 0, stream>>>(
-        static_cast<bf16*>(D), ldd, static_cast<const bf16*>(C), ldc, beta,
-        static_cast<const bf16*>(bias), M, N);
+    internal::Launch(BiasResidualFillKernel<bf16>, GridFor(M * N, kThreads), kThreads, 0, stream,
+                     static_cast<bf16*>(D), ldd, static_cast<const bf16*>(C), ldc, beta,
+                     static_cast<const bf16*>(bias), M, N);
   }
   LLMT_CUDA_CHECK_LAUNCH("BiasResidualFillKernel", stream);
 }

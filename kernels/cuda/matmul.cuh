@@ -131,9 +131,9 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream);
 // `pre_gelu` is non-null the GELU is fused too: pre_gelu = inp W + bias and
 // out = gelu(pre_gelu) (residual must then be null). Any pointer but out, inp
 // and weight may be null.
-void MatmulForward(Blas& blas, float* out, const float* inp, const float* weight,
-                   const float* bias, int64_t M, int64_t K, int64_t N, WeightLayout layout,
-                   const float* residual, float* pre_gelu, cudaStream_t stream);
+void MatmulForward(Blas& blas, float* out, const float* inp, const float* weight, const float* bias,
+                   int64_t M, int64_t K, int64_t N, WeightLayout layout, const float* residual,
+                   float* pre_gelu, cudaStream_t stream);
 void MatmulForward(Blas& blas, bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
                    int64_t M, int64_t K, int64_t N, WeightLayout layout, const bf16* residual,
                    bf16* pre_gelu, cudaStream_t stream);
@@ -149,8 +149,8 @@ void MatmulForward(Blas& blas, bf16* out, const bf16* inp, const bf16* weight, c
 // activations.
 void MatmulBackward(Blas& blas, float* dinp, float* dweight, float* dbias, const float* dout,
                     const float* inp, const float* weight, int64_t M, int64_t K, int64_t N,
-                    WeightLayout layout, float alpha, bool accumulate_dinp,
-                    const float* gelu_pre, cudaStream_t stream);
+                    WeightLayout layout, float alpha, bool accumulate_dinp, const float* gelu_pre,
+                    cudaStream_t stream);
 void MatmulBackward(Blas& blas, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
                     const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
@@ -161,15 +161,14 @@ void MatmulBackward(Blas& blas, bf16* dinp, float* dweight, float* dbias, const 
                     cudaStream_t stream);
 
 // The GemmOps the Matmul* functions run (pure; unit-tested on the host).
-GemmOp MatmulForwardOp(void* out, const void* inp, const void* weight, const void* bias,
-                       int64_t M, int64_t K, int64_t N, WeightLayout layout, const void* residual,
+GemmOp MatmulForwardOp(void* out, const void* inp, const void* weight, const void* bias, int64_t M,
+                       int64_t K, int64_t N, WeightLayout layout, const void* residual,
                        void* pre_gelu, DType t);
-GemmOp MatmulBackwardDinpOp(void* dinp, const void* dout, const void* weight, int64_t M,
-                            int64_t K, int64_t N, WeightLayout layout, float alpha,
-                            bool accumulate_dinp, const void* gelu_pre, DType t);
-GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const void* inp,
-                               int64_t M, int64_t K, int64_t N, WeightLayout layout, float alpha,
-                               DType t);
+GemmOp MatmulBackwardDinpOp(void* dinp, const void* dout, const void* weight, int64_t M, int64_t K,
+                            int64_t N, WeightLayout layout, float alpha, bool accumulate_dinp,
+                            const void* gelu_pre, DType t);
+GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const void* inp, int64_t M,
+                               int64_t K, int64_t N, WeightLayout layout, float alpha, DType t);
 
 // dbias[N] += alpha * sum over the M rows of dout[M,N] (row stride N).
 // Deterministic: fixed per-column summation order.

@@ -142,8 +142,8 @@ void LaunchForward(T* residual, T* out, float* mean, float* rstd, const T* inp1,
                    cudaStream_t stream) {
   if (rows <= 0 || C <= 0) return;
   const unsigned grid = static_cast<unsigned>(CeilDiv(rows, kWarps));
-  NormForwardKernel<T, kLN, kRes><<<grid, kThreads, 0, stream>>>(
-      residual, out, mean, rstd, inp1, inp2, weight, bias, rows, C, eps);
+  internal::Launch(NormForwardKernel<T, kLN, kRes>, grid, kThreads, 0, stream, residual, out, mean,
+                   rstd, inp1, inp2, weight, bias, rows, C, eps);
   LLMT_CUDA_CHECK_LAUNCH(kLN ? (kRes ? "FusedResidualLayerNormForward" : "LayerNormForward")
                              : (kRes ? "FusedResidualRMSNormForward" : "RMSNormForward"),
                          stream);
@@ -158,14 +158,14 @@ void LaunchBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp, 
   CheckScratch(name, scratch, scratch_bytes, NormBackwardScratchBytes(rows, C));
   const int64_t nblocks = CeilDiv(rows, kNormRowsPerBlock);
   float* partial = static_cast<float*>(scratch);
-  NormBackwardKernel<T, kLN><<<static_cast<unsigned>(nblocks), kThreads, 0, stream>>>(
-      dinp, partial, dout, inp, weight, mean, rstd, rows, C);
+  internal::Launch(NormBackwardKernel<T, kLN>, static_cast<unsigned>(nblocks), kThreads, 0, stream,
+                   dinp, partial, dout, inp, weight, mean, rstd, rows, C);
   LLMT_CUDA_CHECK_LAUNCH(name, stream);
-  NormParamGradKernel<G><<<static_cast<unsigned>(CeilDiv(C, kThreads)), kThreads, 0, stream>>>(
-      dweight, kLN ? dbias : nullptr, partial, nblocks, C);
-  LLMT_CUDA_CHECK_LAUNCH(kLN ? "LayerNormBackward/NormParamGradKernel"
-                             : "RMSNormBackward/NormParamGradKernel",
-                         stream);
+  internal::Launch(NormParamGradKernel<G>, static_cast<unsigned>(CeilDiv(C, kThreads)), kThreads, 0,
+                   stream, dweight, kLN ? dbias : nullptr, partial, nblocks, C);
+  LLMT_CUDA_CHECK_LAUNCH(
+      kLN ? "LayerNormBackward/NormParamGradKernel" : "RMSNormBackward/NormParamGradKernel",
+      stream);
 }
 
 }  // namespace
@@ -176,46 +176,45 @@ size_t NormBackwardScratchBytes(int64_t rows, int C) {
          sizeof(float);
 }
 
-#define LLMT_NORM_FWD(T)                                                                        \
-  void LayerNormForward(T* out, float* mean, float* rstd, const T* inp, const T* weight,        \
-                        const T* bias, int64_t rows, int C, float eps, cudaStream_t stream) {   \
-    LaunchForward<T, true, false>(nullptr, out, mean, rstd, inp, nullptr, weight, bias, rows,   \
-                                  C, eps, stream);                                              \
-  }                                                                                             \
-  void FusedResidualLayerNormForward(T* residual, T* out, float* mean, float* rstd,             \
-                                     const T* inp1, const T* inp2, const T* weight,             \
-                                     const T* bias, int64_t rows, int C, float eps,             \
-                                     cudaStream_t stream) {                                     \
-    LaunchForward<T, true, true>(residual, out, mean, rstd, inp1, inp2, weight, bias, rows, C,  \
-                                 eps, stream);                                                  \
-  }                                                                                             \
-  void RMSNormForward(T* out, float* rstd, const T* inp, const T* weight, int64_t rows, int C,  \
-                      float eps, cudaStream_t stream) {                                         \
-    LaunchForward<T, false, false>(nullptr, out, nullptr, rstd, inp, nullptr, weight, nullptr,  \
-                                   rows, C, eps, stream);                                       \
-  }                                                                                             \
-  void FusedResidualRMSNormForward(T* residual, T* out, float* rstd, const T* inp1,             \
-                                   const T* inp2, const T* weight, int64_t rows, int C,         \
-                                   float eps, cudaStream_t stream) {                            \
-    LaunchForward<T, false, true>(residual, out, nullptr, rstd, inp1, inp2, weight, nullptr,    \
-                                  rows, C, eps, stream);                                        \
+#define LLMT_NORM_FWD(T)                                                                           \
+  void LayerNormForward(T* out, float* mean, float* rstd, const T* inp, const T* weight,           \
+                        const T* bias, int64_t rows, int C, float eps, cudaStream_t stream) {      \
+    LaunchForward<T, true, false>(nullptr, out, mean, rstd, inp, nullptr, weight, bias, rows, C,   \
+                                  eps, stream);                                                    \
+  }                                                                                                \
+  void FusedResidualLayerNormForward(T* residual, T* out, float* mean, float* rstd, const T* inp1, \
+                                     const T* inp2, const T* weight, const T* bias, int64_t rows,  \
+                                     int C, float eps, cudaStream_t stream) {                      \
+    LaunchForward<T, true, true>(residual, out, mean, rstd, inp1, inp2, weight, bias, rows, C,     \
+                                 eps, stream);                                                     \
+  }                                                                                                \
+  void RMSNormForward(T* out, float* rstd, const T* inp, const T* weight, int64_t rows, int C,     \
+                      float eps, cudaStream_t stream) {                                            \
+    LaunchForward<T, false, false>(nullptr, out, nullptr, rstd, inp, nullptr, weight, nullptr,     \
+                                   rows, C, eps, stream);                                          \
+  }                                                                                                \
+  void FusedResidualRMSNormForward(T* residual, T* out, float* rstd, const T* inp1, const T* inp2, \
+                                   const T* weight, int64_t rows, int C, float eps,                \
+                                   cudaStream_t stream) {                                          \
+    LaunchForward<T, false, true>(residual, out, nullptr, rstd, inp1, inp2, weight, nullptr, rows, \
+                                  C, eps, stream);                                                 \
   }
 LLMT_NORM_FWD(float)
 LLMT_NORM_FWD(bf16)
 #undef LLMT_NORM_FWD
 
-#define LLMT_NORM_BWD(T, G)                                                                     \
-  void LayerNormBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp,            \
-                         const T* weight, const float* mean, const float* rstd, int64_t rows,   \
-                         int C, void* scratch, size_t scratch_bytes, cudaStream_t stream) {     \
-    LaunchBackward<T, G, true>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, C,    \
-                               scratch, scratch_bytes, stream);                                 \
-  }                                                                                             \
-  void RMSNormBackward(T* dinp, G* dweight, const T* dout, const T* inp, const T* weight,       \
-                       const float* rstd, int64_t rows, int C, void* scratch,                   \
-                       size_t scratch_bytes, cudaStream_t stream) {                             \
-    LaunchBackward<T, G, false>(dinp, dweight, static_cast<G*>(nullptr), dout, inp, weight,     \
-                                nullptr, rstd, rows, C, scratch, scratch_bytes, stream);        \
+#define LLMT_NORM_BWD(T, G)                                                                   \
+  void LayerNormBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp,          \
+                         const T* weight, const float* mean, const float* rstd, int64_t rows, \
+                         int C, void* scratch, size_t scratch_bytes, cudaStream_t stream) {   \
+    LaunchBackward<T, G, true>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, C,  \
+                               scratch, scratch_bytes, stream);                               \
+  }                                                                                           \
+  void RMSNormBackward(T* dinp, G* dweight, const T* dout, const T* inp, const T* weight,     \
+                       const float* rstd, int64_t rows, int C, void* scratch,                 \
+                       size_t scratch_bytes, cudaStream_t stream) {                           \
+    LaunchBackward<T, G, false>(dinp, dweight, static_cast<G*>(nullptr), dout, inp, weight,   \
+                                nullptr, rstd, rows, C, scratch, scratch_bytes, stream);      \
   }
 LLMT_NORM_BWD(float, float)
 LLMT_NORM_BWD(bf16, bf16)

@@ -46,16 +46,15 @@ void FusedResidualLayerNormForward(bf16* residual, bf16* out, float* mean, float
 // dinp += dL/dx; dweight += ; dbias += (dbias may be null). dinp must not
 // alias dout. `scratch` holds NormBackwardScratchBytes(rows, C) bytes.
 void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* dout,
-                       const float* inp, const float* weight, const float* mean,
-                       const float* rstd, int64_t rows, int C, void* scratch,
-                       size_t scratch_bytes, cudaStream_t stream);
+                       const float* inp, const float* weight, const float* mean, const float* rstd,
+                       int64_t rows, int C, void* scratch, size_t scratch_bytes,
+                       cudaStream_t stream);
 void LayerNormBackward(bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout, const bf16* inp,
                        const bf16* weight, const float* mean, const float* rstd, int64_t rows,
                        int C, void* scratch, size_t scratch_bytes, cudaStream_t stream);
-void LayerNormBackward(bf16* dinp, float* dweight, float* dbias, const bf16* dout,
-                       const bf16* inp, const bf16* weight, const float* mean, const float* rstd,
-                       int64_t rows, int C, void* scratch, size_t scratch_bytes,
-                       cudaStream_t stream);
+void LayerNormBackward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
+                       const bf16* weight, const float* mean, const float* rstd, int64_t rows,
+                       int C, void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
 // ---- RMSNorm (Llama) -------------------------------------------------------
 // out = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps) saved (fp32).

@@ -1,5 +1,6 @@
-#include "absl/strings/str_cat.h"
 #include "kernels/cuda/optimizer.cuh"
+
+#include "absl/strings/str_cat.h"
 
 namespace llmt::kernels::cuda {
 
@@ -15,8 +16,8 @@ absl::Status ValidateAdamWSegments(const std::vector<AdamWSegment>& segments, in
     next = s.offset + s.n;
   }
   if (next != n) {
-    return absl::InvalidArgumentError(absl::StrCat("AdamW segments cover [0, ", next,
-                                                   ") but the buffer has ", n, " elements"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("AdamW segments cover [0, ", next, ") but the buffer has ", n, " elements"));
   }
   if (segments.size() > 0x7fffffff) {
     return absl::InvalidArgumentError("AdamW: too many segments");

@@ -94,8 +94,8 @@ void Launch(float* p, const G* g, float* m, float* v, int64_t n, const AdamWSegm
             int nsegs, const AdamWArgs& a, bf16* p_bf16, cudaStream_t stream) {
   if (n <= 0) return;
   if (segs != nullptr && nsegs <= 0) Fatal("AdamWMultiTensor: empty segment table");
-  AdamWKernel<G><<<GridFor(internal::CeilDiv(n, kPack), kThreads), kThreads, 0, stream>>>(
-      p, g, m, v, n, segs, nsegs, a, p_bf16);
+  internal::Launch(AdamWKernel<G>, GridFor(internal::CeilDiv(n, kPack), kThreads), kThreads, 0,
+                   stream, p, g, m, v, n, segs, nsegs, a, p_bf16);
   LLMT_CUDA_CHECK_LAUNCH(segs != nullptr ? "AdamWMultiTensor" : "AdamW", stream);
 }
 
@@ -133,8 +133,8 @@ void AdamW(float* p, const bf16* g, float* m, float* v, int64_t n, float lr, flo
          stream);
 }
 void AdamWMultiTensor(float* p, const float* g, float* m, float* v, int64_t n,
-                      const AdamWSegment* segments, int num_segments, float lr, float b1,
-                      float b2, float eps, int64_t step, float grad_scale, bf16* p_bf16,
+                      const AdamWSegment* segments, int num_segments, float lr, float b1, float b2,
+                      float eps, int64_t step, float grad_scale, bf16* p_bf16,
                       bool stochastic_rounding, uint64_t seed, cudaStream_t stream) {
   if (segments == nullptr) Fatal("AdamWMultiTensor: null segment table");
   Launch(p, g, m, v, n, segments, num_segments,
@@ -142,8 +142,8 @@ void AdamWMultiTensor(float* p, const float* g, float* m, float* v, int64_t n,
          stream);
 }
 void AdamWMultiTensor(float* p, const bf16* g, float* m, float* v, int64_t n,
-                      const AdamWSegment* segments, int num_segments, float lr, float b1,
-                      float b2, float eps, int64_t step, float grad_scale, bf16* p_bf16,
+                      const AdamWSegment* segments, int num_segments, float lr, float b1, float b2,
+                      float eps, int64_t step, float grad_scale, bf16* p_bf16,
                       bool stochastic_rounding, uint64_t seed, cudaStream_t stream) {
   if (segments == nullptr) Fatal("AdamWMultiTensor: null segment table");
   Launch(p, g, m, v, n, segments, num_segments,
@@ -154,13 +154,13 @@ void AdamWMultiTensor(float* p, const bf16* g, float* m, float* v, int64_t n,
 void ConvertF32ToBf16(bf16* dst, const float* src, int64_t n, bool stochastic_rounding,
                       uint64_t seed, cudaStream_t stream) {
   if (n <= 0) return;
-  F32ToBf16Kernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(dst, src, n,
-                                                                 stochastic_rounding, seed);
+  internal::Launch(F32ToBf16Kernel, GridFor(n, kThreads), kThreads, 0, stream, dst, src, n,
+                   stochastic_rounding, seed);
   LLMT_CUDA_CHECK_LAUNCH("ConvertF32ToBf16", stream);
 }
 void ConvertBf16ToF32(float* dst, const bf16* src, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  Bf16ToF32Kernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(dst, src, n);
+  internal::Launch(Bf16ToF32Kernel, GridFor(n, kThreads), kThreads, 0, stream, dst, src, n);
   LLMT_CUDA_CHECK_LAUNCH("ConvertBf16ToF32", stream);
 }
 

@@ -44,12 +44,12 @@ void AdamW(float* p, const bf16* g, float* m, float* v, int64_t n, float lr, flo
 // One launch over the flat buffers; `segments` is a DEVICE array of
 // num_segments entries that passed ValidateAdamWSegments for this n.
 void AdamWMultiTensor(float* p, const float* g, float* m, float* v, int64_t n,
-                      const AdamWSegment* segments, int num_segments, float lr, float b1,
-                      float b2, float eps, int64_t step, float grad_scale, bf16* p_bf16,
+                      const AdamWSegment* segments, int num_segments, float lr, float b1, float b2,
+                      float eps, int64_t step, float grad_scale, bf16* p_bf16,
                       bool stochastic_rounding, uint64_t seed, cudaStream_t stream);
 void AdamWMultiTensor(float* p, const bf16* g, float* m, float* v, int64_t n,
-                      const AdamWSegment* segments, int num_segments, float lr, float b1,
-                      float b2, float eps, int64_t step, float grad_scale, bf16* p_bf16,
+                      const AdamWSegment* segments, int num_segments, float lr, float b1, float b2,
+                      float eps, int64_t step, float grad_scale, bf16* p_bf16,
                       bool stochastic_rounding, uint64_t seed, cudaStream_t stream);
 
 // fp32 -> bf16 copy (parameter copies, checkpoint loading), round-to-nearest

@@ -49,10 +49,11 @@ void Reduce(const char* name, const T* x, int64_t n, double* out, bool accumulat
             void* scratch, size_t scratch_bytes, cudaStream_t stream) {
   CheckScratch(name, scratch, scratch_bytes, ReduceScratchBytes());
   double* partial = static_cast<double*>(scratch);
-  PartialKernel<T, kOp><<<kReduceBlocks, kThreads, 0, stream>>>(x, n < 0 ? 0 : n, partial);
+  internal::Launch(PartialKernel<T, kOp>, kReduceBlocks, kThreads, 0, stream, x, n < 0 ? 0 : n,
+                   partial);
   LLMT_CUDA_CHECK_LAUNCH(name, stream);
-  FinalKernel<<<1, kFinalThreads, 0, stream>>>(partial, kReduceBlocks, out, accumulate,
-                                               take_sqrt);
+  internal::Launch(FinalKernel, 1, kFinalThreads, 0, stream, partial, kReduceBlocks, out,
+                   accumulate, take_sqrt);
   LLMT_CUDA_CHECK_LAUNCH(name, stream);
 }
 
@@ -81,14 +82,14 @@ __global__ void NonFiniteKernel(const T* x, int64_t n, int* flag) {
 template <typename T>
 void LaunchScale(T* x, int64_t n, float s, cudaStream_t stream) {
   if (n <= 0) return;
-  ScaleKernel<T><<<GridFor(n, kThreads), kThreads, 0, stream>>>(x, n, s);
+  internal::Launch(ScaleKernel<T>, GridFor(n, kThreads), kThreads, 0, stream, x, n, s);
   LLMT_CUDA_CHECK_LAUNCH("ScaleKernel", stream);
 }
 
 template <typename T>
 void LaunchNonFinite(const T* x, int64_t n, int* flag, cudaStream_t stream) {
   if (n <= 0) return;
-  NonFiniteKernel<T><<<GridFor(n, kThreads, 4096), kThreads, 0, stream>>>(x, n, flag);
+  internal::Launch(NonFiniteKernel<T>, GridFor(n, kThreads, 4096), kThreads, 0, stream, x, n, flag);
   LLMT_CUDA_CHECK_LAUNCH("NonFiniteKernel", stream);
 }
 
@@ -98,23 +99,21 @@ size_t ReduceScratchBytes() { return kReduceBlocks * sizeof(double); }
 
 void SumSquares(const float* x, int64_t n, double* out, bool accumulate, void* scratch,
                 size_t scratch_bytes, cudaStream_t stream) {
-  Reduce<float, Op::kSumSquares>("SumSquares", x, n, out, accumulate, false, scratch,
-                                 scratch_bytes, stream);
+  Reduce<float, Op::kSumSquares>("SumSquares", x, n, out, accumulate, false, scratch, scratch_bytes,
+                                 stream);
 }
 void SumSquares(const bf16* x, int64_t n, double* out, bool accumulate, void* scratch,
                 size_t scratch_bytes, cudaStream_t stream) {
-  Reduce<bf16, Op::kSumSquares>("SumSquares", x, n, out, accumulate, false, scratch,
-                                scratch_bytes, stream);
+  Reduce<bf16, Op::kSumSquares>("SumSquares", x, n, out, accumulate, false, scratch, scratch_bytes,
+                                stream);
 }
 void L2Norm(const float* x, int64_t n, double* out, void* scratch, size_t scratch_bytes,
             cudaStream_t stream) {
-  Reduce<float, Op::kSumSquares>("L2Norm", x, n, out, false, true, scratch, scratch_bytes,
-                                 stream);
+  Reduce<float, Op::kSumSquares>("L2Norm", x, n, out, false, true, scratch, scratch_bytes, stream);
 }
 void L2Norm(const bf16* x, int64_t n, double* out, void* scratch, size_t scratch_bytes,
             cudaStream_t stream) {
-  Reduce<bf16, Op::kSumSquares>("L2Norm", x, n, out, false, true, scratch, scratch_bytes,
-                                stream);
+  Reduce<bf16, Op::kSumSquares>("L2Norm", x, n, out, false, true, scratch, scratch_bytes, stream);
 }
 void Sum(const float* x, int64_t n, double* out, void* scratch, size_t scratch_bytes,
          cudaStream_t stream) {

@@ -38,8 +38,8 @@ int DeviceCount() {
 }
 
 std::string DeviceInfo::ToString() const {
-  return absl::StrFormat("%d: %s (sm_%d%d, %d SMs, %s)", index, name, cc_major, cc_minor,
-                         sm_count, FormatBytes(total_bytes));
+  return absl::StrFormat("%d: %s (sm_%d%d, %d SMs, %s)", index, name, cc_major, cc_minor, sm_count,
+                         FormatBytes(total_bytes));
 }
 
 absl::StatusOr<DeviceInfo> GetDeviceInfo(int index) {
@@ -60,9 +60,8 @@ absl::Status SetDevice(int index) {
   const cudaError_t err = cudaGetDeviceCount(&n);
   if (err != cudaSuccess) {
     cudaGetLastError();
-    return absl::FailedPreconditionError(
-        absl::StrCat("CUDA device ", index, " requested but no CUDA device is usable: ",
-                     CudaErrorString(err)));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CUDA device ", index, " requested but no CUDA device is usable: ", CudaErrorString(err)));
   }
   if (index < 0 || index >= n) {
     std::string devices;
@@ -70,9 +69,8 @@ absl::Status SetDevice(int index) {
       auto info = GetDeviceInfo(i);
       absl::StrAppend(&devices, "\n  ", info.ok() ? info->ToString() : std::to_string(i));
     }
-    return absl::InvalidArgumentError(absl::StrCat("CUDA device index ", index,
-                                                   " out of range: ", n,
-                                                   " device(s) visible", devices));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CUDA device index ", index, " out of range: ", n, " device(s) visible", devices));
   }
   LLMT_CUDA_RETURN_IF_ERROR(cudaSetDevice(index));
   return absl::OkStatus();
@@ -100,8 +98,8 @@ std::string FormatBytes(int64_t bytes) {
 
 std::string OutOfMemoryMessage(absl::string_view name, int64_t bytes,
                                const std::optional<MemInfo>& mem) {
-  std::string msg = absl::StrCat("out of GPU memory allocating '", name, "': ", bytes,
-                                 " bytes (", FormatBytes(bytes), ")");
+  std::string msg = absl::StrCat("out of GPU memory allocating '", name, "': ", bytes, " bytes (",
+                                 FormatBytes(bytes), ")");
   if (mem.has_value()) {
     absl::StrAppend(&msg, "; the device has ", FormatBytes(mem->free_bytes), " free of ",
                     FormatBytes(mem->total_bytes));
@@ -169,9 +167,8 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 namespace {
 absl::Status CheckRange(const std::string& name, int64_t size, int64_t offset, int64_t n) {
   if (offset < 0 || n < 0 || offset + n > size) {
-    return absl::OutOfRangeError(absl::StrCat("device buffer '", name, "': bytes [", offset,
-                                              ", ", offset + n, ") outside its ", size,
-                                              " bytes"));
+    return absl::OutOfRangeError(absl::StrCat("device buffer '", name, "': bytes [", offset, ", ",
+                                              offset + n, ") outside its ", size, " bytes"));
   }
   return absl::OkStatus();
 }

@@ -134,10 +134,10 @@ class MemoryReport {
 
 // In a function returning absl::Status: returns CudaStatus(err, "<call text>")
 // if the call fails.
-#define LLMT_CUDA_RETURN_IF_ERROR(call)                                                  \
-  do {                                                                                   \
-    const cudaError_t _llmt_cuda_err = (call);                                           \
-    if (_llmt_cuda_err != cudaSuccess) {                                                 \
-      return ::llmt::kernels::cuda::CudaStatus(_llmt_cuda_err, #call);                   \
-    }                                                                                    \
+#define LLMT_CUDA_RETURN_IF_ERROR(call)                                \
+  do {                                                                 \
+    const cudaError_t _llmt_cuda_err = (call);                         \
+    if (_llmt_cuda_err != cudaSuccess) {                               \
+      return ::llmt::kernels::cuda::CudaStatus(_llmt_cuda_err, #call); \
+    }                                                                  \
   } while (0)

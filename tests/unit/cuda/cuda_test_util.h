@@ -16,12 +16,12 @@
 
 // Skips the test (reported as SKIPPED) when no CUDA device is usable, and
 // otherwise selects device 0.
-#define LLMT_REQUIRE_GPU()                                                   \
-  do {                                                                       \
-    if (!::llmt::kernels::cuda::HaveGpu()) {                                 \
-      GTEST_SKIP() << "no CUDA GPU (cudaGetDeviceCount reports none)";       \
-    }                                                                        \
-    ASSERT_TRUE(::llmt::kernels::cuda::SetDevice(0).ok());                   \
+#define LLMT_REQUIRE_GPU()                                             \
+  do {                                                                 \
+    if (!::llmt::kernels::cuda::HaveGpu()) {                           \
+      GTEST_SKIP() << "no CUDA GPU (cudaGetDeviceCount reports none)"; \
+    }                                                                  \
+    ASSERT_TRUE(::llmt::kernels::cuda::SetDevice(0).ok());             \
   } while (0)
 
 namespace llmt::kernels::cuda::testing {

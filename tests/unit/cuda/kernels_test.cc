@@ -20,11 +20,13 @@
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/loss.cuh"
+#include "kernels/cuda/matmul.cuh"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/optimizer.cuh"
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
+#include "kernels/matmul.h"
 #include "kernels/norm.h"
 #include "kernels/optimizer.h"
 #include "kernels/reduce.h"
@@ -112,6 +114,48 @@ TYPED_TEST(TypedGpuTest, SwiGLUForwardBackward) {
   }
 }
 
+// ------------------------------------------------ GEMM epilogue kernels ----
+
+// The deterministic bias gradient (dbias += alpha * column sums) for every
+// (activation, gradient) type pair, against cpu::MatmulBackward's dbias.
+TYPED_TEST(TypedGpuTest, BiasBackward) {
+  using T = TypeParam;
+  const int64_t M = 77, N = 45;
+  const FVec dy = Prep<T>(Randn(M * N, 46)), db0 = Prep<T>(Randn(N, 47));
+  FVec db = db0;
+  cpu::MatmulBackward(nullptr, nullptr, db.data(), dy.data(), nullptr, nullptr, M, 1, N,
+                      WeightLayout::kInOut, 0.5f);
+  Dev<T> gdy(dy), gdb(db0);
+  BiasBackward(gdb.get(), gdy.get(), M, N, 0.5f, nullptr);
+  ExpectClose(gdb.Download(), db, TolFor<T>(db), "dbias");
+  if constexpr (std::is_same_v<T, bf16>) {
+    Dev<float> gdb32(db0);  // bf16 activations, fp32 gradient
+    BiasBackward(gdb32.get(), gdy.get(), M, N, 0.5f, nullptr);
+    ExpectClose(gdb32.Download(), db, TolFor<float>(db), "dbias f32");
+  }
+}
+
+// D = beta C + bias (the unfused epilogue's seeding), strided and in place.
+TYPED_TEST(TypedGpuTest, BiasResidualFill) {
+  using T = TypeParam;
+  const int64_t M = 9, N = 13, ld = 16;
+  const FVec c = Prep<T>(Randn(M * ld, 48)), bias = Prep<T>(Randn(N, 49));
+  FVec want = c;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) want[m * ld + n] = 0.5f * c[m * ld + n] + bias[n];
+  }
+  want = Prep<T>(want);
+  Dev<T> gc(c), gbias(bias);
+  BiasResidualFill(gc.get(), DTypeOf<T>::value, ld, gc.get(), ld, 0.5f, gbias.get(), M, N, nullptr);
+  ExpectClose(gc.Download(), want, TolFor<T>(want), "beta C + bias in place");
+  Dev<T> gd(M * ld);
+  BiasResidualFill(gd.get(), DTypeOf<T>::value, ld, nullptr, ld, 0.f, gbias.get(), M, N, nullptr);
+  const FVec got = gd.Download();
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) ASSERT_EQ(got[m * ld + n], bias[n]);
+  }
+}
+
 // ------------------------------------------------------------------ norms ----
 
 TYPED_TEST(TypedGpuTest, LayerNormForwardBackward) {
@@ -124,8 +168,8 @@ TYPED_TEST(TypedGpuTest, LayerNormForwardBackward) {
     const FVec dx0 = Prep<T>(Randn(rows * C, 11)), dw0 = Prep<T>(Randn(C, 12)),
                db0 = Prep<T>(Randn(C, 13));
     FVec y(rows * C), mean(rows), rstd(rows);
-    cpu::LayerNormForward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows,
-                          C, 1e-5f);
+    cpu::LayerNormForward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, C,
+                          1e-5f);
     FVec dx = dx0, dw = dw0, db = db0;
     cpu::LayerNormBackward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
                            mean.data(), rstd.data(), rows, C);
@@ -189,8 +233,8 @@ TYPED_TEST(TypedGpuTest, FusedResidualNormsForward) {
 
   Dev<T> ga(a), gb(b2), gw(w), gbias(bias), gout(rows * C);
   Dev<float> gmean(rows), grstd(rows);
-  FusedResidualLayerNormForward(ga.get(), gout.get(), gmean.get(), grstd.get(), ga.get(),
-                                gb.get(), gw.get(), gbias.get(), rows, C, 1e-5f, nullptr);
+  FusedResidualLayerNormForward(ga.get(), gout.get(), gmean.get(), grstd.get(), ga.get(), gb.get(),
+                                gw.get(), gbias.get(), rows, C, 1e-5f, nullptr);
   ExpectClose(ga.Download(), res, TolFor<T>(res, 1e-6, 1e-6), "residual (exact)");
   ExpectClose(gout.Download(), ln, TolFor<T>(ln), "fused layernorm out");
   ExpectClose(grstd.Download(), rstd, TolFor<float>(rstd), "fused layernorm rstd");
@@ -246,8 +290,8 @@ TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyInPlace) {
     const std::vector<int32_t> targets = RandTokens(rows, V, 27);
     FVec want = logits, row_loss(rows);
     const float grad_scale = 1.f / rows;
-    const float mean = cpu::SoftmaxCrossEntropy(want.data(), targets.data(), rows, V, grad_scale,
-                                                row_loss.data());
+    const float mean =
+        cpu::SoftmaxCrossEntropy(want.data(), targets.data(), rows, V, grad_scale, row_loss.data());
     FVec padded(rows * ld, 7.f);  // padding columns must come back as 0
     for (int64_t r = 0; r < rows; ++r) {
       std::copy(logits.begin() + r * V, logits.begin() + (r + 1) * V, padded.begin() + r * ld);
@@ -585,8 +629,8 @@ void CheckAttention(const AttnShape& s, bool tensor_cores) {
   auto scratch = Scratch(AttentionBackwardScratchBytes(s.B, s.T, s.NH));
   FVec first;
   for (int run = 0; run < 2; ++run) {
-    AttentionBackward(gdqkv.get(), gdout.get(), gqkv.get(), gout.get(), glse.get(), s.B, s.T,
-                      s.NH, s.NKV, s.hd, scratch.get(), scratch.size(), nullptr);
+    AttentionBackward(gdqkv.get(), gdout.get(), gqkv.get(), gout.get(), glse.get(), s.B, s.T, s.NH,
+                      s.NKV, s.hd, scratch.get(), scratch.size(), nullptr);
     const FVec got = gdqkv.Download();
     if (run == 0) {
       // Gradients: fp32 2e-5 (sums over up to T scores), bf16 2e-2 (P and dS
@@ -611,11 +655,11 @@ TEST_P(AttentionTest, Bf16TensorCoresMatchCpu) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionTest,
-    ::testing::Values(AttnShape{2, 67, 4, 2, 16},    // GQA, partial tiles, small hd
-                      AttnShape{1, 130, 2, 2, 64},   // MHA, hd 64 (GPT-2)
-                      AttnShape{2, 150, 4, 1, 64},   // multi-query, 3 tiles of 64
-                      AttnShape{1, 96, 2, 1, 128},   // hd 128 (Llama-style)
-                      AttnShape{1, 5, 3, 3, 32}));   // fewer rows than a tile
+    ::testing::Values(AttnShape{2, 67, 4, 2, 16},   // GQA, partial tiles, small hd
+                      AttnShape{1, 130, 2, 2, 64},  // MHA, hd 64 (GPT-2)
+                      AttnShape{2, 150, 4, 1, 64},  // multi-query, 3 tiles of 64
+                      AttnShape{1, 96, 2, 1, 128},  // hd 128 (Llama-style)
+                      AttnShape{1, 5, 3, 3, 32}));  // fewer rows than a tile
 
 }  // namespace
 }  // namespace llmt::kernels::cuda

@@ -188,8 +188,8 @@ TEST(MatmulLayoutTest, MatmulOpsMatchCpuMatmul) {
     std::vector<float> want_pre(M * N), want_act(M * N), got_pre(M * N), got_act(M * N);
     cpu::MatmulForward(want_pre.data(), x.data(), w.data(), b.data(), M, K, N, layout);
     cpu::GeluForward(want_act.data(), want_pre.data(), M * N);
-    RunOnCpu(MatmulForwardOp(got_act.data(), x.data(), w.data(), b.data(), M, K, N, layout,
-                             nullptr, got_pre.data(), DType::kF32));
+    RunOnCpu(MatmulForwardOp(got_act.data(), x.data(), w.data(), b.data(), M, K, N, layout, nullptr,
+                             got_pre.data(), DType::kF32));
     ExpectNear(got_pre, want_pre, "pre_gelu");
     ExpectNear(got_act, want_act, "gelu");
     // Backward: dinp overwrite and accumulate, dweight accumulate.

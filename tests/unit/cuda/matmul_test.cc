@@ -3,12 +3,13 @@
 //   fp32: rtol 1e-5, atol 1e-5 (sums of K products in a different order);
 //   bf16: rtol 1e-2, atol 2e-2 (inputs are rounded to bf16 for both backends,
 //         accumulation is fp32, outputs carry one bf16 rounding, 2^-9).
+#include "kernels/cuda/matmul.cuh"
+
 #include <gtest/gtest.h>
 
 #include <memory>
 
 #include "kernels/activation.h"
-#include "kernels/cuda/matmul.cuh"
 #include "kernels/matmul.h"
 #include "tests/unit/cuda/cuda_test_util.h"
 
@@ -56,16 +57,16 @@ TYPED_TEST(MatmulTest, ForwardMatchesCpu) {
     for (int variant = 0; variant < 4; ++variant) {
       for (const auto& [M, K, N] : {std::tuple{64, 48, 80}, std::tuple{37, 29, 53}}) {
         const bool with_bias = variant & 1, with_res = variant & 2;
-        SCOPED_TRACE(::testing::Message() << "layout " << static_cast<int>(layout) << " bias "
-                                          << with_bias << " residual " << with_res << " M=" << M
-                                          << " K=" << K << " N=" << N);
+        SCOPED_TRACE(::testing::Message()
+                     << "layout " << static_cast<int>(layout) << " bias " << with_bias
+                     << " residual " << with_res << " M=" << M << " K=" << K << " N=" << N);
         const FVec x = Prep<T>(Randn(size_t(M) * K, 1));
         const FVec w = Prep<T>(Randn(size_t(K) * N, 2, 0.2f));
         const FVec b = Prep<T>(Randn(N, 3));
         const FVec r = Prep<T>(Randn(size_t(M) * N, 4));
         FVec want(size_t(M) * N);
-        cpu::MatmulForward(want.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, M, K,
-                           N, layout, with_res ? r.data() : nullptr);
+        cpu::MatmulForward(want.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, M, K, N,
+                           layout, with_res ? r.data() : nullptr);
         Dev<T> dx(x), dw(w), db(b), dr(r), dout(size_t(M) * N);
         MatmulForward(*this->blas_, dout.get(), dx.get(), dw.get(), with_bias ? db.get() : nullptr,
                       M, K, N, layout, with_res ? dr.get() : nullptr, nullptr, nullptr);
@@ -87,8 +88,8 @@ TYPED_TEST(MatmulTest, ForwardResidualInPlace) {
   cpu::MatmulForward(want.data(), x.data(), w.data(), b.data(), M, K, N, WeightLayout::kOutIn,
                      want.data());
   Dev<T> dx(x), dw(w), db(b), dr(r);
-  MatmulForward(*this->blas_, dr.get(), dx.get(), dw.get(), db.get(), M, K, N,
-                WeightLayout::kOutIn, dr.get(), nullptr, nullptr);
+  MatmulForward(*this->blas_, dr.get(), dx.get(), dw.get(), db.get(), M, K, N, WeightLayout::kOutIn,
+                dr.get(), nullptr, nullptr);
   ExpectClose(dr.Download(), want, GemmTol<T>(), "out");
 }
 
@@ -121,9 +122,9 @@ TYPED_TEST(MatmulTest, BackwardMatchesCpu) {
   for (const auto layout : {WeightLayout::kInOut, WeightLayout::kOutIn}) {
     for (bool acc_dinp : {false, true}) {
       for (const auto& [M, K, N] : {std::tuple{64, 48, 80}, std::tuple{45, 27, 33}}) {
-        SCOPED_TRACE(::testing::Message() << "layout " << static_cast<int>(layout)
-                                          << " accumulate_dinp " << acc_dinp << " M=" << M
-                                          << " K=" << K << " N=" << N);
+        SCOPED_TRACE(::testing::Message()
+                     << "layout " << static_cast<int>(layout) << " accumulate_dinp " << acc_dinp
+                     << " M=" << M << " K=" << K << " N=" << N);
         const FVec x = Prep<T>(Randn(size_t(M) * K, 12));
         const FVec w = Prep<T>(Randn(size_t(K) * N, 13, 0.2f));
         const FVec dy = Prep<T>(Randn(size_t(M) * N, 14));
@@ -131,11 +132,11 @@ TYPED_TEST(MatmulTest, BackwardMatchesCpu) {
         const FVec dw0 = Prep<T>(Randn(size_t(K) * N, 16));
         const FVec db0 = Prep<T>(Randn(N, 17));
         FVec dx = dx0, dw = dw0, db = db0;
-        cpu::MatmulBackward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), M, K,
-                            N, layout, alpha, acc_dinp);
+        cpu::MatmulBackward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), M, K, N,
+                            layout, alpha, acc_dinp);
         Dev<T> gx(x), gw(w), gdy(dy), gdx(dx0), gdw(dw0), gdb(db0);
-        MatmulBackward(*this->blas_, gdx.get(), gdw.get(), gdb.get(), gdy.get(), gx.get(),
-                       gw.get(), M, K, N, layout, alpha, acc_dinp, nullptr, nullptr);
+        MatmulBackward(*this->blas_, gdx.get(), gdw.get(), gdb.get(), gdy.get(), gx.get(), gw.get(),
+                       M, K, N, layout, alpha, acc_dinp, nullptr, nullptr);
         ExpectClose(gdx.Download(), dx, GemmTol<T>(), "dinp");
         ExpectClose(gdw.Download(), dw, GemmTol<T>(), "dweight");
         ExpectClose(gdb.Download(), db, GemmTol<T>(), "dbias");
@@ -174,8 +175,7 @@ TEST(MatmulMixedTest, Bf16ActivationsFp32GradsAccumulate) {
   ASSERT_TRUE(blas.ok()) << blas.status();
   const int M = 64, K = 40, N = 72;
   const FVec x1 = RoundBf16(Randn(size_t(M) * K, 21)), x2 = RoundBf16(Randn(size_t(M) * K, 22));
-  const FVec dy1 = RoundBf16(Randn(size_t(M) * N, 23)),
-             dy2 = RoundBf16(Randn(size_t(M) * N, 24));
+  const FVec dy1 = RoundBf16(Randn(size_t(M) * N, 23)), dy2 = RoundBf16(Randn(size_t(M) * N, 24));
   const FVec w = RoundBf16(Randn(size_t(N) * K, 25, 0.2f));
   FVec dw(size_t(N) * K, 0.f), db(N, 0.f);
   cpu::MatmulBackward(nullptr, dw.data(), db.data(), dy1.data(), x1.data(), w.data(), M, K, N,

@@ -1,13 +1,13 @@
 // CUDA runtime helpers. The message/report tests are pure host logic and run
 // everywhere; the allocation and device tests skip without a GPU.
 #include "kernels/cuda/runtime.cuh"
-#include "kernels/cuda/optimizer.cuh"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <vector>
 
+#include "kernels/cuda/optimizer.cuh"
 #include "tests/unit/cuda/cuda_test_util.h"
 
 namespace llmt::kernels::cuda {
@@ -23,8 +23,8 @@ TEST(CudaRuntimeTest, FormatBytes) {
 }
 
 TEST(CudaRuntimeTest, OutOfMemoryMessageNamesBufferAndBytes) {
-  const std::string msg =
-      OutOfMemoryMessage("activations", int64_t{5} << 30, MemInfo{int64_t{1} << 30, int64_t{80} << 30});
+  const std::string msg = OutOfMemoryMessage("activations", int64_t{5} << 30,
+                                             MemInfo{int64_t{1} << 30, int64_t{80} << 30});
   EXPECT_THAT(msg, HasSubstr("'activations'"));
   EXPECT_THAT(msg, HasSubstr("5368709120 bytes (5.00 GiB)"));
   EXPECT_THAT(msg, HasSubstr("1.00 GiB free of 80.00 GiB"));

@@ -1,0 +1,375 @@
+// The emulator's runtime: launches on std::threads with block/warp barriers,
+// and host-memory implementations of the CUDA runtime API functions that
+// kernels/cuda and its tests call (see cuda_emu.h).
+#include "tests/unit/cuda/emu/cuda_emu.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+// The built-in variables hold the values of the fiber that is running; the
+// scheduler sets them before resuming a fiber.
+uint3 threadIdx;
+uint3 blockIdx;
+dim3 blockDim;
+dim3 gridDim;
+
+namespace llmt::emu {
+namespace {
+
+// GPU threads are fibers (ucontext) on the launching OS thread, scheduled
+// round-robin; each runs until it waits at a barrier or finishes. This is
+// deterministic and cheap, and "run until blocked" is an adversarial order:
+// a thread reads shared data before the other threads of its block have
+// written it, or overwrites it before they have read it, unless a barrier
+// orders them -- so a missing __syncthreads()/__syncwarp() corrupts results
+// (shared memory starts as NaN bytes) instead of passing by luck.
+constexpr size_t kStackBytes = 256 * 1024;
+
+#if defined(__x86_64__)
+// A minimal System V x86-64 context switch (glibc's swapcontext makes a
+// signal-mask system call per switch, ~1 us; this is ~20 ns): pushes the
+// callee-saved registers and the SSE/x87 control words on the current stack,
+// stores the stack pointer in *from_sp, and resumes the context whose stack
+// pointer is to_sp.
+extern "C" void llmt_emu_switch(void** from_sp, void* to_sp);
+asm(R"(
+  .text
+  .globl llmt_emu_switch
+  .type llmt_emu_switch,@function
+llmt_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size llmt_emu_switch, .-llmt_emu_switch
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+
+// Lays out a fresh stack so that switching to it "returns" into entry() with
+// the ABI's stack alignment (rsp % 16 == 8 at function entry).
+void MakeContext(Context* c, char* stack, size_t bytes, void (*entry)()) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t{15};
+  uint64_t* sp = reinterpret_cast<uint64_t*>(top);
+  *--sp = 0;                                  // entry's (never used) return address
+  *--sp = reinterpret_cast<uint64_t>(entry);  // where llmt_emu_switch's ret goes
+  for (int i = 0; i < 6; ++i) *--sp = 0;      // rbp rbx r12 r13 r14 r15
+  *--sp = 0x037Full << 32 | 0x1F80;           // x87 control word | MXCSR defaults
+  c->sp = sp;
+}
+void SwitchTo(Context* from, Context* to) { llmt_emu_switch(&from->sp, to->sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+void MakeContext(Context* c, char* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c->uc);
+  c->uc.uc_stack.ss_sp = stack;
+  c->uc.uc_stack.ss_size = bytes;
+  c->uc.uc_link = nullptr;
+  makecontext(&c->uc, entry, 0);
+}
+void SwitchTo(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+#endif
+
+struct Barrier {
+  int expected = 0;
+  int count = 0;
+  uint64_t generation = 0;
+};
+
+struct Warp {
+  Barrier barrier;
+  uint64_t slots[32] = {};
+};
+
+struct Fiber {
+  Context ctx;
+  int tid = 0;
+  uint3 idx{};
+  bool done = false;
+};
+
+Context g_scheduler;
+Fiber* g_cur = nullptr;
+std::vector<Fiber> g_fibers;
+std::vector<std::unique_ptr<char[]>> g_stacks;
+std::vector<Warp> g_warps;
+Barrier g_block_barrier;
+int g_block_or = 0;
+bool g_progress = false;
+const std::function<void()>* g_body = nullptr;
+unsigned char* g_smem = nullptr;
+size_t g_smem_bytes = 0;
+std::mutex g_launch_mu;  // one launch at a time (the "shared" statics are global)
+
+void Yield() { SwitchTo(&g_cur->ctx, &g_scheduler); }
+
+void Wait(Barrier& b) {
+  g_progress = true;
+  const uint64_t gen = b.generation;
+  if (++b.count == b.expected) {
+    b.count = 0;
+    ++b.generation;
+    return;
+  }
+  while (b.generation == gen) Yield();
+}
+
+// Never returns: a finished fiber switches back to the scheduler, which
+// does not resume it again.
+void FiberMain() {
+  (*g_body)();
+  g_cur->done = true;
+  g_progress = true;
+  SwitchTo(&g_cur->ctx, &g_scheduler);
+  Fail("a finished fiber was resumed");
+}
+
+}  // namespace
+
+void Fail(const char* what) {
+  std::fprintf(stderr, "CUDA emulator: %s (block %u,%u,%u thread %u,%u,%u)\n", what, blockIdx.x,
+               blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  std::fflush(stderr);
+  std::abort();
+}
+
+void WarpBarrier() { Wait(g_warps[g_cur->tid / 32].barrier); }
+void WarpPut(uint64_t v) { g_warps[g_cur->tid / 32].slots[g_cur->tid % 32] = v; }
+uint64_t WarpGet(int lane) {
+  if (lane < 0 || lane >= 32) Fail("shuffle from a lane outside the warp");
+  return g_warps[g_cur->tid / 32].slots[lane];
+}
+int Lane() { return g_cur->tid % 32; }
+void BlockBarrier() { Wait(g_block_barrier); }
+
+int BlockOr(int pred) {
+  if (pred) g_block_or = 1;
+  Wait(g_block_barrier);
+  const int r = g_block_or;
+  Wait(g_block_barrier);
+  if (g_cur->tid == 0) g_block_or = 0;
+  Wait(g_block_barrier);
+  return r;
+}
+
+unsigned char* DynamicSmem() { return g_smem; }
+size_t DynamicSmemBytes() { return g_smem_bytes; }
+
+void RunGrid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
+  std::lock_guard<std::mutex> lock(g_launch_mu);
+  const int n = static_cast<int>(block.x * block.y * block.z);
+  if (n <= 0 || n > 1024) Fail("block size must be 1..1024 threads");
+  if (n % 32 != 0) Fail("emulated blocks must be whole warps");
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) Fail("empty grid");
+  if (grid.y > 65535 || grid.z > 65535) Fail("grid.y/grid.z above 65535");
+  if (smem > 227 * 1024) Fail("more dynamic shared memory than an H100 block can have");
+  gridDim = grid;
+  blockDim = block;
+  g_body = &body;
+  // Dynamic shared memory, 128-byte aligned, filled with 0xFF bytes (NaN as
+  // floats) so that reading it before writing shows up in the results.
+  std::unique_ptr<unsigned char[]> raw(new unsigned char[smem + 128]);
+  g_smem = smem > 0 ? reinterpret_cast<unsigned char*>(
+                          (reinterpret_cast<uintptr_t>(raw.get()) + 127) / 128 * 128)
+                    : nullptr;
+  g_smem_bytes = smem;
+  while (static_cast<int>(g_stacks.size()) < n) {
+    g_stacks.push_back(std::unique_ptr<char[]>(new char[kStackBytes]));
+  }
+  g_fibers.assign(n, Fiber{});
+  g_warps.assign(n / 32, Warp{});
+  const uint3 saved_thread = threadIdx, saved_block = blockIdx;
+
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        if (smem > 0) std::memset(g_smem, 0xFF, smem);
+        g_block_barrier = Barrier{n, 0, 0};
+        g_block_or = 0;
+        for (Warp& w : g_warps) w.barrier = Barrier{32, 0, 0};
+        for (int t = 0; t < n; ++t) {
+          Fiber& f = g_fibers[t];
+          f.tid = t;
+          f.done = false;
+          f.idx = uint3{static_cast<unsigned>(t) % block.x,
+                        static_cast<unsigned>(t) / block.x % block.y,
+                        static_cast<unsigned>(t) / (block.x * block.y)};
+          MakeContext(&f.ctx, g_stacks[t].get(), kStackBytes, FiberMain);
+        }
+        int remaining = n;
+        while (remaining > 0) {
+          g_progress = false;
+          for (Fiber& f : g_fibers) {
+            if (f.done) continue;
+            g_cur = &f;
+            threadIdx = f.idx;
+            SwitchTo(&g_scheduler, &f.ctx);
+            if (f.done) --remaining;
+          }
+          if (remaining > 0 && !g_progress) {
+            Fail(
+                "deadlock: every live thread waits at a barrier that cannot complete "
+                "(a barrier not reached by all threads of the block/warp)");
+          }
+        }
+      }
+    }
+  }
+  g_cur = nullptr;
+  threadIdx = saved_thread;
+  blockIdx = saved_block;
+  g_smem = nullptr;
+  g_smem_bytes = 0;
+}
+
+}  // namespace llmt::emu
+
+// ---- the CUDA runtime API subset, on host memory ------------------------------
+namespace {
+thread_local cudaError_t g_last_error = cudaSuccess;
+constexpr size_t kEmuMemory = size_t{16} << 30;  // what the emulated device "has"
+std::atomic<size_t> g_allocated{0};
+
+cudaError_t Set(cudaError_t e) {
+  if (e != cudaSuccess) g_last_error = e;
+  return e;
+}
+}  // namespace
+
+extern "C" {
+
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = g_last_error;
+  g_last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return g_last_error; }
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    default:
+      return "cudaError(emulated)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t error) {
+  return error == cudaErrorMemoryAllocation ? "out of memory" : "emulated CUDA error";
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess : Set(cudaErrorInvalidDevice);
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return Set(cudaErrorInvalidDevice);
+  std::memset(prop, 0, sizeof(*prop));
+  std::snprintf(prop->name, sizeof(prop->name), "llmt CUDA emulator");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 4;
+  prop->totalGlobalMem = kEmuMemory;
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  *total_bytes = kEmuMemory;
+  *free_bytes = kEmuMemory - std::min(kEmuMemory, g_allocated.load());
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  if (size > kEmuMemory - std::min(kEmuMemory, g_allocated.load())) {
+    *ptr = nullptr;
+    return Set(cudaErrorMemoryAllocation);
+  }
+  // 256-byte aligned like cudaMalloc; the size is stored in front for cudaFree.
+  const size_t total = (size + 255) / 256 * 256 + 256;
+  unsigned char* raw = static_cast<unsigned char*>(std::aligned_alloc(256, total));
+  if (raw == nullptr) return Set(cudaErrorMemoryAllocation);
+  std::memset(raw, 0xA5, total);  // garbage, like fresh device memory
+  std::memcpy(raw, &size, sizeof(size));
+  g_allocated += size;
+  *ptr = raw + 256;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  unsigned char* raw = static_cast<unsigned char*>(ptr) - 256;
+  size_t size = 0;
+  std::memcpy(&size, raw, sizeof(size));
+  g_allocated -= size;
+  std::free(raw);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind /*kind*/) {
+  if (count > 0) std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t /*stream*/) {
+  std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t /*stream*/) { return cudaSuccess; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int /*flags*/) {
+  *stream = reinterpret_cast<cudaStream_t>(new int(0));
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete reinterpret_cast<int*>(stream);
+  return cudaSuccess;
+}
+cudaError_t cudaFuncSetAttribute(const void* /*func*/, cudaFuncAttribute /*attr*/, int /*value*/) {
+  return cudaSuccess;
+}
+
+}  // extern "C"

@@ -1,0 +1,218 @@
+// A CPU emulator for the subset of CUDA that kernels/cuda uses, so that the
+// real kernel and launcher code (kernels/cuda/*.cu, compiled by the host
+// compiler) runs and is tested on machines without a GPU.
+//
+// Force-included (-include) before everything in the emulated translation
+// units. It makes __global__/__device__ functions plain functions and
+// __shared__ variables function-level statics, and provides the built-in
+// variables, barriers, warp shuffles and WMMA fragments:
+//
+//  * A launch runs the blocks of the grid one after another; the threads of a
+//    block are fibers (ucontext) on the calling thread, so a static
+//    "__shared__" array is shared by exactly the threads of the running block.
+//    Each fiber runs until it waits at a barrier or finishes (round-robin).
+//    That order is deterministic and adversarial: without the barrier a
+//    kernel needs, a thread reads shared memory before the others wrote it
+//    (it starts as NaN bytes) or overwrites it before they read it. A barrier
+//    that cannot complete is reported as a deadlock.
+//  * __syncthreads() is a barrier over the block; __syncwarp() and every
+//    shuffle are barriers over the 32 threads of a warp (shuffles exchange
+//    values through per-warp slots), so warp-synchronous code is exact.
+//  * WMMA fragments hold the whole 16x16 tile in every thread (the element ->
+//    thread mapping is opaque in CUDA too, and kernels/cuda never indexes
+//    fragments); loads/stores check the API's alignment and stride rules and
+//    that a tile stays inside dynamic shared memory; stores are done by lane 0
+//    only, so a missing __syncwarp() before reading them shows up as a race.
+//  * The CUDA runtime functions the library calls (allocation, copies,
+//    device queries, errors) are implemented on host memory by cuda_emu.cc;
+//    the emulated binaries do not link libcudart.
+//
+// Not emulated: timing, memory coalescing, bank conflicts, register limits,
+// and the weaker memory ordering of real GPUs (everything here is sequentially
+// consistent at barriers). It validates kernel logic, indexing, masking,
+// synchronisation structure and launch configuration, not performance.
+#pragma once
+
+#define LLMT_CUDA_EMULATION 1
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __launch_bounds__(...)
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+using std::isfinite;
+using std::max;
+using std::min;
+
+// ---- built-in variables -------------------------------------------------------
+extern uint3 threadIdx;
+extern uint3 blockIdx;
+extern dim3 blockDim;
+extern dim3 gridDim;
+
+namespace llmt::emu {
+
+// Per-warp exchange slots and barrier (defined in cuda_emu.cc).
+void WarpBarrier();
+void WarpPut(uint64_t v);
+uint64_t WarpGet(int lane);
+int Lane();
+void BlockBarrier();
+int BlockOr(int pred);
+unsigned char* DynamicSmem();
+size_t DynamicSmemBytes();
+[[noreturn]] void Fail(const char* what);
+
+// Runs `body` for every block of `grid` on blockDim threads.
+void RunGrid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
+
+template <typename... KArgs, typename... Args>
+void Launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
+  // The kernel's parameters by value, converted as a real launch would.
+  std::tuple<std::decay_t<KArgs>...> params(static_cast<KArgs>(args)...);
+  RunGrid(grid, block, smem, [&] { std::apply(kernel, params); });
+}
+
+}  // namespace llmt::emu
+
+// ---- intrinsics -----------------------------------------------------------------
+inline void __syncthreads() { ::llmt::emu::BlockBarrier(); }
+inline int __syncthreads_or(int pred) { return ::llmt::emu::BlockOr(pred); }
+inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { ::llmt::emu::WarpBarrier(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int /*width*/ = 32) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffle of a scalar");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  ::llmt::emu::WarpPut(bits);
+  ::llmt::emu::WarpBarrier();
+  const uint64_t other = ::llmt::emu::WarpGet(::llmt::emu::Lane() ^ lane_mask);
+  ::llmt::emu::WarpBarrier();  // slots are reused by the next shuffle
+  T r;
+  std::memcpy(&r, &other, sizeof(T));
+  return r;
+}
+
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// ---- WMMA ---------------------------------------------------------------------------
+namespace nvcuda::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+// The whole logical tile (A: M x K, B: K x N, accumulator: M x N) in fp32;
+// only 16x16x16 is used by kernels/cuda.
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "emulated WMMA supports m16n16k16");
+  float x[16][16];
+};
+
+namespace detail {
+inline float ToFloat(float v) { return v; }
+inline float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+void CheckPtr(const T* p, unsigned ldm, bool row_major_rows) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    ::llmt::emu::Fail("wmma: matrix pointer not 256-bit aligned");
+  }
+  if ((ldm * sizeof(T)) % 16 != 0) ::llmt::emu::Fail("wmma: ldm not a multiple of 16 bytes");
+  // A tile inside dynamic shared memory must stay inside it.
+  const unsigned char* s = ::llmt::emu::DynamicSmem();
+  const unsigned char* b = reinterpret_cast<const unsigned char*>(p);
+  if (s != nullptr && b >= s && b < s + ::llmt::emu::DynamicSmemBytes()) {
+    (void)row_major_rows;
+    const unsigned char* last =
+        reinterpret_cast<const unsigned char*>(p + 15 * static_cast<size_t>(ldm) + 15);
+    if (last + sizeof(T) > s + ::llmt::emu::DynamicSmemBytes()) {
+      ::llmt::emu::Fail("wmma: tile extends past the end of dynamic shared memory");
+    }
+  }
+}
+}  // namespace detail
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+void fill_fragment(fragment<Use, M, N, K, T, L>& f, float v) {
+  for (auto& row : f.x) {
+    for (float& e : row) e = v;
+  }
+}
+
+// matrix_a / matrix_b: element (r, c) of the logical tile is p[r*ldm + c]
+// (row_major) or p[r + c*ldm] (col_major).
+template <typename Use, int M, int N, int K, typename T, typename L>
+void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
+  static_assert(!std::is_same_v<Use, accumulator>, "accumulator loads take a layout");
+  constexpr bool kRow = std::is_same_v<L, row_major>;
+  detail::CheckPtr(p, ldm, kRow);
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) {
+      f.x[r][c] = detail::ToFloat(kRow ? p[r * ldm + c] : p[r + c * ldm]);
+    }
+  }
+}
+
+template <int M, int N, int K>
+void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm,
+                      layout_t layout) {
+  detail::CheckPtr(p, ldm, layout == mem_row_major);
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) {
+      f.x[r][c] = layout == mem_row_major ? p[r * ldm + c] : p[r + c * ldm];
+    }
+  }
+}
+
+template <int M, int N, int K>
+void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm,
+                       layout_t layout) {
+  detail::CheckPtr(p, ldm, layout == mem_row_major);
+  if (::llmt::emu::Lane() != 0) return;
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) {
+      (layout == mem_row_major ? p[r * ldm + c] : p[r + c * ldm]) = f.x[r][c];
+    }
+  }
+}
+
+// d = a b + c (fp32 accumulation).
+template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB>
+void mma_sync(fragment<accumulator, M, N, K, float>& d,
+              const fragment<matrix_a, M, N, K, TA, LA>& a,
+              const fragment<matrix_b, M, N, K, TB, LB>& b,
+              const fragment<accumulator, M, N, K, float>& c) {
+  float out[16][16];
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < 16; ++j) {
+      float s = c.x[i][j];
+      for (int k = 0; k < 16; ++k) s += a.x[i][k] * b.x[k][j];
+      out[i][j] = s;
+    }
+  }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+}  // namespace nvcuda::wmma
