@@ -85,8 +85,8 @@ class ServiceE2E : public ::testing::Test {
     if (HasFailure()) std::cerr << cluster_->Logs();
     cluster_.reset();
     // No trainer of this test may outlive it.
-    EXPECT_TRUE(WaitFor([&] { return PidsMatching(root_).empty(); }, 5000))
-        << "processes left behind: " << PidsMatching(root_).size();
+    EXPECT_TRUE(WaitFor([&] { return PidsMatching({root_}).empty(); }, 5000))
+        << "processes left behind: " << PidsMatching({root_}).size();
     if (!HasFailure()) stdfs::remove_all(root_);
   }
 
@@ -128,7 +128,7 @@ class ServiceE2E : public ::testing::Test {
   // Trainer processes of `attempt` (their spec file lives under the worker's
   // state dir in attempts/<id>/).
   std::vector<int> TrainerPids(uint64_t attempt) {
-    return PidsMatching(absl::StrCat("/state/attempts/", attempt, "/"));
+    return PidsMatching({root_ + "/", absl::StrCat("/state/attempts/", attempt, "/")});
   }
 
   static std::string* data_root_;

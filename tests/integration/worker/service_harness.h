@@ -84,8 +84,8 @@ inline std::string HttpGet(int port, const std::string& path) {
   return out;
 }
 
-// Pids of live processes whose command line contains `needle`.
-inline std::vector<int> PidsMatching(const std::string& needle) {
+// Pids of live processes whose command line contains every one of `needles`.
+inline std::vector<int> PidsMatching(const std::vector<std::string>& needles) {
   std::vector<int> out;
   DIR* d = opendir("/proc");
   if (d == nullptr) return out;
@@ -99,7 +99,9 @@ inline std::vector<int> PidsMatching(const std::string& needle) {
     // A zombie has an empty cmdline; only running processes count.
     std::string stat = ReadFileOrEmpty(absl::StrCat("/proc/", pid, "/stat"));
     if (stat.find(") Z ") != std::string::npos) continue;
-    if (cmd.find(needle) != std::string::npos) out.push_back(pid);
+    bool all = true;
+    for (const auto& n : needles) all = all && cmd.find(n) != std::string::npos;
+    if (all) out.push_back(pid);
   }
   closedir(d);
   return out;
@@ -173,7 +175,16 @@ class Cluster {
       coordinator_ =
           std::make_unique<Daemon>(argv, root_ + "/coord/coordinator.log", root_ + "/coord/ports");
     }
-    if (!coordinator_->Start()) return false;
+    bool ok = coordinator_->Start();
+    // The port was free when chosen but another process may have taken it
+    // since; before the first start a different one will do.
+    if (!ok && !started_once_ && ++start_tries_ < 3) {
+      port_ = FreePort();
+      coordinator_.reset();
+      return StartCoordinator(std::move(extra));
+    }
+    if (!ok) return false;
+    started_once_ = true;
     channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
     jobs_ = v1::JobService::NewStub(channel_);
     return true;
@@ -297,6 +308,8 @@ class Cluster {
 
   std::string root_;
   int port_;
+  bool started_once_ = false;
+  int start_tries_ = 0;
   std::unique_ptr<Daemon> coordinator_;
   std::vector<std::unique_ptr<Daemon>> workers_;
   std::shared_ptr<grpc::Channel> channel_;
