@@ -296,6 +296,10 @@ TEST_F(TrainE2E, SpecErrorsNameTheField) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("/nonexistent/llmt-data"));
 
+  r = Train(spec, out, {"--set", "train.device=cuda"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("train.device: cuda is not supported"));
+
   r = Train(spec, out, {"--set", "model.vocab_size=100"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("vocab"));
