@@ -12,6 +12,7 @@
 // run the same loops (masking is done on values, never by skipping shuffles).
 #include <cmath>
 
+#include "common/log.h"
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/device_util.cuh"
@@ -31,7 +32,7 @@ constexpr int kTile = 32;  // streamed rows per shared-memory tile
 constexpr int kSimtThreads = kRows * kG;
 static_assert(kRows % kTile == 0, "query tiles must align with key blocks");
 
-bool g_tensor_cores = true;
+AttentionImpl g_impl = AttentionImpl::kAuto;
 
 // Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
 __device__ __forceinline__ float GroupSum(float x) {
@@ -319,15 +320,38 @@ void DispatchHeadDim(int hd, F&& f) {
   }
 }
 
+// The tensor-core implementation to use for a bf16 call, or kSimt. Those
+// kernels copy tiles with 16-byte vector accesses, so misaligned pointers
+// fall back to SIMT (with a one-time warning: it is much slower).
+AttentionImpl TensorCoreImpl(int hd, const void* a, const void* b, const void* c) {
+  const AttentionImpl impl = g_impl == AttentionImpl::kAuto ? AttentionImpl::kMma : g_impl;
+  if (impl == AttentionImpl::kSimt || !internal::FlashTcSupports(hd)) return AttentionImpl::kSimt;
+  if (!internal::Aligned(16, a, b, c)) {
+    static bool warned = false;
+    if (!warned) {
+      warned = true;
+      LLMT_LOG(Warning) << "cuda attention: qkv/out/dout not 16-byte aligned; using the SIMT "
+                           "kernels (much slower). Align activation buffers to 16 bytes.";
+    }
+    return AttentionImpl::kSimt;
+  }
+  return impl;
+}
+
 template <typename T>
 void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int hd,
              cudaStream_t stream) {
   const AttnDims d = MakeDims(B, T_, NH, NKV, hd);
   if constexpr (std::is_same_v<T, bf16>) {
-    // The tensor-core kernels copy tiles with 16-byte vector accesses.
-    if (g_tensor_cores && internal::FlashTcSupports(hd) && internal::Aligned(16, out, qkv)) {
-      internal::FlashForwardTc(out, lse, qkv, d, stream);
-      return;
+    switch (TensorCoreImpl(hd, out, qkv, nullptr)) {
+      case AttentionImpl::kMma:
+        internal::FlashForwardMma(out, lse, qkv, d, stream);
+        return;
+      case AttentionImpl::kWmma:
+        internal::FlashForwardTc(out, lse, qkv, d, stream);
+        return;
+      default:
+        break;
     }
   }
   const dim3 grid(static_cast<unsigned>(CeilDiv(T_, kRows)), static_cast<unsigned>(B * NH));
@@ -349,9 +373,15 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
   internal::Launch(FlashBwdPreprocess<T>, GridFor(rows, 8), 256, 0, stream, Dsum, dout, out, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdPreprocess", stream);
   if constexpr (std::is_same_v<T, bf16>) {
-    if (g_tensor_cores && internal::FlashTcSupports(hd) && internal::Aligned(16, dqkv, dout, qkv)) {
-      internal::FlashBackwardTc(dqkv, dout, qkv, lse, Dsum, d, stream);
-      return;
+    switch (TensorCoreImpl(hd, dqkv, dout, qkv)) {
+      case AttentionImpl::kMma:
+        internal::FlashBackwardMma(dqkv, dout, qkv, lse, Dsum, d, stream);
+        return;
+      case AttentionImpl::kWmma:
+        internal::FlashBackwardTc(dqkv, dout, qkv, lse, Dsum, d, stream);
+        return;
+      default:
+        break;
     }
   }
   const unsigned tiles = static_cast<unsigned>(CeilDiv(T_, kRows));
@@ -423,8 +453,8 @@ bool AttentionSupportsHeadDim(int hd) {
   return hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 80 || hd == 96 || hd == 128;
 }
 
-void SetAttentionTensorCores(bool on) { g_tensor_cores = on; }
-bool AttentionTensorCores() { return g_tensor_cores; }
+void SetAttentionImpl(AttentionImpl impl) { g_impl = impl; }
+AttentionImpl GetAttentionImpl() { return g_impl; }
 
 size_t AttentionBackwardScratchBytes(int B, int T, int NH) {
   return static_cast<size_t>(B) * NH * T * sizeof(float);

@@ -17,11 +17,11 @@
 // Every output element is written by exactly one thread, so results are
 // deterministic without atomics.
 //
-// Two implementations (see docs/cuda.md): bf16 inputs with head dim 64 or 128
-// use tensor cores (WMMA, bf16 x bf16 -> fp32) for QK^T and PV; everything
-// else (fp32, used by the tests against the CPU, and other head dims) runs a
-// SIMT kernel in fp32 arithmetic. Supported head dims: 8, 16, 32, 64, 80, 96,
-// 128.
+// Implementations (see docs/cuda.md and AttentionImpl below): bf16 inputs
+// with head dim 64 or 128 run on tensor cores (mma.sync by default, or the
+// WMMA version); everything else (fp32, used by the tests against the CPU,
+// and other head dims) runs a SIMT kernel in fp32 arithmetic. Supported head
+// dims: 8, 16, 32, 64, 80, 96, 128.
 #pragma once
 
 #include <cstddef>
@@ -53,10 +53,14 @@ void AttentionBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16
                        const float* lse, int B, int T, int NH, int NKV, int hd, void* scratch,
                        size_t scratch_bytes, cudaStream_t stream);
 
-// Debug/test switch: when false, bf16 attention also runs the SIMT kernels
-// (default true). Lets the tests compare both implementations on one GPU.
-void SetAttentionTensorCores(bool on);
-bool AttentionTensorCores();
+// Which kernels bf16 attention uses. kAuto (the default) = kMma. kMma and
+// kWmma apply to head dims 64 and 128 with 16-byte aligned pointers; any
+// other case (and fp32 always) runs kSimt. A process-wide switch for tests
+// and debugging (not thread-safe), e.g. to fall back to kWmma if the mma.sync
+// kernels misbehave on some GPU.
+enum class AttentionImpl { kAuto, kMma, kWmma, kSimt };
+void SetAttentionImpl(AttentionImpl impl);
+AttentionImpl GetAttentionImpl();
 
 // RoPE tables cos/sin [T, hd/2] (device, fp32) for positions 0..T-1:
 // angle(t, i) = t * theta^(-2i/hd), computed in double like the CPU backend.

@@ -17,7 +17,13 @@ struct AttnDims {
   float scale;  // 1 / sqrt(hd)
 };
 
-// Tensor-core (WMMA) flash attention for bf16; hd 64 or 128.
+// Tensor-core flash attention for bf16, hd 64 or 128, pointers 16-byte
+// aligned: mma.sync with register-resident accumulators (attention_mma.cu)
+// and the portable WMMA version (attention_tc.cu).
+void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                     cudaStream_t stream);
+void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                      const float* Dsum, const AttnDims& d, cudaStream_t stream);
 bool FlashTcSupports(int hd);
 void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream);
 // Dsum [B, NH, T] = rowsum(dout * out), computed by the caller.

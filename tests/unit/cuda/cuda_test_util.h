@@ -169,6 +169,17 @@ inline double MaxAbs(const FVec& v) {
   return m;
 }
 
+// ||got - want||_2 / ||want||_2.
+inline double RelL2(const FVec& got, const FVec& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    const double d = double(got[i]) - double(want[i]);
+    num += d * d;
+    den += double(want[i]) * double(want[i]);
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
 // The per-dtype tolerance used by the kernel tests: element i passes when
 //   |got - want| <= rtol * (|want| + max_j |want_j|)
 // with rtol = 1e-5 for fp32 (summation order and libm differences) and 1e-2

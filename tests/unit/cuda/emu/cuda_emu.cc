@@ -108,6 +108,7 @@ struct Barrier {
 struct Warp {
   Barrier barrier;
   uint64_t slots[32] = {};
+  unsigned char exchange[32][64] = {};
 };
 
 struct Fiber {
@@ -169,6 +170,17 @@ uint64_t WarpGet(int lane) {
   return g_warps[g_cur->tid / 32].slots[lane];
 }
 int Lane() { return g_cur->tid % 32; }
+
+void WarpExchange(const void* mine, size_t bytes, void* all) {
+  if (bytes > 64) Fail("WarpExchange of more than 64 bytes per lane");
+  Warp& w = g_warps[g_cur->tid / 32];
+  std::memcpy(w.exchange[g_cur->tid % 32], mine, bytes);
+  Wait(w.barrier);
+  for (int l = 0; l < 32; ++l) {
+    std::memcpy(static_cast<unsigned char*>(all) + l * bytes, w.exchange[l], bytes);
+  }
+  Wait(w.barrier);  // the buffer is reused by the next exchange
+}
 void BlockBarrier() { Wait(g_block_barrier); }
 
 int BlockOr(int pred) {

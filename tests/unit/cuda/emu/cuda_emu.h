@@ -71,6 +71,9 @@ uint64_t WarpGet(int lane);
 int Lane();
 void BlockBarrier();
 int BlockOr(int pred);
+// Every lane contributes `bytes` (<= 64) from `mine`; `all` receives the 32
+// contributions in lane order. A warp-collective (all lanes must call it).
+void WarpExchange(const void* mine, size_t bytes, void* all);
 unsigned char* DynamicSmem();
 size_t DynamicSmemBytes();
 [[noreturn]] void Fail(const char* what);
@@ -110,6 +113,58 @@ inline unsigned __float_as_uint(float f) {
   unsigned u;
   std::memcpy(&u, &f, 4);
   return u;
+}
+
+// ---- mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 ------------------------
+// d += a b for one warp, with the PTX ISA's fragment layouts (groupID g =
+// lane >> 2, t = lane % 4; each .b32 register holds two bf16, lower column
+// or row index in the low half):
+//   A 16x16: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..),
+//            a[3] = (g+8, 2t+8..)
+//   B 16x8:  b[0] = (k 2t..2t+1, n g), b[1] = (k 2t+8..2t+9, n g)
+//   C/D 16x8 (f32): d[0..1] = (g, 2t..2t+1), d[2..3] = (g+8, 2t..2t+1)
+inline void EmuMmaM16N8K16Bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  struct LaneFrag {
+    uint32_t a[4];
+    uint32_t b[2];
+    float c[4];
+  };
+  LaneFrag mine;
+  std::memcpy(mine.a, a, sizeof(mine.a));
+  std::memcpy(mine.b, b, sizeof(mine.b));
+  std::memcpy(mine.c, d, sizeof(mine.c));
+  LaneFrag all[32];
+  ::llmt::emu::WarpExchange(&mine, sizeof(mine), all);
+  auto lo = [](uint32_t r) { return __bfloat162float(__ushort_as_bfloat16(r & 0xFFFFu)); };
+  auto hi = [](uint32_t r) { return __bfloat162float(__ushort_as_bfloat16(r >> 16)); };
+  float A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    const LaneFrag& f = all[l];
+    A[g][2 * t] = lo(f.a[0]);
+    A[g][2 * t + 1] = hi(f.a[0]);
+    A[g + 8][2 * t] = lo(f.a[1]);
+    A[g + 8][2 * t + 1] = hi(f.a[1]);
+    A[g][2 * t + 8] = lo(f.a[2]);
+    A[g][2 * t + 9] = hi(f.a[2]);
+    A[g + 8][2 * t + 8] = lo(f.a[3]);
+    A[g + 8][2 * t + 9] = hi(f.a[3]);
+    B[2 * t][g] = lo(f.b[0]);
+    B[2 * t + 1][g] = hi(f.b[0]);
+    B[2 * t + 8][g] = lo(f.b[1]);
+    B[2 * t + 9][g] = hi(f.b[1]);
+    C[g][2 * t] = f.c[0];
+    C[g][2 * t + 1] = f.c[1];
+    C[g + 8][2 * t] = f.c[2];
+    C[g + 8][2 * t + 1] = f.c[3];
+  }
+  const int lane = ::llmt::emu::Lane(), g = lane >> 2, t = lane & 3;
+  const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  for (int i = 0; i < 4; ++i) {
+    float s = C[rows[i]][cols[i]];
+    for (int k = 0; k < 16; ++k) s += A[rows[i]][k] * B[k][cols[i]];
+    d[i] = s;
+  }
 }
 
 // ---- WMMA ---------------------------------------------------------------------------
