@@ -124,8 +124,12 @@ class Dev {
 // fp32 kernels differ from the CPU only by summation order (~1e-6 relative);
 // bf16 results carry one bf16 rounding (2^-8 relative) of outputs plus bf16
 // intermediates.
+// rel_l2 additionally bounds ||got - want|| / ||want|| over the whole tensor,
+// so that an error confined to a small-valued part of a tensor with a wide
+// range (which the max-scaled atol would tolerate) still fails.
 struct Tol {
   double rtol, atol;
+  double rel_l2 = INFINITY;
 };
 template <typename T>
 constexpr Tol DefaultTol() {
@@ -160,7 +164,9 @@ inline double ExpectClose(const FVec& got, const FVec& want, Tol tol, const std:
                      << " elements out of tolerance (rtol " << tol.rtol << ", atol " << tol.atol
                      << "); worst at " << worst << ": got " << got[worst] << ", want "
                      << want[worst];
-  return std::sqrt(num / std::max(den, 1e-300));
+  const double rel = std::sqrt(num / std::max(den, 1e-300));
+  EXPECT_LE(rel, tol.rel_l2) << what << ": relative L2 error";
+  return rel;
 }
 
 inline double MaxAbs(const FVec& v) {
@@ -188,7 +194,7 @@ inline double RelL2(const FVec& got, const FVec& want) {
 template <typename T>
 Tol TolFor(const FVec& want, double rtol_f32 = 1e-5, double rtol_bf16 = 1e-2) {
   const double r = std::is_same_v<T, float> ? rtol_f32 : rtol_bf16;
-  return {r, r * MaxAbs(want)};
+  return {r, r * MaxAbs(want), r};
 }
 
 // Rounds to bf16 when T is bf16 (so the CPU reference sees the GPU's inputs).

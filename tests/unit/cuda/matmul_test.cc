@@ -27,9 +27,9 @@ using testing::Tol;
 template <typename T>
 Tol GemmTol() {
   if constexpr (std::is_same_v<T, float>) {
-    return {1e-5, 1e-5};
+    return {1e-5, 1e-5, 1e-5};
   } else {
-    return {1e-2, 2e-2};
+    return {1e-2, 2e-2, 1e-2};
   }
 }
 
@@ -189,8 +189,8 @@ TEST(MatmulMixedTest, Bf16ActivationsFp32GradsAccumulate) {
   MatmulBackward(**blas, static_cast<bf16*>(nullptr), gdw.get(), gdb.get(), gdy2.get(), gx2.get(),
                  gw.get(), M, K, N, WeightLayout::kOutIn, 0.5f, false, nullptr, nullptr);
   // fp32 outputs from exact bf16 inputs: only summation order differs.
-  ExpectClose(gdw.Download(), dw, Tol{1e-5, 1e-5}, "dweight f32");
-  ExpectClose(gdb.Download(), db, Tol{1e-5, 1e-5}, "dbias f32");
+  ExpectClose(gdw.Download(), dw, Tol{1e-5, 1e-5, 1e-5}, "dweight f32");
+  ExpectClose(gdb.Download(), db, Tol{1e-5, 1e-5, 1e-5}, "dbias f32");
 }
 
 // The low-level Gemm with transposes and padded leading dimensions.
@@ -225,7 +225,7 @@ TEST(MatmulGemmTest, TransposesAndLeadingDimensions) {
       op.D = gC.get();
       op.ldd = ldc;
       Gemm(**blas, op, nullptr);
-      ExpectClose(gC.Download(), want, Tol{1e-5, 1e-5}, "C");
+      ExpectClose(gC.Download(), want, Tol{1e-5, 1e-5, 1e-5}, "C");
     }
   }
   EXPECT_GT((*blas)->num_plans(), 0);
