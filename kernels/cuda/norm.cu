@@ -6,18 +6,23 @@ namespace {
 
 using internal::CeilDiv;
 using internal::FromF;
+using internal::LoadVec;
+using internal::StoreVec;
 using internal::ToF;
+using internal::Vec;
 using internal::WarpSum;
 
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kWarps = kThreads / 32;
 
-// One warp per row; lanes stride over the C channels (coalesced). The row is
-// read up to three times (sum, variance, output); the re-reads hit L1/L2.
-// With kRes the row is first built as residual = inp1 + inp2 (rounded to T
-// and stored), and the statistics are taken of the stored values so that the
-// backward, which reads `residual`, sees exactly the normalised input.
-template <typename T, bool kLN, bool kRes>
+// One warp per row; each lane takes V consecutive channels at a time (V = 8
+// bf16 / 4 fp32 16-byte vector accesses when the host found C divisible and
+// the pointers aligned, else V = 1), lanes striding over the row (coalesced).
+// The row is read up to three times (sum, variance, output); the re-reads hit
+// L1/L2. With kRes the row is first built as residual = inp1 + inp2 (rounded
+// to T and stored), and the statistics are taken of the stored values so that
+// the backward, which reads `residual`, sees exactly the normalised input.
+template <typename T, int V, bool kLN, bool kRes>
 __global__ void NormForwardKernel(T* residual, T* out, float* mean, float* rstd, const T* inp1,
                                   const T* inp2, const T* weight, const T* bias, int64_t rows,
                                   int C, float eps) {
@@ -31,42 +36,65 @@ __global__ void NormForwardKernel(T* residual, T* out, float* mean, float* rstd,
     // residual may alias inp1/inp2: each element is read, then written, by
     // the same lane; the later passes re-read the lane's own writes.
     T* r = residual + off;
-    for (int c = lane; c < C; c += 32) {
-      const T v = FromF<T>(ToF(inp1[off + c]) + ToF(inp2[off + c]));
-      r[c] = v;
-      const float f = ToF(v);
-      sum += f;
-      sumsq += f * f;
+    for (int c = lane * V; c < C; c += 32 * V) {
+      const Vec<T, V> a = LoadVec<V>(inp1 + off + c), b = LoadVec<V>(inp2 + off + c);
+      Vec<T, V> v;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        v.v[k] = FromF<T>(ToF(a.v[k]) + ToF(b.v[k]));
+        const float f = ToF(v.v[k]);
+        sum += f;
+        sumsq += f * f;
+      }
+      StoreVec<V>(r + c, v);
     }
     x = r;
   } else {
     x = inp1 + off;
-    for (int c = lane; c < C; c += 32) {
-      const float f = ToF(x[c]);
-      sum += f;
-      sumsq += f * f;
+    for (int c = lane * V; c < C; c += 32 * V) {
+      const Vec<T, V> a = LoadVec<V>(x + c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float f = ToF(a.v[k]);
+        sum += f;
+        sumsq += f * f;
+      }
     }
   }
   float m = 0.f, rs;
   if constexpr (kLN) {
     m = WarpSum(sum) / C;
     // Two-pass variance (no cancellation for large means), as the CPU backend.
-    float v = 0.f;
-    for (int c = lane; c < C; c += 32) {
-      const float d = ToF(x[c]) - m;
-      v += d * d;
+    float var = 0.f;
+    for (int c = lane * V; c < C; c += 32 * V) {
+      const Vec<T, V> a = LoadVec<V>(x + c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float dv = ToF(a.v[k]) - m;
+        var += dv * dv;
+      }
     }
-    rs = 1.f / sqrtf(WarpSum(v) / C + eps);
+    rs = 1.f / sqrtf(WarpSum(var) / C + eps);
   } else {
     rs = 1.f / sqrtf(WarpSum(sumsq) / C + eps);
   }
   T* o = out + off;
-  for (int c = lane; c < C; c += 32) {
-    float y = (ToF(x[c]) - m) * rs * ToF(weight[c]);
+  for (int c = lane * V; c < C; c += 32 * V) {
+    const Vec<T, V> a = LoadVec<V>(x + c), w = LoadVec<V>(weight + c);
+    Vec<T, V> bb;
     if constexpr (kLN) {
-      if (bias != nullptr) y += ToF(bias[c]);
+      if (bias != nullptr) bb = LoadVec<V>(bias + c);
     }
-    o[c] = FromF<T>(y);
+    Vec<T, V> y;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      float f = (ToF(a.v[k]) - m) * rs * ToF(w.v[k]);
+      if constexpr (kLN) {
+        if (bias != nullptr) f += ToF(bb.v[k]);
+      }
+      y.v[k] = FromF<T>(f);
+    }
+    StoreVec<V>(o + c, y);
   }
   if (lane == 0) {
     if constexpr (kLN) mean[row] = m;
@@ -75,13 +103,13 @@ __global__ void NormForwardKernel(T* residual, T* out, float* mean, float* rstd,
 }
 
 // Block b handles rows [b R, b R + R), R = kNormRowsPerBlock.
-// Phase 1 (warp per row): dinp += rstd (dn - mean(dn) - n mean(dn n)) with
-//   n = (x - mean) rstd, dn = dout w (LayerNorm; RMSNorm drops the mean(dn)
-//   term and uses mean = 0).
+// Phase 1 (warp per row, V channels per lane step as in the forward):
+//   dinp += rstd (dn - mean(dn) - n mean(dn n)) with n = (x - mean) rstd,
+//   dn = dout w (LayerNorm; RMSNorm drops the mean(dn) term, mean = 0).
 // Phase 2 (thread per channel): partial weight (and bias) gradients of the
 //   block's rows, summed in row order, into partial[b][c] (and
 //   partial[nblocks + b][c]).
-template <typename T, bool kLN>
+template <typename T, int V, bool kLN>
 __global__ void NormBackwardKernel(T* dinp, float* partial, const T* dout, const T* inp,
                                    const T* weight, const float* mean, const float* rstd,
                                    int64_t rows, int C) {
@@ -92,18 +120,30 @@ __global__ void NormBackwardKernel(T* dinp, float* partial, const T* dout, const
     const int64_t off = r * C;
     const float m = kLN ? mean[r] : 0.f, rs = rstd[r];
     float sum_dn = 0.f, sum_dn_n = 0.f;
-    for (int c = lane; c < C; c += 32) {
-      const float n = (ToF(inp[off + c]) - m) * rs;
-      const float dn = ToF(dout[off + c]) * ToF(weight[c]);
-      sum_dn += dn;
-      sum_dn_n += dn * n;
+    for (int c = lane * V; c < C; c += 32 * V) {
+      const Vec<T, V> xi = LoadVec<V>(inp + off + c), dy = LoadVec<V>(dout + off + c),
+                      w = LoadVec<V>(weight + c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float n = (ToF(xi.v[k]) - m) * rs;
+        const float dn = ToF(dy.v[k]) * ToF(w.v[k]);
+        sum_dn += dn;
+        sum_dn_n += dn * n;
+      }
     }
     const float a = kLN ? WarpSum(sum_dn) / C : 0.f;
     const float b = WarpSum(sum_dn_n) / C;
-    for (int c = lane; c < C; c += 32) {
-      const float n = (ToF(inp[off + c]) - m) * rs;
-      const float dn = ToF(dout[off + c]) * ToF(weight[c]);
-      dinp[off + c] = FromF<T>(ToF(dinp[off + c]) + (dn - a - n * b) * rs);
+    for (int c = lane * V; c < C; c += 32 * V) {
+      const Vec<T, V> xi = LoadVec<V>(inp + off + c), dy = LoadVec<V>(dout + off + c),
+                      w = LoadVec<V>(weight + c);
+      Vec<T, V> dx = LoadVec<V>(dinp + off + c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float n = (ToF(xi.v[k]) - m) * rs;
+        const float dn = ToF(dy.v[k]) * ToF(w.v[k]);
+        dx.v[k] = FromF<T>(ToF(dx.v[k]) + (dn - a - n * b) * rs);
+      }
+      StoreVec<V>(dinp + off + c, dx);
     }
   }
   const int64_t nblocks = gridDim.x;
@@ -136,14 +176,28 @@ __global__ void NormParamGradKernel(G* dweight, G* dbias, const float* partial, 
   }
 }
 
+// 16-byte vectors when every row starts aligned (C divisible by the vector
+// width and all pointers aligned).
+template <typename T>
+constexpr int kVec = 16 / sizeof(T);
+template <typename T>
+bool UseVec(int C, const void* a, const void* b, const void* c, const void* d, const void* e) {
+  return C % kVec<T> == 0 && internal::Aligned(16, a, b, c, d) && internal::Aligned(16, e);
+}
+
 template <typename T, bool kLN, bool kRes>
 void LaunchForward(T* residual, T* out, float* mean, float* rstd, const T* inp1, const T* inp2,
                    const T* weight, const T* bias, int64_t rows, int C, float eps,
                    cudaStream_t stream) {
   if (rows <= 0 || C <= 0) return;
   const unsigned grid = static_cast<unsigned>(CeilDiv(rows, kWarps));
-  internal::Launch(NormForwardKernel<T, kLN, kRes>, grid, kThreads, 0, stream, residual, out, mean,
-                   rstd, inp1, inp2, weight, bias, rows, C, eps);
+  if (UseVec<T>(C, residual, out, inp1, inp2, weight) && internal::Aligned(16, bias)) {
+    internal::Launch(NormForwardKernel<T, kVec<T>, kLN, kRes>, grid, kThreads, 0, stream, residual,
+                     out, mean, rstd, inp1, inp2, weight, bias, rows, C, eps);
+  } else {
+    internal::Launch(NormForwardKernel<T, 1, kLN, kRes>, grid, kThreads, 0, stream, residual, out,
+                     mean, rstd, inp1, inp2, weight, bias, rows, C, eps);
+  }
   LLMT_CUDA_CHECK_LAUNCH(kLN ? (kRes ? "FusedResidualLayerNormForward" : "LayerNormForward")
                              : (kRes ? "FusedResidualRMSNormForward" : "RMSNormForward"),
                          stream);
@@ -158,8 +212,13 @@ void LaunchBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp, 
   CheckScratch(name, scratch, scratch_bytes, NormBackwardScratchBytes(rows, C));
   const int64_t nblocks = CeilDiv(rows, kNormRowsPerBlock);
   float* partial = static_cast<float*>(scratch);
-  internal::Launch(NormBackwardKernel<T, kLN>, static_cast<unsigned>(nblocks), kThreads, 0, stream,
-                   dinp, partial, dout, inp, weight, mean, rstd, rows, C);
+  if (UseVec<T>(C, dinp, dout, inp, weight, nullptr)) {
+    internal::Launch(NormBackwardKernel<T, kVec<T>, kLN>, static_cast<unsigned>(nblocks), kThreads,
+                     0, stream, dinp, partial, dout, inp, weight, mean, rstd, rows, C);
+  } else {
+    internal::Launch(NormBackwardKernel<T, 1, kLN>, static_cast<unsigned>(nblocks), kThreads, 0,
+                     stream, dinp, partial, dout, inp, weight, mean, rstd, rows, C);
+  }
   LLMT_CUDA_CHECK_LAUNCH(name, stream);
   internal::Launch(NormParamGradKernel<G>, static_cast<unsigned>(CeilDiv(C, kThreads)), kThreads, 0,
                    stream, dweight, kLN ? dbias : nullptr, partial, nblocks, C);
