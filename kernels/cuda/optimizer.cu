@@ -8,8 +8,11 @@ namespace {
 
 using internal::GridFor;
 using internal::HashBits;
+using internal::LoadVec;
 using internal::StochasticRoundBf16;
+using internal::StoreVec;
 using internal::ToF;
+using internal::Vec;
 
 constexpr int kThreads = 256;
 constexpr int kPack = 4;  // consecutive elements per thread and iteration
@@ -39,32 +42,64 @@ __device__ __forceinline__ int FindSegment(const AdamWSegment* segs, int nsegs, 
   return lo;
 }
 
-template <typename G>
+// One element's update; same order of operations as cpu::AdamW (torch's
+// single-tensor path).
+__device__ __forceinline__ void AdamWElement(float& p, float g, float& m, float& v, float wd,
+                                             const AdamWArgs& a) {
+  const float decay = 1.f - a.lr * wd;
+  const float gi = g * a.grad_scale;
+  m = a.b1 * m + (1.f - a.b1) * gi;
+  v = a.b2 * v + (1.f - a.b2) * gi * gi;
+  p = p * decay - a.step_size * m / (sqrtf(v) / a.bc2_sqrt + a.eps);
+}
+
+// Each thread updates kPack consecutive elements per step of a grid-stride
+// loop; with kVector they are moved as one 16-byte (fp32) / 8-byte (bf16)
+// vector each, so a warp's accesses are contiguous. The weight decay comes
+// from the segment containing the element (one binary search per pack, then
+// a forward walk).
+template <typename G, bool kVector>
 __global__ void AdamWKernel(float* p, const G* g, float* m, float* v, int64_t n,
                             const AdamWSegment* segs, int nsegs, AdamWArgs a, bf16* p_bf16) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * kPack;
   for (int64_t i0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kPack; i0 < n;
        i0 += stride) {
     int seg = segs != nullptr ? FindSegment(segs, nsegs, i0) : 0;
-    const int64_t i1 = min(n, i0 + kPack);
-    for (int64_t i = i0; i < i1; ++i) {
-      float wd = a.uniform_wd;
+    float wd[kPack];
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      wd[k] = a.uniform_wd;
       if (segs != nullptr) {
-        while (i >= segs[seg].offset + segs[seg].n && seg + 1 < nsegs) ++seg;
-        wd = segs[seg].weight_decay;
+        while (i0 + k >= segs[seg].offset + segs[seg].n && seg + 1 < nsegs) ++seg;
+        wd[k] = segs[seg].weight_decay;
       }
-      // Same order of operations as cpu::AdamW (torch's single-tensor path).
-      const float decay = 1.f - a.lr * wd;
-      const float gi = ToF(g[i]) * a.grad_scale;
-      const float mi = a.b1 * m[i] + (1.f - a.b1) * gi;
-      const float vi = a.b2 * v[i] + (1.f - a.b2) * gi * gi;
-      m[i] = mi;
-      v[i] = vi;
-      const float pi = p[i] * decay - a.step_size * mi / (sqrtf(vi) / a.bc2_sqrt + a.eps);
-      p[i] = pi;
-      if (p_bf16 != nullptr) {
-        p_bf16[i] = a.sr ? StochasticRoundBf16(pi, HashBits(a.seed, static_cast<uint64_t>(i)))
-                         : __float2bfloat16_rn(pi);
+    }
+    if (kVector && i0 + kPack <= n) {
+      Vec<float, kPack> pv = LoadVec<kPack>(p + i0), mv = LoadVec<kPack>(m + i0),
+                        vv = LoadVec<kPack>(v + i0);
+      const Vec<G, kPack> gv = LoadVec<kPack>(g + i0);
+      Vec<bf16, kPack> out;
+#pragma unroll
+      for (int k = 0; k < kPack; ++k) {
+        AdamWElement(pv.v[k], ToF(gv.v[k]), mv.v[k], vv.v[k], wd[k], a);
+        out.v[k] = a.sr ? StochasticRoundBf16(pv.v[k], HashBits(a.seed, i0 + k))
+                        : __float2bfloat16_rn(pv.v[k]);
+      }
+      StoreVec<kPack>(p + i0, pv);
+      StoreVec<kPack>(m + i0, mv);
+      StoreVec<kPack>(v + i0, vv);
+      if (p_bf16 != nullptr) StoreVec<kPack>(p_bf16 + i0, out);
+    } else {
+      for (int64_t i = i0; i < min(n, i0 + kPack); ++i) {
+        float pi = p[i], mi = m[i], vi = v[i];
+        AdamWElement(pi, ToF(g[i]), mi, vi, wd[i - i0], a);
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+        if (p_bf16 != nullptr) {
+          p_bf16[i] = a.sr ? StochasticRoundBf16(pi, HashBits(a.seed, static_cast<uint64_t>(i)))
+                           : __float2bfloat16_rn(pi);
+        }
       }
     }
   }
@@ -94,8 +129,16 @@ void Launch(float* p, const G* g, float* m, float* v, int64_t n, const AdamWSegm
             int nsegs, const AdamWArgs& a, bf16* p_bf16, cudaStream_t stream) {
   if (n <= 0) return;
   if (segs != nullptr && nsegs <= 0) Fatal("AdamWMultiTensor: empty segment table");
-  internal::Launch(AdamWKernel<G>, GridFor(internal::CeilDiv(n, kPack), kThreads), kThreads, 0,
-                   stream, p, g, m, v, n, segs, nsegs, a, p_bf16);
+  const unsigned grid = GridFor(internal::CeilDiv(n, kPack), kThreads);
+  // Vector accesses need every pointer aligned to the vector size.
+  if (internal::Aligned(16, p, m, v) && internal::Aligned(kPack * sizeof(G), g) &&
+      internal::Aligned(kPack * sizeof(bf16), p_bf16)) {
+    internal::Launch(AdamWKernel<G, true>, grid, kThreads, 0, stream, p, g, m, v, n, segs, nsegs, a,
+                     p_bf16);
+  } else {
+    internal::Launch(AdamWKernel<G, false>, grid, kThreads, 0, stream, p, g, m, v, n, segs, nsegs,
+                     a, p_bf16);
+  }
   LLMT_CUDA_CHECK_LAUNCH(segs != nullptr ? "AdamWMultiTensor" : "AdamW", stream);
 }
 

@@ -538,6 +538,36 @@ TEST_F(GpuTest, AdamWMatchesCpuFp32AndBf16Grads) {
   }
 }
 
+// Misaligned views (the scalar path) and the stochastically rounded bf16
+// copy: every copy value is one of the two bf16 neighbours of the fp32
+// master value, and the same seed reproduces the same bits.
+TEST_F(GpuTest, AdamWUnalignedAndStochasticCopy) {
+  const int64_t n = 4001;
+  AdamState s = RandomAdamState(n + 1, 50, true);
+  AdamState want = s;
+  cpu::AdamW(want.p.data() + 1, want.g.data() + 1, want.m.data() + 1, want.v.data() + 1, n, 1e-3f,
+             0.9f, 0.95f, 1e-8f, 0.1f, 5, 1.f);
+  FVec copies[2];
+  for (int run = 0; run < 2; ++run) {
+    Dev<float> gp(s.p), gm(s.m), gv(s.v);
+    Dev<bf16> gg(s.g), pcopy(n + 1);
+    AdamW(gp.get() + 1, gg.get() + 1, gm.get() + 1, gv.get() + 1, n, 1e-3f, 0.9f, 0.95f, 1e-8f,
+          0.1f, 5, 1.f, pcopy.get() + 1, true, 77, nullptr);
+    const FVec p = gp.Download();
+    ExpectClose(FVec(p.begin() + 1, p.end()), FVec(want.p.begin() + 1, want.p.end()),
+                TolFor<float>(want.p), "p");
+    copies[run] = pcopy.Download();
+    for (int64_t i = 1; i <= n; ++i) {
+      const float c = copies[run][i], lo = RoundBf16({p[i]})[0];
+      // c is p rounded down or up in magnitude to a bf16 neighbour.
+      const float other = testing::Bf16BitsToF32(static_cast<uint16_t>(
+          testing::F32ToBf16Bits(lo) + ((std::fabs(lo) < std::fabs(p[i])) ? 1 : -1)));
+      ASSERT_TRUE(c == lo || c == other) << i << ": " << c << " for " << p[i];
+    }
+  }
+  EXPECT_TRUE(BitEqual(copies[0], copies[1]));
+}
+
 TEST_F(GpuTest, AdamWMultiTensorMatchesPerRangeCpu) {
   const int64_t n = 9000;
   const std::vector<AdamWSegment> segs = {
