@@ -1,5 +1,6 @@
-// CUDA runtime helpers. The message/report tests are pure host logic and run
-// everywhere; the allocation and device tests skip without a GPU.
+// CUDA runtime helpers: pure host logic (messages, reports, validation) that
+// runs everywhere, GPU or not (label unit). The tests that allocate device
+// memory are in device_runtime_test.cc (label gpu).
 #include "kernels/cuda/runtime.cuh"
 
 #include <gmock/gmock.h>
@@ -8,7 +9,6 @@
 #include <vector>
 
 #include "kernels/cuda/optimizer.cuh"
-#include "tests/unit/cuda/cuda_test_util.h"
 
 namespace llmt::kernels::cuda {
 namespace {
@@ -64,51 +64,6 @@ TEST(CudaRuntimeTest, SetDeviceRejectsBadIndex) {
   const absl::Status s = SetDevice(DeviceCount() + 3);
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("CUDA device"));
-}
-
-TEST(CudaRuntimeTest, AllocateCopyRoundTrip) {
-  LLMT_REQUIRE_GPU();
-  ASSERT_TRUE(SetDevice(0).ok());
-  auto info = GetDeviceInfo(0);
-  ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_GT(info->sm_count, 0);
-  std::vector<float> host(1000);
-  for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>(i) * 0.5f;
-  auto buf = DeviceBuffer::Allocate("roundtrip", host.size() * sizeof(float));
-  ASSERT_TRUE(buf.ok()) << buf.status();
-  ASSERT_TRUE(buf->CopyFromHost(host.data(), host.size() * sizeof(float)).ok());
-  std::vector<float> back(host.size(), -1.f);
-  ASSERT_TRUE(buf->CopyToHost(back.data(), back.size() * sizeof(float)).ok());
-  EXPECT_EQ(back, host);
-  ASSERT_TRUE(buf->ZeroAsync(nullptr).ok());
-  ASSERT_TRUE(buf->CopyToHost(back.data(), back.size() * sizeof(float)).ok());
-  for (float v : back) ASSERT_EQ(v, 0.f);
-  // Out-of-range copies are rejected with the buffer's name.
-  const absl::Status s = buf->CopyToHost(back.data(), 8, buf->bytes() - 4);
-  EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("'roundtrip'"));
-  // Moving transfers ownership.
-  DeviceBuffer moved = std::move(*buf);
-  EXPECT_EQ(buf->data(), nullptr);
-  EXPECT_NE(moved.data(), nullptr);
-}
-
-TEST(CudaRuntimeTest, OutOfMemoryIsAStatusNamingTheBuffer) {
-  LLMT_REQUIRE_GPU();
-  ASSERT_TRUE(SetDevice(0).ok());
-  auto mem = GetMemInfo();
-  ASSERT_TRUE(mem.ok()) << mem.status();
-  // Far more than the device has.
-  const int64_t huge = mem->total_bytes * 4;
-  auto buf = DeviceBuffer::Allocate("too_big_activations", huge);
-  ASSERT_FALSE(buf.ok());
-  EXPECT_EQ(buf.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(std::string(buf.status().message()), HasSubstr("'too_big_activations'"));
-  EXPECT_THAT(std::string(buf.status().message()), HasSubstr(std::to_string(huge) + " bytes"));
-  // The failure did not poison later work.
-  auto ok = DeviceBuffer::Allocate("small", 256);
-  EXPECT_TRUE(ok.ok()) << ok.status();
-  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
 // Host-side validation of the multi-tensor AdamW segment table.
