@@ -12,8 +12,15 @@ function(llmt_add_test)
     LLMT_SOURCE_DIR="${CMAKE_SOURCE_DIR}" LLMT_BINARY_DIR="${CMAKE_BINARY_DIR}")
   gtest_discover_tests(${T_NAME}
     WORKING_DIRECTORY ${CMAKE_BINARY_DIR}
-    PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+    TEST_LIST ${T_NAME}_TESTS
     DISCOVERY_TIMEOUT 60)
+  # Labels and timeout are set by a script ctest includes after the discovered
+  # tests: passing a multi-value LABELS through gtest_discover_tests' PROPERTIES
+  # loses every label after the first (and the properties after it).
+  set(props ${CMAKE_CURRENT_BINARY_DIR}/${T_NAME}_props.cmake)
+  file(WRITE ${props}
+       "if(${T_NAME}_TESTS)\n  set_tests_properties(\${${T_NAME}_TESTS} PROPERTIES LABELS \"${T_LABELS}\" TIMEOUT ${T_TIMEOUT})\nendif()\n")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${props})
 endfunction()
 
 # Adds subdirectory DIR only once its owner has created DIR/CMakeLists.txt.
