@@ -424,7 +424,6 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
         // Every rank updated its shard; gather the full parameters.
         RETURN_IF_ERROR(comm_->AllGather(model_->params(), layout_));
       }
-
     }
     ++step;
     state_.set_step(step);
