@@ -110,7 +110,8 @@ int LaunchLocalRanks(int nproc, const std::vector<std::string>& child_argv) {
         // costs at most the collective timeout. Past that, stop waiting.
         kill_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s + 10);
       } else if (!ok) {
-        std::fprintf(stderr, "llmt: rank %d of %d exited (%s)\n", rank, nproc, Describe(status).c_str());
+        // Same wording as the first failure: which rank noticed first is a race.
+        std::fprintf(stderr, "llmt: rank %d of %d failed (%s)\n", rank, nproc, Describe(status).c_str());
       }
       continue;
     }
