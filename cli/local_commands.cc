@@ -179,9 +179,12 @@ int RunTrain(int argc, char** argv) {
   // A rank of a multi-process run (launched by --nproc or by hand/torchrun-style,
   // or by llmt-worker with the coordinator's rendezvous KV: LLMT_RDZV_COORDINATOR).
   std::unique_ptr<comm::Collective> collective;
+  // Gradients live where the model does: NCCL for GPU ranks, Gloo for CPU ranks.
+  const comm::CommDevice comm_device =
+      spec->train().device() == "cuda" ? comm::CommDevice::kCuda : comm::CommDevice::kCpu;
 #ifdef LLMT_WITH_SERVICES
   if (daemon::CoordinatorRendezvousRequested()) {
-    auto c = daemon::MakeCoordinatorCollectiveFromEnv(comm::CommDevice::kCpu);
+    auto c = daemon::MakeCoordinatorCollectiveFromEnv(comm_device);
     if (!c.ok()) return Fail(c.status());
     if ((*c)->world_size() > 1) {
       collective = std::move(c).value();
@@ -193,8 +196,8 @@ int RunTrain(int argc, char** argv) {
   {
     auto comm_env = comm::ParseCommEnv();
     if (!comm_env.ok()) return Fail(comm_env.status(), kExitUsage);
-    if (comm_env->world_size > 1) {
-      auto c = comm::MakeCollective(*comm_env, comm::CommDevice::kCpu);
+    if (comm_env->world_size > 1 || comm_env->force) {
+      auto c = comm::MakeCollective(*comm_env, comm_device);
       if (!c.ok()) return Fail(c.status());
       collective = std::move(c).value();
       o.comm = collective.get();

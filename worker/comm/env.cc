@@ -96,6 +96,7 @@ absl::StatusOr<CommEnv> ParseCommEnv(const EnvLookup& env) {
   e.host = StrVar(env, "LLMT_COMM_HOST");
   e.run_id = StrVar(env, "LLMT_RUN_ID");
   e.store_dir = StrVar(env, "LLMT_STORE_DIR");
+  e.force = StrVar(env, "LLMT_COMM_FORCE") == "1";
   e.master_addr = StrVar(env, "MASTER_ADDR");
   ASSIGN_OR_RETURN(std::optional<int> port,
                    IntVar(env, "MASTER_PORT", 1, 65535, "must be a port number in [1, 65535]"));
@@ -169,7 +170,7 @@ absl::StatusOr<std::string> LocalAddressToward(const std::string& host, int port
 }
 
 absl::StatusOr<std::unique_ptr<Collective>> MakeCollective(const CommEnv& env, CommDevice device) {
-  if (env.world_size == 1) return std::unique_ptr<Collective>(new LocalCollective());
+  if (env.world_size == 1 && !env.force) return std::unique_ptr<Collective>(new LocalCollective());
   ASSIGN_OR_RETURN(std::shared_ptr<Store> store, OpenStore(env));
   const std::string prefix = env.run_id.empty() ? "llmt" : absl::StrCat("llmt/", env.run_id);
   if (device == CommDevice::kCuda) {

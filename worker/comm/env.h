@@ -14,6 +14,8 @@
 //   LLMT_COMM_IFACE      network interface Gloo binds (e.g. eth0)
 //   LLMT_COMM_HOST       or the address Gloo binds and advertises
 //   LLMT_RUN_ID          optional prefix for this run's store keys
+//   LLMT_COMM_FORCE      1: build the real collective (Gloo/NCCL) even for
+//                        WORLD_SIZE=1, e.g. to check NCCL on a one-GPU machine
 #pragma once
 
 #include <chrono>
@@ -42,6 +44,7 @@ struct CommEnv {
   std::string iface;
   std::string host;
   std::string run_id;
+  bool force = false;  // LLMT_COMM_FORCE
 };
 
 // Returns the value of an environment variable, or nullopt if unset.

@@ -49,16 +49,6 @@ using k::WeightLayout;
 // Times the rest of the enclosing scope when kernels::cpu profiling is on.
 #define PROFILE(name) ::llmt::kernels::cpu::ProfileScope LLMT_PROFILE_CAT(profile_, __LINE__)(name)
 
-// Parameter offsets (floats) of one block; -1 where the family has none.
-struct LayerOffsets {
-  int64_t ln1_w = -1, ln1_b = -1;
-  int64_t qkv_w = -1, qkv_b = -1;  // llama: q_proj, then k_proj, v_proj follow
-  int64_t attn_out_w = -1, attn_out_b = -1;
-  int64_t ln2_w = -1, ln2_b = -1;
-  int64_t fc_w = -1, fc_b = -1;  // llama: gate_proj, then up_proj follows
-  int64_t proj_w = -1, proj_b = -1;
-};
-
 // Saved activations of one block (pointers into the arena).
 struct LayerActs {
   float* ln1;       // [N, C] normalised input
@@ -103,8 +93,7 @@ class CpuModel final : public Model {
   const ModelConfig& config() const override { return cfg_; }
   int64_t num_params() const override { return num_params_; }
   double flops_per_token(int T) const override {
-    return 6.0 * static_cast<double>(num_params_) +
-           6.0 * cfg_.n_layer * static_cast<double>(cfg_.d_model) * T;
+    return TrainFlopsPerToken(cfg_, num_params_, T);
   }
   const std::vector<ParamInfo>& params_info() const override { return info_; }
   float* params() override { return params_.data(); }
@@ -124,7 +113,6 @@ class CpuModel final : public Model {
  private:
   bool gpt2() const { return cfg_.family == Family::kGpt2; }
   WeightLayout layout() const { return gpt2() ? WeightLayout::kInOut : WeightLayout::kOutIn; }
-  int64_t Add(const std::string& name, std::vector<int64_t> shape, bool decay);
   const float* P(int64_t off) const { return off < 0 ? nullptr : params_.data() + off; }
   float* G(int64_t off) { return off < 0 ? nullptr : grads_.data() + off; }
   void NormForward(float* out, float* mean, float* rstd, const float* in, int64_t w, int64_t b,
@@ -141,7 +129,7 @@ class CpuModel final : public Model {
   std::vector<ParamInfo> info_;
   int64_t num_params_ = 0;
   int64_t wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1, lm_head_ = -1;
-  std::vector<LayerOffsets> layers_;
+  std::vector<LayerParams> layers_;
 
   k::HostBuffer params_, grads_, arena_;
   std::vector<LayerActs> acts_;
@@ -165,19 +153,6 @@ class CpuModel final : public Model {
   bool have_dlogits_ = false;
 };
 
-int64_t CpuModel::Add(const std::string& name, std::vector<int64_t> shape, bool decay) {
-  ParamInfo p;
-  p.name = name;
-  p.numel = 1;
-  for (int64_t d : shape) p.numel *= d;
-  p.shape = std::move(shape);
-  p.offset = num_params_;
-  p.decay = decay;
-  num_params_ += p.numel;
-  info_.push_back(std::move(p));
-  return info_.back().offset;
-}
-
 absl::Status CpuModel::Init() {
   C_ = cfg_.d_model;
   NH_ = cfg_.n_head;
@@ -188,52 +163,16 @@ absl::Status CpuModel::Init() {
   L_ = cfg_.n_layer;
   QKV_ = (NH_ + 2 * NKV_) * hd_;
   FC_ = gpt2() ? F_ : 2 * F_;
-  const int kvd = NKV_ * hd_;
-
-  // ---- parameter layout (HF names, shapes and layouts) ----
-  layers_.resize(L_);
-  if (gpt2()) {
-    wte_ = Add("wte.weight", {V_, C_}, true);
-    wpe_ = Add("wpe.weight", {cfg_.max_seq_len, C_}, true);
-    for (int l = 0; l < L_; ++l) {
-      const std::string p = absl::StrCat("h.", l, ".");
-      LayerOffsets& o = layers_[l];
-      o.ln1_w = Add(p + "ln_1.weight", {C_}, false);
-      o.ln1_b = Add(p + "ln_1.bias", {C_}, false);
-      o.qkv_w = Add(p + "attn.c_attn.weight", {C_, 3 * C_}, true);
-      o.qkv_b = Add(p + "attn.c_attn.bias", {3 * C_}, false);
-      o.attn_out_w = Add(p + "attn.c_proj.weight", {C_, C_}, true);
-      o.attn_out_b = Add(p + "attn.c_proj.bias", {C_}, false);
-      o.ln2_w = Add(p + "ln_2.weight", {C_}, false);
-      o.ln2_b = Add(p + "ln_2.bias", {C_}, false);
-      o.fc_w = Add(p + "mlp.c_fc.weight", {C_, F_}, true);
-      o.fc_b = Add(p + "mlp.c_fc.bias", {F_}, false);
-      o.proj_w = Add(p + "mlp.c_proj.weight", {F_, C_}, true);
-      o.proj_b = Add(p + "mlp.c_proj.bias", {C_}, false);
-    }
-    lnf_w_ = Add("ln_f.weight", {C_}, false);
-    lnf_b_ = Add("ln_f.bias", {C_}, false);
-    lm_head_ = wte_;  // tied
-  } else {
-    wte_ = Add("model.embed_tokens.weight", {V_, C_}, true);
-    for (int l = 0; l < L_; ++l) {
-      const std::string p = absl::StrCat("model.layers.", l, ".");
-      LayerOffsets& o = layers_[l];
-      o.ln1_w = Add(p + "input_layernorm.weight", {C_}, false);
-      // q, k, v consecutive: together one [(C + 2 kvd), C] nn.Linear weight.
-      o.qkv_w = Add(p + "self_attn.q_proj.weight", {C_, C_}, true);
-      Add(p + "self_attn.k_proj.weight", {kvd, C_}, true);
-      Add(p + "self_attn.v_proj.weight", {kvd, C_}, true);
-      o.attn_out_w = Add(p + "self_attn.o_proj.weight", {C_, C_}, true);
-      o.ln2_w = Add(p + "post_attention_layernorm.weight", {C_}, false);
-      // gate, up consecutive: one [2F, C] weight.
-      o.fc_w = Add(p + "mlp.gate_proj.weight", {F_, C_}, true);
-      Add(p + "mlp.up_proj.weight", {F_, C_}, true);
-      o.proj_w = Add(p + "mlp.down_proj.weight", {C_, F_}, true);
-    }
-    lnf_w_ = Add("model.norm.weight", {C_}, false);
-    lm_head_ = Add("lm_head.weight", {V_, C_}, true);
-  }
+  // ---- parameter layout (shared with the CUDA model) ----
+  ParamLayout pl = BuildParamLayout(cfg_);
+  info_ = std::move(pl.info);
+  num_params_ = pl.num_params;
+  wte_ = pl.wte;
+  wpe_ = pl.wpe;
+  lnf_w_ = pl.lnf_w;
+  lnf_b_ = pl.lnf_b;
+  lm_head_ = pl.lm_head;
+  layers_ = std::move(pl.layers);
 
   params_ = k::HostBuffer(num_params_);
   grads_ = k::HostBuffer(num_params_);
@@ -298,38 +237,7 @@ absl::Status CpuModel::Init() {
   return absl::OkStatus();
 }
 
-void CpuModel::InitWeights(uint64_t seed) {
-  const float resid_scale = 1.f / std::sqrt(2.f * L_);
-  for (size_t i = 0; i < info_.size(); ++i) {
-    const ParamInfo& p = info_[i];
-    float* w = params_.data() + p.offset;
-    const bool is_norm = EndsWith(p.name, "norm.weight") || p.name.find("ln_") != std::string::npos;
-    if (is_norm && EndsWith(p.name, ".weight")) {
-      for (int64_t j = 0; j < p.numel; ++j) w[j] = 1.f;
-      continue;
-    }
-    if (EndsWith(p.name, ".bias")) {
-      std::memset(w, 0, sizeof(float) * p.numel);
-      continue;
-    }
-    const bool residual_proj = EndsWith(p.name, "attn.c_proj.weight") ||
-                               EndsWith(p.name, "mlp.c_proj.weight") ||
-                               EndsWith(p.name, "o_proj.weight") ||
-                               EndsWith(p.name, "down_proj.weight");
-    const double std = cfg_.init_std * (residual_proj ? resid_scale : 1.f);
-    // Box-Muller on counter-based uniforms: element pair j of tensor i.
-    const uint64_t stream = SplitMix(seed ^ SplitMix(0x5EED0000ull + i));
-    const int64_t pairs = (p.numel + 1) / 2;
-#pragma omp parallel for schedule(static) if (pairs >= 4096)
-    for (int64_t j = 0; j < pairs; ++j) {
-      const uint64_t r = SplitMix(stream + 2 * static_cast<uint64_t>(j));
-      const double u1 = Uniform01(r), u2 = Uniform01(SplitMix(r ^ 0xA5A5A5A5A5A5A5A5ull));
-      const double rad = std * std::sqrt(-2.0 * std::log(u1));
-      w[2 * j] = static_cast<float>(rad * std::cos(2.0 * M_PI * u2));
-      if (2 * j + 1 < p.numel) w[2 * j + 1] = static_cast<float>(rad * std::sin(2.0 * M_PI * u2));
-    }
-  }
-}
+void CpuModel::InitWeights(uint64_t seed) { InitParams(cfg_, info_, seed, params_.data()); }
 
 void CpuModel::NormForward(float* out, float* mean, float* rstd, const float* in, int64_t w,
                            int64_t b, int64_t rows) {
@@ -379,7 +287,7 @@ float CpuModel::Forward(const int32_t* inputs, const int32_t* targets, int b, in
   }
   const float* x = res0_;
   for (int l = 0; l < L_; ++l) {
-    const LayerOffsets& o = layers_[l];
+    const LayerParams& o = layers_[l];
     LayerActs& a = acts_[l];
     // attention sub-block
     NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N);
@@ -450,7 +358,7 @@ void CpuModel::Backward(float loss_scale) {
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, lnf_w_, lnf_b_, N);
 
   for (int l = L_ - 1; l >= 0; --l) {
-    const LayerOffsets& o = layers_[l];
+    const LayerParams& o = layers_[l];
     const LayerActs& a = acts_[l];
     const float* x = l == 0 ? res0_ : acts_[l - 1].res3;
     // MLP sub-block (dres_ = dL/dres3, which also flows straight to res2).
@@ -502,8 +410,111 @@ absl::Status Check(bool ok, const std::string& msg) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& in, int B, int T) {
-  ModelConfig cfg = in;
+
+ParamLayout BuildParamLayout(const ModelConfig& cfg) {
+  ParamLayout pl;
+  auto add = [&pl](const std::string& name, std::vector<int64_t> shape, bool decay) {
+    ParamInfo p;
+    p.name = name;
+    p.numel = 1;
+    for (int64_t d : shape) p.numel *= d;
+    p.shape = std::move(shape);
+    p.offset = pl.num_params;
+    p.decay = decay;
+    pl.num_params += p.numel;
+    pl.info.push_back(std::move(p));
+    return pl.info.back().offset;
+  };
+  const int64_t C = cfg.d_model, F = cfg.d_ff, V = cfg.vocab_size;
+  const int64_t NKV = cfg.n_kv_head > 0 ? cfg.n_kv_head : cfg.n_head;
+  const int64_t kvd = NKV * (C / cfg.n_head);
+  pl.layers.resize(cfg.n_layer);
+  if (cfg.family == Family::kGpt2) {
+    pl.wte = add("wte.weight", {V, C}, true);
+    pl.wpe = add("wpe.weight", {cfg.max_seq_len, C}, true);
+    for (int l = 0; l < cfg.n_layer; ++l) {
+      const std::string p = absl::StrCat("h.", l, ".");
+      LayerParams& o = pl.layers[l];
+      o.ln1_w = add(p + "ln_1.weight", {C}, false);
+      o.ln1_b = add(p + "ln_1.bias", {C}, false);
+      o.qkv_w = add(p + "attn.c_attn.weight", {C, 3 * C}, true);
+      o.qkv_b = add(p + "attn.c_attn.bias", {3 * C}, false);
+      o.attn_out_w = add(p + "attn.c_proj.weight", {C, C}, true);
+      o.attn_out_b = add(p + "attn.c_proj.bias", {C}, false);
+      o.ln2_w = add(p + "ln_2.weight", {C}, false);
+      o.ln2_b = add(p + "ln_2.bias", {C}, false);
+      o.fc_w = add(p + "mlp.c_fc.weight", {C, F}, true);
+      o.fc_b = add(p + "mlp.c_fc.bias", {F}, false);
+      o.proj_w = add(p + "mlp.c_proj.weight", {F, C}, true);
+      o.proj_b = add(p + "mlp.c_proj.bias", {C}, false);
+    }
+    pl.lnf_w = add("ln_f.weight", {C}, false);
+    pl.lnf_b = add("ln_f.bias", {C}, false);
+    pl.lm_head = pl.wte;  // tied
+  } else {
+    pl.wte = add("model.embed_tokens.weight", {V, C}, true);
+    for (int l = 0; l < cfg.n_layer; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      LayerParams& o = pl.layers[l];
+      o.ln1_w = add(p + "input_layernorm.weight", {C}, false);
+      // q, k, v consecutive: together one [(C + 2 kvd), C] nn.Linear weight.
+      o.qkv_w = add(p + "self_attn.q_proj.weight", {C, C}, true);
+      add(p + "self_attn.k_proj.weight", {kvd, C}, true);
+      add(p + "self_attn.v_proj.weight", {kvd, C}, true);
+      o.attn_out_w = add(p + "self_attn.o_proj.weight", {C, C}, true);
+      o.ln2_w = add(p + "post_attention_layernorm.weight", {C}, false);
+      // gate, up consecutive: one [2F, C] weight.
+      o.fc_w = add(p + "mlp.gate_proj.weight", {F, C}, true);
+      add(p + "mlp.up_proj.weight", {F, C}, true);
+      o.proj_w = add(p + "mlp.down_proj.weight", {C, F}, true);
+    }
+    pl.lnf_w = add("model.norm.weight", {C}, false);
+    pl.lm_head = add("lm_head.weight", {V, C}, true);
+  }
+  return pl;
+}
+
+void InitParams(const ModelConfig& cfg, const std::vector<ParamInfo>& info, uint64_t seed,
+                float* params) {
+  const float resid_scale = 1.f / std::sqrt(2.f * cfg.n_layer);
+  for (size_t i = 0; i < info.size(); ++i) {
+    const ParamInfo& p = info[i];
+    float* w = params + p.offset;
+    const bool is_norm = EndsWith(p.name, "norm.weight") || p.name.find("ln_") != std::string::npos;
+    if (is_norm && EndsWith(p.name, ".weight")) {
+      for (int64_t j = 0; j < p.numel; ++j) w[j] = 1.f;
+      continue;
+    }
+    if (EndsWith(p.name, ".bias")) {
+      std::memset(w, 0, sizeof(float) * p.numel);
+      continue;
+    }
+    const bool residual_proj = EndsWith(p.name, "attn.c_proj.weight") ||
+                               EndsWith(p.name, "mlp.c_proj.weight") ||
+                               EndsWith(p.name, "o_proj.weight") ||
+                               EndsWith(p.name, "down_proj.weight");
+    const double std = cfg.init_std * (residual_proj ? resid_scale : 1.f);
+    // Box-Muller on counter-based uniforms: element pair j of tensor i.
+    const uint64_t stream = SplitMix(seed ^ SplitMix(0x5EED0000ull + i));
+    const int64_t pairs = (p.numel + 1) / 2;
+#pragma omp parallel for schedule(static) if (pairs >= 4096)
+    for (int64_t j = 0; j < pairs; ++j) {
+      const uint64_t r = SplitMix(stream + 2 * static_cast<uint64_t>(j));
+      const double u1 = Uniform01(r), u2 = Uniform01(SplitMix(r ^ 0xA5A5A5A5A5A5A5A5ull));
+      const double rad = std * std::sqrt(-2.0 * std::log(u1));
+      w[2 * j] = static_cast<float>(rad * std::cos(2.0 * M_PI * u2));
+      if (2 * j + 1 < p.numel) w[2 * j + 1] = static_cast<float>(rad * std::sin(2.0 * M_PI * u2));
+    }
+  }
+}
+
+double TrainFlopsPerToken(const ModelConfig& cfg, int64_t num_params, int T) {
+  return 6.0 * static_cast<double>(num_params) +
+         6.0 * cfg.n_layer * static_cast<double>(cfg.d_model) * T;
+}
+
+absl::Status ValidateConfig(ModelConfig* cfgp, int B, int T) {
+  ModelConfig& cfg = *cfgp;
   if (cfg.n_kv_head == 0) cfg.n_kv_head = cfg.n_head;
   const bool gpt2 = cfg.family == Family::kGpt2;
   RETURN_IF_ERROR(Check(cfg.family == Family::kGpt2 || cfg.family == Family::kLlama,
@@ -546,6 +557,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& in, int 
   // sgemm takes int dimensions; rows are B*T.
   RETURN_IF_ERROR(Check(static_cast<int64_t>(B) * T < std::numeric_limits<int32_t>::max(),
                         "batch size x sequence length: exceeds 2^31 rows"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& in, int B, int T) {
+  ModelConfig cfg = in;
+  RETURN_IF_ERROR(ValidateConfig(&cfg, B, T));
   auto m = std::make_unique<CpuModel>(cfg, B, T);
   RETURN_IF_ERROR(m->Init());
   return std::unique_ptr<Model>(std::move(m));

@@ -43,6 +43,41 @@ struct ParamInfo {
   bool decay = true;   // false for norms and biases (no weight decay)
 };
 
+// Validates `cfg` for batch B x sequence T (names the bad field) and fills
+// defaults (n_kv_head = n_head when 0). Shared by the CPU and CUDA models.
+absl::Status ValidateConfig(ModelConfig* cfg, int B, int T);
+
+// Offsets (floats, into the flat parameter buffer) of one block's tensors;
+// -1 where the family has none. llama's q/k/v (and gate/up) are consecutive,
+// so qkv_w (fc_w) addresses the stacked [out, in] matrix.
+struct LayerParams {
+  int64_t ln1_w = -1, ln1_b = -1;
+  int64_t qkv_w = -1, qkv_b = -1;
+  int64_t attn_out_w = -1, attn_out_b = -1;
+  int64_t ln2_w = -1, ln2_b = -1;
+  int64_t fc_w = -1, fc_b = -1;
+  int64_t proj_w = -1, proj_b = -1;
+};
+
+// The flat parameter layout (HF names, shapes and layouts). Both backends use
+// this one function, so a checkpoint written by either loads in the other.
+struct ParamLayout {
+  std::vector<ParamInfo> info;
+  int64_t num_params = 0;
+  int64_t wte = -1, wpe = -1, lnf_w = -1, lnf_b = -1, lm_head = -1;  // lm_head == wte for gpt2
+  std::vector<LayerParams> layers;
+};
+ParamLayout BuildParamLayout(const ModelConfig& cfg);
+
+// Deterministic init from `seed` into params[num_params] (host memory):
+// normal(0, init_std), residual projections scaled by 1/sqrt(2*n_layer),
+// norms = 1, biases = 0. Counter-based, so independent of thread count.
+void InitParams(const ModelConfig& cfg, const std::vector<ParamInfo>& info, uint64_t seed,
+                float* params);
+
+// Training FLOPs per token: 6*N + 6*L*d_model*T.
+double TrainFlopsPerToken(const ModelConfig& cfg, int64_t num_params, int T);
+
 class Model {
  public:
   virtual ~Model() = default;

@@ -43,16 +43,26 @@ absl::StatusOr<model::ModelConfig> ModelConfigFromSpec(const llmt::v1::JobSpec& 
 }
 
 absl::Status SaveModelWeights(model::Model& m, const std::string& path) {
+  return SaveModelWeights(m.params_info(), m.params(), path);
+}
+
+absl::Status LoadModelWeights(model::Model& m, const std::string& path) {
+  return LoadModelWeights(m.params_info(), m.params(), path);
+}
+
+absl::Status SaveModelWeights(const std::vector<model::ParamInfo>& info, const float* params,
+                              const std::string& path) {
   std::vector<storage::TensorRef> refs;
-  for (const auto& p : m.params_info()) {
-    refs.push_back({p.name, p.shape, m.params() + p.offset});
+  for (const auto& p : info) {
+    refs.push_back({p.name, p.shape, params + p.offset});
   }
   return storage::WriteSafetensors(path, refs, {{"format", "pt"}, {"producer", "llmt"}});
 }
 
-absl::Status LoadModelWeights(model::Model& m, const std::string& path) {
+absl::Status LoadModelWeights(const std::vector<model::ParamInfo>& info, float* params,
+                              const std::string& path) {
   ASSIGN_OR_RETURN(auto file, storage::ReadSafetensors(path));
-  for (const auto& p : m.params_info()) {
+  for (const auto& p : info) {
     auto it = file.tensors.find(p.name);
     if (it == file.tensors.end()) {
       return absl::DataLossError(absl::StrCat(path, ": tensor ", p.name, " is missing"));
@@ -64,19 +74,18 @@ absl::Status LoadModelWeights(model::Model& m, const std::string& path) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", p.name, " has shape [", got,
                                                      "], the model expects [", want, "]"));
     }
-    std::copy(it->second.data.begin(), it->second.data.end(), m.params() + p.offset);
+    std::copy(it->second.data.begin(), it->second.data.end(), params + p.offset);
   }
   return absl::OkStatus();
 }
 
-absl::Status SaveOptimizer(const model::Model& mdl, const OptimizerState& opt,
-                           const std::string& path) {
-  auto& model = const_cast<model::Model&>(mdl);
-  if (opt.lo != 0 || static_cast<int64_t>(opt.m.size()) != model.num_params()) {
+absl::Status SaveOptimizer(const std::vector<model::ParamInfo>& info, int64_t num_params,
+                           const OptimizerState& opt, const std::string& path) {
+  if (opt.lo != 0 || static_cast<int64_t>(opt.m.size()) != num_params) {
     return absl::InternalError("SaveOptimizer needs the full optimizer state");
   }
   std::vector<storage::TensorRef> refs;
-  for (const auto& p : model.params_info()) {
+  for (const auto& p : info) {
     refs.push_back({"exp_avg." + p.name, p.shape, opt.m.data() + p.offset});
     refs.push_back({"exp_avg_sq." + p.name, p.shape, opt.v.data() + p.offset});
   }
@@ -97,10 +106,10 @@ absl::Status SaveOptimizerShard(const OptimizerState& opt, int64_t total, const 
                                     {"total", std::to_string(total)}});
 }
 
-absl::Status LoadOptimizer(const model::Model& mdl, const std::string& ckpt_dir, int64_t lo,
-                           int64_t hi, OptimizerState* opt) {
-  auto& model = const_cast<model::Model&>(mdl);
-  const int64_t total = model.num_params();
+absl::Status LoadOptimizer(const std::vector<model::ParamInfo>& info, int64_t num_params,
+                           const std::string& ckpt_dir, int64_t lo, int64_t hi,
+                           OptimizerState* opt) {
+  const int64_t total = num_params;
   opt->lo = lo;
   opt->m.assign(hi - lo, 0.f);
   opt->v.assign(hi - lo, 0.f);
@@ -112,7 +121,7 @@ absl::Status LoadOptimizer(const model::Model& mdl, const std::string& ckpt_dir,
   const std::string full = fs::JoinPath(ckpt_dir, "optimizer.safetensors");
   if (fs::Exists(full)) {
     ASSIGN_OR_RETURN(auto file, storage::ReadSafetensors(full));
-    for (const auto& p : model.params_info()) {
+    for (const auto& p : info) {
       for (auto [prefix, buf] :
            {std::pair{"exp_avg.", &opt->m}, std::pair{"exp_avg_sq.", &opt->v}}) {
         auto it = file.tensors.find(prefix + p.name);

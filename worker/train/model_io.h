@@ -23,6 +23,12 @@ absl::Status SaveModelWeights(model::Model& m, const std::string& path);
 // Loads model.safetensors into m.params(); every tensor must be present with
 // the expected shape; errors name the file and tensor.
 absl::Status LoadModelWeights(model::Model& m, const std::string& path);
+// The same on a flat host buffer in the `info` layout (the CUDA trainer
+// stages its device weights through one).
+absl::Status SaveModelWeights(const std::vector<model::ParamInfo>& info, const float* params,
+                              const std::string& path);
+absl::Status LoadModelWeights(const std::vector<model::ParamInfo>& info, float* params,
+                              const std::string& path);
 
 // AdamW moments for the parameter range [lo, lo + m.size()) of the flat
 // buffer: all of it without ZeRO, this rank's shard with ZeRO-1.
@@ -32,8 +38,8 @@ struct OptimizerState {
 };
 // Full state, one tensor pair per parameter ("exp_avg.<name>",
 // "exp_avg_sq.<name>"): optimizer.safetensors.
-absl::Status SaveOptimizer(const model::Model& mdl, const OptimizerState& opt,
-                           const std::string& path);
+absl::Status SaveOptimizer(const std::vector<model::ParamInfo>& info, int64_t num_params,
+                           const OptimizerState& opt, const std::string& path);
 // One ZeRO-1 shard as flat "exp_avg"/"exp_avg_sq" with its offset in the
 // metadata: optimizer-rank00001-of-00004.safetensors.
 std::string OptimizerShardName(int rank, int world);
@@ -41,8 +47,9 @@ absl::Status SaveOptimizerShard(const OptimizerState& opt, int64_t total, const 
 // Fills opt->m/v for [lo, hi) from whichever form the checkpoint holds (full
 // file or any number of shards), so a run resumes with a different world size
 // or ZeRO setting. Errors name the file.
-absl::Status LoadOptimizer(const model::Model& mdl, const std::string& ckpt_dir, int64_t lo,
-                           int64_t hi, OptimizerState* opt);
+absl::Status LoadOptimizer(const std::vector<model::ParamInfo>& info, int64_t num_params,
+                           const std::string& ckpt_dir, int64_t lo, int64_t hi,
+                           OptimizerState* opt);
 
 absl::Status SaveTrainerState(const llmt::v1::TrainerState& st, const std::string& path);
 absl::StatusOr<llmt::v1::TrainerState> LoadTrainerState(const std::string& path);

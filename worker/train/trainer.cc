@@ -25,6 +25,7 @@
 #include "storage/checkpoint.h"
 #include "worker/comm/collective.h"
 #include "worker/data/loader.h"
+#include "worker/model/cuda_model.h"
 #include "worker/model/model.h"
 #include "worker/train/metrics_log.h"
 #include "worker/train/model_io.h"
@@ -85,6 +86,12 @@ class TrainerImpl final : public Trainer {
   absl::StatusOr<double> SyncGradients();
   bool is_root() const { return comm_->rank() == 0; }
   void ApplyAdamW(int64_t adam_t, float lr, float grad_scale);
+  // train.device: cuda — builds gpu_ and checks what the GPU path supports.
+  absl::Status InitGpuModel(const model::ModelConfig& cfg);
+  // Host copies for checkpoint files: the CPU model's own buffer, or the GPU
+  // master weights / moments staged into host_params_ / opt_.
+  absl::StatusOr<const float*> HostParams();
+  absl::Status StageOptimizerOnHost();
 
   TrainOptions opts_;
   v1::JobSpec spec_;
@@ -96,7 +103,12 @@ class TrainerImpl final : public Trainer {
   int64_t opt_lo_ = 0, opt_hi_ = 0;  // the range this rank's optimizer updates
   std::string ckpt_root_;
   std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
+  // Exactly one of model_ (train.device: cpu) and gpu_ (cuda) is set.
   std::unique_ptr<model::Model> model_;
+  std::unique_ptr<model::CudaModel> gpu_;
+  const std::vector<model::ParamInfo>* info_ = nullptr;
+  int64_t n_ = 0;  // parameters
+  std::vector<float> host_params_;  // GPU: staging for checkpoint files
   OptimizerState opt_;
   Schedule schedule_;
   StepGuard guard_;
@@ -114,14 +126,6 @@ absl::Status TrainerImpl::Init() {
   B_ = spec_.train().batch_size();
   T_ = spec_.train().seq_len();
   accum_ = std::max(1, spec_.train().grad_accum_steps());
-  if (spec_.train().device() == "cuda") {
-    // kernels/cuda exists, but the GPU model path (bf16 activations, fused
-    // optimizer on device) is not wired into the trainer yet: refuse rather
-    // than silently train on the CPU.
-    return absl::UnimplementedError(
-        "train.device: cuda is not supported by this trainer yet (the CUDA kernels exist, the GPU "
-        "model path does not); use train.device: cpu");
-  }
   ckpt_root_ = fs::JoinPath(opts_.out_dir, "checkpoints");
   RETURN_IF_ERROR(fs::MakeDirs(opts_.out_dir));
   comm_ = opts_.comm;
@@ -156,19 +160,27 @@ absl::Status TrainerImpl::Init() {
   ASSIGN_OR_RETURN(tokenizer_model_,
                    fs::ReadFile(fs::JoinPath(spec_.data().dir(), "tokenizer.model")));
   ASSIGN_OR_RETURN(auto cfg, ModelConfigFromSpec(spec_, train_loader_->vocab_size()));
-  ASSIGN_OR_RETURN(model_, model::Model::Create(cfg, B_, T_));
-  model_->InitWeights(spec_.train().seed());
-  const int64_t n = model_->num_params();
-  // Ranks start from identical weights (same seed); the broadcast makes that a
-  // guarantee rather than an assumption about deterministic init.
-  RETURN_IF_ERROR(comm_->Broadcast(model_->params(), static_cast<size_t>(n), 0));
+  if (spec_.train().device() == "cuda") {
+    RETURN_IF_ERROR(InitGpuModel(cfg));
+  } else {
+    ASSIGN_OR_RETURN(model_, model::Model::Create(cfg, B_, T_));
+    model_->InitWeights(spec_.train().seed());
+    info_ = &model_->params_info();
+    n_ = model_->num_params();
+    // Ranks start from identical weights (same seed); the broadcast makes that
+    // a guarantee rather than an assumption about deterministic init.
+    RETURN_IF_ERROR(comm_->Broadcast(model_->params(), static_cast<size_t>(n_), 0));
+  }
+  const int64_t n = n_;
   // 16-float alignment keeps each shard's AdamW loop on 64-byte boundaries.
   layout_ = comm::ShardLayout::Even(static_cast<size_t>(n), world_, 16);
   opt_lo_ = zero_ ? static_cast<int64_t>(layout_.offset(comm_->rank())) : 0;
   opt_hi_ = zero_ ? opt_lo_ + static_cast<int64_t>(layout_.len(comm_->rank())) : n;
   opt_.lo = opt_lo_;
-  opt_.m.assign(opt_hi_ - opt_lo_, 0.f);
-  opt_.v.assign(opt_hi_ - opt_lo_, 0.f);
+  if (!gpu_) {  // the GPU keeps its moments on the device
+    opt_.m.assign(opt_hi_ - opt_lo_, 0.f);
+    opt_.v.assign(opt_hi_ - opt_lo_, 0.f);
+  }
   inputs_.resize(static_cast<size_t>(B_) * T_);
   targets_.resize(static_cast<size_t>(B_) * T_);
 
@@ -218,16 +230,72 @@ absl::Status TrainerImpl::Init() {
       std::max(1, spec_.train().log_every()));
   if (!is_root()) return absl::OkStatus();
 
-  const double ftok = model_->flops_per_token(T_);
+  const double ftok = model::TrainFlopsPerToken(cfg, n_, T_);
+  if (gpu_) {
+    LLMT_LOG(Info) << "GPU " << gpu_->DeviceDescription() << ", precision "
+                   << spec_.train().precision() << ", recompute " << spec_.train().recompute()
+                   << "; device memory:\n"
+                   << gpu_->MemoryReport();
+  }
   LLMT_LOG(Info) << absl::StrFormat(
-      "model %s: %.2fM parameters, %.3f GFLOP/token (train), vocab %d, activations %.1f MiB; "
+      "model %s on %s: %.2fM parameters, %.3f GFLOP/token (train), vocab %d%s; "
       "batch %d x %d x accum %d x %d rank(s) = %d tokens/step; %lld steps%s",
-      spec_.model().family(), model_->num_params() / 1e6, ftok / 1e9, cfg.vocab_size,
-      model_->activation_bytes() / 1048576.0, B_, T_, accum_, world_, B_ * T_ * accum_ * world_,
+      spec_.model().family(), spec_.train().device(), n_ / 1e6, ftok / 1e9, cfg.vocab_size,
+      model_ ? absl::StrFormat(", activations %.1f MiB", model_->activation_bytes() / 1048576.0)
+             : std::string(),
+      B_, T_, accum_, world_, B_ * T_ * accum_ * world_,
       static_cast<long long>(spec_.train().max_steps()),
       world_ > 1 ? absl::StrCat("; ", comm_->backend(), zero_ ? " data parallel, ZeRO-1" : " data parallel")
                  : "");
   return absl::OkStatus();
+}
+
+absl::Status TrainerImpl::InitGpuModel(const model::ModelConfig& cfg) {
+  const auto& t = spec_.train();
+  if (zero_) {
+    return absl::UnimplementedError(
+        "train.zero: 1 is not supported with train.device: cuda yet (the GPU keeps the whole "
+        "optimizer state); use train.zero: 0");
+  }
+  if (world_ > 1 && std::string(comm_->backend()) != "nccl") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "train.device: cuda with ", world_, " ranks needs the NCCL collective, got ",
+        comm_->backend()));
+  }
+  model::CudaModelOptions o;
+  o.device = t.device_index();
+  ASSIGN_OR_RETURN(o.precision, model::ParsePrecision(t.precision()));
+  ASSIGN_OR_RETURN(o.recompute, model::ParseRecompute(t.recompute()));
+  o.stochastic_rounding = t.stochastic_rounding();
+  auto created = model::CudaModel::Create(cfg, B_, T_, o);
+  if (!created.ok()) {
+    return absl::Status(created.status().code(),
+                        absl::StrCat("job '", spec_.name(), "': ", created.status().message()));
+  }
+  gpu_ = std::move(created).value();
+  RETURN_IF_ERROR(gpu_->InitWeights(t.seed()));
+  info_ = &gpu_->params_info();
+  n_ = gpu_->num_params();
+  if (world_ > 1) {
+    RETURN_IF_ERROR(comm_->Broadcast(gpu_->device_params(), static_cast<size_t>(n_), 0));
+    gpu_->RefreshParamCopy();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const float*> TrainerImpl::HostParams() {
+  if (!gpu_) return model_->params();
+  host_params_.resize(static_cast<size_t>(n_));
+  RETURN_IF_ERROR(gpu_->GetParams(host_params_.data()));
+  return host_params_.data();
+}
+
+absl::Status TrainerImpl::StageOptimizerOnHost() {
+  if (!gpu_) return absl::OkStatus();
+  opt_.lo = 0;
+  opt_.m.resize(static_cast<size_t>(n_));
+  opt_.v.resize(static_cast<size_t>(n_));
+  return gpu_->GetOptimizerState(opt_.m.data(), opt_.v.data());
 }
 
 absl::Status TrainerImpl::Resume(const std::string& dir) {
@@ -244,8 +312,19 @@ absl::Status TrainerImpl::Resume(const std::string& dir) {
         "checkpoint ", dir, " was trained with tokenizer ", st.tokenizer_hash().substr(0, 12),
         " but ", spec_.data().dir(), " uses tokenizer ", train_loader_->tokenizer_hash().substr(0, 12)));
   }
-  RETURN_IF_ERROR(LoadModelWeights(*model_, fs::JoinPath(dir, "model.safetensors")));
-  RETURN_IF_ERROR(LoadOptimizer(*model_, dir, opt_lo_, opt_hi_, &opt_));
+  if (gpu_) {
+    host_params_.resize(static_cast<size_t>(n_));
+    RETURN_IF_ERROR(
+        LoadModelWeights(*info_, host_params_.data(), fs::JoinPath(dir, "model.safetensors")));
+    RETURN_IF_ERROR(gpu_->SetParams(host_params_.data()));
+    RETURN_IF_ERROR(LoadOptimizer(*info_, n_, dir, opt_lo_, opt_hi_, &opt_));
+    RETURN_IF_ERROR(gpu_->SetOptimizerState(opt_.m.data(), opt_.v.data()));
+    opt_.m = {};  // the device holds them now
+    opt_.v = {};
+  } else {
+    RETURN_IF_ERROR(LoadModelWeights(*model_, fs::JoinPath(dir, "model.safetensors")));
+    RETURN_IF_ERROR(LoadOptimizer(*info_, n_, dir, opt_lo_, opt_hi_, &opt_));
+  }
   RETURN_IF_ERROR(train_loader_->Restore(FromProto(st.train_loader())));
   // Keep the current spec (max_steps etc. may have been extended) but the
   // checkpoint's progress counters.
@@ -268,7 +347,12 @@ absl::StatusOr<double> TrainerImpl::Evaluate() {
   double sum = 0;
   for (int i = 0; i < steps; ++i) {
     val_loader_->Next(inputs_.data(), targets_.data());
-    sum += model_->Forward(inputs_.data(), targets_.data(), B_, T_);
+    if (gpu_) {
+      ASSIGN_OR_RETURN(double l, gpu_->Forward(inputs_.data(), targets_.data(), B_, T_));
+      sum += l;
+    } else {
+      sum += model_->Forward(inputs_.data(), targets_.data(), B_, T_);
+    }
   }
   double mean = sum / steps;
   // Each rank evaluated its slice of the same global val batches.
@@ -277,8 +361,16 @@ absl::StatusOr<double> TrainerImpl::Evaluate() {
 }
 
 absl::StatusOr<double> TrainerImpl::SyncGradients() {
+  if (gpu_) {
+    if (world_ > 1) {
+      // NCCL reads the device buffer on its own stream: the backward must be done.
+      RETURN_IF_ERROR(gpu_->Synchronize());
+      RETURN_IF_ERROR(comm_->AllReduceAvg(gpu_->device_grads(), static_cast<size_t>(n_)));
+    }
+    return gpu_->GradNorm();
+  }
   float* g = model_->grads();
-  const int64_t n = model_->num_params();
+  const int64_t n = n_;
   double sumsq = 0;
   if (world_ == 1) {
     sumsq = kernels::cpu::SumSquares(g, n);
@@ -300,6 +392,20 @@ absl::StatusOr<double> TrainerImpl::SyncGradients() {
 
 void TrainerImpl::ApplyAdamW(int64_t adam_t, float lr, float grad_scale) {
   const auto& o = spec_.optim();
+  if (gpu_) {
+    model::AdamWHyper h;
+    h.lr = lr;
+    h.beta1 = static_cast<float>(o.beta1());
+    h.beta2 = static_cast<float>(o.beta2());
+    h.eps = static_cast<float>(o.eps());
+    h.weight_decay = static_cast<float>(o.weight_decay());
+    h.step = adam_t;
+    h.grad_scale = grad_scale;
+    // Stochastic-rounding bits differ every step but replay identically on resume.
+    h.seed = spec_.train().seed() * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(adam_t);
+    gpu_->AdamWStep(h);
+    return;
+  }
   float* p = model_->params();
   const float* g = model_->grads();
   // Each parameter tensor's part inside [opt_lo_, opt_hi_) (everything
@@ -342,7 +448,7 @@ absl::StatusOr<std::string> TrainerImpl::SaveCheckpoint(int64_t steps_done) {
   absl::Status shard_status;
   if (zero_ && !opt_.m.empty()) {
     shard_status = SaveOptimizerShard(
-        opt_, model_->num_params(),
+        opt_, n_,
         fs::JoinPath(staging, OptimizerShardName(comm_->rank(), world_)));
   }
   // Every rank reports whether its shard made it, so all agree on failure.
@@ -352,8 +458,16 @@ absl::StatusOr<std::string> TrainerImpl::SaveCheckpoint(int64_t steps_done) {
   if (failed > 0) return absl::AbortedError("another rank failed to write its optimizer shard");
   if (!is_root()) return staging;
 
-  RETURN_IF_ERROR(SaveModelWeights(*model_, w->PathFor("model.safetensors")));
-  if (!zero_) RETURN_IF_ERROR(SaveOptimizer(*model_, opt_, w->PathFor("optimizer.safetensors")));
+  ASSIGN_OR_RETURN(const float* params, HostParams());
+  RETURN_IF_ERROR(SaveModelWeights(*info_, params, w->PathFor("model.safetensors")));
+  if (!zero_) {
+    RETURN_IF_ERROR(StageOptimizerOnHost());
+    RETURN_IF_ERROR(SaveOptimizer(*info_, n_, opt_, w->PathFor("optimizer.safetensors")));
+    if (gpu_) {
+      opt_.m = {};  // 8 bytes per parameter of host memory, only while writing
+      opt_.v = {};
+    }
+  }
   state_.set_step(steps_done);
   *state_.mutable_train_loader() = ToProto(train_loader_->state());
   state_.set_created_at(NowRfc3339());
@@ -383,14 +497,23 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
   }
   while (step < max_steps) {
     auto t0 = std::chrono::steady_clock::now();
-    model_->ZeroGrad();
     double loss = 0;
-    for (int micro = 0; micro < accum_; ++micro) {
-      train_loader_->Next(inputs_.data(), targets_.data());
-      loss += model_->Forward(inputs_.data(), targets_.data(), B_, T_);
-      model_->Backward(1.0f / accum_);
+    if (gpu_) {
+      gpu_->ZeroGrad();
+      for (int micro = 0; micro < accum_; ++micro) {
+        train_loader_->Next(inputs_.data(), targets_.data());
+        RETURN_IF_ERROR(gpu_->ForwardBackward(inputs_.data(), targets_.data(), 1.0f / accum_));
+      }
+      ASSIGN_OR_RETURN(loss, gpu_->TakeLoss());
+    } else {
+      model_->ZeroGrad();
+      for (int micro = 0; micro < accum_; ++micro) {
+        train_loader_->Next(inputs_.data(), targets_.data());
+        loss += model_->Forward(inputs_.data(), targets_.data(), B_, T_);
+        model_->Backward(1.0f / accum_);
+      }
+      loss /= accum_;
     }
-    loss /= accum_;
     RETURN_IF_ERROR(comm_->AllReduceScalar(&loss, comm::ReduceOp::kAvg));
     ASSIGN_OR_RETURN(double gnorm, SyncGradients());
     const float lr = static_cast<float>(schedule_.LrAt(step));

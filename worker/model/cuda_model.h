@@ -1,0 +1,121 @@
+// The transformer (gpt2 and llama families) on one NVIDIA GPU, built from
+// kernels/cuda. Same parameter layout, initialisation and checkpoint files as
+// the CPU model (model.h: BuildParamLayout / InitParams), so a run can move
+// between backends.
+//
+// Precision:
+//   kFp32  everything fp32 (true fp32 GEMMs, no TF32): the GPU tests compare
+//          logits, loss and gradients with the CPU backend.
+//   kBf16  mixed precision as in llm.c / PyTorch autocast: bf16 parameter
+//          copy and activations, fp32 accumulation in every GEMM and
+//          reduction, fp32 gradients (accumulated across micro-steps in
+//          fp32), fp32 master weights and AdamW moments. AdamW writes the
+//          fp32 master and the bf16 copy in one pass (optionally with
+//          stochastic rounding).
+//
+// Everything runs asynchronously on one stream; only TakeLoss, Forward (with
+// targets), GradNorm and the host copies synchronise. Device memory is
+// allocated once at Create (parameters, gradients, optimizer state, one
+// activation arena, workspaces), so a step never allocates and an
+// out-of-memory can only happen at start, with a message naming the buffer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "worker/model/model.h"
+
+namespace llmt::model {
+
+enum class Precision { kFp32, kBf16 };
+enum class Recompute {
+  kNone,      // keep every activation the backward needs
+  kGelu,      // keep the MLP's pre-activation only; recompute GELU/SwiGLU in backward
+  kNormGelu,  // also recompute both LayerNorm/RMSNorm outputs from the residual stream
+};
+
+// "fp32"/"bf16"; "none"/"gelu"/"norm_gelu". Errors name the spec field.
+absl::StatusOr<Precision> ParsePrecision(const std::string& s);
+absl::StatusOr<Recompute> ParseRecompute(const std::string& s);
+
+struct CudaModelOptions {
+  int device = 0;  // CUDA device index
+  Precision precision = Precision::kBf16;
+  Recompute recompute = Recompute::kNone;
+  bool stochastic_rounding = false;  // of the bf16 parameter copy
+};
+
+struct AdamWHyper {
+  float lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0;
+  int64_t step = 1;        // 1-based bias-correction step
+  float grad_scale = 1.f;  // e.g. clip / grad_norm (clipping fused into the update)
+  uint64_t seed = 0;       // stochastic-rounding bits (vary it per step)
+};
+
+class CudaModel {
+ public:
+  // Validates the config like Model::Create, selects the device and
+  // allocates everything for micro-batches up to B x T.
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(const ModelConfig& cfg, int B, int T,
+                                                           const CudaModelOptions& opts);
+  virtual ~CudaModel() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const CudaModelOptions& options() const = 0;
+  virtual int64_t num_params() const = 0;
+  virtual double flops_per_token(int T) const = 0;
+  virtual const std::vector<ParamInfo>& params_info() const = 0;
+  // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" and the per-category
+  // memory table (parameters, gradients, optimizer, activations, workspace).
+  virtual std::string DeviceDescription() const = 0;
+  virtual std::string MemoryReport() const = 0;
+  virtual int64_t device_bytes() const = 0;
+
+  // Host <-> device copies of the fp32 master weights, the fp32 gradients
+  // and the AdamW moments, all in the flat ParamInfo layout (n floats).
+  // SetParams refreshes the bf16 copy (round-to-nearest).
+  virtual absl::Status SetParams(const float* host) = 0;
+  virtual absl::Status GetParams(float* host) = 0;
+  virtual absl::Status GetGrads(float* host) = 0;
+  virtual absl::Status SetOptimizerState(const float* m, const float* v) = 0;
+  virtual absl::Status GetOptimizerState(float* m, float* v) = 0;
+  // InitParams on the host, then SetParams: bit-identical to the CPU model.
+  virtual absl::Status InitWeights(uint64_t seed) = 0;
+
+  // One training micro-step on a full B x T batch (host token ids, checked
+  // against the vocabulary): forward, fused classifier, backward. Gradients
+  // are ACCUMULATED (+=) scaled by loss_scale; the micro-batch's mean loss is
+  // kept on the device. Does not synchronise.
+  virtual absl::Status ForwardBackward(const int32_t* inputs, const int32_t* targets,
+                                       float loss_scale) = 0;
+  // Mean of the losses of the ForwardBackward calls since the last TakeLoss
+  // (synchronises).
+  virtual absl::StatusOr<double> TakeLoss() = 0;
+  // Forward only on b x t (b <= B, t <= T). With targets: the mean loss
+  // (synchronises). Without: 0, and GetLogits then returns the logits.
+  virtual absl::StatusOr<double> Forward(const int32_t* inputs, const int32_t* targets, int b,
+                                         int t) = 0;
+  // Logits [b, t, vocab] (fp32 on the host) of the last Forward without targets.
+  virtual absl::Status GetLogits(float* host) = 0;
+
+  virtual void ZeroGrad() = 0;
+  // Global L2 norm of the gradients (synchronises).
+  virtual absl::StatusOr<double> GradNorm() = 0;
+  // Fused multi-tensor AdamW over all parameters (weight decay off for norms
+  // and biases, as on the CPU); refreshes the bf16 copy in the same pass.
+  virtual void AdamWStep(const AdamWHyper& h) = 0;
+
+  // Device pointers for collectives (NCCL all-reduce of gradients, broadcast
+  // of parameters). After writing master params through a collective, call
+  // RefreshParamCopy.
+  virtual float* device_params() = 0;
+  virtual float* device_grads() = 0;
+  virtual void RefreshParamCopy() = 0;
+  virtual absl::Status Synchronize() = 0;
+};
+
+}  // namespace llmt::model
