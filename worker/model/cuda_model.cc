@@ -116,7 +116,7 @@ class CudaModelImpl final : public CudaModel {
   void AdamWStep(const AdamWHyper& h) override;
   float* device_params() override { return p32_.as<float>(); }
   float* device_grads() override { return g32_.as<float>(); }
-  void RefreshParamCopy() override;
+  void RefreshParamCopy(uint64_t sr_seed) override;
   absl::Status Synchronize() override { return stream_.Synchronize(); }
 
  private:
@@ -396,14 +396,16 @@ template <typename T>
 absl::Status CudaModelImpl<T>::SetParams(const float* host) {
   RETURN_IF_ERROR(stream_.Synchronize());
   RETURN_IF_ERROR(p32_.CopyFromHost(host, n_ * 4));
-  RefreshParamCopy();
+  if (kBf16) {
+    cu::ConvertF32ToBf16(p16_.as<bf16>(), p32_.as<float>(), n_, false, 0, s());
+  }
   return stream_.Synchronize();
 }
 
 template <typename T>
-void CudaModelImpl<T>::RefreshParamCopy() {
+void CudaModelImpl<T>::RefreshParamCopy(uint64_t sr_seed) {
   if (kBf16) {
-    cu::ConvertF32ToBf16(p16_.as<bf16>(), p32_.as<float>(), n_, /*stochastic_rounding=*/false, 0,
+    cu::ConvertF32ToBf16(p16_.as<bf16>(), p32_.as<float>(), n_, opts_.stochastic_rounding, sr_seed,
                          s());
   }
 }

@@ -114,7 +114,11 @@ class CudaModel {
   // RefreshParamCopy.
   virtual float* device_params() = 0;
   virtual float* device_grads() = 0;
-  virtual void RefreshParamCopy() = 0;
+  // Re-derives the bf16 copy from the fp32 master weights. With stochastic
+  // rounding on, it uses the bits of `sr_seed`: passing the seed of the AdamW
+  // step that produced the weights reproduces that step's copy exactly (a
+  // resumed run continues bit-identically); otherwise round-to-nearest.
+  virtual void RefreshParamCopy(uint64_t sr_seed = 0) = 0;
   virtual absl::Status Synchronize() = 0;
 };
 

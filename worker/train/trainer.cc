@@ -92,6 +92,11 @@ class TrainerImpl final : public Trainer {
   // master weights / moments staged into host_params_ / opt_.
   absl::StatusOr<const float*> HostParams();
   absl::Status StageOptimizerOnHost();
+  // Stochastic-rounding bits of AdamW update number adam_t: different every
+  // step, replayed identically on resume.
+  uint64_t SrSeed(int64_t adam_t) const {
+    return spec_.train().seed() * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(adam_t);
+  }
 
   TrainOptions opts_;
   v1::JobSpec spec_;
@@ -278,7 +283,7 @@ absl::Status TrainerImpl::InitGpuModel(const model::ModelConfig& cfg) {
   n_ = gpu_->num_params();
   if (world_ > 1) {
     RETURN_IF_ERROR(comm_->Broadcast(gpu_->device_params(), static_cast<size_t>(n_), 0));
-    gpu_->RefreshParamCopy();
+    gpu_->RefreshParamCopy(/*sr_seed=*/0);
   }
   return absl::OkStatus();
 }
@@ -317,6 +322,12 @@ absl::Status TrainerImpl::Resume(const std::string& dir) {
     RETURN_IF_ERROR(
         LoadModelWeights(*info_, host_params_.data(), fs::JoinPath(dir, "model.safetensors")));
     RETURN_IF_ERROR(gpu_->SetParams(host_params_.data()));
+    // The bf16 copy the continuous run would hold: rounded by the last
+    // applied update (adam_t = steps - skipped steps).
+    const int64_t last_update = st.step() - st.skipped_steps_total();
+    if (spec_.train().stochastic_rounding() && last_update > 0) {
+      gpu_->RefreshParamCopy(SrSeed(last_update));
+    }
     RETURN_IF_ERROR(LoadOptimizer(*info_, n_, dir, opt_lo_, opt_hi_, &opt_));
     RETURN_IF_ERROR(gpu_->SetOptimizerState(opt_.m.data(), opt_.v.data()));
     opt_.m = {};  // the device holds them now
@@ -402,7 +413,7 @@ void TrainerImpl::ApplyAdamW(int64_t adam_t, float lr, float grad_scale) {
     h.step = adam_t;
     h.grad_scale = grad_scale;
     // Stochastic-rounding bits differ every step but replay identically on resume.
-    h.seed = spec_.train().seed() * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(adam_t);
+    h.seed = SrSeed(adam_t);
     gpu_->AdamWStep(h);
     return;
   }

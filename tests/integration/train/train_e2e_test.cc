@@ -296,9 +296,15 @@ TEST_F(TrainE2E, SpecErrorsNameTheField) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("/nonexistent/llmt-data"));
 
-  r = Train(spec, out, {"--set", "train.device=cuda"});
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.output, HasSubstr("train.device: cuda is not supported"));
+  // Without a GPU (CI), cuda must fail up front with a reason, never fall
+  // back to the CPU silently.
+  if (!fs::exists("/dev/nvidia0")) {
+    r = Train(spec, out, {"--set", "train.device=cuda"});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_THAT(r.output, ::testing::AnyOf(HasSubstr("no CUDA device is visible"),
+                                           HasSubstr("built without the CUDA backend")));
+    EXPECT_THAT(r.output, HasSubstr("train.device: cuda"));
+  }
 
   r = Train(spec, out, {"--set", "model.vocab_size=100"});
   EXPECT_NE(r.exit_code, 0);
