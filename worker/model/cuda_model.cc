@@ -16,8 +16,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -69,6 +71,81 @@ struct BlockActs {
   T* res3;
 };
 
+// LLMT_CUDA_PROFILE=1: GPU time per op group, measured with CUDA events
+// around each launch group on the model's stream and logged as a table when
+// the model is destroyed. For finding the slow kernel on a machine without
+// Nsight Systems; off by default (events cost a little).
+class OpTimer {
+ public:
+  explicit OpTimer(cudaStream_t s) : stream_(s) {
+    const char* e = std::getenv("LLMT_CUDA_PROFILE");
+    on_ = e != nullptr && std::string(e) == "1";
+  }
+  ~OpTimer() {
+    for (auto& [a, b] : pool_) {
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+    }
+  }
+  struct Scope {
+    OpTimer* t;
+    size_t idx;
+    ~Scope() {
+      if (t != nullptr) LLMT_CUDA_CHECK(cudaEventRecord(t->pool_[idx].second, t->stream_));
+    }
+  };
+  Scope Time(const char* name) {
+    if (!on_) return {nullptr, 0};
+    if (used_ == pool_.size()) {
+      cudaEvent_t a, b;
+      LLMT_CUDA_CHECK(cudaEventCreate(&a));
+      LLMT_CUDA_CHECK(cudaEventCreate(&b));
+      pool_.push_back({a, b});
+      names_.push_back(nullptr);
+    }
+    names_[used_] = name;
+    LLMT_CUDA_CHECK(cudaEventRecord(pool_[used_].first, stream_));
+    return {this, used_++};
+  }
+  // After the stream has synchronised: adds the pending intervals.
+  void Flush() {
+    for (size_t i = 0; i < used_; ++i) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, pool_[i].first, pool_[i].second) == cudaSuccess) {
+        auto& t = totals_[names_[i]];
+        t.first += ms;
+        t.second += 1;
+      }
+    }
+    used_ = 0;
+  }
+  std::string Report() const {
+    if (!on_ || totals_.empty()) return "";
+    double all = 0;
+    for (const auto& [n, t] : totals_) all += t.first;
+    std::vector<std::pair<double, std::string>> rows;
+    for (const auto& [n, t] : totals_) rows.push_back({t.first, n});
+    std::sort(rows.rbegin(), rows.rend());
+    std::string out = absl::StrFormat("GPU time by op group (%.1f ms in all):\n", all);
+    for (const auto& [ms, n] : rows) {
+      const auto& t = totals_.at(n);
+      absl::StrAppendFormat(&out, "  %-22s %10.2f ms %6.1f%%  %8lld calls  %8.1f us/call\n", n, ms,
+                            100.0 * ms / all, static_cast<long long>(t.second),
+                            1e3 * ms / t.second);
+    }
+    return out;
+  }
+  bool on() const { return on_; }
+
+ private:
+  cudaStream_t stream_;
+  bool on_ = false;
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> pool_;
+  std::vector<const char*> names_;
+  size_t used_ = 0;
+  std::map<std::string, std::pair<double, int64_t>> totals_;
+};
+
 // Pinned host staging for token ids: two slots, so the host can fill the
 // next micro-batch while the previous copy may still be queued.
 struct TokenStaging {
@@ -111,7 +188,10 @@ class CudaModelImpl final : public CudaModel {
   absl::StatusOr<double> Forward(const int32_t* inputs, const int32_t* targets, int b,
                                  int t) override;
   absl::Status GetLogits(float* host) override;
-  void ZeroGrad() override { cu::Zero(g32_.as<float>(), n_, stream_.get()); }
+  void ZeroGrad() override {
+    auto timed = timer_->Time("zero_grad");
+    cu::Zero(g32_.as<float>(), n_, stream_.get());
+  }
   absl::StatusOr<double> GradNorm() override;
   void AdamWStep(const AdamWHyper& h) override;
   float* device_params() override { return p32_.as<float>(); }
@@ -156,6 +236,7 @@ class CudaModelImpl final : public CudaModel {
   cu::MemoryReport report_;
 
   cu::Stream stream_;
+  std::unique_ptr<OpTimer> timer_;
   std::unique_ptr<cu::Blas> blas_;
   cu::DeviceBuffer p32_, p16_, g32_, m_, v_, segments_, arena_, scratch_, misc_;
   const T* pT_ = nullptr;  // bf16 parameter copy (bf16 only)
@@ -178,8 +259,8 @@ class CudaModelImpl final : public CudaModel {
   T* dact_ = nullptr;  // llama only (gpt2 fuses dGELU into the c_proj backward GEMM)
   float* rope_cos_ = nullptr;
   float* rope_sin_ = nullptr;
-  int32_t* tokens_ = nullptr;   // device [N]
-  int32_t* targets_ = nullptr;  // device [N]
+  int32_t* tokens_ = nullptr;     // device [N]
+  int32_t* targets_ = nullptr;    // device [N]
   double* loss_slots_ = nullptr;  // device [kLossSlots]
   double* norm_ = nullptr;        // device scalar
 
@@ -195,6 +276,12 @@ class CudaModelImpl final : public CudaModel {
 template <typename T>
 CudaModelImpl<T>::~CudaModelImpl() {
   if (stream_.get() != nullptr) (void)stream_.Synchronize();
+  if (timer_) {
+    timer_->Flush();
+    if (timer_->on()) {
+      LLMT_LOG(Info) << timer_->Report();
+    }
+  }
   for (int i = 0; i < 2; ++i) {
     if (staging_.host[i] != nullptr) cudaFreeHost(staging_.host[i]);
     if (staging_.copied[i] != nullptr) cudaEventDestroy(staging_.copied[i]);
@@ -282,14 +369,14 @@ absl::Status CudaModelImpl<T>::Init() {
   int64_t arena_bytes = 0;
   for (const Slice& sl : plan) arena_bytes += AlignUp(sl.bytes, kAlignBytes);
 
-  scratch_bytes_ = std::max({cu::NormBackwardScratchBytes(N, C_),
-                             cu::AttentionBackwardScratchBytes(B_, T_, NH_),
-                             cu::EmbeddingBackwardScratchBytes(B_, T_), cu::ReduceScratchBytes()});
+  scratch_bytes_ =
+      std::max({cu::NormBackwardScratchBytes(N, C_), cu::AttentionBackwardScratchBytes(B_, T_, NH_),
+                cu::EmbeddingBackwardScratchBytes(B_, T_), cu::ReduceScratchBytes()});
   // misc: rope tables, token ids, loss slots, grad-norm scalar.
   const int64_t rope_bytes = gpt2() ? 0 : AlignUp(int64_t{T_} * hd_ / 2 * 4, kAlignBytes);
   const int64_t tok_bytes = AlignUp(N * 4, kAlignBytes);
-  const int64_t misc_bytes = 2 * rope_bytes + 2 * tok_bytes + AlignUp(kLossSlots * 8, kAlignBytes) +
-                             kAlignBytes;
+  const int64_t misc_bytes =
+      2 * rope_bytes + 2 * tok_bytes + AlignUp(kLossSlots * 8, kAlignBytes) + kAlignBytes;
 
   // Plan first so an impossible size fails with the whole picture instead of
   // whichever buffer happened to be allocated last.
@@ -307,14 +394,14 @@ absl::Status CudaModelImpl<T>::Init() {
       return absl::ResourceExhaustedError(absl::StrCat(
           "out of GPU memory: the model needs ", cu::FormatBytes(planned.Total()), " for batch ",
           B_, " x ", T_, " but device ", opts_.device, " has ", cu::FormatBytes(mem->free_bytes),
-          " free; the largest buffer is the activation arena (",
-          cu::FormatBytes(arena_bytes),
+          " free; the largest buffer is the activation arena (", cu::FormatBytes(arena_bytes),
           "): lower train.batch_size or set train.recompute: norm_gelu. Plan:\n",
           planned.Format(*mem)));
     }
   }
 
   ASSIGN_OR_RETURN(stream_, cu::Stream::Create());
+  timer_ = std::make_unique<OpTimer>(stream_.get());
   ASSIGN_OR_RETURN(blas_, cu::Blas::Create());
   blas_->set_allow_tf32(false);
   RETURN_IF_ERROR(Alloc(&p32_, "parameters", "fp32 master weights", n_ * 4));
@@ -331,8 +418,8 @@ absl::Status CudaModelImpl<T>::Init() {
                         absl::StrCat("activation arena (B=", B_, ", T=", T_, ", ", L_, " layers)"),
                         arena_bytes));
   report_.Add("workspace", "cuBLASLt workspace", blas_->workspace_bytes());
-  RETURN_IF_ERROR(Alloc(&scratch_, "workspace", "kernel scratch",
-                        static_cast<int64_t>(scratch_bytes_)));
+  RETURN_IF_ERROR(
+      Alloc(&scratch_, "workspace", "kernel scratch", static_cast<int64_t>(scratch_bytes_)));
   RETURN_IF_ERROR(Alloc(&misc_, "workspace", "tokens, RoPE tables, loss slots", misc_bytes));
 
   char* base = arena_.as<char>();
@@ -441,8 +528,8 @@ template <typename T>
 absl::Status CudaModelImpl<T>::UploadTokens(const int32_t* inputs, const int32_t* targets,
                                             int64_t N) {
   for (int64_t i = 0; i < N; ++i) {
-    if (inputs[i] < 0 || inputs[i] >= V_ || (targets != nullptr && (targets[i] < 0 ||
-                                                                    targets[i] >= V_))) {
+    if (inputs[i] < 0 || inputs[i] >= V_ ||
+        (targets != nullptr && (targets[i] < 0 || targets[i] >= V_))) {
       return absl::InvalidArgumentError(absl::StrCat(
           "token id at position ", i, " (input ", inputs[i], ", target ",
           targets != nullptr ? targets[i] : 0, ") is outside the vocabulary [0, ", V_, ")"));
@@ -469,9 +556,15 @@ template <typename T>
 void CudaModelImpl<T>::NormForward(T* out, float* mean, float* rstd, const T* in, int64_t w,
                                    int64_t bias, int64_t rows) {
   if (gpt2()) {
-    cu::LayerNormForward(out, mean, rstd, in, P(w), P(bias), rows, C_, cfg_.norm_eps, s());
+    {
+      auto timed = timer_->Time("norm_fwd");
+      cu::LayerNormForward(out, mean, rstd, in, P(w), P(bias), rows, C_, cfg_.norm_eps, s());
+    }
   } else {
-    cu::RMSNormForward(out, rstd, in, P(w), rows, C_, cfg_.norm_eps, s());
+    {
+      auto timed = timer_->Time("norm_fwd");
+      cu::RMSNormForward(out, rstd, in, P(w), rows, C_, cfg_.norm_eps, s());
+    }
   }
 }
 
@@ -479,11 +572,17 @@ template <typename T>
 void CudaModelImpl<T>::NormBackward(T* dinp, const T* dout, const T* in, const float* mean,
                                     const float* rstd, int64_t w, int64_t bias, int64_t rows) {
   if (gpt2()) {
-    cu::LayerNormBackward(dinp, G(w), G(bias), dout, in, P(w), mean, rstd, rows, C_,
-                          scratch_.data(), scratch_bytes_, s());
+    {
+      auto timed = timer_->Time("norm_bwd");
+      cu::LayerNormBackward(dinp, G(w), G(bias), dout, in, P(w), mean, rstd, rows, C_,
+                            scratch_.data(), scratch_bytes_, s());
+    }
   } else {
-    cu::RMSNormBackward(dinp, G(w), dout, in, P(w), rstd, rows, C_, scratch_.data(),
-                        scratch_bytes_, s());
+    {
+      auto timed = timer_->Time("norm_bwd");
+      cu::RMSNormBackward(dinp, G(w), dout, in, P(w), rstd, rows, C_, scratch_.data(),
+                          scratch_bytes_, s());
+    }
   }
 }
 
@@ -491,31 +590,58 @@ template <typename T>
 void CudaModelImpl<T>::ForwardPass(int b, int t) {
   const int64_t N = static_cast<int64_t>(b) * t;
   const WeightLayout lay = layout();
-  cu::EmbeddingForward(res0_, tokens_, P(pl_.wte), gpt2() ? P(pl_.wpe) : nullptr, b, t, C_, s());
+  {
+    auto timed = timer_->Time("embedding_fwd");
+    cu::EmbeddingForward(res0_, tokens_, P(pl_.wte), gpt2() ? P(pl_.wpe) : nullptr, b, t, C_, s());
+  }
   const T* x = res0_;
   for (int l = 0; l < L_; ++l) {
     const LayerParams& o = pl_.layers[l];
     BlockActs<T>& a = acts_[l];
     NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N);
-    cu::MatmulForward(*blas_, a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C_, QKV_, lay, nullptr,
-                      nullptr, s());
-    if (!gpt2()) cu::RopeForward(a.qkv, rope_cos_, rope_sin_, b, t, NH_ + NKV_, hd_, QKV_, s());
-    cu::AttentionForward(a.atty, a.lse, a.qkv, b, t, NH_, NKV_, hd_, s());
+    {
+      auto timed = timer_->Time("matmul_qkv_fwd");
+      cu::MatmulForward(*blas_, a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C_, QKV_, lay, nullptr,
+                        nullptr, s());
+    }
+    if (!gpt2()) {
+      auto timed = timer_->Time("rope");
+      cu::RopeForward(a.qkv, rope_cos_, rope_sin_, b, t, NH_ + NKV_, hd_, QKV_, s());
+    }
+    {
+      auto timed = timer_->Time("attention_fwd");
+      cu::AttentionForward(a.atty, a.lse, a.qkv, b, t, NH_, NKV_, hd_, s());
+    }
     // res2 = x + atty Wo + bo (residual through the GEMM's C operand).
-    cu::MatmulForward(*blas_, a.res2, a.atty, P(o.attn_out_w), P(o.attn_out_b), N, C_, C_, lay, x,
-                      nullptr, s());
+    {
+      auto timed = timer_->Time("matmul_attn_out_fwd");
+      cu::MatmulForward(*blas_, a.res2, a.atty, P(o.attn_out_w), P(o.attn_out_b), N, C_, C_, lay, x,
+                        nullptr, s());
+    }
     NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
     if (gpt2()) {
       // act = gelu(fc), fc = ln2 Wfc + bfc kept for the backward (one GEMM).
-      cu::MatmulForward(*blas_, a.act, a.ln2, P(o.fc_w), P(o.fc_b), N, C_, F_, lay, nullptr, a.fc,
-                        s());
+      {
+        auto timed = timer_->Time("matmul_fc_fwd");
+        cu::MatmulForward(*blas_, a.act, a.ln2, P(o.fc_w), P(o.fc_b), N, C_, F_, lay, nullptr, a.fc,
+                          s());
+      }
     } else {
-      cu::MatmulForward(*blas_, a.fc, a.ln2, P(o.fc_w), nullptr, N, C_, FC_, lay, nullptr, nullptr,
-                        s());
-      cu::SwiGLUForward(a.act, a.fc, N, F_, s());
+      {
+        auto timed = timer_->Time("matmul_fc_fwd");
+        cu::MatmulForward(*blas_, a.fc, a.ln2, P(o.fc_w), nullptr, N, C_, FC_, lay, nullptr,
+                          nullptr, s());
+      }
+      {
+        auto timed = timer_->Time("swiglu");
+        cu::SwiGLUForward(a.act, a.fc, N, F_, s());
+      }
     }
-    cu::MatmulForward(*blas_, a.res3, a.act, P(o.proj_w), P(o.proj_b), N, F_, C_, lay, a.res2,
-                      nullptr, s());
+    {
+      auto timed = timer_->Time("matmul_proj_fwd");
+      cu::MatmulForward(*blas_, a.res3, a.act, P(o.proj_w), P(o.proj_b), N, F_, C_, lay, a.res2,
+                        nullptr, s());
+    }
     x = a.res3;
   }
   NormForward(lnf_, lnf_mean_, lnf_rstd_, x, pl_.lnf_w, pl_.lnf_b, N);
@@ -540,9 +666,15 @@ void CudaModelImpl<T>::Classifier(int64_t N, float grad_scale, bool with_targets
   op.D = logits_;
   op.d_type = dt;
   op.ldd = Vp_;
-  cu::Gemm(*blas_, op, s());
+  {
+    auto timed = timer_->Time("classifier_gemm");
+    cu::Gemm(*blas_, op, s());
+  }
   if (with_targets) {
-    cu::SoftmaxCrossEntropy(logits_, targets_, N, V_, Vp_, grad_scale, row_losses_, s());
+    {
+      auto timed = timer_->Time("softmax_xent");
+      cu::SoftmaxCrossEntropy(logits_, targets_, N, V_, Vp_, grad_scale, row_losses_, s());
+    }
   }
 }
 
@@ -570,7 +702,10 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     op.D = dln_;
     op.d_type = dt;
     op.ldd = C_;
-    cu::Gemm(*blas_, op, s());
+    {
+      auto timed = timer_->Time("classifier_gemm");
+      cu::Gemm(*blas_, op, s());
+    }
 
     cu::GemmOp w;
     w.trans_a = true;
@@ -589,9 +724,15 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     w.D = G(pl_.lm_head);
     w.d_type = cu::DType::kF32;
     w.ldd = C_;
-    cu::Gemm(*blas_, w, s());
+    {
+      auto timed = timer_->Time("classifier_bwd_dw");
+      cu::Gemm(*blas_, w, s());
+    }
   }
-  cu::Zero(dres_, N * C_, s());
+  {
+    auto timed = timer_->Time("zero");
+    cu::Zero(dres_, N * C_, s());
+  }
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N);
 
   for (int l = L_ - 1; l >= 0; --l) {
@@ -601,43 +742,77 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     // ---- MLP (dres_ = dL/dres3, which also flows straight on to res2) ----
     if (rc_gelu) {
       if (gpt2()) {
-        cu::GeluForward(a.act, a.fc, N * F_, s());
+        {
+          auto timed = timer_->Time("recompute_gelu");
+          cu::GeluForward(a.act, a.fc, N * F_, s());
+        }
       } else {
-        cu::SwiGLUForward(a.act, a.fc, N, F_, s());
+        {
+          auto timed = timer_->Time("swiglu");
+          cu::SwiGLUForward(a.act, a.fc, N, F_, s());
+        }
       }
     }
     if (gpt2()) {
       // dfc = gelu'(fc) * (dres Wproj^T): the GELU backward rides on the GEMM.
-      cu::MatmulBackward(*blas_, dfc_, G(o.proj_w), G(o.proj_b), dres_, a.act, P(o.proj_w), N, F_,
-                         C_, lay, 1.f, false, a.fc, s());
+      {
+        auto timed = timer_->Time("matmul_proj_bwd");
+        cu::MatmulBackward(*blas_, dfc_, G(o.proj_w), G(o.proj_b), dres_, a.act, P(o.proj_w), N, F_,
+                           C_, lay, 1.f, false, a.fc, s());
+      }
     } else {
-      cu::MatmulBackward(*blas_, dact_, G(o.proj_w), G(o.proj_b), dres_, a.act, P(o.proj_w), N, F_,
-                         C_, lay, 1.f, false, nullptr, s());
-      cu::SwiGLUBackward(dfc_, a.fc, dact_, N, F_, s());
+      {
+        auto timed = timer_->Time("matmul_proj_bwd");
+        cu::MatmulBackward(*blas_, dact_, G(o.proj_w), G(o.proj_b), dres_, a.act, P(o.proj_w), N,
+                           F_, C_, lay, 1.f, false, nullptr, s());
+      }
+      {
+        auto timed = timer_->Time("swiglu_bwd");
+        cu::SwiGLUBackward(dfc_, a.fc, dact_, N, F_, s());
+      }
     }
     if (rc_norm) NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
-    cu::MatmulBackward(*blas_, dln_, G(o.fc_w), G(o.fc_b), dfc_, a.ln2, P(o.fc_w), N, C_, FC_, lay,
-                       1.f, false, nullptr, s());
+    {
+      auto timed = timer_->Time("matmul_fc_bwd");
+      cu::MatmulBackward(*blas_, dln_, G(o.fc_w), G(o.fc_b), dfc_, a.ln2, P(o.fc_w), N, C_, FC_,
+                         lay, 1.f, false, nullptr, s());
+    }
     NormBackward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b, N);
     // ---- attention (dres_ = dL/dres2 now) ----
-    cu::MatmulBackward(*blas_, datty_, G(o.attn_out_w), G(o.attn_out_b), dres_, a.atty,
-                       P(o.attn_out_w), N, C_, C_, lay, 1.f, false, nullptr, s());
-    cu::AttentionBackward(dqkv_, datty_, a.qkv, a.atty, a.lse, b, t, NH_, NKV_, hd_,
-                          scratch_.data(), scratch_bytes_, s());
-    if (!gpt2()) cu::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, t, NH_ + NKV_, hd_, QKV_, s());
+    {
+      auto timed = timer_->Time("matmul_attn_out_bwd");
+      cu::MatmulBackward(*blas_, datty_, G(o.attn_out_w), G(o.attn_out_b), dres_, a.atty,
+                         P(o.attn_out_w), N, C_, C_, lay, 1.f, false, nullptr, s());
+    }
+    {
+      auto timed = timer_->Time("attention_bwd");
+      cu::AttentionBackward(dqkv_, datty_, a.qkv, a.atty, a.lse, b, t, NH_, NKV_, hd_,
+                            scratch_.data(), scratch_bytes_, s());
+    }
+    if (!gpt2()) {
+      auto timed = timer_->Time("rope_bwd");
+      cu::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, t, NH_ + NKV_, hd_, QKV_, s());
+    }
     if (rc_norm) NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N);
-    cu::MatmulBackward(*blas_, dln_, G(o.qkv_w), G(o.qkv_b), dqkv_, a.ln1, P(o.qkv_w), N, C_, QKV_,
-                       lay, 1.f, false, nullptr, s());
+    {
+      auto timed = timer_->Time("matmul_qkv_bwd");
+      cu::MatmulBackward(*blas_, dln_, G(o.qkv_w), G(o.qkv_b), dqkv_, a.ln1, P(o.qkv_w), N, C_,
+                         QKV_, lay, 1.f, false, nullptr, s());
+    }
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N);
   }
-  cu::EmbeddingBackward(G(pl_.wte), gpt2() ? G(pl_.wpe) : nullptr, dres_, tokens_, b, t, C_,
-                        scratch_.data(), scratch_bytes_, s());
+  {
+    auto timed = timer_->Time("embedding_bwd");
+    cu::EmbeddingBackward(G(pl_.wte), gpt2() ? G(pl_.wpe) : nullptr, dres_, tokens_, b, t, C_,
+                          scratch_.data(), scratch_bytes_, s());
+  }
 }
 
 template <typename T>
 absl::Status CudaModelImpl<T>::ForwardBackward(const int32_t* inputs, const int32_t* targets,
                                                float loss_scale) {
-  if (targets == nullptr) return absl::InvalidArgumentError("ForwardBackward: targets are required");
+  if (targets == nullptr)
+    return absl::InvalidArgumentError("ForwardBackward: targets are required");
   const int64_t N = static_cast<int64_t>(B_) * T_;
   RETURN_IF_ERROR(UploadTokens(inputs, targets, N));
   have_logits_ = false;
@@ -661,6 +836,7 @@ absl::Status CudaModelImpl<T>::FoldLosses() {
                                               cudaMemcpyDeviceToHost, s()));
   }
   RETURN_IF_ERROR(stream_.Synchronize());
+  timer_->Flush();
   for (int i = 0; i < k; ++i) {
     folded_loss_ += host_scalars_[i] / static_cast<double>(slot_rows_[i]);
     ++folded_count_;
@@ -685,8 +861,8 @@ template <typename T>
 absl::StatusOr<double> CudaModelImpl<T>::Forward(const int32_t* inputs, const int32_t* targets,
                                                  int b, int t) {
   if (b <= 0 || b > B_ || t <= 0 || t > T_) {
-    return absl::InvalidArgumentError(absl::StrCat("Forward: batch ", b, " x ", t,
-                                                   " outside the planned ", B_, " x ", T_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Forward: batch ", b, " x ", t, " outside the planned ", B_, " x ", T_));
   }
   const int64_t N = static_cast<int64_t>(b) * t;
   RETURN_IF_ERROR(UploadTokens(inputs, targets, N));
@@ -703,9 +879,10 @@ absl::StatusOr<double> CudaModelImpl<T>::Forward(const int32_t* inputs, const in
   // does not disturb their pending losses.
   double* slot = norm_;
   cu::Sum(row_losses_, N, slot, scratch_.data(), scratch_bytes_, s());
-  LLMT_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(host_scalars_ + kLossSlots - 1, slot, sizeof(double), cudaMemcpyDeviceToHost, s()));
+  LLMT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_scalars_ + kLossSlots - 1, slot, sizeof(double),
+                                            cudaMemcpyDeviceToHost, s()));
   RETURN_IF_ERROR(stream_.Synchronize());
+  timer_->Flush();
   return host_scalars_[kLossSlots - 1] / static_cast<double>(N);
 }
 
@@ -721,8 +898,8 @@ absl::Status CudaModelImpl<T>::GetLogits(float* host) {
                                            V_ * sizeof(float), rows, cudaMemcpyDeviceToHost));
   } else {
     std::vector<uint16_t> tmp(static_cast<size_t>(rows) * V_);
-    LLMT_CUDA_RETURN_IF_ERROR(cudaMemcpy2D(tmp.data(), V_ * 2, logits_, Vp_ * 2, V_ * 2, rows,
-                                           cudaMemcpyDeviceToHost));
+    LLMT_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy2D(tmp.data(), V_ * 2, logits_, Vp_ * 2, V_ * 2, rows, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < tmp.size(); ++i) {
       const uint32_t bits = static_cast<uint32_t>(tmp[i]) << 16;
       std::memcpy(host + i, &bits, 4);
@@ -733,16 +910,19 @@ absl::Status CudaModelImpl<T>::GetLogits(float* host) {
 
 template <typename T>
 absl::StatusOr<double> CudaModelImpl<T>::GradNorm() {
+  auto timed = timer_->Time("grad_norm");
   cu::L2Norm(g32_.as<float>(), n_, norm_, scratch_.data(), scratch_bytes_, s());
   LLMT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_scalars_ + kLossSlots - 1, norm_, sizeof(double),
                                             cudaMemcpyDeviceToHost, s()));
   RETURN_IF_ERROR(stream_.Synchronize());
+  timer_->Flush();
   return host_scalars_[kLossSlots - 1];
 }
 
 template <typename T>
 void CudaModelImpl<T>::AdamWStep(const AdamWHyper& h) {
   SetWeightDecay(h.weight_decay);
+  auto timed = timer_->Time("adamw");
   cu::AdamWMultiTensor(p32_.as<float>(), g32_.as<float>(), m_.as<float>(), v_.as<float>(), n_,
                        segments_.as<cu::AdamWSegment>(), static_cast<int>(host_segments_.size()),
                        h.lr, h.beta1, h.beta2, h.eps, h.step, h.grad_scale,
@@ -752,7 +932,7 @@ void CudaModelImpl<T>::AdamWStep(const AdamWHyper& h) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& in, int B, int T,
-                                                            const CudaModelOptions& opts) {
+                                                             const CudaModelOptions& opts) {
   ModelConfig cfg = in;
   RETURN_IF_ERROR(ValidateConfig(&cfg, B, T));
   if (cu::DeviceCount() == 0) {
