@@ -1,0 +1,457 @@
+// The CUDA model (worker/model/cuda_model.h) against the CPU model
+// (worker/model/model.h): identical initialisation, fp32 logits, loss and
+// every gradient tensor; gradient accumulation; token validation; activation
+// recomputation; bf16 mixed precision tracking fp32 over 50 AdamW steps; the
+// memory report and out-of-memory errors. Every test skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <ostream>
+#include <random>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/cuda/runtime.cuh"
+#include "worker/model/cuda_model.h"
+#include "worker/model/model.h"
+
+namespace llmt::model {
+namespace {
+
+#define REQUIRE_GPU()                                                        \
+  do {                                                                       \
+    if (!::llmt::kernels::cuda::HaveGpu()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+// fp32 on both sides, but the GPU sums in a different order (tiled GEMMs,
+// block reductions, flash attention's online softmax), so results agree to a
+// few ulps of the tensor's scale, not bit for bit: 1e-4 of the tensor's
+// largest magnitude leaves two orders of margin over what reordering costs at
+// these sizes while still catching any indexing or formula error (which shows
+// up at 1e-2 or worse).
+constexpr double kFp32Tol = 1e-4;
+
+// max|a - b| / max(max|b|, 1e-6): the error relative to the reference
+// tensor's scale, so near-zero elements (biases' gradients at init) do not
+// turn rounding noise into a huge elementwise ratio.
+double RelErr(const float* a, const float* b, int64_t n) {
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+  }
+  return diff / std::max(scale, 1e-6);
+}
+
+bool AllFinite(const std::vector<float>& v) {
+  return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
+}
+
+std::vector<int32_t> RandomTokens(size_t n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> d(0, vocab - 1);
+  std::vector<int32_t> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::string Lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Tiny configs. The vocabularies are odd on purpose: the GPU pads the logits'
+// row stride, and an odd V catches code that confuses V with the stride.
+ModelConfig Gpt2Tiny() {
+  ModelConfig c;
+  c.family = Family::kGpt2;
+  c.vocab_size = 97;
+  c.d_model = 64;
+  c.n_layer = 2;
+  c.n_head = 4;  // head dim 16
+  c.n_kv_head = 4;
+  c.d_ff = 256;
+  c.max_seq_len = 64;
+  return c;
+}
+
+ModelConfig LlamaTiny() {
+  ModelConfig c;
+  c.family = Family::kLlama;
+  c.vocab_size = 101;
+  c.d_model = 64;
+  c.n_layer = 2;
+  c.n_head = 4;  // head dim 16
+  c.n_kv_head = 2;
+  c.d_ff = 160;
+  c.max_seq_len = 64;
+  return c;
+}
+
+// Head dim 64: the size the tensor-core attention kernels are built for.
+ModelConfig Gpt2Hd64() {
+  ModelConfig c = Gpt2Tiny();
+  c.d_model = 128;
+  c.n_head = 2;
+  c.n_kv_head = 2;
+  c.d_ff = 512;
+  return c;
+}
+
+ModelConfig LlamaHd64() {
+  ModelConfig c = LlamaTiny();
+  c.d_model = 128;
+  c.n_head = 2;
+  c.n_kv_head = 1;
+  c.d_ff = 320;
+  return c;
+}
+
+constexpr int kB = 3, kT = 32;
+constexpr uint64_t kInitSeed = 1234;
+
+std::unique_ptr<CudaModel> MakeGpu(const ModelConfig& cfg, int B, int T, Precision p,
+                                   Recompute r = Recompute::kNone, bool stochastic = false) {
+  CudaModelOptions o;
+  o.device = 0;
+  o.precision = p;
+  o.recompute = r;
+  o.stochastic_rounding = stochastic;
+  auto m = CudaModel::Create(cfg, B, T, o);
+  EXPECT_TRUE(m.ok()) << m.status();
+  if (!m.ok()) return nullptr;
+  auto s = (*m)->InitWeights(kInitSeed);
+  EXPECT_TRUE(s.ok()) << s;
+  if (!s.ok()) return nullptr;
+  return std::move(m).value();
+}
+
+// One full micro-step on a fresh gradient: returns the loss and the gradients.
+struct StepOut {
+  double loss = 0;
+  std::vector<float> grads;
+};
+StepOut GpuStep(CudaModel& m, const std::vector<int32_t>& in, const std::vector<int32_t>& tgt) {
+  StepOut out;
+  m.ZeroGrad();
+  auto s = m.ForwardBackward(in.data(), tgt.data(), 1.f);
+  EXPECT_TRUE(s.ok()) << s;
+  auto loss = m.TakeLoss();
+  EXPECT_TRUE(loss.ok()) << loss.status();
+  out.loss = loss.ok() ? *loss : std::nan("");
+  out.grads.resize(m.num_params());
+  s = m.GetGrads(out.grads.data());
+  EXPECT_TRUE(s.ok()) << s;
+  return out;
+}
+
+struct Case {
+  const char* name;
+  ModelConfig cfg;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+class CudaModelParity : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CudaModelParity, Fp32LogitsLossAndGradientsMatchCpu) {
+  REQUIRE_GPU();
+  const ModelConfig cfg = GetParam().cfg;
+  const int V = cfg.vocab_size;
+
+  auto cpu_or = Model::Create(cfg, kB, kT);
+  ASSERT_TRUE(cpu_or.ok()) << cpu_or.status();
+  Model& cpu = **cpu_or;
+  cpu.InitWeights(kInitSeed);
+  auto gpu_ptr = MakeGpu(cfg, kB, kT, Precision::kFp32);
+  ASSERT_NE(gpu_ptr, nullptr);
+  CudaModel& gpu = *gpu_ptr;
+
+  // Same layout, and the same initial weights bit for bit (InitParams runs on
+  // the host for both).
+  const int64_t n = cpu.num_params();
+  ASSERT_EQ(gpu.num_params(), n);
+  ASSERT_EQ(gpu.params_info().size(), cpu.params_info().size());
+  for (size_t i = 0; i < cpu.params_info().size(); ++i) {
+    EXPECT_EQ(gpu.params_info()[i].name, cpu.params_info()[i].name);
+    EXPECT_EQ(gpu.params_info()[i].offset, cpu.params_info()[i].offset);
+    EXPECT_EQ(gpu.params_info()[i].numel, cpu.params_info()[i].numel);
+  }
+  std::vector<float> gp(n);
+  ASSERT_TRUE(gpu.GetParams(gp.data()).ok());
+  EXPECT_EQ(std::memcmp(gp.data(), cpu.params(), n * sizeof(float)), 0)
+      << "InitWeights differs between the backends";
+
+  const auto in = RandomTokens(kB * kT, V, 7);
+  const auto tgt = RandomTokens(kB * kT, V, 8);
+
+  // (a) logits.
+  cpu.Forward(in.data(), nullptr, kB, kT);
+  std::vector<float> cpu_logits(cpu.logits(), cpu.logits() + static_cast<size_t>(kB) * kT * V);
+  auto f = gpu.Forward(in.data(), nullptr, kB, kT);
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::vector<float> gpu_logits(static_cast<size_t>(kB) * kT * V);
+  ASSERT_TRUE(gpu.GetLogits(gpu_logits.data()).ok());
+  ASSERT_TRUE(AllFinite(gpu_logits));
+  EXPECT_LE(RelErr(gpu_logits.data(), cpu_logits.data(), gpu_logits.size()), kFp32Tol);
+
+  // Forward on a smaller b x t reads the same positions' logits.
+  const int b2 = 2, t2 = 17;
+  std::vector<int32_t> in2(b2 * t2);
+  for (int b = 0; b < b2; ++b)
+    for (int t = 0; t < t2; ++t) in2[b * t2 + t] = in[b * kT + t];
+  cpu.Forward(in2.data(), nullptr, b2, t2);
+  std::vector<float> cpu_l2(cpu.logits(), cpu.logits() + static_cast<size_t>(b2) * t2 * V);
+  ASSERT_TRUE(gpu.Forward(in2.data(), nullptr, b2, t2).ok());
+  std::vector<float> gpu_l2(cpu_l2.size());
+  ASSERT_TRUE(gpu.GetLogits(gpu_l2.data()).ok());
+  EXPECT_LE(RelErr(gpu_l2.data(), cpu_l2.data(), gpu_l2.size()), kFp32Tol) << "b=2, t=17";
+
+  // (b) loss, both through Forward with targets and through ForwardBackward.
+  cpu.ZeroGrad();
+  const double cpu_loss = cpu.Forward(in.data(), tgt.data(), kB, kT);
+  cpu.Backward(1.f);
+  ASSERT_TRUE(std::isfinite(cpu_loss));
+  auto gpu_fwd_loss = gpu.Forward(in.data(), tgt.data(), kB, kT);
+  ASSERT_TRUE(gpu_fwd_loss.ok()) << gpu_fwd_loss.status();
+  EXPECT_LE(std::fabs(*gpu_fwd_loss - cpu_loss) / cpu_loss, kFp32Tol)
+      << "gpu " << *gpu_fwd_loss << " cpu " << cpu_loss;
+  StepOut g = GpuStep(gpu, in, tgt);
+  EXPECT_LE(std::fabs(g.loss - cpu_loss) / cpu_loss, kFp32Tol) << "gpu " << g.loss << " cpu " << cpu_loss;
+
+  // (c) every gradient tensor.
+  ASSERT_TRUE(AllFinite(g.grads));
+  for (const ParamInfo& p : cpu.params_info()) {
+    const float* want = cpu.grads() + p.offset;
+    const float* got = g.grads.data() + p.offset;
+    EXPECT_LE(RelErr(got, want, p.numel), kFp32Tol) << p.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, CudaModelParity,
+                         ::testing::Values(Case{"gpt2", Gpt2Tiny()}, Case{"llama", LlamaTiny()},
+                                           Case{"gpt2_hd64", Gpt2Hd64()},
+                                           Case{"llama_hd64", LlamaHd64()}),
+                         [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
+
+TEST(CudaModel, ForwardBackwardWithoutZeroGradAccumulates) {
+  REQUIRE_GPU();
+  for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
+    auto m = MakeGpu(cfg, kB, kT, Precision::kFp32);
+    ASSERT_NE(m, nullptr);
+    const auto in = RandomTokens(kB * kT, cfg.vocab_size, 21);
+    const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 22);
+    StepOut once = GpuStep(*m, in, tgt);
+    // A second identical micro-step onto the same gradients.
+    ASSERT_TRUE(m->ForwardBackward(in.data(), tgt.data(), 1.f).ok());
+    auto loss = m->TakeLoss();
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    // TakeLoss since the last TakeLoss covers only the second call.
+    EXPECT_NEAR(*loss, once.loss, 1e-6 * once.loss);
+    std::vector<float> twice(m->num_params());
+    ASSERT_TRUE(m->GetGrads(twice.data()).ok());
+    std::vector<float> doubled(once.grads.size());
+    for (size_t i = 0; i < doubled.size(); ++i) doubled[i] = 2.f * once.grads[i];
+    // The kernels are deterministic, so the second pass adds the same values;
+    // only the accumulating epilogue's rounding may differ.
+    for (const ParamInfo& p : m->params_info()) {
+      EXPECT_LE(RelErr(twice.data() + p.offset, doubled.data() + p.offset, p.numel), 1e-6) << p.name;
+    }
+  }
+}
+
+TEST(CudaModel, TokenOutsideTheVocabularyIsAnErrorNamingIt) {
+  REQUIRE_GPU();
+  const ModelConfig cfg = Gpt2Tiny();
+  auto m = MakeGpu(cfg, kB, kT, Precision::kFp32);
+  ASSERT_NE(m, nullptr);
+  auto in = RandomTokens(kB * kT, cfg.vocab_size, 3);
+  const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 4);
+  const int32_t bad = cfg.vocab_size + 3;  // 100
+  in[37] = bad;
+
+  auto f = m->Forward(in.data(), nullptr, kB, kT);
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(std::string(f.status().message()).find(std::to_string(bad)), std::string::npos)
+      << f.status();
+  auto s = m->ForwardBackward(in.data(), tgt.data(), 1.f);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find(std::to_string(bad)), std::string::npos) << s;
+
+  in[37] = -1;
+  f = m->Forward(in.data(), tgt.data(), kB, kT);
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(std::string(f.status().message()).find("-1"), std::string::npos) << f.status();
+
+  // The model stays usable after a rejected batch.
+  in[37] = 0;
+  StepOut g = GpuStep(*m, in, tgt);
+  EXPECT_TRUE(std::isfinite(g.loss));
+}
+
+// Recomputation changes what is stored, not what is computed: the same
+// kernels produce the recomputed activations from the same inputs.
+TEST(CudaModel, RecomputeGivesTheSameGradients) {
+  REQUIRE_GPU();
+  for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
+    const auto in = RandomTokens(kB * kT, cfg.vocab_size, 31);
+    const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 32);
+    auto base_m = MakeGpu(cfg, kB, kT, Precision::kFp32, Recompute::kNone);
+    ASSERT_NE(base_m, nullptr);
+    StepOut base = GpuStep(*base_m, in, tgt);
+    base_m.reset();
+    for (Recompute r : {Recompute::kGelu, Recompute::kNormGelu}) {
+      const char* rname = r == Recompute::kGelu ? "gelu" : "norm_gelu";
+      auto m = MakeGpu(cfg, kB, kT, Precision::kFp32, r);
+      ASSERT_NE(m, nullptr);
+      StepOut got = GpuStep(*m, in, tgt);
+      EXPECT_NEAR(got.loss, base.loss, 1e-6 * base.loss) << rname;
+      for (const ParamInfo& p : m->params_info()) {
+        EXPECT_LE(RelErr(got.grads.data() + p.offset, base.grads.data() + p.offset, p.numel), 1e-6)
+            << rname << " " << p.name;
+      }
+    }
+  }
+}
+
+// A token stream with structure a small model learns quickly: mostly a fixed
+// successor function, with 10% noise so the loss cannot reach zero.
+std::vector<std::vector<int32_t>> StructuredBatches(int vocab, int B, int T, int n_batches,
+                                                    uint32_t seed, bool targets) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(0, vocab - 1);
+  std::uniform_real_distribution<double> u(0, 1);
+  const int64_t len = 20000;
+  std::vector<int32_t> stream(len);
+  stream[0] = tok(rng);
+  for (int64_t i = 1; i < len; ++i) {
+    stream[i] = u(rng) < 0.9 ? (stream[i - 1] * 7 + 3) % vocab : tok(rng);
+  }
+  std::uniform_int_distribution<int64_t> start(0, len - T - 2);
+  std::vector<std::vector<int32_t>> batches(n_batches, std::vector<int32_t>(B * T));
+  for (auto& batch : batches) {
+    for (int b = 0; b < B; ++b) {
+      const int64_t s = start(rng) + (targets ? 1 : 0);
+      std::copy(stream.begin() + s, stream.begin() + s + T, batch.begin() + b * T);
+    }
+  }
+  return batches;
+}
+
+// Losses of `steps` AdamW steps on the fixed batch sequence.
+std::vector<double> TrainLosses(CudaModel& m, int B, int T, int steps) {
+  const int V = m.config().vocab_size;
+  // Same seed for inputs and targets: the targets are the inputs shifted by one.
+  const auto ins = StructuredBatches(V, B, T, steps, 99, false);
+  const auto tgts = StructuredBatches(V, B, T, steps, 99, true);
+  std::vector<double> losses;
+  for (int s = 0; s < steps; ++s) {
+    m.ZeroGrad();
+    auto st = m.ForwardBackward(ins[s].data(), tgts[s].data(), 1.f);
+    EXPECT_TRUE(st.ok()) << st;
+    auto loss = m.TakeLoss();
+    EXPECT_TRUE(loss.ok()) << loss.status();
+    losses.push_back(loss.ok() ? *loss : std::nan(""));
+    AdamWHyper h;
+    h.lr = 1e-3f;
+    h.weight_decay = 0.f;
+    h.step = s + 1;
+    h.seed = 1000 + s;
+    m.AdamWStep(h);
+  }
+  EXPECT_TRUE(m.Synchronize().ok());
+  return losses;
+}
+
+double MeanOfLast(const std::vector<double>& v, int k) {
+  double s = 0;
+  for (int i = 0; i < k; ++i) s += v[v.size() - 1 - i];
+  return s / k;
+}
+
+TEST(CudaModel, Bf16TracksFp32LossCurve) {
+  REQUIRE_GPU();
+  constexpr int B = 8, T = 32, kSteps = 50;
+  for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
+    const char* fam = cfg.family == Family::kGpt2 ? "gpt2" : "llama";
+    auto f32 = MakeGpu(cfg, B, T, Precision::kFp32);
+    auto b16 = MakeGpu(cfg, B, T, Precision::kBf16);
+    ASSERT_NE(f32, nullptr);
+    ASSERT_NE(b16, nullptr);
+    const auto l32 = TrainLosses(*f32, B, T, kSteps);
+    const auto l16 = TrainLosses(*b16, B, T, kSteps);
+    ASSERT_EQ(l32.size(), static_cast<size_t>(kSteps));
+    ASSERT_EQ(l16.size(), static_cast<size_t>(kSteps));
+    // The data is learnable: the fp32 reference must actually descend,
+    // otherwise agreement would prove nothing.
+    EXPECT_LT(MeanOfLast(l32, 5), 0.9 * l32[0]) << fam << ": fp32 loss did not fall";
+    for (int s = 0; s < kSteps; ++s) {
+      // bf16 activations carry ~3 significant digits; 1% of the loss is the
+      // documented bound for mixed precision tracking fp32.
+      EXPECT_LE(std::fabs(l16[s] - l32[s]) / l32[s], 0.01)
+          << fam << " step " << s + 1 << ": bf16 " << l16[s] << " fp32 " << l32[s];
+    }
+  }
+}
+
+TEST(CudaModel, Bf16StochasticRoundingTrains) {
+  REQUIRE_GPU();
+  constexpr int B = 8, T = 32, kSteps = 50;
+  for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
+    const char* fam = cfg.family == Family::kGpt2 ? "gpt2" : "llama";
+    auto m = MakeGpu(cfg, B, T, Precision::kBf16, Recompute::kNone, /*stochastic=*/true);
+    ASSERT_NE(m, nullptr);
+    EXPECT_TRUE(m->options().stochastic_rounding);
+    const auto l = TrainLosses(*m, B, T, kSteps);
+    for (int s = 0; s < kSteps; ++s) EXPECT_TRUE(std::isfinite(l[s])) << fam << " step " << s + 1;
+    EXPECT_LT(MeanOfLast(l, 5), 0.9 * l[0]) << fam << ": first " << l[0] << " last " << l.back();
+  }
+}
+
+TEST(CudaModel, MemoryReportAndOutOfMemory) {
+  REQUIRE_GPU();
+  auto m = MakeGpu(Gpt2Tiny(), kB, kT, Precision::kBf16);
+  ASSERT_NE(m, nullptr);
+  EXPECT_GT(m->device_bytes(), 0);
+  EXPECT_FALSE(m->DeviceDescription().empty());
+  const std::string report = Lower(m->MemoryReport());
+  for (const char* cat : {"parameters", "gradients", "optimizer", "activations"}) {
+    EXPECT_NE(report.find(cat), std::string::npos) << cat << " missing from:\n" << m->MemoryReport();
+  }
+  m.reset();
+
+  // GPT-2 124M with a micro-batch of a million sequences: the activation
+  // arena alone is petabytes, far past any GPU (and past 32-bit sizes).
+  ModelConfig big;
+  big.family = Family::kGpt2;
+  big.vocab_size = 50257;
+  big.d_model = 768;
+  big.n_layer = 12;
+  big.n_head = 12;
+  big.n_kv_head = 12;
+  big.d_ff = 3072;
+  big.max_seq_len = 1024;
+  CudaModelOptions o;
+  o.precision = Precision::kBf16;
+  auto huge = CudaModel::Create(big, 1 << 20, 64, o);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted) << huge.status();
+  const std::string msg(huge.status().message());
+  // "out of GPU memory allocating 'NAME': N bytes ..." (kernels/cuda/runtime.cuh).
+  EXPECT_TRUE(std::regex_search(msg, std::regex("'[^']+'"))) << "no buffer named in: " << msg;
+  EXPECT_TRUE(std::regex_search(msg, std::regex("[0-9]+ bytes"))) << "no byte count in: " << msg;
+
+  // The failed Create released what it had allocated: a normal model still fits.
+  auto again = MakeGpu(Gpt2Tiny(), kB, kT, Precision::kBf16);
+  EXPECT_NE(again, nullptr);
+}
+
+}  // namespace
+}  // namespace llmt::model
