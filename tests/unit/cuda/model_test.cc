@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <ostream>
@@ -392,6 +393,10 @@ TEST(CudaModel, Bf16TracksFp32LossCurve) {
     // The data is learnable: the fp32 reference must actually descend,
     // otherwise agreement would prove nothing.
     EXPECT_LT(MeanOfLast(l32, 5), 0.9 * l32[0]) << fam << ": fp32 loss did not fall";
+    double worst = 0;
+    for (int s = 0; s < kSteps; ++s) worst = std::max(worst, std::fabs(l16[s] - l32[s]) / l32[s]);
+    std::printf("%s: fp32 loss %.4f -> %.4f, bf16 %.4f -> %.4f, max relative difference %.2e\n", fam,
+                l32[0], l32.back(), l16[0], l16.back(), worst);
     for (int s = 0; s < kSteps; ++s) {
       // bf16 activations carry ~3 significant digits; 1% of the loss is the
       // documented bound for mixed precision tracking fp32.
@@ -444,9 +449,14 @@ TEST(CudaModel, MemoryReportAndOutOfMemory) {
   ASSERT_FALSE(huge.ok());
   EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted) << huge.status();
   const std::string msg(huge.status().message());
-  // "out of GPU memory allocating 'NAME': N bytes ..." (kernels/cuda/runtime.cuh).
-  EXPECT_TRUE(std::regex_search(msg, std::regex("'[^']+'"))) << "no buffer named in: " << msg;
-  EXPECT_TRUE(std::regex_search(msg, std::regex("[0-9]+ bytes"))) << "no byte count in: " << msg;
+  // Either the allocator's "out of GPU memory allocating 'NAME': N bytes"
+  // (kernels/cuda/runtime.cuh) or the model's up-front plan check, which
+  // names the largest buffer ("the activation arena (25920.75 GiB)"): what
+  // matters is that the user learns which buffer and how much.
+  EXPECT_TRUE(std::regex_search(msg, std::regex("'[^']+'|activation")))
+      << "no buffer named in: " << msg;
+  EXPECT_TRUE(std::regex_search(msg, std::regex("[0-9][0-9.]* ?(bytes|[KMGT]iB)")))
+      << "no size in: " << msg;
 
   // The failed Create released what it had allocated: a normal model still fits.
   auto again = MakeGpu(Gpt2Tiny(), kB, kT, Precision::kBf16);

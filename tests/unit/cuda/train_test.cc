@@ -166,22 +166,27 @@ std::string CkptDir(const std::string& out, int step) {
 class CudaTrain : public ::testing::TestWithParam<std::string> {
  protected:
   // Prepared on first use, after the GPU check, so a machine without a GPU
-  // never runs the binary.
+  // never runs the binary (and again after TearDownTestSuite removed it, as
+  // under --gtest_repeat).
+  static std::string& RootVar() {
+    static std::string root;
+    return root;
+  }
   static const std::string& Root() {
-    static std::string* root = [] {
-      auto* r = new std::string(FreshDir("cuda-train"));
-      WriteCorpus(*r + "/corpus");
-      auto res = RunCommand({LlmtBinary(), "prepare", "--input", *r + "/corpus", "--out",
-                             *r + "/data", "--vocab-size", "320", "--val-fraction", "0.1", "--seed", "3"});
+    std::string& root = RootVar();
+    if (root.empty() || !fs::exists(root + "/data/manifest.json")) {
+      root = FreshDir("cuda-train");
+      WriteCorpus(root + "/corpus");
+      auto res = RunCommand({LlmtBinary(), "prepare", "--input", root + "/corpus", "--out",
+                             root + "/data", "--vocab-size", "320", "--val-fraction", "0.1", "--seed", "3"});
       EXPECT_EQ(res.exit_code, 0) << LlmtBinary() << " prepare:\n" << res.output;
-      return r;
-    }();
-    return *root;
+    }
+    return root;
   }
   static std::string DataDir() { return Root() + "/data"; }
 
   static void TearDownTestSuite() {
-    if (kernels::cuda::HaveGpu()) fs::remove_all(Root());
+    if (!RootVar().empty()) fs::remove_all(RootVar());
   }
 
   std::string WriteSpec(const std::string& name, const SpecOpts& o) {
