@@ -392,10 +392,11 @@ absl::Status CudaModelImpl<T>::Init() {
     auto mem = cu::GetMemInfo();
     if (mem.ok() && planned.Total() > mem->free_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "out of GPU memory: the model needs ", cu::FormatBytes(planned.Total()), " for batch ",
-          B_, " x ", T_, " but device ", opts_.device, " has ", cu::FormatBytes(mem->free_bytes),
-          " free; the largest buffer is the activation arena (", cu::FormatBytes(arena_bytes),
-          "): lower train.batch_size or set train.recompute: norm_gelu. Plan:\n",
+          "out of GPU memory: the model needs ", planned.Total(), " bytes (",
+          cu::FormatBytes(planned.Total()), ") for batch ", B_, " x ", T_, " but device ",
+          opts_.device, " has ", cu::FormatBytes(mem->free_bytes),
+          " free; the largest buffer is the activation arena (", arena_bytes, " bytes, ",
+          cu::FormatBytes(arena_bytes), "): lower train.batch_size or set train.recompute: norm_gelu. Plan:\n",
           planned.Format(*mem)));
     }
   }

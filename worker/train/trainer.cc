@@ -372,8 +372,11 @@ absl::StatusOr<double> TrainerImpl::Evaluate() {
 }
 
 absl::StatusOr<double> TrainerImpl::SyncGradients() {
+  // A real collective even at world size 1 (LLMT_COMM_FORCE) does the
+  // all-reduce, so a one-GPU machine exercises the multi-rank path.
+  const bool distributed = world_ > 1 || std::string(comm_->backend()) != "local";
   if (gpu_) {
-    if (world_ > 1) {
+    if (distributed) {
       // NCCL reads the device buffer on its own stream: the backward must be done.
       RETURN_IF_ERROR(gpu_->Synchronize());
       RETURN_IF_ERROR(comm_->AllReduceAvg(gpu_->device_grads(), static_cast<size_t>(n_)));
@@ -383,7 +386,7 @@ absl::StatusOr<double> TrainerImpl::SyncGradients() {
   float* g = model_->grads();
   const int64_t n = n_;
   double sumsq = 0;
-  if (world_ == 1) {
+  if (!distributed) {
     sumsq = kernels::cpu::SumSquares(g, n);
   } else if (zero_) {
     // Each rank needs only its shard's averaged gradient.
