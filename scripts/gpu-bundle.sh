@@ -39,9 +39,10 @@ XZ_MIB=${LLMT_BUNDLE_XZ_MIB:-2}
 GPU_TEST_TARGETS=${GPU_TEST_TARGETS:-cuda_matmul_test cuda_kernels_test cuda_model_test cuda_train_test}
 
 echo "== configure $BUILD"
+mkdir -p "$BUILD"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLMT_CUDA=ON -DLLMT_BUILD_SERVICES=OFF \
-  -DLLMT_NATIVE=OFF -DCMAKE_CXX_FLAGS=-march=x86-64-v3 >"$BUILD.configure.log" 2>&1 ||
-  { cat "$BUILD.configure.log"; exit 1; }
+  -DLLMT_NATIVE=OFF -DCMAKE_CXX_FLAGS=-march=x86-64-v3 >"$BUILD/gpu-bundle-configure.log" 2>&1 ||
+  { cat "$BUILD/gpu-bundle-configure.log"; exit 1; }
 
 # Targets the configured project defines (Makefile generator: "... name";
 # Ninja: "name: phony" and the like).
