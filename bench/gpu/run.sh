@@ -4,7 +4,7 @@
 # the binaries built elsewhere by scripts/gpu-bundle.sh and carried here in
 # .gpu-bundle/ (bin/, bin/tests/, lib/).
 #
-#   bench/gpu/run.sh [--tests-only | --bench-only]
+#   bench/gpu/run.sh [--tests-only | --bench-only | --profile]
 #
 # 1. prints the GPU and driver;
 # 2. runs every GPU test binary in .gpu-bundle/bin/tests (gtest, --gtest_brief=1);
@@ -30,6 +30,7 @@ for a in "$@"; do
   case "$a" in
     --tests-only) MODE=tests ;;
     --bench-only) MODE=bench ;;
+    --profile) MODE=profile ;;
     -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$a' (use --tests-only or --bench-only)" >&2; exit 2 ;;
   esac
@@ -133,6 +134,18 @@ for b in "$BUNDLE"/bin/bench_gpu_train "$BUNDLE"/bin/llmt "$BUNDLE"/bin/tests/*;
   missing=$(bundled ldd "$b" 2>/dev/null | grep 'not found' | awk '{print $1}' | tr '\n' ' ')
   [[ -n "$missing" ]] && echo "warning: $(basename "$b") cannot find: $missing"
 done
+
+# ---- profile: where llmt's GPT-2 step goes, beside the same ops in PyTorch --
+if [[ $MODE == profile ]]; then
+  say "llmt GPT-2 124M, GPU time per op group (LLMT_CUDA_PROFILE=1)"
+  LLMT_CUDA_PROFILE=1 bundled timeout 120 "$BUNDLE/bin/bench_gpu_train" --model gpt2-124m \
+    --batch "${LLMT_PROFILE_BATCH:-64}" --steps 6 --warmup 2 2>&1 | tee "$LOGS/profile-llmt.log"
+  say "PyTorch, the same ops"
+  timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch "${LLMT_PROFILE_BATCH:-64}" 2>&1 |
+    tee "$LOGS/profile-torch.log"
+  [[ -n "${OUT:-}" && -d "${OUT:-}" ]] && cp "$LOGS"/profile-*.log "$OUT/"
+  exit 0
+fi
 
 # ---- 2. GPU tests -------------------------------------------------------------
 TEST_ROWS=()

@@ -11,10 +11,14 @@
 #include "kernels/cuda/matmul.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
+#include <string>
+#include <vector>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/log.h"
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/runtime.cuh"
@@ -127,6 +131,10 @@ struct Plan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
   bool found = false;
+  // The heuristic's candidates, best-estimated first; with autotuning the
+  // fastest of them measured on the first real call replaces algo.
+  std::vector<cublasLtMatmulAlgo_t> candidates;
+  bool tuned = false;
   Plan() = default;
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
@@ -146,6 +154,7 @@ struct Blas::Impl {
   DeviceBuffer workspace;
   bool allow_tf32 = false;
   bool fuse_epilogues = true;
+  bool autotune = false;
   int64_t fallbacks = 0;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
   ~Impl() {
@@ -168,6 +177,8 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   auto ws = DeviceBuffer::Allocate("cublaslt_workspace", workspace_bytes);
   if (!ws.ok()) return ws.status();
   impl->workspace = std::move(*ws);
+  const char* tune = std::getenv("LLMT_GEMM_AUTOTUNE");
+  impl->autotune = tune != nullptr && std::string(tune) == "1";
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
 }
 
@@ -178,6 +189,8 @@ void Blas::set_allow_tf32(bool on) { impl_->allow_tf32 = on; }
 bool Blas::allow_tf32() const { return impl_->allow_tf32; }
 void Blas::set_fuse_epilogues(bool on) { impl_->fuse_epilogues = on; }
 bool Blas::fuse_epilogues() const { return impl_->fuse_epilogues; }
+void Blas::set_autotune(bool on) { impl_->autotune = on; }
+bool Blas::autotune() const { return impl_->autotune; }
 int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
 int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
 
@@ -272,13 +285,20 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
-  cublasLtMatmulHeuristicResult_t result{};
+  constexpr int kMaxCandidates = 8;
+  cublasLtMatmulHeuristicResult_t results[kMaxCandidates] = {};
   int n_results = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-      impl.handle, plan->desc, plan->a, plan->b, plan->c, plan->d, pref, 1, &result, &n_results);
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(impl.handle, plan->desc, plan->a, plan->b, plan->c, plan->d,
+                                     pref, kMaxCandidates, results, &n_results);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (st == CUBLAS_STATUS_SUCCESS && n_results > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
-    plan->algo = result.algo;
+  if (st == CUBLAS_STATUS_SUCCESS) {
+    for (int i = 0; i < n_results; ++i) {
+      if (results[i].state == CUBLAS_STATUS_SUCCESS) plan->candidates.push_back(results[i].algo);
+    }
+  }
+  if (!plan->candidates.empty()) {
+    plan->algo = plan->candidates.front();
     plan->found = true;
   } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
     if (epi == Epi::kNone) {
@@ -296,6 +316,52 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
   return p;
 }
 
+// Times every candidate algorithm on this call's own operands (one warm-up,
+// then the median of three) and keeps the fastest. Opt-in
+// (LLMT_GEMM_AUTOTUNE=1 / Blas::set_autotune): the choice depends on timing,
+// so two processes may pick different algorithms and round differently, which
+// gives up bit-identical results across processes (e.g. an exact resume).
+void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, const LtProblem& lt,
+              cudaStream_t stream) {
+  cudaEvent_t ev[4];
+  for (auto& e : ev) LLMT_CUDA_CHECK(cudaEventCreate(&e));
+  const float alpha = op.alpha, beta = op.beta;
+  float best_ms = 0, first_ms = 0;
+  int best = -1;
+  for (size_t i = 0; i < plan.candidates.size(); ++i) {
+    float ms[3] = {0, 0, 0};
+    bool ok = true;
+    for (int rep = 0; rep < 4 && ok; ++rep) {
+      if (rep > 0) LLMT_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+      const cublasStatus_t st = cublasLtMatmul(
+          impl.handle, plan.desc, &alpha, lt.a.ptr, plan.a, lt.b.ptr, plan.b, &beta, lt.c.ptr,
+          plan.c, op.D, plan.d, &plan.candidates[i], impl.workspace.data(),
+          static_cast<size_t>(impl.workspace.bytes()), stream);
+      ok = st == CUBLAS_STATUS_SUCCESS;
+      if (ok && rep > 0) {
+        LLMT_CUDA_CHECK(cudaEventRecord(ev[1], stream));
+        LLMT_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+        LLMT_CUDA_CHECK(cudaEventElapsedTime(&ms[rep - 1], ev[0], ev[1]));
+      }
+    }
+    if (!ok) continue;
+    std::sort(ms, ms + 3);
+    if (i == 0) first_ms = ms[1];
+    if (best < 0 || ms[1] < best_ms) {
+      best = static_cast<int>(i);
+      best_ms = ms[1];
+    }
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  if (best < 0) return;
+  plan.algo = plan.candidates[best];
+  if (best != 0) {
+    LLMT_LOG(Info) << absl::StrFormat(
+        "cuBLASLt autotune: %s: candidate %d of %d, %.3f ms (heuristic's first: %.3f ms)",
+        Describe(op), best, plan.candidates.size(), best_ms, first_ms);
+  }
+}
+
 bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   Plan* plan = GetPlan(impl, op, epi);
   if (!plan->found) return false;
@@ -311,6 +377,13 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   }
   const LtProblem lt = ToColumnMajor(op);
   const float alpha = op.alpha, beta = op.beta;
+  // Re-running is harmless unless the GEMM accumulates into its own output
+  // (beta != 0 with C == D: residual adds, weight-gradient +=).
+  if (impl.autotune && !plan->tuned && plan->candidates.size() > 1 &&
+      !(op.beta != 0.f && lt.c.ptr == op.D)) {
+    Autotune(impl, *plan, op, lt, stream);
+  }
+  plan->tuned = true;
   const cublasStatus_t st =
       cublasLtMatmul(impl.handle, plan->desc, &alpha, lt.a.ptr, plan->a, lt.b.ptr, plan->b, &beta,
                      lt.c.ptr, plan->c, op.D, plan->d, &plan->algo, impl.workspace.data(),

@@ -59,6 +59,13 @@ class Blas {
   // path), e.g. to rule them out when debugging.
   void set_fuse_epilogues(bool on);
   bool fuse_epilogues() const;
+  // Default off, or on with LLMT_GEMM_AUTOTUNE=1: the first call of each GEMM
+  // shape times the heuristic's candidate algorithms (up to 8) on its own
+  // operands and keeps the fastest (GEMMs that accumulate into their output
+  // keep the heuristic's first). Faster, but the pick depends on timing, so
+  // results are no longer bit-identical across processes.
+  void set_autotune(bool on);
+  bool autotune() const;
 
   // Plans cached so far, and GEMMs that had to fall back from a fused
   // epilogue because cuBLASLt offered no algorithm for it.

@@ -911,8 +911,10 @@ absl::Status CudaModelImpl<T>::GetLogits(float* host) {
 
 template <typename T>
 absl::StatusOr<double> CudaModelImpl<T>::GradNorm() {
-  auto timed = timer_->Time("grad_norm");
-  cu::L2Norm(g32_.as<float>(), n_, norm_, scratch_.data(), scratch_bytes_, s());
+  {
+    auto timed = timer_->Time("grad_norm");
+    cu::L2Norm(g32_.as<float>(), n_, norm_, scratch_.data(), scratch_bytes_, s());
+  }
   LLMT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_scalars_ + kLossSlots - 1, norm_, sizeof(double),
                                             cudaMemcpyDeviceToHost, s()));
   RETURN_IF_ERROR(stream_.Synchronize());
