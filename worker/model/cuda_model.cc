@@ -136,8 +136,10 @@ class OpTimer {
     return out;
   }
   bool on() const { return on_; }
+  // Drops everything measured so far, including intervals still in flight
+  // (their events are simply re-recorded later).
   void Reset() {
-    Flush();
+    used_ = 0;
     totals_.clear();
   }
 
