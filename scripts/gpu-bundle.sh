@@ -17,7 +17,7 @@
 # Environment:
 #   LLMT_BUILD_DIR     build dir (default build-gpu-bundle)
 #   LLMT_BUNDLE_DIR    output (default .gpu-bundle)
-#   GPU_TEST_TARGETS   test targets (default: cuda_matmul_test cuda_kernels_test
+#   GPU_TEST_TARGETS   test targets (default: cuda_matmul_test cuda_kernels_test comm_gpu_test
 #                      cuda_model_test cuda_train_test; missing ones are skipped)
 #   JOBS               build parallelism (default 2)
 #   LLMT_BUNDLE_MAX_MIB  size limit (default 60)
@@ -36,7 +36,7 @@ BUNDLE=${LLMT_BUNDLE_DIR:-$ROOT/.gpu-bundle}
 JOBS=${JOBS:-2}
 MAX_MIB=${LLMT_BUNDLE_MAX_MIB:-60}
 XZ_MIB=${LLMT_BUNDLE_XZ_MIB:-2}
-GPU_TEST_TARGETS=${GPU_TEST_TARGETS:-cuda_matmul_test cuda_kernels_test cuda_model_test cuda_train_test}
+GPU_TEST_TARGETS=${GPU_TEST_TARGETS:-cuda_matmul_test cuda_kernels_test cuda_model_test cuda_train_test comm_gpu_test}
 
 echo "== configure $BUILD"
 mkdir -p "$BUILD"
