@@ -10,32 +10,45 @@
 //   A (16 x 16): a0 = (g, 2t..2t+1)  a1 = (g+8, 2t..)  a2 = (g, 2t+8..)  a3 = (g+8, 2t+8..)
 //   B (16 x 8):  b0 = (k 2t..2t+1, n g)  b1 = (k 2t+8..2t+9, n g)
 //   C (16 x 8, f32): c0, c1 = (g, 2t), (g, 2t+1);  c2, c3 = (g+8, 2t), (g+8, 2t+1)
-// So a thread owns rows g and g+8 of its warp's 16-row tile; row statistics
-// are reduced over the 4 threads (a "quad") sharing g. A B operand whose
-// 2 consecutive k elements must be adjacent in memory is read from a
-// transposed shared tile (V^T, Q^T, dO^T, K^T), filled while loading.
+// So a thread owns rows g and g+8 of each 16-row tile of its warp; row
+// statistics are reduced over the 4 threads (a "quad") sharing g.
 //
-// Work decomposition is that of attention_tc.cu: 4 warps x 16 rows, 64-row
-// tiles; forward and dQ own query tiles, dK/dV owns key tiles and loops over
-// the queries (and the GQA group's query heads). The backward processes a
-// 64-row tile in two 32-column halves to bound register use at head dim 128.
+// Operands come from row-major shared tiles through ldmatrix: the plain form
+// gives A fragments and the B fragments whose k runs along a tile row (K for
+// Q K^T), the .trans form the B fragments whose k runs down the tile (V for
+// P V), so no transposed copy is ever stored. Tiles are copied global ->
+// shared with cp.async into two buffers: the copy of tile i+1 is in flight
+// while tile i is multiplied, with one __syncthreads per tile.
+//
+// Shared-memory traffic, not the tensor cores, bounds mma.sync kernels: each
+// B fragment read from shared memory feeds one mma per 16-row tile a warp
+// owns. The forward at head dim 64 therefore gives each warp 32 query rows
+// (two m-tiles share every K and V fragment); at 128 the accumulators would
+// not fit the registers, so it stays at 16.
+//
+// Causal masking is applied only on tiles that straddle the diagonal, and a
+// warp skips the (parts of) tiles that lie entirely above its rows.
+// Probabilities use exp2 with log2(e) folded into the score scale.
+//
+// Work decomposition: forward and dQ own query tiles, dK/dV owns a key tile
+// and loops over the queries (and the GQA group's query heads). Every output
+// element is written by one thread after a fixed-order loop: deterministic.
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/device_util.cuh"
 
 namespace llmt::kernels::cuda::internal {
 namespace {
 
-constexpr int kTile = 64;  // rows per block and per streamed tile
-constexpr int kWarps = 4;  // 16 rows each
+constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kPad = 8;             // bf16 padding per row (16 bytes): conflict-free fragments
-constexpr int kLdT = kTile + kPad;  // row length of transposed tiles [HD][kLdT]
-static_assert(kTile == kWarps * 16, "one 16-row MMA tile per warp");
+constexpr int kPad = 8;  // bf16 padding per row (16 bytes): conflict-free ldmatrix rows
+constexpr float kLog2e = 1.4426950408889634f;
 
 // ---- primitives ------------------------------------------------------------------
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t* b) {
 #ifdef LLMT_CUDA_EMULATION
-  EmuMmaM16N8K16Bf16(d, a, b);
+  const uint32_t bb[2] = {b[0], b[1]};
+  EmuMmaM16N8K16Bf16(d, a, bb);
 #else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
@@ -45,10 +58,69 @@ __device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], const
 #endif
 }
 
-// Two adjacent bf16 (4-byte aligned) as one register.
-__device__ __forceinline__ uint32_t Ld2(const bf16* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
+// Four 8x8 bf16 matrices; this lane gives the address of row lane % 8 of
+// matrix lane / 8.
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const bf16* row) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuLdMatrix(r, 4, row, false);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#endif
 }
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const bf16* row) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuLdMatrix(r, 4, row, true);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#endif
+}
+
+// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src must
+// still be a mapped address).
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuCpAsync(dst, src, 16, valid ? 16 : 0);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void CpAsync4(void* dst, const void* src, bool valid) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuCpAsync(dst, src, 4, valid ? 4 : 0);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(src),
+               "r"(valid ? 4 : 0)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+#ifdef LLMT_CUDA_EMULATION
+  ::llmt::emu::CpAsyncCommit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// All of this thread's committed copies have landed (a __syncthreads must
+// follow before other threads read them).
+__device__ __forceinline__ void CpAsyncWaitAll() {
+#ifdef LLMT_CUDA_EMULATION
+  ::llmt::emu::CpAsyncWait(0);
+#else
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ int DivUp(int a, int b) { return (a + b - 1) / b; }
 
 __device__ __forceinline__ uint32_t Pack(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
@@ -66,22 +138,18 @@ __device__ __forceinline__ float QuadSum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// A operand (16 x 16) from a row-major shared tile: rows r0 + {g, g+8},
-// columns c0 + {2t, 2t+8}.
-__device__ __forceinline__ void LoadA(uint32_t (&a)[4], const bf16* tile, int ld, int r0, int c0,
-                                      int g, int t) {
-  a[0] = Ld2(tile + (r0 + g) * ld + c0 + 2 * t);
-  a[1] = Ld2(tile + (r0 + g + 8) * ld + c0 + 2 * t);
-  a[2] = Ld2(tile + (r0 + g) * ld + c0 + 2 * t + 8);
-  a[3] = Ld2(tile + (r0 + g + 8) * ld + c0 + 2 * t + 8);
+// A operand (16 x 16) at rows r0.., columns c0.. of a row-major tile. Also
+// the .trans B pair for k = rows r0..r0+15, n = columns c0..c0+15 (same
+// addresses): registers 0, 1 = n-tile c0, registers 2, 3 = n-tile c0 + 8.
+__device__ __forceinline__ const bf16* RowsAddr(const bf16* tile, int ld, int r0, int c0,
+                                                int lane) {
+  return tile + (r0 + (lane & 15)) * ld + c0 + (lane >> 4) * 8;
 }
-
-// B operand (16 x 8) whose n index is a row of `tile` and k runs along it:
-// n = n0 + g, k = k0 + {2t, 2t+8}.
-__device__ __forceinline__ void LoadB(uint32_t (&b)[2], const bf16* tile, int ld, int n0, int k0,
-                                      int g, int t) {
-  b[0] = Ld2(tile + (n0 + g) * ld + k0 + 2 * t);
-  b[1] = Ld2(tile + (n0 + g) * ld + k0 + 2 * t + 8);
+// B pair whose n is a tile row and k runs along it: n = rows n0..n0+15,
+// k = columns k0..k0+15; registers 0, 1 = n-tile n0, registers 2, 3 = n0 + 8.
+__device__ __forceinline__ const bf16* ColsAddr(const bf16* tile, int ld, int n0, int k0,
+                                                int lane) {
+  return tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + ((lane >> 3) & 1) * 8;
 }
 
 // The A operand for k-chunk kc (16 columns) of a 16 x (8 * nt) accumulator:
@@ -94,29 +162,28 @@ __device__ __forceinline__ void AccToA(uint32_t (&a)[4], const float (&lo)[4],
   a[3] = Pack(hi[2], hi[3]);
 }
 
-// Rows [row0, row0 + 64) x HD of a strided global bf16 matrix (src points at
-// the head's column 0) into a padded row-major tile [64][HD + 8], and, when
-// dst_t is given, also transposed into [HD][kLdT]. Rows >= T become zeros.
-// 16-byte global loads (the host checked the alignment).
-template <int HD>
-__device__ __forceinline__ void LoadTile(bf16* dst, bf16* dst_t, const bf16* src, int64_t ld,
-                                         int row0, int T) {
+// Starts copying rows [row0, row0 + ROWS) x HD of a strided global bf16
+// matrix (src points at the head's column 0) into a padded row-major tile
+// [ROWS][HD + 8]. Rows >= T become zeros. Does not commit.
+template <int HD, int ROWS>
+__device__ __forceinline__ void LoadTileAsync(bf16* dst, const bf16* src, int64_t ld, int row0,
+                                              int T) {
   constexpr int kChunks = HD / 8;
-  constexpr int kLd = HD + kPad;
-  for (int e = threadIdx.x; e < kTile * kChunks; e += blockDim.x) {
+#pragma unroll
+  for (int e = threadIdx.x; e < ROWS * kChunks; e += kThreads) {
     const int r = e / kChunks, c = (e % kChunks) * 8;
-    Vec<bf16, 8> v;
-    if (row0 + r < T) {
-      v = LoadVec<8>(src + static_cast<int64_t>(row0 + r) * ld + c);
-    } else {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) v.v[i] = __float2bfloat16_rn(0.f);
-    }
-    if (dst != nullptr) StoreVec<8>(dst + r * kLd + c, v);
-    if (dst_t != nullptr) {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) dst_t[(c + i) * kLdT + r] = v.v[i];
-    }
+    const bool ok = row0 + r < T;
+    CpAsync16(dst + r * (HD + kPad) + c, src + static_cast<int64_t>(ok ? row0 + r : 0) * ld + c,
+              ok);
+  }
+}
+
+// n floats of a row vector (lse or Dsum) from index i0; zeros past T.
+__device__ __forceinline__ void LoadRowStatsAsync(float* dst, const float* src, int i0, int n,
+                                                  int T) {
+  for (int e = threadIdx.x; e < n; e += kThreads) {
+    const bool ok = i0 + e < T;
+    CpAsync4(dst + e, src + (ok ? i0 + e : 0), ok);
   }
 }
 
@@ -140,166 +207,256 @@ __device__ __forceinline__ void StoreAcc(bf16* dst, int64_t ld, int row_lo, int 
 }
 
 template <int HD>
-struct Smem {
+struct Cfg {
   static constexpr int kLd = HD + kPad;
-  static constexpr size_t kRowTile = size_t{kTile} * kLd * sizeof(bf16);
-  static constexpr size_t kColTile = size_t{HD} * kLdT * sizeof(bf16);
-  static constexpr size_t kStats = 2 * kTile * sizeof(float);
-  // forward: Q, K, V^T
-  static constexpr size_t fwd = 2 * kRowTile + kColTile;
-  // dK/dV: K, V, Q, dO, Q^T, dO^T, lse, Dsum
-  static constexpr size_t dkv = 4 * kRowTile + 2 * kColTile + kStats;
-  // dQ: Q, dO, K, V, K^T, lse, Dsum
-  static constexpr size_t dq = 4 * kRowTile + kColTile + kStats;
+  static constexpr int kN = 64;  // rows of a streamed tile (keys, or queries in dK/dV)
+  // forward: 16-row m-tiles per warp (see the file comment), rows per block
+  static constexpr int kFwdMt = HD == 64 ? 2 : 1;
+  static constexpr int kFwdRows = kWarps * 16 * kFwdMt;
+  // backward: 16 rows per warp, 64 per block; at head dim 64 the fixed
+  // operand (K and V in dK/dV, Q and dO in dQ) stays in registers as A
+  // fragments, at 128 it is re-read from shared memory.
+  static constexpr int kBwdRows = kWarps * 16;
+  static constexpr bool kFixedInRegs = HD == 64;
+  static constexpr size_t kTileBytes = size_t{kN} * kLd * sizeof(bf16);
+  // forward: Q, then K and V double-buffered
+  static constexpr size_t fwd = size_t{kFwdRows} * kLd * sizeof(bf16) + 4 * kTileBytes;
+  // dK/dV: K, V; Q, dO double-buffered; lse, Dsum double-buffered
+  static constexpr size_t dkv = 2 * kTileBytes + 4 * kTileBytes + 4 * kN * sizeof(float);
+  // dQ: Q, dO; K, V double-buffered
+  static constexpr size_t dq = 2 * kTileBytes + 4 * kTileBytes;
+  static_assert(kBwdRows == kN, "dK/dV walks query tiles from its own key tile on");
 };
 
 // ---- forward -------------------------------------------------------------------------
+// Block: kFwdRows queries of one (batch, head); warp w owns rows
+// [16 kMt w, 16 kMt (w + 1)). Key tiles 0.. up to the block's last row.
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     FlashFwdMmaKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
-  constexpr int kLd = Smem<HD>::kLd;
+  using C = Cfg<HD>;
+  constexpr int kLd = C::kLd, kN = C::kN, kMt = C::kFwdMt, kRows = C::kFwdRows;
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Qs = reinterpret_cast<bf16*>(smem);
-  bf16* Ks = Qs + kTile * kLd;
-  bf16* Vt = Ks + kTile * kLd;
+  bf16* Ks = Qs + kRows * kLd;  // [2][kN][kLd]
+  bf16* Vs = Ks + 2 * kN * kLd;  // [2][kN][kLd]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;  // longest rows first
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // longest rows first
   const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
   const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
   const bf16* kbase = base + static_cast<int64_t>(d.NH + kvh) * HD;
   const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
+  const int wrow0 = q0 + warp * 16 * kMt;  // this warp's first and last query rows
+  const int wrow1 = wrow0 + 16 * kMt - 1;
+  const int n_tiles = DivUp(min(q0 + kRows, d.T), kN);
+  const float sl2 = d.scale * kLog2e;
 
-  LoadTile<HD>(Qs, nullptr, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
-  __syncthreads();
-  uint32_t qa[HD / 16][4];
-#pragma unroll
-  for (int kc = 0; kc < HD / 16; ++kc) LoadA(qa[kc], Qs, kLd, warp * 16, kc * 16, g, t);
+  LoadTileAsync<HD, kRows>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  LoadTileAsync<HD, kN>(Ks, kbase, d.ld, 0, d.T);
+  LoadTileAsync<HD, kN>(Vs, vbase, d.ld, 0, d.T);
+  CpAsyncCommit();
 
-  float o[HD / 8][4];
+  uint32_t qa[kMt][HD / 16][4];
+  float o[kMt][HD / 8][4];
+  float m[kMt][2], l[kMt][2];  // running max (raw score units) and partial row sums
 #pragma unroll
-  for (int nd = 0; nd < HD / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
-  const int tq[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};  // this thread's two rows
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd) o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
 
-  for (int j0 = 0; j0 <= q0; j0 += kTile) {
-    __syncthreads();  // the previous K / V^T tiles are consumed
-    LoadTile<HD>(Ks, nullptr, kbase, d.ld, j0, d.T);
-    LoadTile<HD>(nullptr, Vt, vbase, d.ld, j0, d.T);
-    __syncthreads();
-    // S [16 x 64] = Q_w K^T: B(k = dim, n = key) = K[key][dim].
-    float s[kTile / 8][4];
+  for (int it = 0; it < n_tiles; ++it) {
+    CpAsyncWaitAll();
+    __syncthreads();  // tile it is visible; everyone is done with tile it - 1's buffer
+    if (it == 0) {
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; ++kc) {
+          LdMatrixX4(qa[mt][kc], RowsAddr(Qs, kLd, warp * 16 * kMt + mt * 16, kc * 16, lane));
+        }
+      }
+    }
+    if (it + 1 < n_tiles) {
+      const int nb = (it + 1) & 1;
+      LoadTileAsync<HD, kN>(Ks + nb * kN * kLd, kbase, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN>(Vs + nb * kN * kLd, vbase, d.ld, (it + 1) * kN, d.T);
+      CpAsyncCommit();
+    }
+    const int j0 = it * kN;
+    if (j0 > wrow1) continue;  // every key of the tile is after every row of this warp
+    const bf16* Kb = Ks + (it & 1) * kN * kLd;
+    const bf16* Vb = Vs + (it & 1) * kN * kLd;
+
+    // S [16 kMt x kN] = Q_w K^T: B(k = dim, n = key) = K[key][dim].
+    float s[kMt][kN / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+    }
 #pragma unroll
     for (int kc = 0; kc < HD / 16; ++kc) {
 #pragma unroll
-      for (int nt = 0; nt < kTile / 8; ++nt) {
-        uint32_t bk[2];
-        LoadB(bk, Ks, kLd, nt * 8, kc * 16, g, t);
-        Mma(s[nt], qa[kc], bk);
+      for (int np = 0; np < kN / 16; ++np) {
+        uint32_t bk[4];
+        LdMatrixX4(bk, ColsAddr(Kb, kLd, np * 16, kc * 16, lane));
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) {
+          Mma(s[mt][2 * np], qa[mt][kc], bk);
+          Mma(s[mt][2 * np + 1], qa[mt][kc], bk + 2);
+        }
       }
     }
-    // Scale and mask (key j visible to query q when j <= q and j < T), then
-    // the online softmax for rows tq[0] (elements 0, 1) and tq[1] (2, 3).
-    // Key j0 <= q0 <= tq is always visible, so the new max is finite.
-    float mx[2] = {-INFINITY, -INFINITY};
+    // Causal mask, only where the tile crosses the warp's diagonal: key j
+    // visible to query q when j <= q. (Keys >= T are zero-filled and only
+    // ever visible to rows >= T, which are not stored.)
+    if (j0 + kN - 1 > wrow0) {
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt) {
+      for (int mt = 0; mt < kMt; ++mt) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int j = j0 + nt * 8 + 2 * t + (i & 1);
-        const int r = i >> 1;
-        const float v = (j <= tq[r] && j < d.T) ? s[nt][i] * d.scale : -INFINITY;
-        s[nt][i] = v;
-        mx[r] = fmaxf(mx[r], v);
+        for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int j = j0 + nt * 8 + 2 * t + (i & 1);
+            const int q = wrow0 + mt * 16 + g + 8 * (i >> 1);
+            if (j > q) s[mt][nt][i] = -INFINITY;
+          }
+        }
       }
     }
-    float corr[2], psum[2] = {0.f, 0.f};
+    // Online softmax for rows g (elements 0, 1) and g + 8 (2, 3) of each m-tile.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m[r], QuadMax(mx[r]));
-      corr[r] = expf(m[r] - m_new);  // 0 for the initial -inf
-      m[r] = m_new;
-    }
+    for (int mt = 0; mt < kMt; ++mt) {
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float p = expf(s[nt][i] - m[i >> 1]);
-        s[nt][i] = p;
-        psum[i >> 1] += p;
+      for (int nt = 0; nt < kN / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
       }
-    }
-    // l is kept per thread (its own columns) and summed over the quad at the
-    // end; corr is uniform over the quad, so that is exact.
-    l[0] = l[0] * corr[0] + psum[0];
-    l[1] = l[1] * corr[1] + psum[1];
+      float corr[2], ms[2], psum[2] = {0.f, 0.f};
 #pragma unroll
-    for (int nd = 0; nd < HD / 8; ++nd) {
-      o[nd][0] *= corr[0];
-      o[nd][1] *= corr[0];
-      o[nd][2] *= corr[1];
-      o[nd][3] *= corr[1];
-    }
-    // O [16 x HD] += P [16 x 64] V: B(k = key, n = dim) = V^T[dim][key].
+      for (int r = 0; r < 2; ++r) {
+        const float m_new = fmaxf(m[mt][r], QuadMax(mx[r]));
+        // A row with no visible key yet keeps m = -inf; subtracting 0 then
+        // gives p = 0 instead of NaN.
+        ms[r] = m_new == -INFINITY ? 0.f : m_new * sl2;
+        corr[r] = exp2f(m[mt][r] * sl2 - ms[r]);  // 0 for the initial -inf
+        m[mt][r] = m_new;
+      }
 #pragma unroll
-    for (int kc = 0; kc < kTile / 16; ++kc) {
-      uint32_t pa[4];
-      AccToA(pa, s[2 * kc], s[2 * kc + 1]);
+      for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = exp2f(fmaf(s[mt][nt][i], sl2, -ms[i >> 1]));
+          s[mt][nt][i] = p;
+          psum[i >> 1] += p;
+        }
+      }
+      // l is kept per thread (its own columns) and summed over the quad at
+      // the end; corr is uniform over the quad, so that is exact.
+      l[mt][0] = l[mt][0] * corr[0] + psum[0];
+      l[mt][1] = l[mt][1] * corr[1] + psum[1];
 #pragma unroll
       for (int nd = 0; nd < HD / 8; ++nd) {
-        uint32_t bv[2];
-        LoadB(bv, Vt, kLdT, nd * 8, kc * 16, g, t);
-        Mma(o[nd], pa, bv);
+        o[mt][nd][0] *= corr[0];
+        o[mt][nd][1] *= corr[0];
+        o[mt][nd][2] *= corr[1];
+        o[mt][nd][3] *= corr[1];
+      }
+    }
+    // O [16 kMt x HD] += P [16 kMt x kN] V: B(k = key, n = dim) = V[key][dim] (.trans).
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) {
+      uint32_t pa[kMt][4];
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt) AccToA(pa[mt], s[mt][2 * kc], s[mt][2 * kc + 1]);
+#pragma unroll
+      for (int ndp = 0; ndp < HD / 16; ++ndp) {
+        uint32_t bv[4];
+        LdMatrixX4Trans(bv, RowsAddr(Vb, kLd, kc * 16, ndp * 16, lane));
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) {
+          Mma(o[mt][2 * ndp], pa[mt], bv);
+          Mma(o[mt][2 * ndp + 1], pa[mt], bv + 2);
+        }
       }
     }
   }
-  const float lsum[2] = {QuadSum(l[0]), QuadSum(l[1])};
-#pragma unroll
-  for (int nd = 0; nd < HD / 8; ++nd) {
-    o[nd][0] /= lsum[0];
-    o[nd][1] /= lsum[0];
-    o[nd][2] /= lsum[1];
-    o[nd][3] /= lsum[1];
-  }
   bf16* obase = out + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD;
-  StoreAcc<HD>(obase, d.C, tq[0], d.T, 1.f, o, t);
-  if (t == 0) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (tq[r] < d.T) lse[static_cast<int64_t>(bh) * d.T + tq[r]] = m[r] + logf(lsum[r]);
+  for (int mt = 0; mt < kMt; ++mt) {
+    const float lsum[2] = {QuadSum(l[mt][0]), QuadSum(l[mt][1])};
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd) {
+      o[mt][nd][0] /= lsum[0];
+      o[mt][nd][1] /= lsum[0];
+      o[mt][nd][2] /= lsum[1];
+      o[mt][nd][3] /= lsum[1];
+    }
+    const int row = wrow0 + mt * 16 + g;
+    StoreAcc<HD>(obase, d.C, row, d.T, 1.f, o[mt], t);
+    if (t == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (row + 8 * r < d.T) {
+          lse[static_cast<int64_t>(bh) * d.T + row + 8 * r] = m[mt][r] * d.scale + logf(lsum[r]);
+        }
+      }
     }
   }
 }
 
 // ---- backward: dK, dV ---------------------------------------------------------------
 // Block: 64 keys of one (batch, kv head); warp w owns keys 16w..16w+15. For
-// each query head of the group and each query tile from the diagonal on:
+// each query head of the group and each 64-query tile from the diagonal on
+// (one flat sequence, so the copy of the next tile overlaps across heads):
 //   S^T = K Q^T, dP^T = V dO^T            (16 keys x 32 queries per half)
 //   P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - Dsum)
 //   dV += P^T dO,  dK += dS^T Q            (accumulated in registers)
+// Queries >= T are zero-filled with lse = Dsum = 0: P^T is then 1, but dO = 0
+// makes their dV terms and dS^T (hence dK terms) exactly zero.
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     FlashBwdDkvMmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                          const float* Dsum, AttnDims d) {
-  constexpr int kLd = Smem<HD>::kLd;
+  using C = Cfg<HD>;
+  constexpr int kLd = C::kLd, kN = C::kN;
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Ks = reinterpret_cast<bf16*>(smem);
-  bf16* Vs = Ks + kTile * kLd;
-  bf16* Qs = Vs + kTile * kLd;
-  bf16* dOs = Qs + kTile * kLd;
-  bf16* Qt = dOs + kTile * kLd;
-  bf16* dOt = Qt + HD * kLdT;
-  float* Lsm = reinterpret_cast<float*>(dOt + HD * kLdT);
-  float* Dsm = Lsm + kTile;
+  bf16* Vs = Ks + kN * kLd;
+  bf16* Qs = Vs + kN * kLd;       // [2][kN][kLd]
+  bf16* dOs = Qs + 2 * kN * kLd;  // [2][kN][kLd]
+  float* Lsm = reinterpret_cast<float*>(dOs + 2 * kN * kLd);  // [2][kN]
+  float* Dsm = Lsm + 2 * kN;                                   // [2][kN]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int k0 = blockIdx.x * kTile;  // low key tiles see the most queries: first
+  const int k0 = blockIdx.x * kN;  // low key tiles see the most queries: first
   const int bg = blockIdx.y, b = bg / d.NKV, kvh = bg % d.NKV;
   const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+  const bf16* obase = dout + static_cast<int64_t>(b) * d.T * d.C;
   const int64_t kcol = static_cast<int64_t>(d.NH + kvh) * HD;
   const int64_t vcol = static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
-  LoadTile<HD>(Ks, nullptr, base + kcol, d.ld, k0, d.T);
-  LoadTile<HD>(Vs, nullptr, base + vcol, d.ld, k0, d.T);
+  const int wkey0 = k0 + warp * 16, wkey1 = wkey0 + 15;  // this warp's keys
+  const int n_qt = DivUp(d.T - k0, kN);                // query tiles per head
+  const int n_it = d.group * n_qt;
+  const float sl2 = d.scale * kLog2e;
+
+  // Issues the copies of flat step `it` (query head, query tile) into buffer it & 1.
+  auto issue = [&](int it) {
+    const int h = kvh * d.group + it / n_qt, i0 = k0 + (it % n_qt) * kN, nb = it & 1;
+    const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
+    LoadTileAsync<HD, kN>(Qs + nb * kN * kLd, base + static_cast<int64_t>(h) * HD, d.ld, i0, d.T);
+    LoadTileAsync<HD, kN>(dOs + nb * kN * kLd, obase + static_cast<int64_t>(h) * HD, d.C, i0,
+                          d.T);
+    LoadRowStatsAsync(Lsm + nb * kN, lse + bh * d.T, i0, kN, d.T);
+    LoadRowStatsAsync(Dsm + nb * kN, Dsum + bh * d.T, i0, kN, d.T);
+    CpAsyncCommit();
+  };
+  LoadTileAsync<HD, kN>(Ks, base + kcol, d.ld, k0, d.T);
+  LoadTileAsync<HD, kN>(Vs, base + vcol, d.ld, k0, d.T);
+  issue(0);  // same group as K, V
 
   float dk[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
@@ -307,78 +464,100 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < 4; ++i) dk[nd][i] = dv[nd][i] = 0.f;
   }
-  const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+  constexpr int kRegK = C::kFixedInRegs ? HD / 16 : 1;
+  uint32_t kreg[kRegK][4], vreg[kRegK][4];
 
-  for (int h = kvh * d.group; h < (kvh + 1) * d.group; ++h) {
-    const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
-    const bf16* qsrc = base + static_cast<int64_t>(h) * HD;
-    const bf16* dosrc = dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD;
-    for (int i0 = k0; i0 < d.T; i0 += kTile) {
-      __syncthreads();  // the previous query tiles are consumed
-      LoadTile<HD>(Qs, Qt, qsrc, d.ld, i0, d.T);
-      LoadTile<HD>(dOs, dOt, dosrc, d.C, i0, d.T);
-      for (int e = threadIdx.x; e < kTile; e += blockDim.x) {
-        const int q = i0 + e;
-        Lsm[e] = q < d.T ? lse[bh * d.T + q] : 0.f;
-        Dsm[e] = q < d.T ? Dsum[bh * d.T + q] : 0.f;
+  for (int it = 0; it < n_it; ++it) {
+    CpAsyncWaitAll();
+    __syncthreads();  // step it is visible; everyone is done with step it - 1's buffer
+    if (C::kFixedInRegs && it == 0) {
+#pragma unroll
+      for (int kc = 0; kc < kRegK; ++kc) {
+        LdMatrixX4(kreg[kc], RowsAddr(Ks, kLd, warp * 16, kc * 16, lane));
+        LdMatrixX4(vreg[kc], RowsAddr(Vs, kLd, warp * 16, kc * 16, lane));
       }
-      __syncthreads();
+    }
+    if (it + 1 < n_it) issue(it + 1);
+    const int i0 = k0 + (it % n_qt) * kN, nb = it & 1;
+    const bf16* Qb = Qs + nb * kN * kLd;
+    const bf16* dOb = dOs + nb * kN * kLd;
+    const float* Lb = Lsm + nb * kN;
+    const float* Db = Dsm + nb * kN;
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int qb = half * 32;  // query columns [qb, qb + 32) of the tile
-        float st[4][4], dpt[4][4];
+    for (int half = 0; half < 2; ++half) {
+      const int qb = half * 32;  // query columns [qb, qb + 32) of the tile
+      if (i0 + qb + 31 < wkey0) continue;  // all these queries precede all the warp's keys
+      float st[4][4], dpt[4][4];
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) st[nt][i] = dpt[nt][i] = 0.f;
-        }
+        for (int i = 0; i < 4; ++i) st[nt][i] = dpt[nt][i] = 0.f;
+      }
 #pragma unroll
-        for (int kc = 0; kc < HD / 16; ++kc) {
-          uint32_t ka[4], va[4];
-          LoadA(ka, Ks, kLd, warp * 16, kc * 16, g, t);
-          LoadA(va, Vs, kLd, warp * 16, kc * 16, g, t);
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            uint32_t bq[2], bo[2];
-            LoadB(bq, Qs, kLd, qb + nt * 8, kc * 16, g, t);   // B(k=dim, n=query) = Q[q][dim]
-            LoadB(bo, dOs, kLd, qb + nt * 8, kc * 16, g, t);  // = dO[q][dim]
-            Mma(st[nt], ka, bq);
-            Mma(dpt[nt], va, bo);
-          }
-        }
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+      for (int kc = 0; kc < HD / 16; ++kc) {
+        uint32_t kar[4], var[4];
+        if constexpr (C::kFixedInRegs) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            const int c = qb + nt * 8 + 2 * t + (i & 1);
-            const int q = i0 + c;
-            const float p =
-                (q >= key[i >> 1] && q < d.T) ? expf(st[nt][i] * d.scale - Lsm[c]) : 0.f;
-            st[nt][i] = p;
-            dpt[nt][i] = p * (dpt[nt][i] - Dsm[c]);
+            kar[i] = kreg[kc][i];
+            var[i] = vreg[kc][i];
           }
+        } else {
+          LdMatrixX4(kar, RowsAddr(Ks, kLd, warp * 16, kc * 16, lane));
+          LdMatrixX4(var, RowsAddr(Vs, kLd, warp * 16, kc * 16, lane));
         }
 #pragma unroll
-        for (int kc = 0; kc < 2; ++kc) {
-          uint32_t pa[4], sa[4];
-          AccToA(pa, st[2 * kc], st[2 * kc + 1]);
-          AccToA(sa, dpt[2 * kc], dpt[2 * kc + 1]);
+        for (int np = 0; np < 2; ++np) {
+          uint32_t bq[4], bo[4];
+          // B(k = dim, n = query) = Q[q][dim], dO[q][dim]
+          LdMatrixX4(bq, ColsAddr(Qb, kLd, qb + np * 16, kc * 16, lane));
+          LdMatrixX4(bo, ColsAddr(dOb, kLd, qb + np * 16, kc * 16, lane));
+          Mma(st[2 * np], kar, bq);
+          Mma(st[2 * np + 1], kar, bq + 2);
+          Mma(dpt[2 * np], var, bo);
+          Mma(dpt[2 * np + 1], var, bo + 2);
+        }
+      }
+      const bool diag = i0 + qb < wkey1;  // some query of the half precedes some key
 #pragma unroll
-          for (int nd = 0; nd < HD / 8; ++nd) {
-            uint32_t bo[2], bq[2];
-            LoadB(bo, dOt, kLdT, nd * 8, qb + kc * 16, g, t);  // B(k=query, n=dim) = dO^T[dim][q]
-            LoadB(bq, Qt, kLdT, nd * 8, qb + kc * 16, g, t);
-            Mma(dv[nd], pa, bo);
-            Mma(dk[nd], sa, bq);
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int c = qb + nt * 8 + 2 * t + j;
+          const float L = Lb[c] * kLog2e, D = Db[c];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int i = 2 * r + j;
+            float p = exp2f(fmaf(st[nt][i], sl2, -L));
+            if (diag && i0 + c < wkey0 + g + 8 * r) p = 0.f;
+            st[nt][i] = p;
+            dpt[nt][i] = p * (dpt[nt][i] - D);
           }
+        }
+      }
+#pragma unroll
+      for (int kc = 0; kc < 2; ++kc) {
+        uint32_t pa[4], sa[4];
+        AccToA(pa, st[2 * kc], st[2 * kc + 1]);
+        AccToA(sa, dpt[2 * kc], dpt[2 * kc + 1]);
+#pragma unroll
+        for (int ndp = 0; ndp < HD / 16; ++ndp) {
+          uint32_t bo[4], bq[4];
+          // B(k = query, n = dim) = dO[q][dim], Q[q][dim] (.trans)
+          LdMatrixX4Trans(bo, RowsAddr(dOb, kLd, qb + kc * 16, ndp * 16, lane));
+          LdMatrixX4Trans(bq, RowsAddr(Qb, kLd, qb + kc * 16, ndp * 16, lane));
+          Mma(dv[2 * ndp], pa, bo);
+          Mma(dv[2 * ndp + 1], pa, bo + 2);
+          Mma(dk[2 * ndp], sa, bq);
+          Mma(dk[2 * ndp + 1], sa, bq + 2);
         }
       }
     }
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld;
   // The scores were scale * q.k, so dK carries the scale.
-  StoreAcc<HD>(dbase + kcol, d.ld, key[0], d.T, d.scale, dk, t);
-  StoreAcc<HD>(dbase + vcol, d.ld, key[0], d.T, 1.f, dv, t);
+  StoreAcc<HD>(dbase + kcol, d.ld, wkey0 + g, d.T, d.scale, dk, t);
+  StoreAcc<HD>(dbase + vcol, d.ld, wkey0 + g, d.T, 1.f, dv, t);
 }
 
 // ---- backward: dQ ---------------------------------------------------------------------
@@ -389,45 +568,66 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads)
     FlashBwdDqMmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, AttnDims d) {
-  constexpr int kLd = Smem<HD>::kLd;
+  using C = Cfg<HD>;
+  constexpr int kLd = C::kLd, kN = C::kN;
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Qs = reinterpret_cast<bf16*>(smem);
-  bf16* dOs = Qs + kTile * kLd;
-  bf16* Ks = dOs + kTile * kLd;
-  bf16* Vs = Ks + kTile * kLd;
-  bf16* Kt = Vs + kTile * kLd;
-  float* Lsm = reinterpret_cast<float*>(Kt + HD * kLdT);
-  float* Dsm = Lsm + kTile;
+  bf16* dOs = Qs + kN * kLd;
+  bf16* Ks = dOs + kN * kLd;     // [2][kN][kLd]
+  bf16* Vs = Ks + 2 * kN * kLd;  // [2][kN][kLd]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kN;
   const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
   const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
   const bf16* kbase = base + static_cast<int64_t>(d.NH + kvh) * HD;
   const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
-  LoadTile<HD>(Qs, nullptr, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
-  LoadTile<HD>(dOs, nullptr,
-               dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD, d.C, q0,
-               d.T);
-  for (int e = threadIdx.x; e < kTile; e += blockDim.x) {
-    const int q = q0 + e;
-    Lsm[e] = q < d.T ? lse[static_cast<int64_t>(bh) * d.T + q] : 0.f;
-    Dsm[e] = q < d.T ? Dsum[static_cast<int64_t>(bh) * d.T + q] : 0.f;
+  const int wrow0 = q0 + warp * 16, wrow1 = wrow0 + 15;
+  const int n_tiles = DivUp(min(q0 + kN, d.T), kN);
+  const float sl2 = d.scale * kLog2e;
+
+  LoadTileAsync<HD, kN>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  LoadTileAsync<HD, kN>(dOs, dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD,
+                        d.C, q0, d.T);
+  LoadTileAsync<HD, kN>(Ks, kbase, d.ld, 0, d.T);
+  LoadTileAsync<HD, kN>(Vs, vbase, d.ld, 0, d.T);
+  CpAsyncCommit();
+  // This thread's rows g and g + 8: lse (log2 units) and Dsum.
+  float L[2], D[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q = wrow0 + g + 8 * r;
+    L[r] = q < d.T ? lse[static_cast<int64_t>(bh) * d.T + q] * kLog2e : 0.f;
+    D[r] = q < d.T ? Dsum[static_cast<int64_t>(bh) * d.T + q] : 0.f;
   }
   float dq[HD / 8][4];
 #pragma unroll
   for (int nd = 0; nd < HD / 8; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.f;
-  const int tq[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  constexpr int kRegQ = C::kFixedInRegs ? HD / 16 : 1;
+  uint32_t qreg[kRegQ][4], oreg[kRegQ][4];
 
-  for (int j0 = 0; j0 <= q0; j0 += kTile) {
-    __syncthreads();  // the previous key tiles are consumed (and Q, dO, stats visible)
-    LoadTile<HD>(Ks, Kt, kbase, d.ld, j0, d.T);
-    LoadTile<HD>(Vs, nullptr, vbase, d.ld, j0, d.T);
-    __syncthreads();
-    const float L[2] = {Lsm[warp * 16 + g], Lsm[warp * 16 + g + 8]};
-    const float D[2] = {Dsm[warp * 16 + g], Dsm[warp * 16 + g + 8]};
+  for (int it = 0; it < n_tiles; ++it) {
+    CpAsyncWaitAll();
+    __syncthreads();  // tile it is visible; everyone is done with tile it - 1's buffer
+    if (C::kFixedInRegs && it == 0) {
+#pragma unroll
+      for (int kc = 0; kc < kRegQ; ++kc) {
+        LdMatrixX4(qreg[kc], RowsAddr(Qs, kLd, warp * 16, kc * 16, lane));
+        LdMatrixX4(oreg[kc], RowsAddr(dOs, kLd, warp * 16, kc * 16, lane));
+      }
+    }
+    if (it + 1 < n_tiles) {
+      const int nb = (it + 1) & 1;
+      LoadTileAsync<HD, kN>(Ks + nb * kN * kLd, kbase, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN>(Vs + nb * kN * kLd, vbase, d.ld, (it + 1) * kN, d.T);
+      CpAsyncCommit();
+    }
+    const int j0 = it * kN;
+    const bf16* Kb = Ks + (it & 1) * kN * kLd;
+    const bf16* Vb = Vs + (it & 1) * kN * kLd;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int kb = half * 32;  // key columns [kb, kb + 32) of the tile
+      if (j0 + kb > wrow1) continue;  // all these keys follow all the warp's rows
       float s[4][4], dp[4][4];
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
@@ -436,25 +636,37 @@ __global__ void __launch_bounds__(kThreads)
       }
 #pragma unroll
       for (int kc = 0; kc < HD / 16; ++kc) {
-        uint32_t qa[4], oa[4];
-        LoadA(qa, Qs, kLd, warp * 16, kc * 16, g, t);
-        LoadA(oa, dOs, kLd, warp * 16, kc * 16, g, t);
+        uint32_t qar[4], oar[4];
+        if constexpr (C::kFixedInRegs) {
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          uint32_t bk[2], bv[2];
-          LoadB(bk, Ks, kLd, kb + nt * 8, kc * 16, g, t);  // B(k=dim, n=key) = K[key][dim]
-          LoadB(bv, Vs, kLd, kb + nt * 8, kc * 16, g, t);
-          Mma(s[nt], qa, bk);
-          Mma(dp[nt], oa, bv);
+          for (int i = 0; i < 4; ++i) {
+            qar[i] = qreg[kc][i];
+            oar[i] = oreg[kc][i];
+          }
+        } else {
+          LdMatrixX4(qar, RowsAddr(Qs, kLd, warp * 16, kc * 16, lane));
+          LdMatrixX4(oar, RowsAddr(dOs, kLd, warp * 16, kc * 16, lane));
+        }
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+          uint32_t bk[4], bv[4];
+          // B(k = dim, n = key) = K[key][dim], V[key][dim]
+          LdMatrixX4(bk, ColsAddr(Kb, kLd, kb + np * 16, kc * 16, lane));
+          LdMatrixX4(bv, ColsAddr(Vb, kLd, kb + np * 16, kc * 16, lane));
+          Mma(s[2 * np], qar, bk);
+          Mma(s[2 * np + 1], qar, bk + 2);
+          Mma(dp[2 * np], oar, bv);
+          Mma(dp[2 * np + 1], oar, bv + 2);
         }
       }
+      const bool diag = j0 + kb + 31 > wrow0;  // some key of the half follows some row
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int j = j0 + kb + nt * 8 + 2 * t + (i & 1);
           const int r = i >> 1;
-          const float p = (j <= tq[r] && j < d.T) ? expf(s[nt][i] * d.scale - L[r]) : 0.f;
+          float p = exp2f(fmaf(s[nt][i], sl2, -L[r]));
+          if (diag && j0 + kb + nt * 8 + 2 * t + (i & 1) > wrow0 + g + 8 * r) p = 0.f;
           s[nt][i] = p * (dp[nt][i] - D[r]);  // dS
         }
       }
@@ -463,16 +675,18 @@ __global__ void __launch_bounds__(kThreads)
         uint32_t sa[4];
         AccToA(sa, s[2 * kc], s[2 * kc + 1]);
 #pragma unroll
-        for (int nd = 0; nd < HD / 8; ++nd) {
-          uint32_t bk[2];
-          LoadB(bk, Kt, kLdT, nd * 8, kb + kc * 16, g, t);  // B(k=key, n=dim) = K^T[dim][key]
-          Mma(dq[nd], sa, bk);
+        for (int ndp = 0; ndp < HD / 16; ++ndp) {
+          uint32_t bk[4];
+          // B(k = key, n = dim) = K[key][dim] (.trans)
+          LdMatrixX4Trans(bk, RowsAddr(Kb, kLd, kb + kc * 16, ndp * 16, lane));
+          Mma(dq[2 * ndp], sa, bk);
+          Mma(dq[2 * ndp + 1], sa, bk + 2);
         }
       }
     }
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(h) * HD;
-  StoreAcc<HD>(dbase, d.ld, tq[0], d.T, d.scale, dq, t);
+  StoreAcc<HD>(dbase, d.ld, wrow0 + g, d.T, d.scale, dq, t);
 }
 
 // Opts a kernel into more than 48 KiB of dynamic shared memory (a property of
@@ -490,9 +704,10 @@ void AllowSmem(K kernel, size_t bytes, const char* name) {
 
 template <int HD>
 void ForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
-  constexpr size_t bytes = Smem<HD>::fwd;
+  constexpr size_t bytes = Cfg<HD>::fwd;
   AllowSmem(FlashFwdMmaKernel<HD>, bytes, "FlashFwdMmaKernel");
-  const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, kTile)), static_cast<unsigned>(d.B * d.NH));
+  const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, Cfg<HD>::kFwdRows)),
+                  static_cast<unsigned>(d.B * d.NH));
   Launch(FlashFwdMmaKernel<HD>, grid, kThreads, bytes, stream, out, lse, qkv, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdMmaKernel", stream);
 }
@@ -500,14 +715,14 @@ void ForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaSt
 template <int HD>
 void BackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* Dsum,
                 const AttnDims& d, cudaStream_t stream) {
-  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kTile));
-  AllowSmem(FlashBwdDkvMmaKernel<HD>, Smem<HD>::dkv, "FlashBwdDkvMmaKernel");
+  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, Cfg<HD>::kBwdRows));
+  AllowSmem(FlashBwdDkvMmaKernel<HD>, Cfg<HD>::dkv, "FlashBwdDkvMmaKernel");
   Launch(FlashBwdDkvMmaKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kThreads,
-         Smem<HD>::dkv, stream, dqkv, dout, qkv, lse, Dsum, d);
+         Cfg<HD>::dkv, stream, dqkv, dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvMmaKernel", stream);
-  AllowSmem(FlashBwdDqMmaKernel<HD>, Smem<HD>::dq, "FlashBwdDqMmaKernel");
+  AllowSmem(FlashBwdDqMmaKernel<HD>, Cfg<HD>::dq, "FlashBwdDqMmaKernel");
   Launch(FlashBwdDqMmaKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kThreads,
-         Smem<HD>::dq, stream, dqkv, dout, qkv, lse, Dsum, d);
+         Cfg<HD>::dq, stream, dqkv, dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqMmaKernel", stream);
 }
 

@@ -716,7 +716,12 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnShape{1, 130, 2, 2, 64},  // MHA, hd 64 (GPT-2)
                       AttnShape{2, 150, 4, 1, 64},  // multi-query, 3 tiles of 64
                       AttnShape{1, 96, 2, 1, 128},  // hd 128 (Llama-style)
-                      AttnShape{1, 5, 3, 3, 32}));  // fewer rows than a tile
+                      AttnShape{1, 5, 3, 3, 32},    // fewer rows than a tile
+                      // mma forward at hd 64 owns 128-row query tiles: three
+                      // of them, the last partial, with GQA groups of 2
+                      AttnShape{1, 300, 4, 2, 64},
+                      // hd 128 GQA over several 64-row tiles, the last partial
+                      AttnShape{1, 200, 4, 2, 128}));
 
 }  // namespace
 }  // namespace llmt::kernels::cuda

@@ -111,11 +111,20 @@ struct Warp {
   unsigned char exchange[32][64] = {};
 };
 
+struct PendingCopy {
+  void* dst;
+  unsigned char data[16];
+  int bytes;
+  int group;  // the commit group it belongs to (Fiber::open_group when issued)
+};
+
 struct Fiber {
   Context ctx;
   int tid = 0;
   uint3 idx{};
   bool done = false;
+  std::vector<PendingCopy> copies;  // cp.async issued, not yet landed
+  int open_group = 0;               // groups [0, open_group) are committed
 };
 
 Context g_scheduler;
@@ -183,6 +192,39 @@ void WarpExchange(const void* mine, size_t bytes, void* all) {
 }
 void BlockBarrier() { Wait(g_block_barrier); }
 
+void CpAsync(void* dst, const void* src, int bytes, int src_bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) Fail("cp.async: size must be 4, 8 or 16 bytes");
+  if (src_bytes < 0 || src_bytes > bytes) Fail("cp.async: src-size outside [0, cp-size]");
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 ||
+      reinterpret_cast<uintptr_t>(src) % bytes != 0) {
+    Fail("cp.async: address not aligned to the copy size");
+  }
+  if (g_smem == nullptr || static_cast<unsigned char*>(dst) < g_smem ||
+      static_cast<unsigned char*>(dst) + bytes > g_smem + g_smem_bytes) {
+    Fail("cp.async: destination outside dynamic shared memory");
+  }
+  PendingCopy c{dst, {}, bytes, g_cur->open_group};
+  std::memcpy(c.data, src, src_bytes);
+  g_cur->copies.push_back(c);
+}
+
+void CpAsyncCommit() { ++g_cur->open_group; }
+
+void CpAsyncWait(int n) {
+  // Groups older than the n most recent committed ones have landed.
+  const int done_below = g_cur->open_group - n;
+  std::vector<PendingCopy>& v = g_cur->copies;
+  size_t keep = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i].group < done_below) {
+      std::memcpy(v[i].dst, v[i].data, v[i].bytes);
+    } else {
+      v[keep++] = v[i];
+    }
+  }
+  v.resize(keep);
+}
+
 int BlockOr(int pred) {
   if (pred) g_block_or = 1;
   Wait(g_block_barrier);
@@ -233,6 +275,8 @@ void RunGrid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& bo
           Fiber& f = g_fibers[t];
           f.tid = t;
           f.done = false;
+          f.copies.clear();
+          f.open_group = 0;
           f.idx = uint3{static_cast<unsigned>(t) % block.x,
                         static_cast<unsigned>(t) / block.x % block.y,
                         static_cast<unsigned>(t) / (block.x * block.y)};
@@ -279,6 +323,10 @@ cudaError_t Set(cudaError_t e) {
 }  // namespace
 
 extern "C" {
+
+// Fast-math intrinsics (declared extern "C" by the CUDA headers). The host
+// libm result is within the ~2 ulp the hardware approximations promise.
+float __expf(float x) noexcept { return std::exp(x); }
 
 cudaError_t cudaGetLastError(void) {
   const cudaError_t e = g_last_error;

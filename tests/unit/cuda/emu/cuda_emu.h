@@ -76,6 +76,10 @@ int BlockOr(int pred);
 void WarpExchange(const void* mine, size_t bytes, void* all);
 unsigned char* DynamicSmem();
 size_t DynamicSmemBytes();
+// cp.async (see EmuCpAsync below): the calling thread's pending copies.
+void CpAsync(void* dst, const void* src, int bytes, int src_bytes);
+void CpAsyncCommit();
+void CpAsyncWait(int n);
 [[noreturn]] void Fail(const char* what);
 
 // Runs `body` for every block of `grid` on blockDim threads.
@@ -165,6 +169,52 @@ inline void EmuMmaM16N8K16Bf16(float (&d)[4], const uint32_t (&a)[4], const uint
     for (int k = 0; k < 16; ++k) s += A[rows[i]][k] * B[k][cols[i]];
     d[i] = s;
   }
+}
+
+// ---- ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16 ------------------------
+// Warp-collective: lane l supplies the address of row l % 8 of matrix l / 8
+// (16 contiguous bytes, 16-byte aligned); every lane receives one 32-bit
+// register per matrix. Without .trans register i of lane (g = lane >> 2,
+// t = lane % 4) holds M_i[g][2t] (low half) and M_i[g][2t+1]; with .trans it
+// holds M_i[2t][g] and M_i[2t+1][g]. The rows are read when the whole warp
+// has arrived, like the real instruction.
+inline void EmuLdMatrix(uint32_t* r, int n, const void* row, bool trans) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+    ::llmt::emu::Fail("ldmatrix: row address not 16-byte aligned");
+  }
+  const unsigned char* s = ::llmt::emu::DynamicSmem();
+  const unsigned char* p = static_cast<const unsigned char*>(row);
+  const int lane = ::llmt::emu::Lane();
+  if (lane < 8 * n &&
+      (s == nullptr || p < s || p + 16 > s + ::llmt::emu::DynamicSmemBytes())) {
+    ::llmt::emu::Fail("ldmatrix: row outside dynamic shared memory");
+  }
+  const void* addrs[32];
+  ::llmt::emu::WarpExchange(&row, sizeof(row), addrs);
+  const int g = lane >> 2, t = lane & 3;
+  for (int i = 0; i < n; ++i) {
+    auto at = [&](int rr, int c) {
+      uint16_t v;
+      std::memcpy(&v, static_cast<const unsigned char*>(addrs[i * 8 + rr]) + 2 * c, 2);
+      return static_cast<uint32_t>(v);
+    };
+    const uint32_t lo = trans ? at(2 * t, g) : at(g, 2 * t);
+    const uint32_t hi = trans ? at(2 * t + 1, g) : at(g, 2 * t + 1);
+    r[i] = lo | hi << 16;
+  }
+  ::llmt::emu::WarpBarrier();  // no lane runs ahead and rewrites a row another still reads
+}
+
+// ---- cp.async.{ca,cg}.shared.global [dst], [src], bytes, src_bytes ---------------------
+// The source is read at issue; the destination is written only when the
+// issuing thread waits for the copy's group (cp.async.wait_group), the latest
+// moment the PTX ISA allows. So a read of the tile before the wait and the
+// following barrier sees stale bytes, and a copy issued into a buffer other
+// threads still read lands in the middle of their reads. Bytes past
+// src_bytes are zero-filled. Copies left pending at the thread's exit are
+// dropped (nothing may rely on them).
+inline void EmuCpAsync(void* dst, const void* src, int bytes, int src_bytes) {
+  ::llmt::emu::CpAsync(dst, src, bytes, src_bytes);
 }
 
 // ---- WMMA ---------------------------------------------------------------------------
