@@ -721,7 +721,9 @@ INSTANTIATE_TEST_SUITE_P(
                       // of them, the last partial, with GQA groups of 2
                       AttnShape{1, 300, 4, 2, 64},
                       // hd 128 GQA over several 64-row tiles, the last partial
-                      AttnShape{1, 200, 4, 2, 128}));
+                      AttnShape{1, 200, 4, 2, 128},
+                      // tensor-core path with fewer rows than one m-tile
+                      AttnShape{2, 5, 2, 1, 64}));
 
 }  // namespace
 }  // namespace llmt::kernels::cuda
