@@ -23,8 +23,8 @@
 // Shared-memory traffic, not the tensor cores, bounds mma.sync kernels: each
 // B fragment read from shared memory feeds one mma per 16-row tile a warp
 // owns. The forward at head dim 64 therefore gives each warp 32 query rows
-// (two m-tiles share every K and V fragment); at 128 the accumulators would
-// not fit the registers, so it stays at 16.
+// (two m-tiles share every K and V fragment), and so does the dQ kernel; at
+// 128 the accumulators would not fit the registers, so they stay at 16.
 //
 // Causal masking is applied only on tiles that straddle the diagonal, and a
 // warp skips the (parts of) tiles that lie entirely above its rows.
@@ -223,8 +223,11 @@ struct Cfg {
   static constexpr size_t fwd = size_t{kFwdRows} * kLd * sizeof(bf16) + 4 * kTileBytes;
   // dK/dV: K, V; Q, dO double-buffered; lse, Dsum double-buffered
   static constexpr size_t dkv = 2 * kTileBytes + 4 * kTileBytes + 4 * kN * sizeof(float);
+  // dQ: 16-row m-tiles per warp (two at head dim 64, like the forward)
+  static constexpr int kDqMt = HD == 64 ? 2 : 1;
+  static constexpr int kDqRows = kWarps * 16 * kDqMt;
   // dQ: Q, dO; K, V double-buffered
-  static constexpr size_t dq = 2 * kTileBytes + 4 * kTileBytes;
+  static constexpr size_t dq = 2 * size_t{kDqRows} * kLd * sizeof(bf16) + 4 * kTileBytes;
   static_assert(kBwdRows == kN, "dK/dV walks query tiles from its own key tile on");
 };
 
@@ -561,58 +564,74 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- backward: dQ ---------------------------------------------------------------------
-// Block: 64 queries of one (batch, head); warp w owns queries 16w..16w+15.
-// Over key tiles up to the diagonal: S = Q K^T, dP = dO V^T,
-// dS = exp(scale S - lse) (dP - Dsum), dQ += dS K.
+// Block: kDqRows queries of one (batch, head); warp w owns rows
+// [16 kMt w, 16 kMt (w + 1)). Over key tiles up to the diagonal:
+// S = Q K^T, dP = dO V^T, dS = exp(scale S - lse) (dP - Dsum), dQ += dS K.
+// At head dim 64 kMt = 2 (each K / V fragment feeds two m-tiles, as in the
+// forward) with Q and dO held as A fragments in registers.
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     FlashBwdDqMmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, AttnDims d) {
   using C = Cfg<HD>;
-  constexpr int kLd = C::kLd, kN = C::kN;
+  constexpr int kLd = C::kLd, kN = C::kN, kMt = C::kDqMt, kRows = C::kDqRows;
+  // Keys per inner chunk: the score and dP accumulators of a chunk are
+  // kMt x kCk / 8 n-tiles each, kept at 16 to bound registers.
+  constexpr int kCk = 32 / kMt, kCt = kCk / 8;
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Qs = reinterpret_cast<bf16*>(smem);
-  bf16* dOs = Qs + kN * kLd;
-  bf16* Ks = dOs + kN * kLd;     // [2][kN][kLd]
+  bf16* dOs = Qs + kRows * kLd;
+  bf16* Ks = dOs + kRows * kLd;  // [2][kN][kLd]
   bf16* Vs = Ks + 2 * kN * kLd;  // [2][kN][kLd]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kN;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // longest rows first
   const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
   const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
   const bf16* kbase = base + static_cast<int64_t>(d.NH + kvh) * HD;
   const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
-  const int wrow0 = q0 + warp * 16, wrow1 = wrow0 + 15;
-  const int n_tiles = DivUp(min(q0 + kN, d.T), kN);
+  const int wrow0 = q0 + warp * 16 * kMt, wrow1 = wrow0 + 16 * kMt - 1;
+  const int n_tiles = DivUp(min(q0 + kRows, d.T), kN);
   const float sl2 = d.scale * kLog2e;
 
-  LoadTileAsync<HD, kN>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
-  LoadTileAsync<HD, kN>(dOs, dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD,
-                        d.C, q0, d.T);
+  LoadTileAsync<HD, kRows>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  LoadTileAsync<HD, kRows>(
+      dOs, dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD, d.C, q0,
+      d.T);
   LoadTileAsync<HD, kN>(Ks, kbase, d.ld, 0, d.T);
   LoadTileAsync<HD, kN>(Vs, vbase, d.ld, 0, d.T);
   CpAsyncCommit();
-  // This thread's rows g and g + 8: lse (log2 units) and Dsum.
-  float L[2], D[2];
+  // This thread's rows g and g + 8 of each m-tile: lse (log2 units) and Dsum.
+  float L[kMt][2], D[kMt][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int q = wrow0 + g + 8 * r;
-    L[r] = q < d.T ? lse[static_cast<int64_t>(bh) * d.T + q] * kLog2e : 0.f;
-    D[r] = q < d.T ? Dsum[static_cast<int64_t>(bh) * d.T + q] : 0.f;
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = wrow0 + mt * 16 + g + 8 * r;
+      L[mt][r] = q < d.T ? lse[static_cast<int64_t>(bh) * d.T + q] * kLog2e : 0.f;
+      D[mt][r] = q < d.T ? Dsum[static_cast<int64_t>(bh) * d.T + q] : 0.f;
+    }
   }
-  float dq[HD / 8][4];
+  float dq[kMt][HD / 8][4];
 #pragma unroll
-  for (int nd = 0; nd < HD / 8; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.f;
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd) dq[mt][nd][0] = dq[mt][nd][1] = dq[mt][nd][2] = dq[mt][nd][3] = 0.f;
+  }
   constexpr int kRegQ = C::kFixedInRegs ? HD / 16 : 1;
-  uint32_t qreg[kRegQ][4], oreg[kRegQ][4];
+  uint32_t qreg[kMt][kRegQ][4], oreg[kMt][kRegQ][4];
 
   for (int it = 0; it < n_tiles; ++it) {
     CpAsyncWaitAll();
     __syncthreads();  // tile it is visible; everyone is done with tile it - 1's buffer
     if (C::kFixedInRegs && it == 0) {
 #pragma unroll
-      for (int kc = 0; kc < kRegQ; ++kc) {
-        LdMatrixX4(qreg[kc], RowsAddr(Qs, kLd, warp * 16, kc * 16, lane));
-        LdMatrixX4(oreg[kc], RowsAddr(dOs, kLd, warp * 16, kc * 16, lane));
+      for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+        for (int kc = 0; kc < kRegQ; ++kc) {
+          const int r0 = warp * 16 * kMt + mt * 16;
+          LdMatrixX4(qreg[mt][kc], RowsAddr(Qs, kLd, r0, kc * 16, lane));
+          LdMatrixX4(oreg[mt][kc], RowsAddr(dOs, kLd, r0, kc * 16, lane));
+        }
       }
     }
     if (it + 1 < n_tiles) {
@@ -625,68 +644,88 @@ __global__ void __launch_bounds__(kThreads)
     const bf16* Kb = Ks + (it & 1) * kN * kLd;
     const bf16* Vb = Vs + (it & 1) * kN * kLd;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int kb = half * 32;  // key columns [kb, kb + 32) of the tile
+    for (int chunk = 0; chunk < kN / kCk; ++chunk) {
+      const int kb = chunk * kCk;  // key columns [kb, kb + kCk) of the tile
       if (j0 + kb > wrow1) continue;  // all these keys follow all the warp's rows
-      float s[4][4], dp[4][4];
+      float s[kMt][kCt][4], dp[kMt][kCt][4];
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int mt = 0; mt < kMt; ++mt) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) s[nt][i] = dp[nt][i] = 0.f;
+        for (int nt = 0; nt < kCt; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) s[mt][nt][i] = dp[mt][nt][i] = 0.f;
+        }
       }
 #pragma unroll
       for (int kc = 0; kc < HD / 16; ++kc) {
-        uint32_t qar[4], oar[4];
-        if constexpr (C::kFixedInRegs) {
+        uint32_t qa[kMt][4], oa[kMt][4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            qar[i] = qreg[kc][i];
-            oar[i] = oreg[kc][i];
+        for (int mt = 0; mt < kMt; ++mt) {
+          if constexpr (C::kFixedInRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              qa[mt][i] = qreg[mt][kc][i];
+              oa[mt][i] = oreg[mt][kc][i];
+            }
+          } else {
+            const int r0 = warp * 16 * kMt + mt * 16;
+            LdMatrixX4(qa[mt], RowsAddr(Qs, kLd, r0, kc * 16, lane));
+            LdMatrixX4(oa[mt], RowsAddr(dOs, kLd, r0, kc * 16, lane));
           }
-        } else {
-          LdMatrixX4(qar, RowsAddr(Qs, kLd, warp * 16, kc * 16, lane));
-          LdMatrixX4(oar, RowsAddr(dOs, kLd, warp * 16, kc * 16, lane));
         }
 #pragma unroll
-        for (int np = 0; np < 2; ++np) {
+        for (int np = 0; np < kCt / 2; ++np) {
           uint32_t bk[4], bv[4];
           // B(k = dim, n = key) = K[key][dim], V[key][dim]
           LdMatrixX4(bk, ColsAddr(Kb, kLd, kb + np * 16, kc * 16, lane));
           LdMatrixX4(bv, ColsAddr(Vb, kLd, kb + np * 16, kc * 16, lane));
-          Mma(s[2 * np], qar, bk);
-          Mma(s[2 * np + 1], qar, bk + 2);
-          Mma(dp[2 * np], oar, bv);
-          Mma(dp[2 * np + 1], oar, bv + 2);
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) {
+            Mma(s[mt][2 * np], qa[mt], bk);
+            Mma(s[mt][2 * np + 1], qa[mt], bk + 2);
+            Mma(dp[mt][2 * np], oa[mt], bv);
+            Mma(dp[mt][2 * np + 1], oa[mt], bv + 2);
+          }
         }
       }
-      const bool diag = j0 + kb + 31 > wrow0;  // some key of the half follows some row
+      const bool diag = j0 + kb + kCk - 1 > wrow0;  // some key of the chunk follows some row
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int mt = 0; mt < kMt; ++mt) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int r = i >> 1;
-          float p = exp2f(fmaf(s[nt][i], sl2, -L[r]));
-          if (diag && j0 + kb + nt * 8 + 2 * t + (i & 1) > wrow0 + g + 8 * r) p = 0.f;
-          s[nt][i] = p * (dp[nt][i] - D[r]);  // dS
+        for (int nt = 0; nt < kCt; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int r = i >> 1;
+            float p = exp2f(fmaf(s[mt][nt][i], sl2, -L[mt][r]));
+            if (diag && j0 + kb + nt * 8 + 2 * t + (i & 1) > wrow0 + mt * 16 + g + 8 * r) p = 0.f;
+            s[mt][nt][i] = p * (dp[mt][nt][i] - D[mt][r]);  // dS
+          }
         }
       }
 #pragma unroll
-      for (int kc = 0; kc < 2; ++kc) {
-        uint32_t sa[4];
-        AccToA(sa, s[2 * kc], s[2 * kc + 1]);
+      for (int kc = 0; kc < kCt / 2; ++kc) {
+        uint32_t sa[kMt][4];
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) AccToA(sa[mt], s[mt][2 * kc], s[mt][2 * kc + 1]);
 #pragma unroll
         for (int ndp = 0; ndp < HD / 16; ++ndp) {
           uint32_t bk[4];
           // B(k = key, n = dim) = K[key][dim] (.trans)
           LdMatrixX4Trans(bk, RowsAddr(Kb, kLd, kb + kc * 16, ndp * 16, lane));
-          Mma(dq[2 * ndp], sa, bk);
-          Mma(dq[2 * ndp + 1], sa, bk + 2);
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) {
+            Mma(dq[mt][2 * ndp], sa[mt], bk);
+            Mma(dq[mt][2 * ndp + 1], sa[mt], bk + 2);
+          }
         }
       }
     }
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(h) * HD;
-  StoreAcc<HD>(dbase, d.ld, wrow0 + g, d.T, d.scale, dq, t);
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+    StoreAcc<HD>(dbase, d.ld, wrow0 + mt * 16 + g, d.T, d.scale, dq[mt], t);
+  }
 }
 
 // Opts a kernel into more than 48 KiB of dynamic shared memory (a property of
@@ -721,7 +760,8 @@ void BackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
          Cfg<HD>::dkv, stream, dqkv, dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvMmaKernel", stream);
   AllowSmem(FlashBwdDqMmaKernel<HD>, Cfg<HD>::dq, "FlashBwdDqMmaKernel");
-  Launch(FlashBwdDqMmaKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kThreads,
+  const unsigned dq_tiles = static_cast<unsigned>(CeilDiv(d.T, Cfg<HD>::kDqRows));
+  Launch(FlashBwdDqMmaKernel<HD>, dim3(dq_tiles, static_cast<unsigned>(d.B * d.NH)), kThreads,
          Cfg<HD>::dq, stream, dqkv, dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqMmaKernel", stream);
 }
