@@ -121,6 +121,77 @@ __device__ __forceinline__ float BlockMax(float x, float* smem) {
   return WarpMax(x);
 }
 
+// ---- deterministic column sums -----------------------------------------------
+// Column reductions (bias and norm-parameter gradients) run on blocks seen as
+// TY warps x 32 lanes (tid = 32 y + x). Lane x of warp y owns the V
+// consecutive columns c0 + xV .. c0 + xV + V - 1 of a 32V-column tile (one
+// 16-byte load per row when V > 1) and sums rows r0 + y, r0 + y + TY, ... of
+// its chunk in row order into acc[V]; CombineColumnPartials then adds the TY
+// warps' sums in y order. Every column's summation order depends only on the
+// row range and TY, not on V, so vector and scalar paths (chosen by pointer
+// alignment) give identical bits, and nothing depends on the device.
+
+// Adds the TY per-warp partial sums of each of the tile's 32V columns in warp
+// order through `part` (TY * 32 * V floats of shared memory). Thread
+// tid < 32V gets the total of tile column tid, the others 0. Needs V <= TY
+// (blockDim.x == 32 TY). Contains __syncthreads(): call from all threads.
+template <int V, int TY>
+__device__ __forceinline__ float CombineColumnPartials(const float (&acc)[V], float* part) {
+  static_assert(V <= TY, "one thread per tile column for the final add");
+  const int x = threadIdx.x & 31, y = threadIdx.x >> 5;
+  __syncthreads();  // `part` may still be read by a previous combine
+#pragma unroll
+  for (int k = 0; k < V; ++k) part[y * 32 * V + x * V + k] = acc[k];
+  __syncthreads();
+  float s = 0.f;
+  if (threadIdx.x < 32 * V) {
+#pragma unroll 8
+    for (int j = 0; j < TY; ++j) s += part[j * 32 * V + threadIdx.x];
+  }
+  return s;
+}
+
+// Column sums of row-major matrices with N columns (row stride N), split into
+// row chunks of `chunk_rows`: block (bx, by, bz) sums rows [by chunk_rows,
+// (by + 1) chunk_rows) of columns [bx 32V, (bx + 1) 32V) of plane bz (in +
+// bz * plane), and
+//   kFinal:  out_z[c] = out_z[c] + alpha * sum   (out_0 = out, out_1 = out2)
+//   else:    out[by * N + c] = sum               (fp32 partials per chunk)
+// V > 1 needs N % V == 0 and `in` (and `plane` * sizeof(T)) 16-byte aligned.
+template <typename G, typename T, int V, int TY, bool kFinal>
+__global__ void __launch_bounds__(32 * TY)
+    ColumnSumKernel(G* out, G* out2, const T* in, int64_t plane, int64_t rows, int64_t N,
+                    int64_t chunk_rows, float alpha) {
+  __shared__ float part[TY * 32 * V];
+  const int x = threadIdx.x & 31, y = threadIdx.x >> 5;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * 32 * V;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
+  const int64_t r1 = min(rows, r0 + chunk_rows);
+  const T* src = in + static_cast<int64_t>(blockIdx.z) * plane;
+  const int64_t c = c0 + x * V;
+  float acc[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) acc[k] = 0.f;
+  if (c < N) {  // V > 1: N % V == 0, so the whole vector is inside
+#pragma unroll 4
+    for (int64_t r = r0 + y; r < r1; r += TY) {
+      const Vec<T, V> v = LoadVec<V>(src + r * N + c);
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[k] += ToF(v.v[k]);
+    }
+  }
+  const float s = CombineColumnPartials<V, TY>(acc, part);
+  const int64_t col = c0 + threadIdx.x;
+  if (threadIdx.x < 32 * V && col < N) {
+    if constexpr (kFinal) {
+      G* o = blockIdx.z == 0 ? out : out2;
+      o[col] = FromF<G>(ToF(o[col]) + alpha * s);
+    } else {
+      out[static_cast<int64_t>(blockIdx.y) * N + col] = s;
+    }
+  }
+}
+
 // ---- launches ------------------------------------------------------------------
 // Every kernel is launched through Launch(kernel, grid, block, smem_bytes,
 // stream, args...) rather than with <<<...>>> directly, and kernels that use

@@ -604,6 +604,16 @@ GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const v
   return op;
 }
 
+namespace internal {
+// matmul.cu: BiasBackward in two stages with caller-provided scratch.
+void BiasBackwardTwoStage(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
+void BiasBackwardTwoStage(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
+void BiasBackwardTwoStage(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
+}  // namespace internal
+
 namespace {
 
 template <typename T>
@@ -631,7 +641,13 @@ void Backward(Blas& blas, T* dinp, G* dweight, G* dbias, const T* dout, const T*
          MatmulBackwardDweightOp(dweight, DTypeOf<G>::value, dout, inp, M, K, N, layout, alpha, t),
          stream);
   }
-  if (dbias != nullptr) BiasBackward(dbias, dout, M, N, alpha, stream);
+  // The bias gradient's partial sums go to the cuBLASLt workspace: the GEMMs
+  // above are done with it by the time this stream reaches the bias kernels,
+  // and the next GEMM on this stream starts after them.
+  if (dbias != nullptr) {
+    internal::BiasBackwardTwoStage(dbias, dout, M, N, alpha, blas.workspace(),
+                                   static_cast<size_t>(blas.workspace_bytes()), stream);
+  }
 }
 
 }  // namespace

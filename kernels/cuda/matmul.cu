@@ -1,5 +1,7 @@
 // Device kernels of the GEMM layer: bias/residual seeding (the fallback for
 // fused epilogues) and the deterministic bias-gradient column sum.
+#include <algorithm>
+
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/matmul.cuh"
 
@@ -23,35 +25,81 @@ __global__ void BiasResidualFillKernel(T* D, int64_t ldd, const T* C, int64_t ld
   }
 }
 
-// One block per 32 output columns; thread (x, y) sums rows y, y + 32, ... of
-// column x, then row 0 of the block adds the 32 partials in order. The order
-// of every addition is fixed by (M, N), so the result is reproducible.
-constexpr int kBiasTile = 32;
-template <typename G, typename T>
-__global__ void BiasBackwardKernel(G* dbias, const T* dout, int64_t M, int64_t N, float alpha) {
-  __shared__ float part[kBiasTile][kBiasTile + 1];
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kBiasTile + threadIdx.x;
-  float acc = 0.f;
-  if (n < N) {
-    for (int64_t m = threadIdx.y; m < M; m += kBiasTile) acc += ToF(dout[m * N + n]);
-  }
-  part[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && n < N) {
-    float s = 0.f;
-    for (int k = 0; k < kBiasTile; ++k) s += part[k][threadIdx.x];
-    dbias[n] = FromF<G>(ToF(dbias[n]) + alpha * s);
-  }
+// Bias gradient: dbias[n] += alpha * sum_m dout[m, n], a column sum with a
+// fixed order (internal::ColumnSumKernel), never atomics.
+//
+// Single stage (BiasBackward, no scratch): one block of 32 x 32 threads per
+// 32V-column tile runs over all M rows. Fine for small M, but for GPT-2's
+// M = 65536 and N = 768 that is only three 256-column tiles, so
+// MatmulBackward uses the two-stage form below with the cuBLASLt workspace
+// as scratch (idle between GEMMs on the same stream): stage 1 sums chunks of
+// kBiasChunkRows rows per column tile into fp32 partials (grid = tiles x
+// chunks, e.g. 3 x 256 blocks for N = 768), stage 2 adds the chunks' partials
+// per column in chunk order. Both orders depend only on (M, N) (and the
+// workspace size, which only grows the chunk past kBiasChunkRows where M * N
+// is huge), so the result is bit-identical run to run.
+constexpr int kBiasSlots = 8;        // warps over rows in stage 1
+constexpr int kBiasFinalSlots = 32;  // warps over rows in the single stage / stage 2
+constexpr int64_t kBiasChunkRows = 256;
+
+// 16-byte vectors (8 bf16 / 4 fp32 columns per lane) when every row starts
+// aligned; else one column per lane.
+template <typename T>
+constexpr int kBiasVec = 16 / sizeof(T);
+template <typename T>
+bool BiasVec(const T* dout, int64_t N) {
+  return N % kBiasVec<T> == 0 && internal::Aligned(16, dout);
+}
+
+template <typename G, typename T, int V, int TY, bool kFinal>
+void LaunchColumnSum(G* out, const T* in, int64_t rows, int64_t N, int64_t chunk_rows, float alpha,
+                     cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(internal::CeilDiv(N, 32 * V)),
+                  static_cast<unsigned>(internal::CeilDiv(rows, chunk_rows)));
+  internal::Launch(internal::ColumnSumKernel<G, T, V, TY, kFinal>, grid, 32 * TY, 0, stream, out,
+                   static_cast<G*>(nullptr), in, int64_t{0}, rows, N, chunk_rows, alpha);
 }
 
 template <typename G, typename T>
 void LaunchBiasBackward(G* dbias, const T* dout, int64_t M, int64_t N, float alpha,
                         cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
-  const dim3 block(kBiasTile, kBiasTile);
-  const unsigned grid = static_cast<unsigned>(internal::CeilDiv(N, kBiasTile));
-  internal::Launch(BiasBackwardKernel<G, T>, grid, block, 0, stream, dbias, dout, M, N, alpha);
+  if (BiasVec(dout, N)) {
+    LaunchColumnSum<G, T, kBiasVec<T>, kBiasFinalSlots, true>(dbias, dout, M, N, M, alpha, stream);
+  } else {
+    LaunchColumnSum<G, T, 1, kBiasFinalSlots, true>(dbias, dout, M, N, M, alpha, stream);
+  }
   LLMT_CUDA_CHECK_LAUNCH("BiasBackwardKernel", stream);
+}
+
+template <typename G, typename T>
+void LaunchBiasBackwardTwoStage(G* dbias, const T* dout, int64_t M, int64_t N, float alpha,
+                                void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return;
+  // Chunks must fit the scratch (fp32 per chunk and column) and the grid's y
+  // limit; at least two chunks, or the single stage is as good.
+  int64_t chunk = kBiasChunkRows;
+  const int64_t max_chunks =
+      std::min<int64_t>(65535, static_cast<int64_t>(scratch_bytes / (sizeof(float) * N)));
+  while (internal::CeilDiv(M, chunk) > max_chunks && chunk < M) chunk *= 2;
+  const int64_t nchunks = internal::CeilDiv(M, chunk);
+  if (scratch == nullptr || nchunks < 2 || nchunks > max_chunks) {
+    LaunchBiasBackward(dbias, dout, M, N, alpha, stream);
+    return;
+  }
+  float* partial = static_cast<float*>(scratch);
+  if (BiasVec(dout, N)) {
+    LaunchColumnSum<float, T, kBiasVec<T>, kBiasSlots, false>(partial, dout, M, N, chunk, 1.f,
+                                                              stream);
+  } else {
+    LaunchColumnSum<float, T, 1, kBiasSlots, false>(partial, dout, M, N, chunk, 1.f, stream);
+  }
+  LLMT_CUDA_CHECK_LAUNCH("BiasBackwardKernel/partials", stream);
+  // The partials are few rows (nchunks): one column per lane keeps the tiles
+  // narrow (32 columns) so that N = 768 still gives 24 blocks.
+  LaunchColumnSum<G, float, 1, kBiasFinalSlots, true>(dbias, partial, nchunks, N, nchunks, alpha,
+                                                      stream);
+  LLMT_CUDA_CHECK_LAUNCH("BiasBackwardKernel/combine", stream);
 }
 
 }  // namespace
@@ -84,5 +132,23 @@ void BiasBackward(float* dbias, const bf16* dout, int64_t M, int64_t N, float al
                   cudaStream_t stream) {
   LaunchBiasBackward(dbias, dout, M, N, alpha, stream);
 }
+
+namespace internal {
+// MatmulBackward's bias gradient (declared in matmul.cc): the two-stage form
+// with the cuBLASLt workspace as scratch; the result is the same sum as
+// BiasBackward's up to the (fixed) order.
+void BiasBackwardTwoStage(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBiasBackwardTwoStage(dbias, dout, M, N, alpha, scratch, scratch_bytes, stream);
+}
+void BiasBackwardTwoStage(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBiasBackwardTwoStage(dbias, dout, M, N, alpha, scratch, scratch_bytes, stream);
+}
+void BiasBackwardTwoStage(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBiasBackwardTwoStage(dbias, dout, M, N, alpha, scratch, scratch_bytes, stream);
+}
+}  // namespace internal
 
 }  // namespace llmt::kernels::cuda

@@ -14,6 +14,7 @@ using internal::WarpSum;
 
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kWarps = kThreads / 32;
+constexpr int kParamSlots = 32;  // warps over the partials in the final sum
 
 // One warp per row; each lane takes V consecutive channels at a time (V = 8
 // bf16 / 4 fp32 16-byte vector accesses when the host found C divisible and
@@ -106,13 +107,17 @@ __global__ void NormForwardKernel(T* residual, T* out, float* mean, float* rstd,
 // Phase 1 (warp per row, V channels per lane step as in the forward):
 //   dinp += rstd (dn - mean(dn) - n mean(dn n)) with n = (x - mean) rstd,
 //   dn = dout w (LayerNorm; RMSNorm drops the mean(dn) term, mean = 0).
-// Phase 2 (thread per channel): partial weight (and bias) gradients of the
-//   block's rows, summed in row order, into partial[b][c] (and
-//   partial[nblocks + b][c]).
+// Phase 2: the block's partial weight (and bias) gradients, per 32V-channel
+//   tile: lane x of warp y sums dout * n (and dout) over channels
+//   [xV, xV + V) of the tile for rows r0 + y, r0 + y + 8, ... -- the rows
+//   this warp just normalised, so the re-reads hit L1 -- with 16-byte loads,
+//   and the 8 warps' sums are added in warp order (CombineColumnPartials).
+//   Results go to partial[b][c] (weight) and partial[nblocks + b][c] (bias).
+// The order of every addition depends only on (rows, C), not on V.
 template <typename T, int V, bool kLN>
-__global__ void NormBackwardKernel(T* dinp, float* partial, const T* dout, const T* inp,
-                                   const T* weight, const float* mean, const float* rstd,
-                                   int64_t rows, int C) {
+__global__ void __launch_bounds__(kThreads)
+    NormBackwardKernel(T* dinp, float* partial, const T* dout, const T* inp, const T* weight,
+                       const float* mean, const float* rstd, int64_t rows, int C) {
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kNormRowsPerBlock;
   const int64_t r1 = min(rows, r0 + kNormRowsPerBlock);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -146,33 +151,37 @@ __global__ void NormBackwardKernel(T* dinp, float* partial, const T* dout, const
       StoreVec<V>(dinp + off + c, dx);
     }
   }
-  const int64_t nblocks = gridDim.x;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float gw = 0.f, gb = 0.f;
-    for (int64_t r = r0; r < r1; ++r) {
-      const float dy = ToF(dout[r * C + c]);
-      const float n = (ToF(inp[r * C + c]) - (kLN ? mean[r] : 0.f)) * rstd[r];
-      gw += dy * n;
-      gb += dy;
-    }
-    partial[blockIdx.x * static_cast<int64_t>(C) + c] = gw;
-    if constexpr (kLN) partial[(nblocks + blockIdx.x) * C + c] = gb;
-  }
-}
 
-// dweight[c] += sum over blocks (in order) of partial[k][c]; same for dbias.
-template <typename G>
-__global__ void NormParamGradKernel(G* dweight, G* dbias, const float* partial, int64_t nblocks,
-                                    int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float gw = 0.f;
-  for (int64_t k = 0; k < nblocks; ++k) gw += partial[k * C + c];
-  dweight[c] = FromF<G>(ToF(dweight[c]) + gw);
-  if (dbias != nullptr) {
-    float gb = 0.f;
-    for (int64_t k = 0; k < nblocks; ++k) gb += partial[(nblocks + k) * C + c];
-    dbias[c] = FromF<G>(ToF(dbias[c]) + gb);
+  __shared__ float part[kWarps * 32 * V];
+  const int64_t nblocks = gridDim.x;
+  float* pw = partial + blockIdx.x * static_cast<int64_t>(C);
+  float* pb = partial + (nblocks + blockIdx.x) * static_cast<int64_t>(C);
+  for (int c0 = 0; c0 < C; c0 += 32 * V) {  // uniform over the block
+    const int c = c0 + lane * V;
+    float gw[V], gb[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) gw[k] = gb[k] = 0.f;
+    if (c < C) {  // V > 1: C % V == 0, so the whole vector is inside
+#pragma unroll 4
+      for (int64_t r = r0 + warp; r < r1; r += kWarps) {
+        const float m = kLN ? mean[r] : 0.f, rs = rstd[r];
+        const Vec<T, V> xi = LoadVec<V>(inp + r * C + c), dy = LoadVec<V>(dout + r * C + c);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          // Explicit fma: the compiler may not contract the two
+          // instantiations (V = 1 / vector) differently.
+          const float d = ToF(dy.v[k]);
+          gw[k] = fmaf(d, (ToF(xi.v[k]) - m) * rs, gw[k]);
+          gb[k] += d;
+        }
+      }
+    }
+    const float sw = internal::CombineColumnPartials<V, kWarps>(gw, part);
+    if (threadIdx.x < 32 * V && c0 + threadIdx.x < C) pw[c0 + threadIdx.x] = sw;
+    if constexpr (kLN) {
+      const float sb = internal::CombineColumnPartials<V, kWarps>(gb, part);
+      if (threadIdx.x < 32 * V && c0 + threadIdx.x < C) pb[c0 + threadIdx.x] = sb;
+    }
   }
 }
 
@@ -220,8 +229,14 @@ void LaunchBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp, 
                      stream, dinp, partial, dout, inp, weight, mean, rstd, rows, C);
   }
   LLMT_CUDA_CHECK_LAUNCH(name, stream);
-  internal::Launch(NormParamGradKernel<G>, static_cast<unsigned>(CeilDiv(C, kThreads)), kThreads, 0,
-                   stream, dweight, kLN ? dbias : nullptr, partial, nblocks, C);
+  // dweight (and dbias) += the blocks' partials, added per channel in block
+  // order by 32-channel x 1024-thread tiles (24 x 2 blocks for C = 768, each
+  // thread adding nblocks / 32 partials) rather than one thread per channel
+  // walking all nblocks partials.
+  const dim3 grid(static_cast<unsigned>(CeilDiv(C, 32)), 1, kLN && dbias != nullptr ? 2 : 1);
+  internal::Launch(internal::ColumnSumKernel<G, float, 1, kParamSlots, true>, grid,
+                   32 * kParamSlots, 0, stream, dweight, dbias, partial, nblocks * C, nblocks,
+                   static_cast<int64_t>(C), nblocks, 1.f);
   LLMT_CUDA_CHECK_LAUNCH(
       kLN ? "LayerNormBackward/NormParamGradKernel" : "RMSNormBackward/NormParamGradKernel",
       stream);

@@ -725,5 +725,238 @@ INSTANTIATE_TEST_SUITE_P(
                       // tensor-core path with fewer rows than one m-tile
                       AttnShape{2, 5, 2, 1, 64}));
 
+// ------------------------------------- memory-bound kernels: odd shapes ----
+// The vectorised (16-byte) paths of the column sums, norm backward and fused
+// classifier against scalar references, with shapes that leave vector tails
+// and views that force the scalar fallback. Both paths sum in the same order,
+// so their parameter gradients must agree bit for bit.
+
+}  // namespace
+namespace internal {  // matmul.cu: MatmulBackward's two-stage bias gradient
+void BiasBackwardTwoStage(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
+void BiasBackwardTwoStage(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
+void BiasBackwardTwoStage(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
+                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
+}  // namespace internal
+namespace {
+
+// dbias + alpha * column sums of dout[M, N] (row stride ld), in double.
+FVec ColumnSumRef(const FVec& dy, const FVec& db0, int64_t M, int64_t N, int64_t ld, float alpha) {
+  FVec want(N);
+  for (int64_t n = 0; n < N; ++n) {
+    double s = 0;
+    for (int64_t m = 0; m < M; ++m) s += dy[m * ld + n];
+    want[n] = static_cast<float>(db0[n] + alpha * s);
+  }
+  return want;
+}
+
+// G: gradient type; T: activation type (G = float, T = bf16 is the mixed
+// overload). Single stage and two stages (with a scratch that fits all
+// chunks, and one so small that the chunks grow), aligned and misaligned.
+template <typename G, typename T>
+void CheckBiasBackward(int64_t M, int64_t N) {
+  SCOPED_TRACE(::testing::Message() << "M=" << M << " N=" << N << " " << testing::TypeName<T>()
+                                    << " -> " << testing::TypeName<G>());
+  const float alpha = 0.75f;
+  // One leading element so that offset 1 is a misaligned (scalar) view.
+  const FVec dy = Prep<T>(Randn(M * N + 1, 60, 2.f)), db0 = Prep<G>(Randn(N, 61));
+  for (int offset : {0, 1}) {
+    const FVec view(dy.begin() + offset, dy.begin() + offset + M * N);
+    FVec want = ColumnSumRef(view, db0, M, N, N, alpha);
+    if constexpr (std::is_same_v<G, bf16>) want = RoundBf16(want);
+    // Column sums of M values: fp32 accumulation error grows like sqrt(M) ulp.
+    const Tol tol = TolFor<G>(want, 2e-5);
+    Dev<T> gdy(dy);
+    FVec first;
+    for (int mode = 0; mode < 3; ++mode) {
+      Dev<G> gdb(db0);
+      if (mode == 0) {
+        BiasBackward(gdb.get(), gdy.get() + offset, M, N, alpha, nullptr);
+      } else {
+        // mode 1: room for every 256-row chunk; mode 2: room for 3 chunks only.
+        const size_t bytes = mode == 1 ? (M / 256 + 2) * N * sizeof(float) : 3 * N * sizeof(float);
+        auto scratch = Scratch(bytes);
+        internal::BiasBackwardTwoStage(gdb.get(), gdy.get() + offset, M, N, alpha, scratch.get(),
+                                       bytes, nullptr);
+      }
+      const FVec got = gdb.Download();
+      ExpectClose(got, want, tol, "dbias mode " + std::to_string(mode));
+      // Same call twice: bit-identical.
+      Dev<G> gdb2(db0);
+      if (mode == 0) {
+        BiasBackward(gdb2.get(), gdy.get() + offset, M, N, alpha, nullptr);
+        EXPECT_TRUE(BitEqual(got, gdb2.Download())) << "BiasBackward not reproducible";
+      }
+    }
+  }
+  // Vector (offset 0) and scalar (a copy at offset 1) paths: same bits.
+  Dev<T> galigned(FVec(dy.begin() + 1, dy.end())), gshift(dy);
+  Dev<G> a(db0), b(db0);
+  BiasBackward(a.get(), galigned.get(), M, N, alpha, nullptr);
+  BiasBackward(b.get(), gshift.get() + 1, M, N, alpha, nullptr);
+  EXPECT_TRUE(BitEqual(a.Download(), b.Download())) << "vector and scalar bias paths differ";
+}
+
+TEST_F(GpuTest, BiasBackwardShapesAndPaths) {
+  // N = 96: full 16-byte vectors; 45: no vectors; 20: fp32 vectors only;
+  // 3: narrower than a vector. M = 1000: several 256-row chunks.
+  for (auto [M, N] : {std::pair<int64_t, int64_t>{1000, 96}, {333, 45}, {517, 20}, {1, 3}}) {
+    CheckBiasBackward<float, float>(M, N);
+    CheckBiasBackward<bf16, bf16>(M, N);
+    CheckBiasBackward<float, bf16>(M, N);
+  }
+}
+
+// Norm backward with rows not a multiple of the 32-row blocks, C with and
+// without 16-byte vectors, C wider than one 256-channel tile; the misaligned
+// view runs the scalar kernel and must give the same weight/bias gradient
+// bits.
+template <typename T, typename G>
+void CheckNormBackwardPaths(int64_t rows, int C, bool ln) {
+  SCOPED_TRACE(::testing::Message() << "rows=" << rows << " C=" << C << (ln ? " LN " : " RMS ")
+                                    << testing::TypeName<T>() << " -> " << testing::TypeName<G>());
+  const int64_t n = rows * C;
+  const FVec x = Prep<T>(Randn(n, 70, 2.f)), dy = Prep<T>(Randn(n, 71));
+  const FVec w = Prep<T>(Uniform(C, 72, 0.5f, 1.5f)), b(C, 0.f);
+  const FVec dx0 = Prep<T>(Randn(n, 73)), dw0 = Prep<G>(Randn(C, 74)), db0 = Prep<G>(Randn(C, 75));
+  FVec y(n), mean(rows), rstd(rows), dx = dx0, dw = dw0, db = db0;
+  if (ln) {
+    cpu::LayerNormForward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, C,
+                          1e-5f);
+    cpu::LayerNormBackward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
+                           mean.data(), rstd.data(), rows, C);
+  } else {
+    cpu::RMSNormForward(y.data(), rstd.data(), x.data(), w.data(), rows, C, 1e-5f);
+    cpu::RMSNormBackward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, C);
+  }
+  if constexpr (std::is_same_v<G, bf16>) {
+    dw = RoundBf16(dw);
+    db = RoundBf16(db);
+  }
+  // The same values behind `offset` leading elements.
+  auto shifted = [](const FVec& v, int offset) {
+    FVec out(offset, 0.f);
+    out.insert(out.end(), v.begin(), v.end());
+    return out;
+  };
+  auto scratch = Scratch(NormBackwardScratchBytes(rows, C));
+  Dev<T> gw(w);
+  Dev<float> gmean(mean), grstd(rstd);
+  FVec dw_bits[2], db_bits[2];
+  for (int offset : {0, 1}) {
+    Dev<T> gx(shifted(x, offset)), gdy(shifted(dy, offset));
+    Dev<T> gdx(shifted(dx0, offset));
+    Dev<G> gdw(dw0), gdb(db0);
+    if (ln) {
+      LayerNormBackward(gdx.get() + offset, gdw.get(), gdb.get(), gdy.get() + offset,
+                        gx.get() + offset, gw.get(), gmean.get(), grstd.get(), rows, C,
+                        scratch.get(), scratch.size(), nullptr);
+    } else {
+      RMSNormBackward(gdx.get() + offset, gdw.get(), gdy.get() + offset, gx.get() + offset,
+                      gw.get(), grstd.get(), rows, C, scratch.get(), scratch.size(), nullptr);
+    }
+    FVec got_dx = gdx.Download();
+    got_dx.erase(got_dx.begin(), got_dx.begin() + offset);
+    ExpectClose(got_dx, dx, TolFor<T>(dx), "dinp");
+    dw_bits[offset] = gdw.Download();
+    db_bits[offset] = gdb.Download();
+    // Sums over `rows` products: allow for fp32 summation-order differences.
+    ExpectClose(dw_bits[offset], dw, TolFor<G>(dw, 2e-5), "dweight");
+    if (ln) ExpectClose(db_bits[offset], db, TolFor<G>(db, 2e-5), "dbias");
+  }
+  EXPECT_TRUE(BitEqual(dw_bits[0], dw_bits[1])) << "vector and scalar dweight differ";
+  EXPECT_TRUE(BitEqual(db_bits[0], db_bits[1])) << "vector and scalar dbias differ";
+}
+
+TEST_F(GpuTest, NormBackwardShapesAndPaths) {
+  for (auto [rows, C] : {std::pair<int64_t, int>{100, 272}, {33, 36}, {7, 5}, {65, 520}}) {
+    for (bool ln : {true, false}) {
+      CheckNormBackwardPaths<float, float>(rows, C, ln);
+      CheckNormBackwardPaths<bf16, bf16>(rows, C, ln);
+      CheckNormBackwardPaths<bf16, float>(rows, C, ln);
+    }
+  }
+}
+
+// Vocabularies that are not a multiple of the vector width (the last vector
+// straddles V), padded and unpadded rows, targets in the vector tail, and
+// a misaligned view (scalar kernel); run twice for reproducibility.
+template <typename T>
+void CheckCrossEntropyShape(int64_t rows, int V, int64_t ld, int offset) {
+  SCOPED_TRACE(::testing::Message() << "rows=" << rows << " V=" << V << " ld=" << ld
+                                    << " offset=" << offset << " " << testing::TypeName<T>());
+  const FVec logits = Prep<T>(Randn(rows * V, 80, 4.f));
+  std::vector<int32_t> targets = RandTokens(rows, V, 81);
+  targets[0] = V - 1;  // the last (tail) column
+  if (rows > 1) targets[1] = 0;
+  FVec want = logits, row_loss(rows);
+  const float grad_scale = 0.5f;
+  cpu::SoftmaxCrossEntropy(want.data(), targets.data(), rows, V, grad_scale, row_loss.data());
+  FVec padded(rows * ld + offset, 3.f);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(logits.begin() + r * V, logits.begin() + (r + 1) * V,
+              padded.begin() + offset + r * ld);
+  }
+  Dev<int32_t> gt(rows);
+  ASSERT_EQ(cudaMemcpy(gt.get(), targets.data(), rows * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  FVec first_loss, first_grad;
+  for (int run = 0; run < 2; ++run) {
+    Dev<T> gl(padded);
+    Dev<float> gloss(rows);
+    SoftmaxCrossEntropy(gl.get() + offset, gt.get(), rows, V, ld, grad_scale, gloss.get(), nullptr);
+    const FVec got = gl.Download(), loss = gloss.Download();
+    FVec dense(rows * V);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = got.data() + offset + r * ld;
+      std::copy(row, row + V, dense.begin() + r * V);
+      for (int64_t j = V; j < ld; ++j) ASSERT_EQ(row[j], 0.f) << "padding column " << j;
+    }
+    ExpectClose(dense, want, TolFor<T>(want), "dlogits");
+    ExpectClose(loss, row_loss, TolFor<float>(row_loss), "row losses");
+    if (run == 0) {
+      first_loss = loss;
+      first_grad = got;
+    } else {
+      EXPECT_TRUE(BitEqual(first_loss, loss)) << "row losses not reproducible";
+      EXPECT_TRUE(BitEqual(first_grad, got)) << "dlogits not reproducible";
+    }
+  }
+}
+
+TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyOddShapes) {
+  using T = TypeParam;
+  CheckCrossEntropyShape<T>(5, 10001, 10008, 0);  // > 1024 vectors' worth, padded
+  CheckCrossEntropyShape<T>(3, 1001, 1001, 0);    // ld not a multiple of 8
+  CheckCrossEntropyShape<T>(3, 1001, 1008, 1);    // misaligned: scalar
+  CheckCrossEntropyShape<T>(4, 5, 8, 0);          // one partial vector
+  CheckCrossEntropyShape<T>(2, 3, 3, 0);
+}
+
+TYPED_TEST(TypedGpuTest, SoftmaxOddShapes) {
+  using T = TypeParam;
+  for (auto [V, ld] : {std::pair<int, int64_t>{1001, 1008}, {13, 13}, {2051, 2056}}) {
+    const int64_t rows = 3;
+    const FVec x = Prep<T>(Randn(rows * V, 82, 3.f));
+    FVec want = x;
+    cpu::Softmax(want.data(), rows, V);
+    FVec padded(rows * ld, 9.f);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(x.begin() + r * V, x.begin() + (r + 1) * V, padded.begin() + r * ld);
+    }
+    Dev<T> gx(padded);
+    Softmax(gx.get(), rows, V, ld, nullptr);
+    const FVec got = gx.Download();
+    FVec dense(rows * V);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(got.begin() + r * ld, got.begin() + r * ld + V, dense.begin() + r * V);
+      for (int64_t j = V; j < ld; ++j) ASSERT_EQ(got[r * ld + j], 0.f);
+    }
+    ExpectClose(dense, want, TolFor<T>(want), "softmax V=" + std::to_string(V));
+  }
+}
+
 }  // namespace
 }  // namespace llmt::kernels::cuda
