@@ -20,14 +20,18 @@
 // (embeddings included) and peak the H100 SXM dense bf16 figure; the same
 // formula is used by torch_ref.py, so the two MFUs compare directly.
 //
-// Measured by bench/gpu/run.sh on one H100 80GB HBM3 (driver 580.159.04,
-// torch 2.11.0+cu130), engine at 21304ba, bf16, no recompute, batch 64 x 1024:
-//   gpt2-124m   llmt 349,656 tok/s (28.4% MFU, 187.4 ms/step, 27.4 GiB)
-//               torch 477,678 tok/s (38.8% MFU)  -> 0.73x
-//   llama-350m  llmt 153,041 tok/s (34.7% MFU, 428.2 ms/step, 57.6 GiB)
-//               torch 197,934 tok/s (44.9% MFU)  -> 0.77x
-// The whole script (4 GPU test binaries, both models, both implementations)
-// took 189 s.
+// Measured on one H100 80GB HBM3 (driver 580.159.04, torch 2.11.0+cu130),
+// bf16, no recompute, batch 64 x 1024, median of 20-30 steps; each pair ran
+// side by side in one session on the same machine:
+//   engine 21304ba (first GPU run):
+//     gpt2-124m   llmt 349,656 tok/s (28.4% MFU)  torch 477,678 (38.8%) -> 0.73x
+//     llama-350m  llmt 153,041 tok/s (34.7% MFU)  torch 197,934 (44.9%) -> 0.77x
+//   engine 78234b5 (ldmatrix/cp.async attention, vectorised norm/bias/xent):
+//     gpt2-124m   llmt 515,251 tok/s (41.9% MFU, 127.2 ms/step)
+//                 torch 490,165 tok/s (39.8% MFU, 133.7 ms/step) -> 1.05x
+//     llama-350m  llmt 201,295 tok/s (45.7% MFU, 325.6 ms/step, 57.6 GiB)
+//                 torch 201,251 tok/s (45.6% MFU, 325.6 ms/step, 63.7 GiB peak) -> 1.00x
+// Targets (issue 3): >= 600,000 tok/s and >= 1.3x PyTorch on gpt2-124m: not met.
 #include <algorithm>
 #include <chrono>
 #include <cmath>

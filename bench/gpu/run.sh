@@ -17,7 +17,8 @@
 # to LLMT_BENCH_LOGS (default a fresh /tmp dir) and, if $OUT is set, the
 # summary, the test log and each benchmark log are copied there.
 # Environment: PYTHON (default python3, the one with PyTorch), LLMT_GPU_BUNDLE
-# (default .gpu-bundle), LLMT_BENCH_STEPS (default 30), LLMT_BENCH_WARMUP (5).
+# (default .gpu-bundle), LLMT_BENCH_STEPS (default 30), LLMT_BENCH_WARMUP (5),
+# LLMT_BENCH_BATCH (default 0: the largest that fits), LLMT_BENCH_BUDGET_S.
 # Exit status: 0 when every test passed and every benchmark gave a result
 # (the throughput targets are reported, not enforced), 1 otherwise, 2 on usage.
 set -uo pipefail
@@ -55,6 +56,10 @@ say() { printf '\n=== %s (t=%ds)\n' "$*" "$((SECONDS - START))"; }
 # than 10 s would be left for it.
 allow() {
   local cap=$1 reserve=$2 left
+  # Caps and reserves are sized for the default 470 s budget; a smaller
+  # budget shrinks them all alike, so no step is starved for a later one.
+  cap=$((cap * BUDGET / 470))
+  reserve=$((reserve * BUDGET / 470))
   left=$((BUDGET - (SECONDS - START) - reserve))
   ((left > cap)) && left=$cap
   ((left < 10)) && left=0
@@ -203,7 +208,7 @@ bench_model() {  # MODEL LLMT_CAP TORCH_CAP RESERVE_AFTER
   say "$model: llmt"
   lim=$(allow "$llmt_cap" $((after + torch_cap / 2)))
   if ((lim == 0)); then echo "skipped: out of time"; FAILED=1; return; fi
-  bundled timeout -k 5 "$lim" "$BUNDLE/bin/bench_gpu_train" --model "$model" --batch 0 --seq 1024 \
+  bundled timeout -k 5 "$lim" "$BUNDLE/bin/bench_gpu_train" --model "$model" --batch "${LLMT_BENCH_BATCH:-0}" --seq 1024 \
     --steps "$STEPS" --warmup "$WARMUP" --json "$LOGS/$model-llmt.json" 2>&1 | tee "$LOGS/$model-llmt.log"
   rc=${PIPESTATUS[0]}
   line=$(grep '^RESULT ' "$LOGS/$model-llmt.log" | tail -1)
