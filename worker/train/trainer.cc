@@ -250,8 +250,10 @@ absl::Status TrainerImpl::Init() {
              : std::string(),
       B_, T_, accum_, world_, B_ * T_ * accum_ * world_,
       static_cast<long long>(spec_.train().max_steps()),
-      world_ > 1 ? absl::StrCat("; ", comm_->backend(), zero_ ? " data parallel, ZeRO-1" : " data parallel")
-                 : "");
+      (world_ > 1 || std::string(comm_->backend()) != "local")
+          ? absl::StrCat("; ", comm_->backend(),
+                         zero_ ? " data parallel, ZeRO-1" : " data parallel")
+          : "");
   return absl::OkStatus();
 }
 
