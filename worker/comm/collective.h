@@ -95,6 +95,9 @@ class Collective {
   virtual int world_size() const = 0;
   // "local", "gloo" or "nccl".
   virtual const char* backend() const = 0;
+  // The CUDA device whose memory the collective reduces (NCCL), or -1 for
+  // host memory. A GPU trainer puts its model on this device.
+  virtual int device() const { return -1; }
 
   // In-place element-wise reduction of `count` floats over all ranks.
   virtual absl::Status AllReduce(float* data, size_t count, ReduceOp op) = 0;

@@ -47,7 +47,7 @@ class NcclCollective final : public Collective {
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   const char* backend() const override { return "nccl"; }
-  int device() const { return device_; }
+  int device() const override { return device_; }
   void* stream() const { return stream_; }  // cudaStream_t
 
   absl::Status AllReduce(float* data, size_t count, ReduceOp op) override;

@@ -270,7 +270,9 @@ absl::Status TrainerImpl::InitGpuModel(const model::ModelConfig& cfg) {
         comm_->backend()));
   }
   model::CudaModelOptions o;
-  o.device = t.device_index();
+  // A rank of a multi-GPU run uses the device its NCCL communicator was
+  // built on (LOCAL_RANK); a single process uses train.device_index.
+  o.device = comm_->device() >= 0 ? comm_->device() : t.device_index();
   ASSIGN_OR_RETURN(o.precision, model::ParsePrecision(t.precision()));
   ASSIGN_OR_RETURN(o.recompute, model::ParseRecompute(t.recompute()));
   o.stochastic_rounding = t.stochastic_rounding();
