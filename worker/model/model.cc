@@ -105,6 +105,7 @@ class CpuModel final : public Model {
   float Forward(const int32_t* inputs, const int32_t* targets, int b, int t) override;
   const float* logits() const override { return logits_; }
   void Backward(float loss_scale) override;
+  void SetGradReadyHook(GradReadyHook hook) override { grad_hook_ = std::move(hook); }
   void ZeroGrad() override {
     PROFILE("zero_grad");
     k::Zero(grads_.data(), grads_.size());
@@ -151,6 +152,7 @@ class CpuModel final : public Model {
 
   int last_b_ = 0, last_t_ = 0;
   bool have_dlogits_ = false;
+  GradReadyHook grad_hook_;
 };
 
 absl::Status CpuModel::Init() {
@@ -356,6 +358,11 @@ void CpuModel::Backward(float loss_scale) {
   }
   k::Zero(dres_, N * C_);
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, lnf_w_, lnf_b_, N);
+  // Parameters are laid out embeddings | block 0 | ... | block L-1 | final
+  // norm (| lm_head): everything after the last block is final now.
+  const int64_t blocks_begin = layers_[0].ln1_w;
+  const int64_t blocks_end = lnf_w_;
+  if (grad_hook_) grad_hook_(blocks_end, num_params_ - blocks_end);
 
   for (int l = L_ - 1; l >= 0; --l) {
     const LayerParams& o = layers_[l];
@@ -399,9 +406,16 @@ void CpuModel::Backward(float loss_scale) {
                         lay);
     }
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N);
+    if (grad_hook_) {
+      const int64_t end = l + 1 < L_ ? layers_[l + 1].ln1_w : blocks_end;
+      grad_hook_(o.ln1_w, end - o.ln1_w);
+    }
   }
-  PROFILE("embedding_bwd");
-  k::EmbeddingBackward(G(wte_), gpt2() ? G(wpe_) : nullptr, dres_, tokens_.data(), b, t, C_);
+  {
+    PROFILE("embedding_bwd");
+    k::EmbeddingBackward(G(wte_), gpt2() ? G(wpe_) : nullptr, dres_, tokens_.data(), b, t, C_);
+  }
+  if (grad_hook_) grad_hook_(0, blocks_begin);
 }
 
 absl::Status Check(bool ok, const std::string& msg) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -111,6 +112,15 @@ class Model {
   // ZeroGrad() once per optimizer step.
   virtual void Backward(float loss_scale) = 0;
   virtual void ZeroGrad() = 0;
+
+  // Called during Backward each time a contiguous range [offset, offset +
+  // count) of grads() will receive nothing more from that Backward call: one
+  // block's parameters right after the block's backward, the final norm (and
+  // an untied lm_head) after the classifier, the embeddings at the end. Data
+  // parallelism uses it to all-reduce a range while backward goes on. The
+  // ranges of one call are disjoint and cover the whole buffer. Empty = off.
+  using GradReadyHook = std::function<void(int64_t offset, int64_t count)>;
+  virtual void SetGradReadyHook(GradReadyHook hook) = 0;
 };
 
 }  // namespace llmt::model

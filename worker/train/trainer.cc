@@ -24,6 +24,7 @@
 #include "kernels/reduce.h"
 #include "storage/checkpoint.h"
 #include "worker/comm/collective.h"
+#include "worker/comm/comm_queue.h"
 #include "worker/data/loader.h"
 #include "worker/model/cuda_model.h"
 #include "worker/model/model.h"
@@ -86,6 +87,8 @@ class TrainerImpl final : public Trainer {
   absl::StatusOr<double> SyncGradients();
   bool is_root() const { return comm_->rank() == 0; }
   void ApplyAdamW(int64_t adam_t, float lr, float grad_scale);
+  // Queues averaged all-reduces of grads()[offset, offset + count) in buckets.
+  void EnqueueGradAllReduce(int64_t offset, int64_t count);
   // train.device: cuda — builds gpu_ and checks what the GPU path supports.
   absl::Status InitGpuModel(const model::ModelConfig& cfg);
   // Host copies for checkpoint files: the CPU model's own buffer, or the GPU
@@ -102,6 +105,11 @@ class TrainerImpl final : public Trainer {
   v1::JobSpec spec_;
   std::unique_ptr<comm::Collective> owned_comm_;
   comm::Collective* comm_ = nullptr;
+  // CPU data parallel without ZeRO: each block's gradients are all-reduced on
+  // comm_queue_'s thread as soon as the last micro-step's backward has
+  // finished that block, overlapping communication with the rest of backward.
+  bool overlap_ = false;
+  std::unique_ptr<comm::CommQueue> comm_queue_;
   int world_ = 1;
   bool zero_ = false;
   comm::ShardLayout layout_;    // ZeRO-1 shards over the flat parameter buffer
@@ -177,6 +185,8 @@ absl::Status TrainerImpl::Init() {
     RETURN_IF_ERROR(comm_->Broadcast(model_->params(), static_cast<size_t>(n_), 0));
   }
   const int64_t n = n_;
+  overlap_ = !gpu_ && !zero_ && (world_ > 1 || std::string(comm_->backend()) != "local");
+  if (overlap_) comm_queue_ = std::make_unique<comm::CommQueue>(comm_);
   // 16-float alignment keeps each shard's AdamW loop on 64-byte boundaries.
   layout_ = comm::ShardLayout::Even(static_cast<size_t>(n), world_, 16);
   opt_lo_ = zero_ ? static_cast<int64_t>(layout_.offset(comm_->rank())) : 0;
@@ -390,7 +400,7 @@ absl::StatusOr<double> TrainerImpl::SyncGradients() {
   float* g = model_->grads();
   const int64_t n = n_;
   double sumsq = 0;
-  if (!distributed) {
+  if (!distributed || overlap_) {  // nothing to reduce, or already reduced during backward
     sumsq = kernels::cpu::SumSquares(g, n);
   } else if (zero_) {
     // Each rank needs only its shard's averaged gradient.
@@ -406,6 +416,18 @@ absl::StatusOr<double> TrainerImpl::SyncGradients() {
     sumsq = kernels::cpu::SumSquares(g, n);
   }
   return std::sqrt(sumsq);
+}
+
+void TrainerImpl::EnqueueGradAllReduce(int64_t offset, int64_t count) {
+  // Buckets bound the transient memory Gloo needs per call.
+  constexpr int64_t kBucket = 8 << 20;  // floats (32 MiB)
+  float* g = model_->grads();
+  for (int64_t off = offset; off < offset + count; off += kBucket) {
+    const size_t len = static_cast<size_t>(std::min(kBucket, offset + count - off));
+    float* p = g + off;
+    comm_queue_->Enqueue(absl::StrCat("gradient all-reduce [", off, ", +", len, ")"),
+                         [p, len](comm::Collective& c) { return c.AllReduceAvg(p, len); });
+  }
 }
 
 void TrainerImpl::ApplyAdamW(int64_t adam_t, float lr, float grad_scale) {
@@ -528,9 +550,20 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
       for (int micro = 0; micro < accum_; ++micro) {
         train_loader_->Next(inputs_.data(), targets_.data());
         loss += model_->Forward(inputs_.data(), targets_.data(), B_, T_);
+        if (overlap_ && micro + 1 == accum_) {
+          model_->SetGradReadyHook([this](int64_t offset, int64_t count) {
+            EnqueueGradAllReduce(offset, count);
+          });
+        }
         model_->Backward(1.0f / accum_);
       }
       loss /= accum_;
+      if (overlap_) {
+        model_->SetGradReadyHook(nullptr);
+        // Every bucket must be done before the next collective call (the
+        // loss below) and before anything reads the gradients.
+        RETURN_IF_ERROR(comm_queue_->Drain());
+      }
     }
     RETURN_IF_ERROR(comm_->AllReduceScalar(&loss, comm::ReduceOp::kAvg));
     ASSIGN_OR_RETURN(double gnorm, SyncGradients());
