@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/fs.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -30,306 +31,19 @@ namespace {
 constexpr char kManifestName[] = "manifest.json";
 constexpr char kFormatName[] = "llmt-checkpoint";
 
-// ---------------------------------------------------------------------------
-// A small JSON reader/writer for manifest.json. The checkpoint library links
-// no protobuf (the engine uses it standalone), and the manifest is a fixed,
-// tiny schema, so a strict hand-written parser keeps the dependency graph
-// flat. It accepts all of RFC 8259 (so a manifest edited by hand or by
-// another tool still reads) with a nesting limit against hostile input.
-
-struct Json {
-  enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
-  Type type = Type::kNull;
-  bool boolean = false;
-  std::string text;  // string value, or the number's literal text
-  std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> members;
-
-  const Json* Find(absl::string_view key) const {
-    for (const auto& [k, v] : members) {
-      if (k == key) return &v;
-    }
-    return nullptr;
-  }
-};
-
-class JsonParser {
- public:
-  explicit JsonParser(absl::string_view in) : in_(in) {}
-
-  absl::StatusOr<Json> ParseDocument() {
-    Json v;
-    RETURN_IF_ERROR(ParseValue(&v, 0));
-    SkipWs();
-    if (pos_ != in_.size()) return Error("trailing characters after the JSON value");
-    return v;
-  }
-
- private:
-  static constexpr int kMaxDepth = 64;
-
-  absl::Status Error(absl::string_view what) const {
-    return absl::InvalidArgumentError(absl::StrCat("at byte ", pos_, ": ", what));
-  }
-  void SkipWs() {
-    while (pos_ < in_.size() &&
-           (in_[pos_] == ' ' || in_[pos_] == '\t' || in_[pos_] == '\n' || in_[pos_] == '\r')) {
-      ++pos_;
-    }
-  }
-  bool Consume(absl::string_view lit) {
-    if (in_.substr(pos_, lit.size()) == lit) {
-      pos_ += lit.size();
-      return true;
-    }
-    return false;
-  }
-
-  absl::Status ParseValue(Json* out, int depth) {
-    if (depth > kMaxDepth) return Error("nesting too deep");
-    SkipWs();
-    if (pos_ >= in_.size()) return Error("unexpected end of input");
-    char c = in_[pos_];
-    if (c == '{') return ParseObject(out, depth);
-    if (c == '[') return ParseArray(out, depth);
-    if (c == '"') {
-      out->type = Json::Type::kString;
-      return ParseString(&out->text);
-    }
-    if (Consume("true")) {
-      out->type = Json::Type::kBool;
-      out->boolean = true;
-      return absl::OkStatus();
-    }
-    if (Consume("false")) {
-      out->type = Json::Type::kBool;
-      return absl::OkStatus();
-    }
-    if (Consume("null")) {
-      out->type = Json::Type::kNull;
-      return absl::OkStatus();
-    }
-    if (c == '-' || (c >= '0' && c <= '9')) return ParseNumber(out);
-    return Error(absl::StrFormat("unexpected character '%c'", c));
-  }
-
-  absl::Status ParseObject(Json* out, int depth) {
-    out->type = Json::Type::kObject;
-    ++pos_;  // '{'
-    SkipWs();
-    if (pos_ < in_.size() && in_[pos_] == '}') {
-      ++pos_;
-      return absl::OkStatus();
-    }
-    while (true) {
-      SkipWs();
-      if (pos_ >= in_.size() || in_[pos_] != '"') return Error("expected a string key");
-      std::string key;
-      RETURN_IF_ERROR(ParseString(&key));
-      if (out->Find(key) != nullptr) return Error(absl::StrCat("duplicate key \"", key, "\""));
-      SkipWs();
-      if (pos_ >= in_.size() || in_[pos_] != ':') return Error("expected ':'");
-      ++pos_;
-      Json v;
-      RETURN_IF_ERROR(ParseValue(&v, depth + 1));
-      out->members.emplace_back(std::move(key), std::move(v));
-      SkipWs();
-      if (pos_ < in_.size() && in_[pos_] == ',') {
-        ++pos_;
-        continue;
-      }
-      if (pos_ < in_.size() && in_[pos_] == '}') {
-        ++pos_;
-        return absl::OkStatus();
-      }
-      return Error("expected ',' or '}'");
-    }
-  }
-
-  absl::Status ParseArray(Json* out, int depth) {
-    out->type = Json::Type::kArray;
-    ++pos_;  // '['
-    SkipWs();
-    if (pos_ < in_.size() && in_[pos_] == ']') {
-      ++pos_;
-      return absl::OkStatus();
-    }
-    while (true) {
-      Json v;
-      RETURN_IF_ERROR(ParseValue(&v, depth + 1));
-      out->items.push_back(std::move(v));
-      SkipWs();
-      if (pos_ < in_.size() && in_[pos_] == ',') {
-        ++pos_;
-        continue;
-      }
-      if (pos_ < in_.size() && in_[pos_] == ']') {
-        ++pos_;
-        return absl::OkStatus();
-      }
-      return Error("expected ',' or ']'");
-    }
-  }
-
-  absl::Status ParseNumber(Json* out) {
-    size_t start = pos_;
-    if (in_[pos_] == '-') ++pos_;
-    auto digits = [&] {
-      size_t s = pos_;
-      while (pos_ < in_.size() && in_[pos_] >= '0' && in_[pos_] <= '9') ++pos_;
-      return pos_ - s;
-    };
-    if (pos_ < in_.size() && in_[pos_] == '0') {
-      ++pos_;
-    } else if (digits() == 0) {
-      return Error("malformed number");
-    }
-    if (pos_ < in_.size() && in_[pos_] == '.') {
-      ++pos_;
-      if (digits() == 0) return Error("malformed number");
-    }
-    if (pos_ < in_.size() && (in_[pos_] == 'e' || in_[pos_] == 'E')) {
-      ++pos_;
-      if (pos_ < in_.size() && (in_[pos_] == '+' || in_[pos_] == '-')) ++pos_;
-      if (digits() == 0) return Error("malformed number");
-    }
-    out->type = Json::Type::kNumber;
-    out->text = std::string(in_.substr(start, pos_ - start));
-    return absl::OkStatus();
-  }
-
-  absl::Status ParseHex4(uint32_t* out) {
-    if (pos_ + 4 > in_.size()) return Error("truncated \\u escape");
-    uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) {
-      char c = in_[pos_++];
-      v <<= 4;
-      if (c >= '0' && c <= '9')
-        v |= c - '0';
-      else if (c >= 'a' && c <= 'f')
-        v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F')
-        v |= c - 'A' + 10;
-      else
-        return Error("bad \\u escape");
-    }
-    *out = v;
-    return absl::OkStatus();
-  }
-
-  static void AppendUtf8(uint32_t cp, std::string* out) {
-    if (cp < 0x80) {
-      out->push_back(static_cast<char>(cp));
-    } else if (cp < 0x800) {
-      out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else if (cp < 0x10000) {
-      out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else {
-      out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
-  }
-
-  absl::Status ParseString(std::string* out) {
-    ++pos_;  // opening quote
-    while (true) {
-      if (pos_ >= in_.size()) return Error("unterminated string");
-      char c = in_[pos_++];
-      if (c == '"') return absl::OkStatus();
-      if (static_cast<unsigned char>(c) < 0x20) return Error("control character in string");
-      if (c != '\\') {
-        out->push_back(c);
-        continue;
-      }
-      if (pos_ >= in_.size()) return Error("unterminated string");
-      char e = in_[pos_++];
-      switch (e) {
-        case '"':
-          out->push_back('"');
-          break;
-        case '\\':
-          out->push_back('\\');
-          break;
-        case '/':
-          out->push_back('/');
-          break;
-        case 'b':
-          out->push_back('\b');
-          break;
-        case 'f':
-          out->push_back('\f');
-          break;
-        case 'n':
-          out->push_back('\n');
-          break;
-        case 'r':
-          out->push_back('\r');
-          break;
-        case 't':
-          out->push_back('\t');
-          break;
-        case 'u': {
-          uint32_t cp = 0;
-          RETURN_IF_ERROR(ParseHex4(&cp));
-          if (cp >= 0xD800 && cp < 0xDC00) {  // surrogate pair
-            uint32_t lo = 0;
-            if (!Consume("\\u")) return Error("unpaired surrogate");
-            RETURN_IF_ERROR(ParseHex4(&lo));
-            if (lo < 0xDC00 || lo >= 0xE000) return Error("unpaired surrogate");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp < 0xE000) {
-            return Error("unpaired surrogate");
-          }
-          AppendUtf8(cp, out);
-          break;
-        }
-        default:
-          return Error(absl::StrFormat("bad escape '\\%c'", e));
-      }
-    }
-  }
-
-  absl::string_view in_;
-  size_t pos_ = 0;
-};
+// manifest.json is read and written with common/json: the checkpoint library
+// links no protobuf (the engine uses it standalone), and common/json depends
+// on Abseil only, which keeps the dependency graph flat. The reader accepts
+// all of RFC 8259 (so a manifest edited by hand or by another tool still
+// reads), with a nesting limit against hostile input and no repeated keys
+// (two readers could disagree about which "step" or "size" counts).
+constexpr json::ParseOptions kManifestParse{.max_depth = 64, .reject_duplicate_keys = true};
 
 std::string JsonQuote(absl::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(c));
-        } else {
-          out.push_back(c);
-        }
-    }
-  }
-  out += "\"";
+  std::string out;
+  json::AppendQuoted(&out, std::string_view(s.data(), s.size()));
   return out;
 }
-
-// ---------------------------------------------------------------------------
 
 // File names a checkpoint may hold: flat, visible, not the manifest. Rejecting
 // '/' and ".." keeps a tampered manifest from pointing outside the directory.
@@ -398,24 +112,25 @@ absl::Status DataLoss(const std::string& path, absl::string_view what) {
   return absl::DataLossError(absl::StrCat(path, ": ", what));
 }
 
-absl::StatusOr<int64_t> JsonInt(const Json& obj, absl::string_view key, const std::string& where) {
-  const Json* v = obj.Find(key);
+// A JSON integer literal >= 0 that fits int64 (a string of digits, which
+// json::Value::AsInt64 also accepts, is not one here).
+absl::StatusOr<int64_t> JsonInt(const json::Value& obj, absl::string_view key,
+                                const std::string& where) {
+  const json::Value* v = obj.Find(std::string_view(key.data(), key.size()));
   if (v == nullptr) return DataLoss(where, absl::StrCat("missing \"", key, "\""));
-  int64_t out;
-  if (v->type != Json::Type::kNumber || !absl::SimpleAtoi(v->text, &out) || out < 0) {
+  absl::StatusOr<int64_t> out = v->is_number() ? v->AsInt64() : absl::StatusOr<int64_t>(-1);
+  if (!out.ok() || *out < 0) {
     return DataLoss(where, absl::StrCat("\"", key, "\" must be a non-negative integer"));
   }
-  return out;
+  return *out;
 }
 
-absl::StatusOr<std::string> JsonString(const Json& obj, absl::string_view key,
+absl::StatusOr<std::string> JsonString(const json::Value& obj, absl::string_view key,
                                        const std::string& where) {
-  const Json* v = obj.Find(key);
+  const json::Value* v = obj.Find(std::string_view(key.data(), key.size()));
   if (v == nullptr) return DataLoss(where, absl::StrCat("missing \"", key, "\""));
-  if (v->type != Json::Type::kString) {
-    return DataLoss(where, absl::StrCat("\"", key, "\" must be a string"));
-  }
-  return v->text;
+  if (!v->is_string()) return DataLoss(where, absl::StrCat("\"", key, "\" must be a string"));
+  return v->str();
 }
 
 std::string ManifestJson(int64_t step, const std::vector<ManifestFile>& files) {
@@ -434,9 +149,9 @@ std::string ManifestJson(int64_t step, const std::vector<ManifestFile>& files) {
 }
 
 absl::StatusOr<Manifest> ParseManifest(absl::string_view text, const std::string& path) {
-  auto doc = JsonParser(text).ParseDocument();
+  auto doc = json::Parse(std::string_view(text.data(), text.size()), kManifestParse);
   if (!doc.ok()) return DataLoss(path, absl::StrCat("not valid JSON: ", doc.status().message()));
-  if (doc->type != Json::Type::kObject) return DataLoss(path, "not a JSON object");
+  if (!doc->is_object()) return DataLoss(path, "not a JSON object");
   Manifest m;
   ASSIGN_OR_RETURN(std::string format, JsonString(*doc, "format", path));
   if (format != kFormatName) {
@@ -451,15 +166,15 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text, const std::string
   }
   m.format_version = static_cast<int>(version);
   ASSIGN_OR_RETURN(m.step, JsonInt(*doc, "step", path));
-  const Json* files = doc->Find("files");
-  if (files == nullptr || files->type != Json::Type::kArray) {
+  const json::Value* files = doc->Find("files");
+  if (files == nullptr || !files->is_array()) {
     return DataLoss(path, "\"files\" must be an array");
   }
   std::set<std::string> seen;
-  for (size_t i = 0; i < files->items.size(); ++i) {
-    const Json& f = files->items[i];
+  for (size_t i = 0; i < files->array().size(); ++i) {
+    const json::Value& f = files->array()[i];
     std::string where = absl::StrCat(path, ": files[", i, "]");
-    if (f.type != Json::Type::kObject) return DataLoss(where, "not an object");
+    if (!f.is_object()) return DataLoss(where, "not an object");
     ManifestFile mf;
     ASSIGN_OR_RETURN(mf.name, JsonString(f, "name", where));
     if (auto st = CheckFileName(mf.name); !st.ok() || mf.name == kManifestName) {

@@ -10,8 +10,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/fs.h"
+#include "common/json.h"
 #include "worker/data/clean.h"
-#include "worker/data/json.h"
 
 namespace llmt::data {
 namespace {

@@ -16,9 +16,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/fs.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
-#include "worker/data/json.h"
 #include "worker/data/manifest.h"
 #include "worker/data/shard.h"
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/data/json.h"
+#include "common/json.h"
 
 namespace llmt::data {
 

@@ -8,8 +8,8 @@
 #include <map>
 
 #include "absl/strings/str_format.h"
+#include "common/json.h"
 #include "data_test_util.h"
-#include "worker/data/json.h"
 #include "worker/data/manifest.h"
 #include "worker/data/shard.h"
 

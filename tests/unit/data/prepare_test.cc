@@ -8,8 +8,8 @@
 #include <set>
 
 #include "absl/strings/str_format.h"
+#include "common/json.h"
 #include "data_test_util.h"
-#include "worker/data/json.h"
 #include "worker/data/loader.h"
 #include "worker/data/manifest.h"
 

@@ -212,6 +212,8 @@ TEST_F(CheckpointTest, ManifestSchemaErrors) {
        "64 lowercase hex"},
       {R"({"format": "llmt-checkpoint", "format_version": 1, "format_version": 1})",
        "duplicate key"},
+      {R"({"format": )" + std::string(70, '[') + std::string(70, ']') + "}",
+       "nesting too deep"},
   };
   for (const auto& c : cases) {
     ASSERT_TRUE(fs::WriteFileSynced(path, c.json).ok());

@@ -1,14 +1,15 @@
-#include "worker/data/json.h"
+#include "common/json.h"
 
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 
-namespace llmt::data::json {
+namespace llmt::json {
 
 Value Value::Bool(bool b) {
   Value v;
@@ -224,7 +225,7 @@ std::string Value::Serialize(int indent) const {
 // Recursive-descent parser over a string_view.
 class Parser {
  public:
-  explicit Parser(std::string_view text) : s_(text) {}
+  Parser(std::string_view text, const ParseOptions& options) : s_(text), options_(options) {}
 
   absl::StatusOr<Value> ParseDocument() {
     Value v;
@@ -239,8 +240,6 @@ class Parser {
   }
 
  private:
-  static constexpr int kMaxDepth = 256;
-
   absl::Status Error() const {
     int line = 1, col = 1;
     for (size_t i = 0; i < pos_ && i < s_.size(); ++i) {
@@ -276,7 +275,7 @@ class Parser {
   }
 
   bool ParseValue(Value* v, int depth) {
-    if (depth > kMaxDepth) return Fail("nesting too deep");
+    if (depth > options_.max_depth) return Fail("nesting too deep");
     if (pos_ >= s_.size()) return Fail("unexpected end of input");
     char c = s_[pos_];
     switch (c) {
@@ -312,11 +311,17 @@ class Parser {
       ++pos_;
       return true;
     }
+    std::unordered_set<std::string> seen;  // only with reject_duplicate_keys
     while (true) {
       SkipWs();
       if (pos_ >= s_.size() || s_[pos_] != '"') return Fail("expected a string key");
+      const size_t key_pos = pos_;
       std::string key;
       if (!ParseString(&key)) return false;
+      if (options_.reject_duplicate_keys && !seen.insert(key).second) {
+        pos_ = key_pos;  // point at the repeated key
+        return Fail(absl::StrCat("duplicate key \"", key, "\""));
+      }
       SkipWs();
       if (pos_ >= s_.size() || s_[pos_] != ':') return Fail("expected ':' after key");
       ++pos_;
@@ -506,11 +511,14 @@ class Parser {
   }
 
   std::string_view s_;
+  const ParseOptions options_;
   size_t pos_ = 0;
   std::string err_;
 };
 
-absl::StatusOr<Value> Parse(std::string_view text) { return Parser(text).ParseDocument(); }
+absl::StatusOr<Value> Parse(std::string_view text, const ParseOptions& options) {
+  return Parser(text, options).ParseDocument();
+}
 
 namespace {
 
@@ -559,4 +567,4 @@ absl::StatusOr<std::string> GetString(const Value& obj, std::string_view key,
   return (*v)->str();
 }
 
-}  // namespace llmt::data::json
+}  // namespace llmt::json

@@ -1,11 +1,11 @@
-#include "worker/data/json.h"
+#include "common/json.h"
 
 #include <gtest/gtest.h>
 
-namespace llmt::data::json {
+namespace llmt::json {
 namespace {
 
-TEST(DataJsonTest, ParsesNestedValues) {
+TEST(JsonTest, ParsesNestedValues) {
   auto v = Parse(R"( {"a": [1, -2.5e3, true, false, null], "b": {"c": "d"}, "e": ""} )");
   ASSERT_TRUE(v.ok()) << v.status();
   ASSERT_TRUE(v->is_object());
@@ -22,13 +22,13 @@ TEST(DataJsonTest, ParsesNestedValues) {
   EXPECT_EQ(v->Find("zzz"), nullptr);
 }
 
-TEST(DataJsonTest, DecodesEscapesAndSurrogatePairs) {
+TEST(JsonTest, DecodesEscapesAndSurrogatePairs) {
   auto v = Parse(R"("q\" b\\ s\/ \b\f\n\r\t \u00e9 \u20AC \ud83d\ude00")");
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ(v->str(), "q\" b\\ s/ \b\f\n\r\t \xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80");
 }
 
-TEST(DataJsonTest, RejectsMalformedInputWithPosition) {
+TEST(JsonTest, RejectsMalformedInputWithPosition) {
   struct Case {
     const char* text;
     const char* want;
@@ -61,7 +61,7 @@ TEST(DataJsonTest, RejectsMalformedInputWithPosition) {
       << v.status().message();
 }
 
-TEST(DataJsonTest, Uint64RoundTripsExactly) {
+TEST(JsonTest, Uint64RoundTripsExactly) {
   const uint64_t big = 18446744073709551615ull;  // not representable as a double
   Value o = Value::Object();
   o.Set("n", Value::Uint(big)).Set("s", Value::String(std::to_string(big - 1)));
@@ -75,7 +75,7 @@ TEST(DataJsonTest, Uint64RoundTripsExactly) {
   EXPECT_EQ(*Parse("-9223372036854775808")->AsInt64(), INT64_MIN);
 }
 
-TEST(DataJsonTest, SerializeEscapesAndReparses) {
+TEST(JsonTest, SerializeEscapesAndReparses) {
   Value o = Value::Object();
   o.Set("text", Value::String("a\"b\\c\nd\x01 \xC3\xA9"))
       .Set("list", Value::Array().Push(Value::Int(-3)).Push(Value::Double(0.25)))
@@ -93,7 +93,54 @@ TEST(DataJsonTest, SerializeEscapesAndReparses) {
   }
 }
 
-TEST(DataJsonTest, FieldHelpersNameWhereAndKey) {
+std::string Nested(int n) { return std::string(n, '[') + std::string(n, ']'); }
+
+TEST(JsonTest, NestingLimit) {
+  // n nested arrays reach depth n - 1 (the top-level value is depth 0).
+  EXPECT_TRUE(Parse(Nested(257)).ok());
+  auto deep = Parse(Nested(258));
+  ASSERT_FALSE(deep.ok());
+  EXPECT_NE(deep.status().message().find("nesting too deep"), std::string::npos)
+      << deep.status().message();
+  const ParseOptions shallow{.max_depth = 64};
+  EXPECT_TRUE(Parse(Nested(65), shallow).ok());
+  EXPECT_FALSE(Parse(Nested(66), shallow).ok());
+  auto obj = Parse(R"({"a": {"b": [1]}})", ParseOptions{.max_depth = 1});
+  ASSERT_FALSE(obj.ok());
+  EXPECT_NE(obj.status().message().find("nesting too deep"), std::string::npos);
+  EXPECT_TRUE(Parse(R"({"a": {"b": 1}})", ParseOptions{.max_depth = 2}).ok());
+}
+
+TEST(JsonTest, DuplicateKeys) {
+  // Allowed by default; Find returns the first.
+  auto v = Parse(R"({"a": 1, "a": 2})");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->object().size(), 2u);
+  EXPECT_EQ(*v->Find("a")->AsInt64(), 1);
+
+  const ParseOptions strict{.reject_duplicate_keys = true};
+  auto dup = Parse("{\"a\": 1,\n \"b\": 2, \"a\": 3}", strict);
+  ASSERT_FALSE(dup.ok());
+  // Points at the repeated key.
+  EXPECT_NE(dup.status().message().find("line 2, column 10: duplicate key \"a\""),
+            std::string::npos)
+      << dup.status().message();
+  auto nested = Parse(R"({"x": {"k": 1, "k": 2}})", strict);
+  ASSERT_FALSE(nested.ok());
+  EXPECT_NE(nested.status().message().find("duplicate key \"k\""), std::string::npos);
+  // Keys compare after unescaping.
+  EXPECT_FALSE(Parse(R"({"k": 1, "\u006b": 2})", strict).ok());
+  // The same key in different objects, and many distinct keys, are fine.
+  EXPECT_TRUE(Parse(R"({"k": {"k": 1}, "l": [{"k": 1}, {"k": 2}]})", strict).ok());
+  std::string many = "{";
+  for (int i = 0; i < 1000; ++i) many += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":0";
+  many += "}";
+  auto m = Parse(many, strict);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->object().size(), 1000u);
+}
+
+TEST(JsonTest, FieldHelpersNameWhereAndKey) {
   auto v = Parse(R"({"a": "x", "n": 3})");
   ASSERT_TRUE(v.ok());
   auto missing = GetUint64(*v, "b", "m.json");
@@ -106,4 +153,4 @@ TEST(DataJsonTest, FieldHelpersNameWhereAndKey) {
 }
 
 }  // namespace
-}  // namespace llmt::data::json
+}  // namespace llmt::json

@@ -1,8 +1,11 @@
-// A small JSON DOM for the data pipeline: JSONL corpora, manifest.json and the
-// loader state. Debian 12 ships no C++ JSON library we may use here, and
+// A small JSON DOM shared by the data pipeline (JSONL corpora, the dataset
+// manifest, loader state) and storage (checkpoint manifest.json, safetensors
+// headers). Debian 12 ships no C++ JSON library we may use here, and
 // protobuf's Struct parses every number as a double, which would corrupt
 // 64-bit RNG words and token counts; this parser keeps a number's text so
-// integers round-trip exactly.
+// integers round-trip exactly. It depends on Abseil only, so libraries that
+// link no protobuf (the checkpoint and safetensors code the engine uses
+// standalone) can use it without widening their dependency graph.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +16,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace llmt::data::json {
+namespace llmt::json {
 
 class Value {
  public:
@@ -69,9 +72,19 @@ class Value {
   std::vector<std::pair<std::string, Value>> object_;
 };
 
+struct ParseOptions {
+  // Deepest nesting of arrays/objects accepted (the top-level value is depth
+  // 0). The parser is recursive, so this bounds its stack use on hostile input.
+  int max_depth = 256;
+  // Reject an object that repeats a key ("duplicate key \"k\""). RFC 8259
+  // leaves duplicates to the reader; where a repeated field could make two
+  // readers disagree about a value (a checkpoint manifest), refuse them.
+  bool reject_duplicate_keys = false;
+};
+
 // Parses one complete JSON text (RFC 8259; surrounding whitespace allowed).
 // Errors read "invalid JSON at line L, column C: <what>".
-absl::StatusOr<Value> Parse(std::string_view text);
+absl::StatusOr<Value> Parse(std::string_view text, const ParseOptions& options = {});
 
 // Appends `s` as a quoted JSON string (escaping quotes, backslashes and
 // control characters; other UTF-8 is written as is).
@@ -83,4 +96,4 @@ absl::StatusOr<int64_t> GetInt64(const Value& obj, std::string_view key, std::st
 absl::StatusOr<std::string> GetString(const Value& obj, std::string_view key,
                                       std::string_view where);
 
-}  // namespace llmt::data::json
+}  // namespace llmt::json
