@@ -126,6 +126,50 @@ TEST_P(ModelGradTest, GradientAccumulationMatchesFullBatch) {
   EXPECT_LT(std::sqrt(num / den), 1e-5);
 }
 
+// The grad-ready hook (data parallel overlaps its all-reduce with the rest of
+// backward) must report disjoint ranges covering the buffer, each already
+// holding its final values when reported, and one block per call.
+TEST_P(ModelGradTest, GradReadyHookReportsFinalDisjointRanges) {
+  const int B = 2, T = 6;
+  auto m_or = Model::Create(TinyConfig(GetParam()), B, T);
+  ASSERT_TRUE(m_or.ok()) << m_or.status();
+  Model& m = **m_or;
+  m.InitWeights(3);
+  const auto in = RandomTokens(B * T, 23, 5), tg = RandomTokens(B * T, 23, 6);
+  struct Seen {
+    int64_t offset, count;
+    std::vector<float> values;
+  };
+  std::vector<Seen> seen;
+  m.SetGradReadyHook([&](int64_t offset, int64_t count) {
+    seen.push_back({offset, count, std::vector<float>(m.grads() + offset,
+                                                      m.grads() + offset + count)});
+  });
+  m.ZeroGrad();
+  m.Forward(in.data(), tg.data(), B, T);
+  m.Backward(0.5f);
+  m.SetGradReadyHook(nullptr);
+  // final norm (+ lm_head), one per block, embeddings
+  ASSERT_EQ(seen.size(), 2u + 2u);
+  std::vector<int> covered(m.num_params(), 0);
+  for (const Seen& r : seen) {
+    for (int64_t i = 0; i < r.count; ++i) {
+      ++covered[r.offset + i];
+      // Bit-equal: nothing may touch a reported range afterwards.
+      ASSERT_EQ(r.values[i], m.grads()[r.offset + i]) << "range at " << r.offset << " changed";
+    }
+  }
+  for (int64_t i = 0; i < m.num_params(); ++i) ASSERT_EQ(covered[i], 1) << "element " << i;
+  // Block ranges come last block first.
+  EXPECT_GT(seen[1].offset, seen[2].offset);
+  EXPECT_EQ(seen[3].offset, 0);
+  // The hook is off again: another Backward reports nothing.
+  seen.clear();
+  m.Forward(in.data(), tg.data(), B, T);
+  m.Backward(0.5f);
+  EXPECT_TRUE(seen.empty());
+}
+
 TEST_P(ModelGradTest, PartialBatchAndLogitsOnlyForward) {
   const int B = 3, T = 8;
   auto m = *Model::Create(TinyConfig(GetParam()), B, T);
