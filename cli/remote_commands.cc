@@ -256,6 +256,25 @@ absl::StatusOr<std::string> OneJob(const Args& args, const char* cmd) {
   return JobNameOf(args.positional()[0]);
 }
 
+// What every single-job command starts with: its flags, exactly one JOB and a
+// client for the coordinator. Any failure here is a usage error.
+struct JobCommand {
+  Args args;
+  std::string job;
+  Client client;
+};
+absl::StatusOr<JobCommand> StartJobCommand(int argc, char** argv,
+                                           std::vector<std::string> value_flags,
+                                           std::vector<std::string> bool_flags, const char* cmd) {
+  auto args = ParseArgs(argc, argv, std::move(value_flags), std::move(bool_flags));
+  if (!args.ok()) return args.status();
+  auto job = OneJob(*args, cmd);
+  if (!job.ok()) return job.status();
+  auto client = Client::Connect(*args);
+  if (!client.ok()) return client.status();
+  return JobCommand{std::move(*args), std::move(*job), std::move(*client)};
+}
+
 std::string ProgressSummary(const v1::Job& j) {
   if (!j.has_progress() || j.progress().step() == 0) return "";
   const auto& m = j.progress().metrics();
@@ -344,19 +363,18 @@ int Get(int argc, char** argv) {
         "Shows a job: state and why, progress, attempts (each with its outcome), the latest\n"
         "checkpoint and where output goes. --json prints the Job record.");
   }
-  auto args = ParseArgs(argc, argv, {}, {"json"});
-  if (!args.ok()) return Fail(std::string(args.status().message()), kExitUsage);
-  auto name = OneJob(*args, "get");
-  if (!name.ok()) return Fail(std::string(name.status().message()), kExitUsage);
-  auto client = Client::Connect(*args);
-  if (!client.ok()) return Fail(std::string(client.status().message()), kExitUsage);
+  auto started = StartJobCommand(argc, argv, {}, {"json"}, "get");
+  if (!started.ok()) return Fail(std::string(started.status().message()), kExitUsage);
+  const Args& args = started->args;
+  const std::string& name = started->job;
+  Client& client = started->client;
   v1::GetJobRequest req;
-  req.set_name(*name);
+  req.set_name(name);
   v1::Job j;
-  if (absl::Status s = client->Call(&v1::JobService::Stub::GetJob, req, &j); !s.ok()) {
-    return client->Fail(s, "get");
+  if (absl::Status s = client.Call(&v1::JobService::Stub::GetJob, req, &j); !s.ok()) {
+    return client.Fail(s, "get");
   }
-  if (args->Has("json")) {
+  if (args.Has("json")) {
     std::string out;
     google::protobuf::util::JsonPrintOptions po;
     po.add_whitespace = true;
@@ -368,9 +386,9 @@ int Get(int argc, char** argv) {
   v1::ListAttemptsRequest areq;
   areq.set_name(j.name());
   v1::ListAttemptsResponse attempts;
-  if (absl::Status s = client->Call(&v1::JobService::Stub::ListAttempts, areq, &attempts);
+  if (absl::Status s = client.Call(&v1::JobService::Stub::ListAttempts, areq, &attempts);
       !s.ok()) {
-    return client->Fail(s, "get");
+    return client.Fail(s, "get");
   }
   std::printf("%s  %s\n", j.name().c_str(), j.spec().name().c_str());
   std::printf("  state:       %s%s\n", StateName(j.state()).c_str(),
@@ -610,21 +628,20 @@ int Watch(int argc, char** argv) {
         "checkpoints. Survives coordinator restarts (default: reconnects for up to 300 s).\n"
         "Exit code: 0 SUCCEEDED, 10 FAILED, 11 CANCELLED (others as below).");
   }
-  auto args = ParseArgs(argc, argv, {"reconnect-for"}, {"lines"});
-  if (!args.ok()) return Fail(std::string(args.status().message()), kExitUsage);
-  auto name = OneJob(*args, "watch");
-  if (!name.ok()) return Fail(std::string(name.status().message()), kExitUsage);
-  auto reconnect = args->GetDouble("reconnect-for", 300);
+  auto started = StartJobCommand(argc, argv, {"reconnect-for"}, {"lines"}, "watch");
+  if (!started.ok()) return Fail(std::string(started.status().message()), kExitUsage);
+  const Args& args = started->args;
+  const std::string& name = started->job;
+  Client& client = started->client;
+  auto reconnect = args.GetDouble("reconnect-for", 300);
   if (!reconnect.ok()) return Fail(std::string(reconnect.status().message()), kExitUsage);
-  auto client = Client::Connect(*args);
-  if (!client.ok()) return Fail(std::string(client.status().message()), kExitUsage);
   v1::GetJobRequest greq;
-  greq.set_name(*name);
+  greq.set_name(name);
   v1::Job j;
-  if (absl::Status s = client->Call(&v1::JobService::Stub::GetJob, greq, &j); !s.ok()) {
-    return client->Fail(s, "watch");
+  if (absl::Status s = client.Call(&v1::JobService::Stub::GetJob, greq, &j); !s.ok()) {
+    return client.Fail(s, "watch");
   }
-  const bool tty = isatty(STDOUT_FILENO) && !args->Has("lines");
+  const bool tty = isatty(STDOUT_FILENO) && !args.Has("lines");
   ProgressView view(tty, j.spec().train().max_steps());
   view.Line(absl::StrCat(j.name(), " (", j.spec().name(), "): ", StateName(j.state()),
                          j.state_reason().empty() ? "" : absl::StrCat(" - ", j.state_reason())));
@@ -634,7 +651,7 @@ int Watch(int argc, char** argv) {
   if (!(j.state() == v1::JOB_STATE_SUCCEEDED || j.state() == v1::JOB_STATE_FAILED ||
         j.state() == v1::JOB_STATE_CANCELLED)) {
     absl::Status s = StreamEvents(
-        *client, j.name(), j.last_event_seq(), absl::Seconds(*reconnect),
+        client, j.name(), j.last_event_seq(), absl::Seconds(*reconnect),
         [&](const v1::Event& ev) {
           if (ev.has_progress()) {
             view.Point(ev.progress().progress());
@@ -668,10 +685,10 @@ int Watch(int argc, char** argv) {
         },
         [&](const std::string& note) { view.Line(note); });
     view.Finish();
-    if (!s.ok()) return client->Fail(s, "watch");
+    if (!s.ok()) return client.Fail(s, "watch");
     // The final record (the stream may end without a state change if the
     // job ended between GetJob and the watch).
-    if (client->Call(&v1::JobService::Stub::GetJob, greq, &j).ok()) {
+    if (client.Call(&v1::JobService::Stub::GetJob, greq, &j).ok()) {
       final_state = j.state();
       final_reason = j.state_reason();
     }
@@ -703,18 +720,17 @@ int Cancel(int argc, char** argv) {
         "Cancels a pending or running job; running ranks get SIGTERM (they checkpoint, then\n"
         "exit). Cancelling a cancelled job is a no-op; a finished one is refused.");
   }
-  auto args = ParseArgs(argc, argv, {"reason"}, {});
-  if (!args.ok()) return Fail(std::string(args.status().message()), kExitUsage);
-  auto name = OneJob(*args, "cancel");
-  if (!name.ok()) return Fail(std::string(name.status().message()), kExitUsage);
-  auto client = Client::Connect(*args);
-  if (!client.ok()) return Fail(std::string(client.status().message()), kExitUsage);
+  auto started = StartJobCommand(argc, argv, {"reason"}, {}, "cancel");
+  if (!started.ok()) return Fail(std::string(started.status().message()), kExitUsage);
+  const Args& args = started->args;
+  const std::string& name = started->job;
+  Client& client = started->client;
   v1::CancelJobRequest req;
-  req.set_name(*name);
-  req.set_reason(args->Get("reason", "cancelled with llmt cancel"));
+  req.set_name(name);
+  req.set_reason(args.Get("reason", "cancelled with llmt cancel"));
   v1::Job j;
-  if (absl::Status s = client->Call(&v1::JobService::Stub::CancelJob, req, &j); !s.ok()) {
-    return client->Fail(s, "cancel");
+  if (absl::Status s = client.Call(&v1::JobService::Stub::CancelJob, req, &j); !s.ok()) {
+    return client.Fail(s, "cancel");
   }
   std::printf("%s %s\n", j.name().c_str(), StateName(j.state()).c_str());
   return kExitOk;
@@ -729,21 +745,20 @@ int Checkpoints(int argc, char** argv) {
         "Lists the job's committed checkpoints (ascending step). --latest prints only the\n"
         "directory of the newest one (for scripts: llmt sample --checkpoint \"$(...)\").");
   }
-  auto args = ParseArgs(argc, argv, {}, {"latest"});
-  if (!args.ok()) return Fail(std::string(args.status().message()), kExitUsage);
-  auto name = OneJob(*args, "checkpoints");
-  if (!name.ok()) return Fail(std::string(name.status().message()), kExitUsage);
-  auto client = Client::Connect(*args);
-  if (!client.ok()) return Fail(std::string(client.status().message()), kExitUsage);
+  auto started = StartJobCommand(argc, argv, {}, {"latest"}, "checkpoints");
+  if (!started.ok()) return Fail(std::string(started.status().message()), kExitUsage);
+  const Args& args = started->args;
+  const std::string& name = started->job;
+  Client& client = started->client;
   v1::ListCheckpointsRequest req;
-  req.set_name(*name);
+  req.set_name(name);
   v1::ListCheckpointsResponse resp;
-  if (absl::Status s = client->Call(&v1::JobService::Stub::ListCheckpoints, req, &resp); !s.ok()) {
-    return client->Fail(s, "checkpoints");
+  if (absl::Status s = client.Call(&v1::JobService::Stub::ListCheckpoints, req, &resp); !s.ok()) {
+    return client.Fail(s, "checkpoints");
   }
-  if (args->Has("latest")) {
+  if (args.Has("latest")) {
     if (resp.checkpoints_size() == 0) {
-      return Fail(absl::StrCat(*name, " has no committed checkpoint"), kExitNotFound);
+      return Fail(absl::StrCat(name, " has no committed checkpoint"), kExitNotFound);
     }
     std::printf("%s\n", UriPath(resp.checkpoints(resp.checkpoints_size() - 1).uri()).c_str());
     return kExitOk;
@@ -768,27 +783,26 @@ int Logs(int argc, char** argv) {
         "Prints the trainer output of every attempt of the job (as the workers forwarded it).\n"
         "-f keeps following until the job ends.");
   }
-  auto args = ParseArgs(argc, argv, {"rank"}, {"follow"});
-  if (!args.ok()) return Fail(std::string(args.status().message()), kExitUsage);
-  auto name = OneJob(*args, "logs");
-  if (!name.ok()) return Fail(std::string(name.status().message()), kExitUsage);
-  auto rank = args->GetInt("rank", -1);
+  auto started = StartJobCommand(argc, argv, {"rank"}, {"follow"}, "logs");
+  if (!started.ok()) return Fail(std::string(started.status().message()), kExitUsage);
+  const Args& args = started->args;
+  const std::string& name = started->job;
+  Client& client = started->client;
+  auto rank = args.GetInt("rank", -1);
   if (!rank.ok()) return Fail(std::string(rank.status().message()), kExitUsage);
-  auto client = Client::Connect(*args);
-  if (!client.ok()) return Fail(std::string(client.status().message()), kExitUsage);
   v1::GetJobRequest greq;
-  greq.set_name(*name);
+  greq.set_name(name);
   v1::Job j;
-  if (absl::Status s = client->Call(&v1::JobService::Stub::GetJob, greq, &j); !s.ok()) {
-    return client->Fail(s, "logs");
+  if (absl::Status s = client.Call(&v1::JobService::Stub::GetJob, greq, &j); !s.ok()) {
+    return client.Fail(s, "logs");
   }
-  const bool follow = args->Has("follow");
+  const bool follow = args.Has("follow");
   const int64_t caught_up = j.last_event_seq();
   if (!follow && caught_up == 0) return kExitOk;
   const bool multi = std::max(1, j.spec().resources().ranks()) > 1;
   uint64_t attempt = 0;
   absl::Status s = StreamEvents(
-      *client, j.name(), 0, absl::Seconds(follow ? 300 : 10),
+      client, j.name(), 0, absl::Seconds(follow ? 300 : 10),
       [&](const v1::Event& ev) {
         if (ev.has_log() && (*rank < 0 || ev.log().rank() == *rank)) {
           if (ev.log().attempt_id() != attempt) {
@@ -805,7 +819,7 @@ int Logs(int argc, char** argv) {
         return follow || ev.seq() < caught_up;
       },
       [](const std::string& note) { std::fprintf(stderr, "llmt: %s\n", note.c_str()); });
-  if (!s.ok()) return client->Fail(s, "logs");
+  if (!s.ok()) return client.Fail(s, "logs");
   return kExitOk;
 }
 
