@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/worker/service_harness.h"
@@ -257,7 +258,10 @@ TEST_F(ServiceE2E, CancelMidRunStopsTheTrainer) {
 TEST_F(ServiceE2E, KilledTrainerResumesFromCheckpointToTheSameResult) {
   ASSERT_TRUE(cluster_->StartCoordinator());
   ASSERT_NE(cluster_->StartWorker("w1", 2), nullptr);
-  std::string spec = WriteSpec("crash", {.max_steps = 600, .max_restarts = 2});
+  // Long enough that the trainer is surely still running after checkpoint 100
+  // (a fast VM does ~600 steps a second).
+  constexpr int kSteps = 1500;
+  std::string spec = WriteSpec("crash", {.max_steps = kSteps, .max_restarts = 2});
   std::string job = cluster_->Submit(spec);
   ASSERT_FALSE(job.empty());
   ASSERT_TRUE(WaitCheckpoint(job, 100)) << cluster_->Logs();
@@ -270,7 +274,7 @@ TEST_F(ServiceE2E, KilledTrainerResumesFromCheckpointToTheSameResult) {
 
   j = WaitDone(job);
   ASSERT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED) << j.state_reason();
-  EXPECT_EQ(j.progress().step(), 600);
+  EXPECT_EQ(j.progress().step(), kSteps);
   EXPECT_EQ(j.restarts(), 1);
   auto attempts = cluster_->Attempts(job);
   ASSERT_EQ(attempts.size(), 2u);
@@ -284,7 +288,8 @@ TEST_F(ServiceE2E, KilledTrainerResumesFromCheckpointToTheSameResult) {
   std::string straight = root_ + "/straight";
   auto r = RunCommand({Binary("cli/llmt"), "train", spec, "--out", straight, "--progress", "none"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  std::string a = ReadFileOrEmpty(straight + "/checkpoints/step-00000600/model.safetensors");
+  std::string a = ReadFileOrEmpty(
+      straight + absl::StrFormat("/checkpoints/step-%08d/model.safetensors", kSteps));
   std::string b = ReadFileOrEmpty(j.latest_checkpoint().uri() + "/model.safetensors");
   ASSERT_FALSE(a.empty());
   EXPECT_TRUE(a == b) << "service run with a crash differs from the straight run";
@@ -295,7 +300,8 @@ TEST_F(ServiceE2E, KilledWorkerLeaseExpiresAndJobMovesToAnotherWorker) {
   Daemon* w1 = cluster_->StartWorker("w1", 2);
   Daemon* w2 = cluster_->StartWorker("w2", 2);
   ASSERT_TRUE(w1 && w2);
-  std::string job = cluster_->Submit(WriteSpec("move", {.max_steps = 600, .max_restarts = 2}));
+  constexpr int kSteps = 1500;  // still running after checkpoint 100 (see above)
+  std::string job = cluster_->Submit(WriteSpec("move", {.max_steps = kSteps, .max_restarts = 2}));
   ASSERT_FALSE(job.empty());
   ASSERT_TRUE(WaitCheckpoint(job, 100)) << cluster_->Logs();
   v1::Job j;
@@ -313,7 +319,7 @@ TEST_F(ServiceE2E, KilledWorkerLeaseExpiresAndJobMovesToAnotherWorker) {
 
   j = WaitDone(job);
   ASSERT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED) << j.state_reason();
-  EXPECT_EQ(j.progress().step(), 600);
+  EXPECT_EQ(j.progress().step(), kSteps);
   attempts = cluster_->Attempts(job);
   ASSERT_EQ(attempts.size(), 2u);
   EXPECT_EQ(attempts[0].state(), v1::ATTEMPT_STATE_FAILED);
@@ -328,8 +334,13 @@ TEST_F(ServiceE2E, CoordinatorKilledMidRunRestartsAndJobCompletesWithoutLosingRe
   ASSERT_NE(w, nullptr);
   std::string done = cluster_->Submit(WriteSpec("first", {.max_steps = 100}));
   ASSERT_EQ(WaitDone(done).state(), v1::JOB_STATE_SUCCEEDED);
-  std::string job = cluster_->Submit(WriteSpec("through", {.max_steps = 600}));
-  ASSERT_TRUE(WaitCheckpoint(job, 100)) << cluster_->Logs();
+  // Long enough that the trainer is still running while the coordinator is
+  // down (~1.7 ms/step on a fast 2-vCPU VM: 600 steps were over before the
+  // 700 ms check); checkpoints every 500 steps keep the writes few.
+  constexpr int kSteps = 3000;
+  std::string job =
+      cluster_->Submit(WriteSpec("through", {.max_steps = kSteps, .ckpt_every = 500}));
+  ASSERT_TRUE(WaitCheckpoint(job, 500)) << cluster_->Logs();
 
   auto jobs_before = cluster_->Jobs();
   auto attempts_before = cluster_->Attempts(job);
@@ -348,7 +359,7 @@ TEST_F(ServiceE2E, CoordinatorKilledMidRunRestartsAndJobCompletesWithoutLosingRe
 
   v1::Job j = WaitDone(job);
   ASSERT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED) << j.state_reason();
-  EXPECT_EQ(j.progress().step(), 600);
+  EXPECT_EQ(j.progress().step(), kSteps);
   // The same attempt finished: the worker re-attached, nothing was restarted.
   auto attempts = cluster_->Attempts(job);
   ASSERT_EQ(attempts.size(), 1u);
@@ -369,7 +380,7 @@ TEST_F(ServiceE2E, CoordinatorKilledMidRunRestartsAndJobCompletesWithoutLosingRe
         [&](const v1::Checkpoint& x) { return x.step() == c.step() && x.sha256() == c.sha256(); }))
         << "checkpoint step " << c.step() << " lost";
   }
-  EXPECT_EQ(ckpts_after.back().step(), 600);
+  EXPECT_EQ(ckpts_after.back().step(), kSteps);
   EXPECT_EQ(cluster_->Checkpoints(done).size(), done_ckpts_before.size());
 }
 
