@@ -207,6 +207,7 @@ class CudaModelImpl final : public CudaModel {
   float* device_params() override { return p32_.as<float>(); }
   float* device_grads() override { return g32_.as<float>(); }
   void RefreshParamCopy(uint64_t sr_seed) override;
+  void SetGradReadyHook(GradReadyHook hook) override { grad_hook_ = std::move(hook); }
   absl::Status Synchronize() override { return stream_.Synchronize(); }
 
  private:
@@ -282,6 +283,12 @@ class CudaModelImpl final : public CudaModel {
   int last_b_ = 0, last_t_ = 0;
   bool have_logits_ = false;
   int64_t zero_grads_ = 0;
+  GradReadyHook grad_hook_;
+  // One per range the hook reports in a backward (final norm/lm_head, each
+  // block, embeddings), recorded on the stream when the range is complete.
+  std::vector<cudaEvent_t> ready_events_;
+  // Reports [offset, offset + count) to grad_hook_ with event `index`.
+  void GradsReady(size_t index, int64_t offset, int64_t count);
 };
 
 template <typename T>
@@ -298,6 +305,7 @@ CudaModelImpl<T>::~CudaModelImpl() {
     if (staging_.copied[i] != nullptr) cudaEventDestroy(staging_.copied[i]);
   }
   if (host_scalars_ != nullptr) cudaFreeHost(host_scalars_);
+  for (cudaEvent_t e : ready_events_) cudaEventDestroy(e);
 }
 
 template <typename T>
@@ -466,6 +474,10 @@ absl::Status CudaModelImpl<T>::Init() {
   }
   LLMT_CUDA_RETURN_IF_ERROR(
       cudaMallocHost(reinterpret_cast<void**>(&host_scalars_), kLossSlots * sizeof(double)));
+  ready_events_.assign(static_cast<size_t>(L_) + 2, nullptr);
+  for (cudaEvent_t& e : ready_events_) {
+    LLMT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
 
   // Zeroed gradients/moments: a fresh model is ready to train.
   RETURN_IF_ERROR(g32_.ZeroAsync(s()));
@@ -746,6 +758,10 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     cu::Zero(dres_, N * C_, s());
   }
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N);
+  // Layout: embeddings | block 0 | ... | block L-1 | final norm (| lm_head).
+  const int64_t blocks_begin = pl_.layers[0].ln1_w;
+  const int64_t blocks_end = pl_.lnf_w;
+  GradsReady(0, blocks_end, n_ - blocks_end);
 
   for (int l = L_ - 1; l >= 0; --l) {
     const LayerParams& o = pl_.layers[l];
@@ -812,12 +828,25 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
                          QKV_, lay, 1.f, false, nullptr, s());
     }
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N);
+    const int64_t end = l + 1 < L_ ? pl_.layers[l + 1].ln1_w : blocks_end;
+    GradsReady(static_cast<size_t>(L_ - l), o.ln1_w, end - o.ln1_w);
   }
   {
     auto timed = timer_->Time("embedding_bwd");
     cu::EmbeddingBackward(G(pl_.wte), gpt2() ? G(pl_.wpe) : nullptr, dres_, tokens_, b, t, C_,
                           scratch_.data(), scratch_bytes_, s());
   }
+  GradsReady(static_cast<size_t>(L_) + 1, 0, blocks_begin);
+}
+
+template <typename T>
+void CudaModelImpl<T>::GradsReady(size_t index, int64_t offset, int64_t count) {
+  if (!grad_hook_) return;
+  cudaEvent_t ev = ready_events_[index];
+  LLMT_CUDA_CHECK(cudaEventRecord(ev, s()));
+  grad_hook_(offset, count, [ev]() {
+    return cu::CudaStatus(cudaEventSynchronize(ev), "cudaEventSynchronize (gradients ready)");
+  });
 }
 
 template <typename T>

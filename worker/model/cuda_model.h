@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -119,6 +120,16 @@ class CudaModel {
   // step that produced the weights reproduces that step's copy exactly (a
   // resumed run continues bit-identically); otherwise round-to-nearest.
   virtual void RefreshParamCopy(uint64_t sr_seed = 0) = 0;
+
+  // Data parallelism overlapping the backward (like Model::SetGradReadyHook,
+  // same ranges in the same order): called on the host as ForwardBackward
+  // enqueues the backward, each time a range of device_grads() will receive
+  // nothing more from that micro-step. The GPU may not have computed it yet:
+  // `wait_ready` blocks until it has (call it from the thread that then reads
+  // the range, e.g. a communication thread). Empty = off.
+  using GradReadyHook = std::function<void(int64_t offset, int64_t count,
+                                           std::function<absl::Status()> wait_ready)>;
+  virtual void SetGradReadyHook(GradReadyHook hook) = 0;
   virtual absl::Status Synchronize() = 0;
 };
 

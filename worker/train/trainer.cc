@@ -7,7 +7,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -87,8 +89,11 @@ class TrainerImpl final : public Trainer {
   absl::StatusOr<double> SyncGradients();
   bool is_root() const { return comm_->rank() == 0; }
   void ApplyAdamW(int64_t adam_t, float lr, float grad_scale);
-  // Queues averaged all-reduces of grads()[offset, offset + count) in buckets.
-  void EnqueueGradAllReduce(int64_t offset, int64_t count);
+  // Queues averaged all-reduces of grads[offset, offset + count) in buckets
+  // (host or device memory, as the collective expects), after `wait_ready`
+  // when given (GPU: until the device has computed the range).
+  void EnqueueGradAllReduce(float* grads, int64_t offset, int64_t count,
+                            std::function<absl::Status()> wait_ready);
   // train.device: cuda — builds gpu_ and checks what the GPU path supports.
   absl::Status InitGpuModel(const model::ModelConfig& cfg);
   // Host copies for checkpoint files: the CPU model's own buffer, or the GPU
@@ -105,9 +110,10 @@ class TrainerImpl final : public Trainer {
   v1::JobSpec spec_;
   std::unique_ptr<comm::Collective> owned_comm_;
   comm::Collective* comm_ = nullptr;
-  // CPU data parallel without ZeRO: each block's gradients are all-reduced on
-  // comm_queue_'s thread as soon as the last micro-step's backward has
-  // finished that block, overlapping communication with the rest of backward.
+  // Data parallel without ZeRO (CPU and GPU): each block's gradients are
+  // all-reduced on comm_queue_'s thread as soon as the last micro-step's
+  // backward has finished that block, overlapping communication with the rest
+  // of backward (on a GPU, NCCL runs on its own stream beside the backward).
   bool overlap_ = false;
   std::unique_ptr<comm::CommQueue> comm_queue_;
   int world_ = 1;
@@ -185,7 +191,10 @@ absl::Status TrainerImpl::Init() {
     RETURN_IF_ERROR(comm_->Broadcast(model_->params(), static_cast<size_t>(n_), 0));
   }
   const int64_t n = n_;
-  overlap_ = !gpu_ && !zero_ && (world_ > 1 || std::string(comm_->backend()) != "local");
+  // LLMT_OVERLAP_COMM=0 reduces after the backward instead (A/B, debugging).
+  const char* overlap_env = std::getenv("LLMT_OVERLAP_COMM");
+  overlap_ = !zero_ && (world_ > 1 || std::string(comm_->backend()) != "local") &&
+             !(overlap_env != nullptr && std::string(overlap_env) == "0");
   if (overlap_) comm_queue_ = std::make_unique<comm::CommQueue>(comm_);
   // 16-float alignment keeps each shard's AdamW loop on 64-byte boundaries.
   layout_ = comm::ShardLayout::Even(static_cast<size_t>(n), world_, 16);
@@ -390,11 +399,13 @@ absl::StatusOr<double> TrainerImpl::SyncGradients() {
   // all-reduce, so a one-GPU machine exercises the multi-rank path.
   const bool distributed = world_ > 1 || std::string(comm_->backend()) != "local";
   if (gpu_) {
-    if (distributed) {
+    if (distributed && !overlap_) {
       // NCCL reads the device buffer on its own stream: the backward must be done.
       RETURN_IF_ERROR(gpu_->Synchronize());
       RETURN_IF_ERROR(comm_->AllReduceAvg(gpu_->device_grads(), static_cast<size_t>(n_)));
     }
+    // Every rank now holds the same averaged gradient (ZeRO-1 is refused on
+    // cuda), so the local norm is the global one.
     return gpu_->GradNorm();
   }
   float* g = model_->grads();
@@ -418,13 +429,19 @@ absl::StatusOr<double> TrainerImpl::SyncGradients() {
   return std::sqrt(sumsq);
 }
 
-void TrainerImpl::EnqueueGradAllReduce(int64_t offset, int64_t count) {
+void TrainerImpl::EnqueueGradAllReduce(float* grads, int64_t offset, int64_t count,
+                                       std::function<absl::Status()> wait_ready) {
   // Buckets bound the transient memory Gloo needs per call.
   constexpr int64_t kBucket = 8 << 20;  // floats (32 MiB)
-  float* g = model_->grads();
+  if (wait_ready) {
+    // GPU: the range is final once the device has run the backward this far;
+    // the queue's thread waits for that, not the host thread enqueueing kernels.
+    comm_queue_->Enqueue("wait for gradients",
+                         [w = std::move(wait_ready)](comm::Collective&) { return w(); });
+  }
   for (int64_t off = offset; off < offset + count; off += kBucket) {
     const size_t len = static_cast<size_t>(std::min(kBucket, offset + count - off));
-    float* p = g + off;
+    float* p = grads + off;
     comm_queue_->Enqueue(absl::StrCat("gradient all-reduce [", off, ", +", len, ")"),
                          [p, len](comm::Collective& c) { return c.AllReduceAvg(p, len); });
   }
@@ -542,7 +559,17 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
       gpu_->ZeroGrad();
       for (int micro = 0; micro < accum_; ++micro) {
         train_loader_->Next(inputs_.data(), targets_.data());
+        if (overlap_ && micro + 1 == accum_) {
+          gpu_->SetGradReadyHook(
+              [this](int64_t offset, int64_t count, std::function<absl::Status()> wait_ready) {
+                EnqueueGradAllReduce(gpu_->device_grads(), offset, count, std::move(wait_ready));
+              });
+        }
         RETURN_IF_ERROR(gpu_->ForwardBackward(inputs_.data(), targets_.data(), 1.0f / accum_));
+      }
+      if (overlap_) {
+        gpu_->SetGradReadyHook(nullptr);
+        RETURN_IF_ERROR(comm_queue_->Drain());
       }
       ASSIGN_OR_RETURN(loss, gpu_->TakeLoss());
     } else {
@@ -552,7 +579,7 @@ absl::StatusOr<TrainResult> TrainerImpl::Run() {
         loss += model_->Forward(inputs_.data(), targets_.data(), B_, T_);
         if (overlap_ && micro + 1 == accum_) {
           model_->SetGradReadyHook([this](int64_t offset, int64_t count) {
-            EnqueueGradAllReduce(offset, count);
+            EnqueueGradAllReduce(model_->grads(), offset, count, nullptr);
           });
         }
         model_->Backward(1.0f / accum_);
