@@ -106,6 +106,12 @@ T* Family<T>::WithLabels(const std::vector<std::string>& values) {
   return p;
 }
 
+template <typename T>
+void Family<T>::Remove(const std::vector<std::string>& values) {
+  std::lock_guard<std::mutex> l(mu_);
+  children_.erase(values);
+}
+
 template class Family<Counter>;
 template class Family<Gauge>;
 template class Family<Histogram>;

@@ -73,6 +73,10 @@ class Family {
   // on first use. The pointer stays valid for the registry's lifetime.
   T* WithLabels(const std::vector<std::string>& values);
   T* Get() { return WithLabels({}); }  // for a family without labels
+  // Drops the child for `values` (no-op when absent), so it is no longer
+  // exported. Pointers WithLabels returned for it become invalid: the caller
+  // must hold none (e.g. series of a finished job).
+  void Remove(const std::vector<std::string>& values);
 
  private:
   friend class Registry;

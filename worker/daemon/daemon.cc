@@ -727,8 +727,28 @@ void Daemon::FinishRank(Rank& r) {
                  << "): " << OutcomeName(res.outcome()) << ": " << res.message();
   metrics_->ranks_ended.WithLabels({OutcomeName(res.outcome())})->Inc();
   r.running->Set(0);
+  stale_series_.push_back({absl::Now() + options_.finished_series_ttl, r.job, r.rank});
   ReleaseCpus(r.cpus);
   outbox_->AddResult(std::move(res));
+}
+
+void Daemon::DropStaleSeries() {
+  const absl::Time now = absl::Now();
+  for (auto it = stale_series_.begin(); it != stale_series_.end();) {
+    if (it->at > now) {
+      ++it;
+      continue;
+    }
+    // A later attempt of the same job may run the same rank here and hold
+    // pointers to these series: then they stay, and that rank's own end
+    // schedules them again.
+    bool live = false;
+    for (const auto& [key, rank] : ranks_) {
+      if (rank->job == it->job && rank->rank == it->rank) live = true;
+    }
+    if (!live) metrics_->RemoveRank({it->job, std::to_string(it->rank)});
+    it = stale_series_.erase(it);
+  }
 }
 
 void Daemon::Run() {
@@ -746,6 +766,7 @@ void Daemon::Run() {
       for (auto& [key, r] : ranks_) StopRank(*r, /*kill_now=*/false, "worker shutting down");
     }
     ReapRanks();
+    DropStaleSeries();
     Enforce();
     if (draining_ && ranks_.empty()) break;
     if (absl::Now() >= next_heartbeat_) HeartbeatOnce();

@@ -54,6 +54,10 @@ struct DaemonOptions {
   std::string http_listen = "0.0.0.0:7072";  // /metrics, /healthz, /readyz; "" = off
   double peak_flops_per_rank = 0;            // for llmt_mfu_ratio; 0 = from the hardware
   std::string port_file;                     // "http_port=N\n" once serving
+  // A finished rank's {job, rank} series stay exported this long (so the last
+  // values are scraped and seen on dashboards), then are dropped, so a
+  // long-running worker does not export every job it ever ran.
+  absl::Duration finished_series_ttl = absl::Minutes(15);
 };
 
 // Training FLOPs per token of the spec's model (6 x parameters + 6 x layers x
@@ -116,6 +120,14 @@ class Daemon {
   absl::Time last_complaint_ = absl::InfinitePast();
   std::map<Key, std::unique_ptr<Rank>> ranks_;
   std::set<Key> finished_;  // ended here (never restarted)
+  // Per-rank metric series to drop once `at` has passed (finished_series_ttl).
+  struct StaleSeries {
+    absl::Time at;
+    std::string job;
+    int rank;
+  };
+  std::vector<StaleSeries> stale_series_;
+  void DropStaleSeries();
   bool draining_ = false;
 
   // Shared with other threads.

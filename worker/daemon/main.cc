@@ -43,6 +43,9 @@ ABSL_FLAG(std::string, trainer, "",
 ABSL_FLAG(std::string, state_dir, "", "rank logs and spec files (default: ./var/worker-<id>)");
 ABSL_FLAG(absl::Duration, stop_grace, absl::Seconds(30),
           "after SIGTERM a rank has this long to checkpoint and exit before SIGKILL");
+ABSL_FLAG(absl::Duration, finished_series_ttl, absl::Minutes(15),
+          "how long a finished rank's {job, rank} metric series stay on /metrics (so the last values "
+          "are scraped) before they are dropped");
 ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(1),
           "at most one progress report per rank per interval (validation points always go)");
 ABSL_FLAG(std::string, http_listen, "0.0.0.0:7072",
@@ -173,6 +176,7 @@ int main(int argc, char** argv) {
   o.state_dir = absl::GetFlag(FLAGS_state_dir);
   if (o.state_dir.empty()) o.state_dir = "var/worker-" + o.worker_id;
   o.stop_grace = absl::GetFlag(FLAGS_stop_grace);
+  o.finished_series_ttl = absl::GetFlag(FLAGS_finished_series_ttl);
   o.progress_interval = absl::GetFlag(FLAGS_progress_interval);
   o.http_listen = absl::GetFlag(FLAGS_http_listen);
   o.port_file = absl::GetFlag(FLAGS_port_file);

@@ -54,4 +54,19 @@ WorkerMetrics::WorkerMetrics(metrics::Registry* r)
                                 "Trainer processes that ended, by reported outcome.",
                                 {"outcome"})) {}
 
+void WorkerMetrics::RemoveRank(const std::vector<std::string>& labels) {
+  train_loss.Remove(labels);
+  val_loss.Remove(labels);
+  learning_rate.Remove(labels);
+  grad_norm.Remove(labels);
+  tokens_per_second.Remove(labels);
+  mfu_ratio.Remove(labels);
+  step_duration.Remove(labels);
+  train_steps.Remove(labels);
+  checkpoint_duration.Remove(labels);
+  checkpoint_bytes.Remove(labels);
+  gpu_memory_used.Remove(labels);
+  attempts_running.Remove(labels);
+}
+
 }  // namespace llmt::daemon

@@ -22,6 +22,8 @@ struct WorkerMetrics {
   metrics::Family<metrics::Counter>& checkpoint_bytes;
   metrics::Family<metrics::Gauge>& gpu_memory_used;
   metrics::Family<metrics::Gauge>& attempts_running;
+  // Drops every per-rank series with these {job, rank} label values.
+  void RemoveRank(const std::vector<std::string>& labels);
 
   // The daemon itself.
   metrics::Gauge* connected;  // 1 while heartbeats succeed

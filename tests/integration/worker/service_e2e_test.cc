@@ -223,6 +223,26 @@ TEST_F(ServiceE2E, SubmitRunsToSuccessWithCheckpointsAndMetrics) {
   EXPECT_EQ(cluster_->coordinator().Stop(SIGTERM), 0);
 }
 
+TEST_F(ServiceE2E, FinishedRankSeriesAreDroppedAfterTheirTtl) {
+  ASSERT_TRUE(cluster_->StartCoordinator());
+  Daemon* w = cluster_->StartWorker("w1", 1, {"--finished_series_ttl=1s"});
+  ASSERT_NE(w, nullptr);
+  std::string job = cluster_->Submit(WriteSpec("short", {.max_steps = 50}));
+  ASSERT_EQ(WaitDone(job).state(), v1::JOB_STATE_SUCCEEDED);
+  const std::string lbl = "{job=\"" + job + "\",rank=\"0\"}";
+  std::string m;
+  // A long-running worker must not export every job it ever ran.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        m = HttpGet(w->Port("http_port"), "/metrics");
+        return !m.empty() && m.find(lbl) == std::string::npos;
+      },
+      15000))
+      << m;
+  // Worker-level series stay.
+  EXPECT_THAT(m, HasSubstr("llmt_worker_ranks_ended_total{outcome=\"SUCCEEDED\"} 1"));
+}
+
 TEST_F(ServiceE2E, CancelMidRunStopsTheTrainer) {
   ASSERT_TRUE(cluster_->StartCoordinator());
   ASSERT_NE(cluster_->StartWorker("w1", 2), nullptr);

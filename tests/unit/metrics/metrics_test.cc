@@ -35,6 +35,24 @@ TEST(MetricsTest, CounterAndGaugeExposition) {
             "llmt_queue_depth 4.5\n");
 }
 
+TEST(MetricsTest, RemoveDropsOneChildOnly) {
+  Registry reg;
+  auto& loss = reg.AddGauge("llmt_train_loss", "Loss.", {"job", "rank"});
+  loss.WithLabels({"jobs/1", "0"})->Set(2.5);
+  loss.WithLabels({"jobs/2", "0"})->Set(3);
+  auto& steps = reg.AddHistogram("llmt_step_seconds", "Step time.", {"job"}, {1});
+  steps.WithLabels({"jobs/1"})->Observe(0.5);
+  loss.Remove({"jobs/1", "0"});
+  steps.Remove({"jobs/1"});
+  loss.Remove({"jobs/9", "0"});  // absent: no-op
+  const std::string out = reg.Render();
+  EXPECT_EQ(out.find("jobs/1"), std::string::npos) << out;
+  EXPECT_NE(out.find("llmt_train_loss{job=\"jobs/2\",rank=\"0\"} 3"), std::string::npos) << out;
+  // The family itself stays, and a removed child can come back fresh.
+  loss.WithLabels({"jobs/1", "0"})->Set(1);
+  EXPECT_NE(reg.Render().find("llmt_train_loss{job=\"jobs/1\",rank=\"0\"} 1"), std::string::npos);
+}
+
 TEST(MetricsTest, HistogramBucketsAreCumulative) {
   Registry reg;
   auto& lat = reg.AddHistogram("llmt_latency_seconds", "Latency.", {"m"}, {0.1, 1, 10});
