@@ -4,7 +4,7 @@
 # the binaries built elsewhere by scripts/gpu-bundle.sh and carried here in
 # .gpu-bundle/ (bin/, bin/tests/, lib/).
 #
-#   bench/gpu/run.sh [--tests-only | --bench-only | --profile]
+#   bench/gpu/run.sh [--tests-only | --bench-only | --profile | --ab]
 #
 # 1. prints the GPU and driver;
 # 2. runs every GPU test binary in .gpu-bundle/bin/tests (gtest, --gtest_brief=1);
@@ -19,6 +19,12 @@
 # Environment: PYTHON (default python3, the one with PyTorch), LLMT_GPU_BUNDLE
 # (default .gpu-bundle), LLMT_BENCH_STEPS (default 30), LLMT_BENCH_WARMUP (5),
 # LLMT_BENCH_BATCH (default 0: the largest that fits), LLMT_BENCH_BUDGET_S.
+# --profile: GPU time per op group of llmt's GPT-2 step (LLMT_CUDA_PROFILE=1)
+#   beside the same ops in PyTorch.
+# --ab: GPT-2 124M tokens/s for each variant in LLMT_AB_VARIANTS, a space-
+#   separated list of NAME or NAME:VAR=VALUE[,VAR=VALUE] (default: the engine
+#   as is, LLMT_GEMM_AUTOTUNE=1, and the attention-backward variants), each run
+#   side by side in one call, so a switch can be judged in one GPU session.
 # Exit status: 0 when every test passed and every benchmark gave a result
 # (the throughput targets are reported, not enforced), 1 otherwise, 2 on usage.
 set -uo pipefail
@@ -32,6 +38,7 @@ for a in "$@"; do
     --tests-only) MODE=tests ;;
     --bench-only) MODE=bench ;;
     --profile) MODE=profile ;;
+    --ab) MODE=ab ;;
     -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$a' (use --tests-only or --bench-only)" >&2; exit 2 ;;
   esac
@@ -149,6 +156,29 @@ if [[ $MODE == profile ]]; then
   timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch "${LLMT_PROFILE_BATCH:-64}" 2>&1 |
     tee "$LOGS/profile-torch.log"
   [[ -n "${OUT:-}" && -d "${OUT:-}" ]] && cp "$LOGS"/profile-*.log "$OUT/"
+  exit 0
+fi
+
+# ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
+if [[ $MODE == ab ]]; then
+  variants=${LLMT_AB_VARIANTS:-"base autotune:LLMT_GEMM_AUTOTUNE=1 dq64:LLMT_ATTN_BWD=dq64 dkdv8:LLMT_ATTN_BWD=dkdv8 both:LLMT_ATTN_BWD=dq64+dkdv8"}
+  AB_ROWS=()
+  for v in $variants; do
+    name=${v%%:*}
+    envs=()
+    [[ $v == *:* ]] && IFS=',' read -r -a envs <<<"${v#*:}"
+    say "A/B variant $name ${envs[*]:-}"
+    line=$(env "${envs[@]}" LD_LIBRARY_PATH="$LLMT_LD_PATH" timeout 120 \
+      "$BUNDLE/bin/bench_gpu_train" --model gpt2-124m --batch "${LLMT_BENCH_BATCH:-64}" \
+      --steps "${LLMT_AB_STEPS:-12}" --warmup 3 2>&1 | tee "$LOGS/ab-$name.log" | grep '^RESULT ' | tail -1)
+    AB_ROWS+=("$name|$(field tokens_per_s "$line")|$(field mfu "$line")|$(field last_loss "$line")")
+  done
+  printf '\n%-10s %12s %8s %10s\n' variant "tokens/s" MFU "last loss"
+  for r in "${AB_ROWS[@]}"; do
+    IFS='|' read -r n t m l <<<"$r"
+    printf '%-10s %12s %8s %10s\n' "$n" "${t:--}" "$(pct "$m")" "${l:--}"
+  done | tee "$LOGS/ab.txt"
+  [[ -n "${OUT:-}" && -d "${OUT:-}" ]] && cp "$LOGS"/ab*.txt "$LOGS"/ab-*.log "$OUT/" 2>/dev/null
   exit 0
 fi
 
