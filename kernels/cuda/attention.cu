@@ -10,7 +10,10 @@
 // two xor-shuffles within the group. The other operand streams through
 // shared memory in tiles of 32 rows converted to fp32. All threads of a block
 // run the same loops (masking is done on values, never by skipping shuffles).
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "common/log.h"
 #include "kernels/cuda/attention.cuh"
@@ -33,6 +36,43 @@ constexpr int kSimtThreads = kRows * kG;
 static_assert(kRows % kTile == 0, "query tiles must align with key blocks");
 
 AttentionImpl g_impl = AttentionImpl::kAuto;
+
+// LLMT_ATTN_BWD (see attention.cuh): "dq64", "dkdv8", both comma-separated,
+// or ""/"default". Fatal on anything else, so an A/B run cannot silently
+// measure the default under a misspelt name.
+AttentionBackwardVariant ParseBackwardVariant(const char* env) {
+  AttentionBackwardVariant v;
+  if (env == nullptr) return v;
+  const std::string s(env);
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    const size_t end = std::min(s.find(',', pos), s.size());
+    const std::string name = s.substr(pos, end - pos);
+    if (name == "dq64") {
+      v.dq64 = true;
+    } else if (name == "dkdv8") {
+      v.dkdv8 = true;
+    } else if (!name.empty() && name != "default") {
+      Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
+            "' (expected a comma-separated list of dq64, dkdv8, or default)");
+    }
+    pos = end + 1;
+  }
+  return v;
+}
+
+// Read once, on the first backward or Get/Set call.
+AttentionBackwardVariant& BackwardVariant() {
+  static AttentionBackwardVariant v = [] {
+    const AttentionBackwardVariant parsed = ParseBackwardVariant(std::getenv("LLMT_ATTN_BWD"));
+    if (parsed.dq64 || parsed.dkdv8) {
+      LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
+                     << (parsed.dkdv8 ? " dkdv8" : "") << " (LLMT_ATTN_BWD)";
+    }
+    return parsed;
+  }();
+  return v;
+}
 
 // Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
 __device__ __forceinline__ float GroupSum(float x) {
@@ -375,7 +415,7 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
   if constexpr (std::is_same_v<T, bf16>) {
     switch (TensorCoreImpl(hd, dqkv, dout, qkv)) {
       case AttentionImpl::kMma:
-        internal::FlashBackwardMma(dqkv, dout, qkv, lse, Dsum, d, stream);
+        internal::FlashBackwardMma(dqkv, dout, qkv, lse, Dsum, d, BackwardVariant(), stream);
         return;
       case AttentionImpl::kWmma:
         internal::FlashBackwardTc(dqkv, dout, qkv, lse, Dsum, d, stream);
@@ -455,6 +495,8 @@ bool AttentionSupportsHeadDim(int hd) {
 
 void SetAttentionImpl(AttentionImpl impl) { g_impl = impl; }
 AttentionImpl GetAttentionImpl() { return g_impl; }
+void SetAttentionBackwardVariant(AttentionBackwardVariant v) { BackwardVariant() = v; }
+AttentionBackwardVariant GetAttentionBackwardVariant() { return BackwardVariant(); }
 
 size_t AttentionBackwardScratchBytes(int B, int T, int NH) {
   return static_cast<size_t>(B) * NH * T * sizeof(float);

@@ -62,6 +62,28 @@ enum class AttentionImpl { kAuto, kMma, kWmma, kSimt };
 void SetAttentionImpl(AttentionImpl impl);
 AttentionImpl GetAttentionImpl();
 
+// Alternative tilings of the mma backward at head dim 64, kept selectable at
+// run time so they can be A/B-timed on a GPU against the default (the
+// GPU-verified kernels); other head dims and implementations ignore them.
+//   dq64:  the dQ kernel with 64-row query blocks (16 rows per warp) instead
+//          of 128 (32 per warp): fewer registers, more blocks per SM, but each
+//          K/V fragment read from shared memory feeds one m-tile, not two.
+//   dkdv8: the dK/dV kernel with 8 warps x 32 keys (256 keys per block), so
+//          each Q/dO fragment read from shared memory feeds two key m-tiles,
+//          in 16-query steps to bound registers.
+// The default comes from the environment variable LLMT_ATTN_BWD, read once on
+// first use: a comma-separated list of the names above ("" or "default" =
+// neither); an unknown name is a fatal error, so a typo cannot silently time
+// the default. Results differ between variants in summation order only; each
+// is deterministic run to run. Set/Get are a process-wide switch for tests
+// and benchmarks (not thread-safe); Set overrides the environment.
+struct AttentionBackwardVariant {
+  bool dq64 = false;
+  bool dkdv8 = false;
+};
+void SetAttentionBackwardVariant(AttentionBackwardVariant v);
+AttentionBackwardVariant GetAttentionBackwardVariant();
+
 // RoPE tables cos/sin [T, hd/2] (device, fp32) for positions 0..T-1:
 // angle(t, i) = t * theta^(-2i/hd), computed in double like the CPU backend.
 void RopeTable(float* cos, float* sin, int T, int hd, float theta, cudaStream_t stream);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace llmt::kernels::cuda::internal {
@@ -23,7 +24,8 @@ struct AttnDims {
 void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                      cudaStream_t stream);
 void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                      const float* Dsum, const AttnDims& d, cudaStream_t stream);
+                      const float* Dsum, const AttnDims& d, AttentionBackwardVariant variant,
+                      cudaStream_t stream);
 bool FlashTcSupports(int hd);
 void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream);
 // Dsum [B, NH, T] = rowsum(dout * out), computed by the caller.

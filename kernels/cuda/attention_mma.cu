@@ -165,12 +165,12 @@ __device__ __forceinline__ void AccToA(uint32_t (&a)[4], const float (&lo)[4],
 // Starts copying rows [row0, row0 + ROWS) x HD of a strided global bf16
 // matrix (src points at the head's column 0) into a padded row-major tile
 // [ROWS][HD + 8]. Rows >= T become zeros. Does not commit.
-template <int HD, int ROWS>
+template <int HD, int ROWS, int NT = kThreads>
 __device__ __forceinline__ void LoadTileAsync(bf16* dst, const bf16* src, int64_t ld, int row0,
                                               int T) {
   constexpr int kChunks = HD / 8;
 #pragma unroll
-  for (int e = threadIdx.x; e < ROWS * kChunks; e += kThreads) {
+  for (int e = threadIdx.x; e < ROWS * kChunks; e += NT) {
     const int r = e / kChunks, c = (e % kChunks) * 8;
     const bool ok = row0 + r < T;
     CpAsync16(dst + r * (HD + kPad) + c, src + static_cast<int64_t>(ok ? row0 + r : 0) * ld + c,
@@ -179,9 +179,10 @@ __device__ __forceinline__ void LoadTileAsync(bf16* dst, const bf16* src, int64_
 }
 
 // n floats of a row vector (lse or Dsum) from index i0; zeros past T.
+template <int NT = kThreads>
 __device__ __forceinline__ void LoadRowStatsAsync(float* dst, const float* src, int i0, int n,
                                                   int T) {
-  for (int e = threadIdx.x; e < n; e += kThreads) {
+  for (int e = threadIdx.x; e < n; e += NT) {
     const bool ok = i0 + e < T;
     CpAsync4(dst + e, src + (ok ? i0 + e : 0), ok);
   }
@@ -221,15 +222,37 @@ struct Cfg {
   static constexpr size_t kTileBytes = size_t{kN} * kLd * sizeof(bf16);
   // forward: Q, then K and V double-buffered
   static constexpr size_t fwd = size_t{kFwdRows} * kLd * sizeof(bf16) + 4 * kTileBytes;
-  // dK/dV: K, V; Q, dO double-buffered; lse, Dsum double-buffered
-  static constexpr size_t dkv = 2 * kTileBytes + 4 * kTileBytes + 4 * kN * sizeof(float);
-  // dQ: 16-row m-tiles per warp (two at head dim 64, like the forward)
+  // dK/dV: K, V (`keys` rows); Q, dO double-buffered; lse, Dsum double-buffered
+  static constexpr size_t Dkv(int keys) {
+    return 2 * size_t(keys) * kLd * sizeof(bf16) + 4 * kTileBytes + 4 * kN * sizeof(float);
+  }
+  // dQ: 16-row m-tiles per warp (two at head dim 64 by default, like the
+  // forward; one with the dq64 variant)
   static constexpr int kDqMt = HD == 64 ? 2 : 1;
-  static constexpr int kDqRows = kWarps * 16 * kDqMt;
+  static constexpr int DqRows(int mt) { return kWarps * 16 * mt; }
   // dQ: Q, dO; K, V double-buffered
-  static constexpr size_t dq = 2 * size_t{kDqRows} * kLd * sizeof(bf16) + 4 * kTileBytes;
+  static constexpr size_t Dq(int mt) {
+    return 2 * size_t(DqRows(mt)) * kLd * sizeof(bf16) + 4 * kTileBytes;
+  }
   static_assert(kBwdRows == kN, "dK/dV walks query tiles from its own key tile on");
 };
+
+// dK/dV tiling: WARPS warps owning MT 16-key m-tiles each (WARPS * 16 * MT
+// keys per block), query tiles walked in steps of QC columns, K and V held
+// as A fragments in registers when KVREG. The default is 4 x 1 x 32 with
+// K/V in registers at head dim 64; the dkdv8 variant is DkvWide below.
+template <int HD, int WARPS, int MT, int QC, bool KVREG>
+struct DkvTiling {
+  static constexpr int kWarpsN = WARPS, kMt = MT, kQc = QC;
+  static constexpr bool kKvRegs = KVREG;
+  static constexpr int kThreadsN = WARPS * 32;
+  static constexpr int kKeys = WARPS * 16 * MT;
+  static constexpr size_t smem = Cfg<HD>::Dkv(kKeys);
+};
+template <int HD>
+using DkvDefault = DkvTiling<HD, kWarps, 1, 32, Cfg<HD>::kFixedInRegs>;
+// dkdv8 (hd 64 only): 8 warps x 32 keys; see the kernel's comment.
+using DkvWide = DkvTiling<64, 8, 2, 16, true>;
 
 // ---- forward -------------------------------------------------------------------------
 // Block: kFwdRows queries of one (batch, head); warp w owns rows
@@ -413,36 +436,47 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- backward: dK, dV ---------------------------------------------------------------
-// Block: 64 keys of one (batch, kv head); warp w owns keys 16w..16w+15. For
-// each query head of the group and each 64-query tile from the diagonal on
-// (one flat sequence, so the copy of the next tile overlaps across heads):
-//   S^T = K Q^T, dP^T = V dO^T            (16 keys x 32 queries per half)
+// Block: TL::kKeys keys of one (batch, kv head); warp w owns the kMt 16-key
+// m-tiles from key 16 kMt w. For each query head of the group and each
+// 64-query tile from the block's first key on (one flat sequence, so the
+// copy of the next tile overlaps across heads), in steps of kQc queries:
+//   S^T = K Q^T, dP^T = V dO^T            (16 kMt keys x kQc queries)
 //   P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - Dsum)
 //   dV += P^T dO,  dK += dS^T Q            (accumulated in registers)
 // Queries >= T are zero-filled with lse = Dsum = 0: P^T is then 1, but dO = 0
 // makes their dV terms and dS^T (hence dK terms) exactly zero.
-template <int HD>
-__global__ void __launch_bounds__(kThreads)
+// With kMt = 2 every Q / dO fragment read from shared memory feeds both key
+// m-tiles, halving the shared-memory reads per mma that bound this kernel;
+// the price is twice the dK/dV accumulators, hence the narrower query steps.
+// Masking is by value (p = 0), so an m-tile whose keys all follow the step's
+// queries still runs its mmas but adds exact zeros.
+template <int HD, typename TL>
+__global__ void __launch_bounds__(TL::kThreadsN)
     FlashBwdDkvMmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                          const float* Dsum, AttnDims d) {
   using C = Cfg<HD>;
-  constexpr int kLd = C::kLd, kN = C::kN;
+  constexpr int kLd = C::kLd, kN = C::kN, kNT = TL::kThreadsN, kKeys = TL::kKeys;
+  constexpr int kMt = TL::kMt, kQc = TL::kQc, kCt = kQc / 8;
+  constexpr bool kKvRegs = TL::kKvRegs;
+  static_assert(kKeys % kN == 0, "query tiles start at the block's first key");
+  static_assert(kQc % 16 == 0 && kN % kQc == 0, "query steps are whole k-chunks of a tile");
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Ks = reinterpret_cast<bf16*>(smem);
-  bf16* Vs = Ks + kN * kLd;
-  bf16* Qs = Vs + kN * kLd;       // [2][kN][kLd]
+  bf16* Vs = Ks + kKeys * kLd;
+  bf16* Qs = Vs + kKeys * kLd;    // [2][kN][kLd]
   bf16* dOs = Qs + 2 * kN * kLd;  // [2][kN][kLd]
   float* Lsm = reinterpret_cast<float*>(dOs + 2 * kN * kLd);  // [2][kN]
   float* Dsm = Lsm + 2 * kN;                                   // [2][kN]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int k0 = blockIdx.x * kN;  // low key tiles see the most queries: first
+  const int k0 = blockIdx.x * kKeys;  // low key tiles see the most queries: first
   const int bg = blockIdx.y, b = bg / d.NKV, kvh = bg % d.NKV;
   const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
   const bf16* obase = dout + static_cast<int64_t>(b) * d.T * d.C;
   const int64_t kcol = static_cast<int64_t>(d.NH + kvh) * HD;
   const int64_t vcol = static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
-  const int wkey0 = k0 + warp * 16, wkey1 = wkey0 + 15;  // this warp's keys
-  const int n_qt = DivUp(d.T - k0, kN);                // query tiles per head
+  const int wr0 = warp * 16 * kMt;  // this warp's first key row in Ks / Vs
+  const int wkey0 = k0 + wr0;       // and its first key
+  const int n_qt = DivUp(d.T - k0, kN);  // query tiles per head
   const int n_it = d.group * n_qt;
   const float sl2 = d.scale * kLog2e;
 
@@ -450,34 +484,41 @@ __global__ void __launch_bounds__(kThreads)
   auto issue = [&](int it) {
     const int h = kvh * d.group + it / n_qt, i0 = k0 + (it % n_qt) * kN, nb = it & 1;
     const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
-    LoadTileAsync<HD, kN>(Qs + nb * kN * kLd, base + static_cast<int64_t>(h) * HD, d.ld, i0, d.T);
-    LoadTileAsync<HD, kN>(dOs + nb * kN * kLd, obase + static_cast<int64_t>(h) * HD, d.C, i0,
-                          d.T);
-    LoadRowStatsAsync(Lsm + nb * kN, lse + bh * d.T, i0, kN, d.T);
-    LoadRowStatsAsync(Dsm + nb * kN, Dsum + bh * d.T, i0, kN, d.T);
+    LoadTileAsync<HD, kN, kNT>(Qs + nb * kN * kLd, base + static_cast<int64_t>(h) * HD, d.ld, i0,
+                               d.T);
+    LoadTileAsync<HD, kN, kNT>(dOs + nb * kN * kLd, obase + static_cast<int64_t>(h) * HD, d.C, i0,
+                               d.T);
+    LoadRowStatsAsync<kNT>(Lsm + nb * kN, lse + bh * d.T, i0, kN, d.T);
+    LoadRowStatsAsync<kNT>(Dsm + nb * kN, Dsum + bh * d.T, i0, kN, d.T);
     CpAsyncCommit();
   };
-  LoadTileAsync<HD, kN>(Ks, base + kcol, d.ld, k0, d.T);
-  LoadTileAsync<HD, kN>(Vs, base + vcol, d.ld, k0, d.T);
+  LoadTileAsync<HD, kKeys, kNT>(Ks, base + kcol, d.ld, k0, d.T);
+  LoadTileAsync<HD, kKeys, kNT>(Vs, base + vcol, d.ld, k0, d.T);
   issue(0);  // same group as K, V
 
-  float dk[HD / 8][4], dv[HD / 8][4];
+  float dk[kMt][HD / 8][4], dv[kMt][HD / 8][4];
 #pragma unroll
-  for (int nd = 0; nd < HD / 8; ++nd) {
+  for (int mt = 0; mt < kMt; ++mt) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) dk[nd][i] = dv[nd][i] = 0.f;
+    for (int nd = 0; nd < HD / 8; ++nd) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dk[mt][nd][i] = dv[mt][nd][i] = 0.f;
+    }
   }
-  constexpr int kRegK = C::kFixedInRegs ? HD / 16 : 1;
-  uint32_t kreg[kRegK][4], vreg[kRegK][4];
+  constexpr int kRegK = kKvRegs ? HD / 16 : 1;
+  uint32_t kreg[kMt][kRegK][4], vreg[kMt][kRegK][4];
 
   for (int it = 0; it < n_it; ++it) {
     CpAsyncWaitAll();
     __syncthreads();  // step it is visible; everyone is done with step it - 1's buffer
-    if (C::kFixedInRegs && it == 0) {
+    if (kKvRegs && it == 0) {
 #pragma unroll
-      for (int kc = 0; kc < kRegK; ++kc) {
-        LdMatrixX4(kreg[kc], RowsAddr(Ks, kLd, warp * 16, kc * 16, lane));
-        LdMatrixX4(vreg[kc], RowsAddr(Vs, kLd, warp * 16, kc * 16, lane));
+      for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+        for (int kc = 0; kc < kRegK; ++kc) {
+          LdMatrixX4(kreg[mt][kc], RowsAddr(Ks, kLd, wr0 + mt * 16, kc * 16, lane));
+          LdMatrixX4(vreg[mt][kc], RowsAddr(Vs, kLd, wr0 + mt * 16, kc * 16, lane));
+        }
       }
     }
     if (it + 1 < n_it) issue(it + 1);
@@ -487,94 +528,119 @@ __global__ void __launch_bounds__(kThreads)
     const float* Lb = Lsm + nb * kN;
     const float* Db = Dsm + nb * kN;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int qb = half * 32;  // query columns [qb, qb + 32) of the tile
-      if (i0 + qb + 31 < wkey0) continue;  // all these queries precede all the warp's keys
-      float st[4][4], dpt[4][4];
+    for (int step = 0; step < kN / kQc; ++step) {
+      const int qb = step * kQc;  // query columns [qb, qb + kQc) of the tile
+      if (i0 + qb + kQc - 1 < wkey0) continue;  // all these queries precede all the warp's keys
+      float st[kMt][kCt][4], dpt[kMt][kCt][4];
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int mt = 0; mt < kMt; ++mt) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) st[nt][i] = dpt[nt][i] = 0.f;
+        for (int nt = 0; nt < kCt; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) st[mt][nt][i] = dpt[mt][nt][i] = 0.f;
+        }
       }
 #pragma unroll
       for (int kc = 0; kc < HD / 16; ++kc) {
-        uint32_t kar[4], var[4];
-        if constexpr (C::kFixedInRegs) {
+        uint32_t kar[kMt][4], var[kMt][4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            kar[i] = kreg[kc][i];
-            var[i] = vreg[kc][i];
+        for (int mt = 0; mt < kMt; ++mt) {
+          if constexpr (kKvRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              kar[mt][i] = kreg[mt][kc][i];
+              var[mt][i] = vreg[mt][kc][i];
+            }
+          } else {
+            LdMatrixX4(kar[mt], RowsAddr(Ks, kLd, wr0 + mt * 16, kc * 16, lane));
+            LdMatrixX4(var[mt], RowsAddr(Vs, kLd, wr0 + mt * 16, kc * 16, lane));
           }
-        } else {
-          LdMatrixX4(kar, RowsAddr(Ks, kLd, warp * 16, kc * 16, lane));
-          LdMatrixX4(var, RowsAddr(Vs, kLd, warp * 16, kc * 16, lane));
         }
 #pragma unroll
-        for (int np = 0; np < 2; ++np) {
+        for (int np = 0; np < kCt / 2; ++np) {
           uint32_t bq[4], bo[4];
           // B(k = dim, n = query) = Q[q][dim], dO[q][dim]
           LdMatrixX4(bq, ColsAddr(Qb, kLd, qb + np * 16, kc * 16, lane));
           LdMatrixX4(bo, ColsAddr(dOb, kLd, qb + np * 16, kc * 16, lane));
-          Mma(st[2 * np], kar, bq);
-          Mma(st[2 * np + 1], kar, bq + 2);
-          Mma(dpt[2 * np], var, bo);
-          Mma(dpt[2 * np + 1], var, bo + 2);
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) {
+            Mma(st[mt][2 * np], kar[mt], bq);
+            Mma(st[mt][2 * np + 1], kar[mt], bq + 2);
+            Mma(dpt[mt][2 * np], var[mt], bo);
+            Mma(dpt[mt][2 * np + 1], var[mt], bo + 2);
+          }
         }
       }
-      const bool diag = i0 + qb < wkey1;  // some query of the half precedes some key
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < kCt; ++nt) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int c = qb + nt * 8 + 2 * t + j;
           const float L = Lb[c] * kLog2e, D = Db[c];
 #pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const int i = 2 * r + j;
-            float p = exp2f(fmaf(st[nt][i], sl2, -L));
-            if (diag && i0 + c < wkey0 + g + 8 * r) p = 0.f;
-            st[nt][i] = p;
-            dpt[nt][i] = p * (dpt[nt][i] - D);
+          for (int mt = 0; mt < kMt; ++mt) {
+            const int mkey0 = wkey0 + mt * 16;
+            const bool diag = i0 + qb < mkey0 + 15;  // some query of the step precedes some key
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const int i = 2 * r + j;
+              float p = exp2f(fmaf(st[mt][nt][i], sl2, -L));
+              if (diag && i0 + c < mkey0 + g + 8 * r) p = 0.f;
+              st[mt][nt][i] = p;
+              dpt[mt][nt][i] = p * (dpt[mt][nt][i] - D);
+            }
           }
         }
       }
 #pragma unroll
-      for (int kc = 0; kc < 2; ++kc) {
-        uint32_t pa[4], sa[4];
-        AccToA(pa, st[2 * kc], st[2 * kc + 1]);
-        AccToA(sa, dpt[2 * kc], dpt[2 * kc + 1]);
+      for (int kc = 0; kc < kCt / 2; ++kc) {
+        uint32_t pa[kMt][4], sa[kMt][4];
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) {
+          AccToA(pa[mt], st[mt][2 * kc], st[mt][2 * kc + 1]);
+          AccToA(sa[mt], dpt[mt][2 * kc], dpt[mt][2 * kc + 1]);
+        }
 #pragma unroll
         for (int ndp = 0; ndp < HD / 16; ++ndp) {
           uint32_t bo[4], bq[4];
           // B(k = query, n = dim) = dO[q][dim], Q[q][dim] (.trans)
           LdMatrixX4Trans(bo, RowsAddr(dOb, kLd, qb + kc * 16, ndp * 16, lane));
           LdMatrixX4Trans(bq, RowsAddr(Qb, kLd, qb + kc * 16, ndp * 16, lane));
-          Mma(dv[2 * ndp], pa, bo);
-          Mma(dv[2 * ndp + 1], pa, bo + 2);
-          Mma(dk[2 * ndp], sa, bq);
-          Mma(dk[2 * ndp + 1], sa, bq + 2);
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) {
+            Mma(dv[mt][2 * ndp], pa[mt], bo);
+            Mma(dv[mt][2 * ndp + 1], pa[mt], bo + 2);
+            Mma(dk[mt][2 * ndp], sa[mt], bq);
+            Mma(dk[mt][2 * ndp + 1], sa[mt], bq + 2);
+          }
         }
       }
     }
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld;
-  // The scores were scale * q.k, so dK carries the scale.
-  StoreAcc<HD>(dbase + kcol, d.ld, wkey0 + g, d.T, d.scale, dk, t);
-  StoreAcc<HD>(dbase + vcol, d.ld, wkey0 + g, d.T, 1.f, dv, t);
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+    // The scores were scale * q.k, so dK carries the scale.
+    StoreAcc<HD>(dbase + kcol, d.ld, wkey0 + mt * 16 + g, d.T, d.scale, dk[mt], t);
+    StoreAcc<HD>(dbase + vcol, d.ld, wkey0 + mt * 16 + g, d.T, 1.f, dv[mt], t);
+  }
 }
 
 // ---- backward: dQ ---------------------------------------------------------------------
-// Block: kDqRows queries of one (batch, head); warp w owns rows
-// [16 kMt w, 16 kMt (w + 1)). Over key tiles up to the diagonal:
+// Block: 64 MT queries of one (batch, head); warp w owns rows
+// [16 MT w, 16 MT (w + 1)). Over key tiles up to the diagonal:
 // S = Q K^T, dP = dO V^T, dS = exp(scale S - lse) (dP - Dsum), dQ += dS K.
-// At head dim 64 kMt = 2 (each K / V fragment feeds two m-tiles, as in the
-// forward) with Q and dO held as A fragments in registers.
-template <int HD>
+// At head dim 64 the default is MT = 2 (each K / V fragment feeds two
+// m-tiles, as in the forward; 230 registers, 2 blocks per SM), the dq64
+// variant MT = 1 (159 registers, 3 blocks per SM: more warps to hide
+// latency, twice the K/V shared-memory reads per mma); Q and dO are held as
+// A fragments in registers.
+template <int HD, int MT>
 __global__ void __launch_bounds__(kThreads)
     FlashBwdDqMmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, AttnDims d) {
   using C = Cfg<HD>;
-  constexpr int kLd = C::kLd, kN = C::kN, kMt = C::kDqMt, kRows = C::kDqRows;
+  constexpr int kLd = C::kLd, kN = C::kN, kMt = MT, kRows = C::DqRows(MT);
   // Keys per inner chunk: the score and dP accumulators of a chunk are
   // kMt x kCk / 8 n-tiles each, kept at 16 to bound registers.
   constexpr int kCk = 32 / kMt, kCt = kCk / 8;
@@ -751,19 +817,42 @@ void ForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaSt
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdMmaKernel", stream);
 }
 
+template <int HD, typename TL>
+void LaunchDkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* Dsum,
+               const AttnDims& d, cudaStream_t stream) {
+  AllowSmem(FlashBwdDkvMmaKernel<HD, TL>, TL::smem, "FlashBwdDkvMmaKernel");
+  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, TL::kKeys));
+  Launch(FlashBwdDkvMmaKernel<HD, TL>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)),
+         TL::kThreadsN, TL::smem, stream, dqkv, dout, qkv, lse, Dsum, d);
+  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvMmaKernel", stream);
+}
+
+template <int HD, int MT>
+void LaunchDq(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* Dsum,
+              const AttnDims& d, cudaStream_t stream) {
+  constexpr size_t bytes = Cfg<HD>::Dq(MT);
+  AllowSmem(FlashBwdDqMmaKernel<HD, MT>, bytes, "FlashBwdDqMmaKernel");
+  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, Cfg<HD>::DqRows(MT)));
+  Launch(FlashBwdDqMmaKernel<HD, MT>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kThreads,
+         bytes, stream, dqkv, dout, qkv, lse, Dsum, d);
+  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqMmaKernel", stream);
+}
+
+// The variants exist at head dim 64 only (at 128 the dQ kernel already uses
+// one m-tile per warp and wider dK/dV accumulators would not fit).
 template <int HD>
 void BackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* Dsum,
-                const AttnDims& d, cudaStream_t stream) {
-  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, Cfg<HD>::kBwdRows));
-  AllowSmem(FlashBwdDkvMmaKernel<HD>, Cfg<HD>::dkv, "FlashBwdDkvMmaKernel");
-  Launch(FlashBwdDkvMmaKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kThreads,
-         Cfg<HD>::dkv, stream, dqkv, dout, qkv, lse, Dsum, d);
-  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvMmaKernel", stream);
-  AllowSmem(FlashBwdDqMmaKernel<HD>, Cfg<HD>::dq, "FlashBwdDqMmaKernel");
-  const unsigned dq_tiles = static_cast<unsigned>(CeilDiv(d.T, Cfg<HD>::kDqRows));
-  Launch(FlashBwdDqMmaKernel<HD>, dim3(dq_tiles, static_cast<unsigned>(d.B * d.NH)), kThreads,
-         Cfg<HD>::dq, stream, dqkv, dout, qkv, lse, Dsum, d);
-  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqMmaKernel", stream);
+                const AttnDims& d, AttentionBackwardVariant v, cudaStream_t stream) {
+  if (HD == 64 && v.dkdv8) {
+    LaunchDkv<64, DkvWide>(dqkv, dout, qkv, lse, Dsum, d, stream);
+  } else {
+    LaunchDkv<HD, DkvDefault<HD>>(dqkv, dout, qkv, lse, Dsum, d, stream);
+  }
+  if (HD == 64 && v.dq64) {
+    LaunchDq<HD, 1>(dqkv, dout, qkv, lse, Dsum, d, stream);
+  } else {
+    LaunchDq<HD, Cfg<HD>::kDqMt>(dqkv, dout, qkv, lse, Dsum, d, stream);
+  }
 }
 
 }  // namespace
@@ -780,11 +869,12 @@ void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
 }
 
 void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                      const float* Dsum, const AttnDims& d, cudaStream_t stream) {
+                      const float* Dsum, const AttnDims& d, AttentionBackwardVariant variant,
+                      cudaStream_t stream) {
   if (d.hd == 64) {
-    BackwardHd<64>(dqkv, dout, qkv, lse, Dsum, d, stream);
+    BackwardHd<64>(dqkv, dout, qkv, lse, Dsum, d, variant, stream);
   } else if (d.hd == 128) {
-    BackwardHd<128>(dqkv, dout, qkv, lse, Dsum, d, stream);
+    BackwardHd<128>(dqkv, dout, qkv, lse, Dsum, d, variant, stream);
   } else {
     Fatal("FlashBackwardMma: unsupported head dim " + std::to_string(d.hd));
   }

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels/activation.h"
@@ -644,8 +645,11 @@ void CpuAttention(const AttnShape& s, const FVec& qkv, const FVec& dout, FVec* o
 }
 
 template <typename T>
-void CheckAttention(const AttnShape& s, AttentionImpl impl) {
+void CheckAttention(const AttnShape& s, AttentionImpl impl,
+                    AttentionBackwardVariant variant = {}) {
   SetAttentionImpl(impl);
+  const AttentionBackwardVariant saved_variant = GetAttentionBackwardVariant();
+  SetAttentionBackwardVariant(variant);
   const int64_t ld = int64_t(s.NH + 2 * s.NKV) * s.hd;
   const int64_t n_qkv = int64_t(s.B) * s.T * ld, n_out = int64_t(s.B) * s.T * s.NH * s.hd;
   const FVec qkv = Prep<T>(Randn(n_qkv, 44));
@@ -695,6 +699,7 @@ void CheckAttention(const AttnShape& s, AttentionImpl impl) {
     }
   }
   SetAttentionImpl(AttentionImpl::kAuto);
+  SetAttentionBackwardVariant(saved_variant);
 }
 
 class AttentionTest : public GpuTest, public ::testing::WithParamInterface<AttnShape> {};
@@ -708,7 +713,21 @@ TEST_P(AttentionTest, Bf16SimtMatchesCpu) {
 TEST_P(AttentionTest, Bf16WmmaMatchesCpu) {
   CheckAttention<bf16>(GetParam(), AttentionImpl::kWmma);
 }
-TEST_P(AttentionTest, Bf16MmaMatchesCpu) { CheckAttention<bf16>(GetParam(), AttentionImpl::kMma); }
+// Every backward variant (LLMT_ATTN_BWD) on every shape: they only change
+// the tiling at head dim 64, so each must meet the same tolerances and be
+// reproducible run to run; other head dims run the default kernels.
+TEST_P(AttentionTest, Bf16MmaMatchesCpu) {
+  for (const bool dq64 : {false, true}) {
+    for (const bool dkdv8 : {false, true}) {
+      SCOPED_TRACE(std::string("backward variant dq64=") + (dq64 ? "1" : "0") +
+                   " dkdv8=" + (dkdv8 ? "1" : "0"));
+      AttentionBackwardVariant v;
+      v.dq64 = dq64;
+      v.dkdv8 = dkdv8;
+      CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v);
+    }
+  }
+}
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionTest,
@@ -723,7 +742,10 @@ INSTANTIATE_TEST_SUITE_P(
                       // hd 128 GQA over several 64-row tiles, the last partial
                       AttnShape{1, 200, 4, 2, 128},
                       // tensor-core path with fewer rows than one m-tile
-                      AttnShape{2, 5, 2, 1, 64}));
+                      AttnShape{2, 5, 2, 1, 64},
+                      // dkdv8 owns 256-key blocks: two of them, the last
+                      // partial, with GQA groups of 3
+                      AttnShape{1, 290, 6, 2, 64}));
 
 // ------------------------------------- memory-bound kernels: odd shapes ----
 // The vectorised (16-byte) paths of the column sums, norm backward and fused
