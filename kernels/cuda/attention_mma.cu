@@ -243,7 +243,7 @@ struct Cfg {
 // K/V in registers at head dim 64; the dkdv8 variant is DkvWide below.
 template <int HD, int WARPS, int MT, int QC, bool KVREG>
 struct DkvTiling {
-  static constexpr int kWarpsN = WARPS, kMt = MT, kQc = QC;
+  static constexpr int kMt = MT, kQc = QC;
   static constexpr bool kKvRegs = KVREG;
   static constexpr int kThreadsN = WARPS * 32;
   static constexpr int kKeys = WARPS * 16 * MT;
