@@ -22,7 +22,7 @@
 # --profile: GPU time per op group of llmt's GPT-2 step (LLMT_CUDA_PROFILE=1)
 #   beside the same ops in PyTorch.
 # --ab: GPT-2 124M tokens/s for each variant in LLMT_AB_VARIANTS, a space-
-#   separated list of NAME or NAME:VAR=VALUE[,VAR=VALUE] (default: the engine
+#   separated list of NAME or NAME:VAR=VALUE[;VAR=VALUE] (default: the engine
 #   as is, LLMT_GEMM_AUTOTUNE=1, and the attention-backward variants), each run
 #   side by side in one call, so a switch can be judged in one GPU session.
 # Exit status: 0 when every test passed and every benchmark gave a result
@@ -161,12 +161,12 @@ fi
 
 # ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
 if [[ $MODE == ab ]]; then
-  variants=${LLMT_AB_VARIANTS:-"base autotune:LLMT_GEMM_AUTOTUNE=1 dq64:LLMT_ATTN_BWD=dq64 dkdv8:LLMT_ATTN_BWD=dkdv8 both:LLMT_ATTN_BWD=dq64+dkdv8"}
+  variants=${LLMT_AB_VARIANTS:-"base autotune:LLMT_GEMM_AUTOTUNE=1 dq64:LLMT_ATTN_BWD=dq64 dkdv8:LLMT_ATTN_BWD=dkdv8 both:LLMT_ATTN_BWD=dq64,dkdv8"}
   AB_ROWS=()
   for v in $variants; do
     name=${v%%:*}
     envs=()
-    [[ $v == *:* ]] && IFS=',' read -r -a envs <<<"${v#*:}"
+    [[ $v == *:* ]] && IFS=';' read -r -a envs <<<"${v#*:}"
     say "A/B variant $name ${envs[*]:-}"
     line=$(env "${envs[@]}" LD_LIBRARY_PATH="$LLMT_LD_PATH" timeout 120 \
       "$BUNDLE/bin/bench_gpu_train" --model gpt2-124m --batch "${LLMT_BENCH_BATCH:-64}" \
