@@ -287,8 +287,10 @@ class CudaModelImpl final : public CudaModel {
   // One per range the hook reports in a backward (final norm/lm_head, each
   // block, embeddings), recorded on the stream when the range is complete.
   std::vector<cudaEvent_t> ready_events_;
-  // Reports [offset, offset + count) to grad_hook_ with event `index`.
-  void GradsReady(size_t index, int64_t offset, int64_t count);
+  std::vector<ParamLayout::Range> grad_ranges_;  // what grad_hook_ reports, in order
+  // Reports range i of grad_ranges_ (ParamLayout::GradReadyRanges), with a
+  // wait on ready_events_[i].
+  void GradsReady(size_t i);
 };
 
 template <typename T>
@@ -338,6 +340,7 @@ absl::Status CudaModelImpl<T>::Init() {
         hd_));
   }
   pl_ = BuildParamLayout(cfg_);
+  grad_ranges_ = pl_.GradReadyRanges();
   n_ = pl_.num_params;
 
   // ---- plan the activation arena (bytes), then check it fits before allocating ----
@@ -474,7 +477,7 @@ absl::Status CudaModelImpl<T>::Init() {
   }
   LLMT_CUDA_RETURN_IF_ERROR(
       cudaMallocHost(reinterpret_cast<void**>(&host_scalars_), kLossSlots * sizeof(double)));
-  ready_events_.assign(static_cast<size_t>(L_) + 2, nullptr);
+  ready_events_.assign(grad_ranges_.size(), nullptr);
   for (cudaEvent_t& e : ready_events_) {
     LLMT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   }
@@ -758,10 +761,7 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     cu::Zero(dres_, N * C_, s());
   }
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N);
-  // Layout: embeddings | block 0 | ... | block L-1 | final norm (| lm_head).
-  const int64_t blocks_begin = pl_.layers[0].ln1_w;
-  const int64_t blocks_end = pl_.lnf_w;
-  GradsReady(0, blocks_end, n_ - blocks_end);
+  GradsReady(0);  // final norm (and an untied lm_head)
 
   for (int l = L_ - 1; l >= 0; --l) {
     const LayerParams& o = pl_.layers[l];
@@ -828,23 +828,22 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
                          QKV_, lay, 1.f, false, nullptr, s());
     }
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N);
-    const int64_t end = l + 1 < L_ ? pl_.layers[l + 1].ln1_w : blocks_end;
-    GradsReady(static_cast<size_t>(L_ - l), o.ln1_w, end - o.ln1_w);
+    GradsReady(static_cast<size_t>(L_ - l));
   }
   {
     auto timed = timer_->Time("embedding_bwd");
     cu::EmbeddingBackward(G(pl_.wte), gpt2() ? G(pl_.wpe) : nullptr, dres_, tokens_, b, t, C_,
                           scratch_.data(), scratch_bytes_, s());
   }
-  GradsReady(static_cast<size_t>(L_) + 1, 0, blocks_begin);
+  GradsReady(static_cast<size_t>(L_) + 1);  // embeddings
 }
 
 template <typename T>
-void CudaModelImpl<T>::GradsReady(size_t index, int64_t offset, int64_t count) {
+void CudaModelImpl<T>::GradsReady(size_t i) {
   if (!grad_hook_) return;
-  cudaEvent_t ev = ready_events_[index];
+  cudaEvent_t ev = ready_events_[i];
   LLMT_CUDA_CHECK(cudaEventRecord(ev, s()));
-  grad_hook_(offset, count, [ev]() {
+  grad_hook_(grad_ranges_[i].offset, grad_ranges_[i].count, [ev]() {
     return cu::CudaStatus(cudaEventSynchronize(ev), "cudaEventSynchronize (gradients ready)");
   });
 }

@@ -153,6 +153,11 @@ class CpuModel final : public Model {
   int last_b_ = 0, last_t_ = 0;
   bool have_dlogits_ = false;
   GradReadyHook grad_hook_;
+  std::vector<ParamLayout::Range> grad_ranges_;  // what grad_hook_ reports, in order
+  // Reports range i of grad_ranges_ (see ParamLayout::GradReadyRanges).
+  void GradsReady(size_t i) {
+    if (grad_hook_) grad_hook_(grad_ranges_[i].offset, grad_ranges_[i].count);
+  }
 };
 
 absl::Status CpuModel::Init() {
@@ -167,6 +172,7 @@ absl::Status CpuModel::Init() {
   FC_ = gpt2() ? F_ : 2 * F_;
   // ---- parameter layout (shared with the CUDA model) ----
   ParamLayout pl = BuildParamLayout(cfg_);
+  grad_ranges_ = pl.GradReadyRanges();
   info_ = std::move(pl.info);
   num_params_ = pl.num_params;
   wte_ = pl.wte;
@@ -358,11 +364,7 @@ void CpuModel::Backward(float loss_scale) {
   }
   k::Zero(dres_, N * C_);
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, lnf_w_, lnf_b_, N);
-  // Parameters are laid out embeddings | block 0 | ... | block L-1 | final
-  // norm (| lm_head): everything after the last block is final now.
-  const int64_t blocks_begin = layers_[0].ln1_w;
-  const int64_t blocks_end = lnf_w_;
-  if (grad_hook_) grad_hook_(blocks_end, num_params_ - blocks_end);
+  GradsReady(0);  // final norm (and an untied lm_head)
 
   for (int l = L_ - 1; l >= 0; --l) {
     const LayerParams& o = layers_[l];
@@ -406,16 +408,13 @@ void CpuModel::Backward(float loss_scale) {
                         lay);
     }
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N);
-    if (grad_hook_) {
-      const int64_t end = l + 1 < L_ ? layers_[l + 1].ln1_w : blocks_end;
-      grad_hook_(o.ln1_w, end - o.ln1_w);
-    }
+    GradsReady(static_cast<size_t>(L_ - l));
   }
   {
     PROFILE("embedding_bwd");
     k::EmbeddingBackward(G(wte_), gpt2() ? G(wpe_) : nullptr, dres_, tokens_.data(), b, t, C_);
   }
-  if (grad_hook_) grad_hook_(0, blocks_begin);
+  GradsReady(static_cast<size_t>(L_) + 1);  // embeddings
 }
 
 absl::Status Check(bool ok, const std::string& msg) {
@@ -424,6 +423,19 @@ absl::Status Check(bool ok, const std::string& msg) {
 
 }  // namespace
 
+std::vector<ParamLayout::Range> ParamLayout::GradReadyRanges() const {
+  const int L = static_cast<int>(layers.size());
+  const int64_t blocks_begin = layers[0].ln1_w;  // every block starts with its first norm
+  const int64_t blocks_end = lnf_w;
+  std::vector<Range> r;
+  r.push_back({blocks_end, num_params - blocks_end});
+  for (int l = L - 1; l >= 0; --l) {
+    const int64_t end = l + 1 < L ? layers[l + 1].ln1_w : blocks_end;
+    r.push_back({layers[l].ln1_w, end - layers[l].ln1_w});
+  }
+  r.push_back({0, blocks_begin});
+  return r;
+}
 
 ParamLayout BuildParamLayout(const ModelConfig& cfg) {
   ParamLayout pl;

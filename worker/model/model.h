@@ -67,6 +67,16 @@ struct ParamLayout {
   int64_t num_params = 0;
   int64_t wte = -1, wpe = -1, lnf_w = -1, lnf_b = -1, lm_head = -1;  // lm_head == wte for gpt2
   std::vector<LayerParams> layers;
+
+  // A contiguous range of the flat buffer: [offset, offset + count).
+  struct Range {
+    int64_t offset = 0, count = 0;
+  };
+  // The ranges a grad-ready hook reports, in the order the backward finishes
+  // them: [0] everything after the last block (final norm, untied lm_head),
+  // [1 + i] block L-1-i, [L + 1] the embeddings (tied lm_head included).
+  // Relies on the layout embeddings | block 0 | ... | block L-1 | rest.
+  std::vector<Range> GradReadyRanges() const;
 };
 ParamLayout BuildParamLayout(const ModelConfig& cfg);
 
