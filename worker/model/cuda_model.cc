@@ -226,6 +226,8 @@ class CudaModelImpl final : public CudaModel {
   // Validates the ids, stages them in pinned memory and queues the copy to
   // the device (tokens_/targets_). targets may be null.
   absl::Status UploadTokens(const int32_t* inputs, const int32_t* targets, int64_t N);
+  // Copies scalar_ to the host (synchronises).
+  absl::StatusOr<double> ReadScalar();
   // Moves the pending per-micro-step losses from the device into folded_*.
   absl::Status FoldLosses();
   void ForwardPass(int b, int t);
@@ -273,7 +275,7 @@ class CudaModelImpl final : public CudaModel {
   int32_t* tokens_ = nullptr;     // device [N]
   int32_t* targets_ = nullptr;    // device [N]
   double* loss_slots_ = nullptr;  // device [kLossSlots]
-  double* norm_ = nullptr;        // device scalar
+  double* scalar_ = nullptr;      // device: one-off results (grad norm, evaluation loss)
 
   TokenStaging staging_;
   double* host_scalars_ = nullptr;  // pinned [kLossSlots]
@@ -394,7 +396,7 @@ absl::Status CudaModelImpl<T>::Init() {
   scratch_bytes_ =
       std::max({cu::NormBackwardScratchBytes(N, C_), cu::AttentionBackwardScratchBytes(B_, T_, NH_),
                 cu::EmbeddingBackwardScratchBytes(B_, T_), cu::ReduceScratchBytes()});
-  // misc: rope tables, token ids, loss slots, grad-norm scalar.
+  // misc: rope tables, token ids, loss slots, one scalar.
   const int64_t rope_bytes = gpt2() ? 0 : AlignUp(int64_t{T_} * hd_ / 2 * 4, kAlignBytes);
   const int64_t tok_bytes = AlignUp(N * 4, kAlignBytes);
   const int64_t misc_bytes =
@@ -467,7 +469,7 @@ absl::Status CudaModelImpl<T>::Init() {
   m += 2 * tok_bytes;
   loss_slots_ = reinterpret_cast<double*>(m);
   m += AlignUp(kLossSlots * 8, kAlignBytes);
-  norm_ = reinterpret_cast<double*>(m);
+  scalar_ = reinterpret_cast<double*>(m);
 
   for (int i = 0; i < 2; ++i) {
     LLMT_CUDA_RETURN_IF_ERROR(
@@ -915,15 +917,11 @@ absl::StatusOr<double> CudaModelImpl<T>::Forward(const int32_t* inputs, const in
     return 0.0;
   }
   have_logits_ = false;
-  // A slot past the training ones, so an evaluation between micro-steps
-  // does not disturb their pending losses.
-  double* slot = norm_;
-  cu::Sum(row_losses_, N, slot, scratch_.data(), scratch_bytes_, s());
-  LLMT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_scalars_ + kLossSlots - 1, slot, sizeof(double),
-                                            cudaMemcpyDeviceToHost, s()));
-  RETURN_IF_ERROR(stream_.Synchronize());
-  timer_->Flush();
-  return host_scalars_[kLossSlots - 1] / static_cast<double>(N);
+  // Not a training loss slot, so an evaluation between micro-steps does not
+  // disturb their pending losses.
+  cu::Sum(row_losses_, N, scalar_, scratch_.data(), scratch_bytes_, s());
+  ASSIGN_OR_RETURN(const double sum, ReadScalar());
+  return sum / static_cast<double>(N);
 }
 
 template <typename T>
@@ -952,10 +950,15 @@ template <typename T>
 absl::StatusOr<double> CudaModelImpl<T>::GradNorm() {
   {
     auto timed = timer_->Time("grad_norm");
-    cu::L2Norm(g32_.as<float>(), n_, norm_, scratch_.data(), scratch_bytes_, s());
+    cu::L2Norm(g32_.as<float>(), n_, scalar_, scratch_.data(), scratch_bytes_, s());
   }
-  LLMT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_scalars_ + kLossSlots - 1, norm_, sizeof(double),
-                                            cudaMemcpyDeviceToHost, s()));
+  return ReadScalar();
+}
+
+template <typename T>
+absl::StatusOr<double> CudaModelImpl<T>::ReadScalar() {
+  LLMT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_scalars_ + kLossSlots - 1, scalar_,
+                                            sizeof(double), cudaMemcpyDeviceToHost, s()));
   RETURN_IF_ERROR(stream_.Synchronize());
   timer_->Flush();
   return host_scalars_[kLossSlots - 1];
