@@ -112,6 +112,16 @@ std::string ReadFileOrEmpty(const std::string& path) {
   return ss.str();
 }
 
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  std::string l;
+  while (std::getline(in, l)) {
+    if (!l.empty()) out.push_back(l);
+  }
+  return out;
+}
+
 std::string Binary(const std::string& rel) { return std::string(LLMT_BINARY_DIR) + "/" + rel; }
 
 std::string FreshDir(const std::string& name) {

@@ -39,6 +39,8 @@ class Process {
 };
 
 std::string ReadFileOrEmpty(const std::string& path);
+// The non-empty lines of `text` (e.g. a metrics.jsonl file).
+std::vector<std::string> Lines(const std::string& text);
 // Path of a binary in the build tree, e.g. Binary("cli/llmt").
 std::string Binary(const std::string& rel);
 // A fresh empty directory under the test temp dir.

@@ -19,6 +19,7 @@ namespace {
 
 using ::llmt::testing::Binary;
 using ::llmt::testing::FreshDir;
+using ::llmt::testing::Lines;
 using ::llmt::testing::Process;
 using ::llmt::testing::ReadFileOrEmpty;
 using ::llmt::testing::RunCommand;
@@ -63,16 +64,6 @@ std::string SpecYaml(const std::string& family, const std::string& data_dir, int
     << "eval:\n  every_steps: 10\n  steps: 2\n"
     << "checkpoint:\n  every_steps: 10\n  keep_last: 3\n";
   return s.str();
-}
-
-std::vector<std::string> Lines(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  std::string l;
-  while (std::getline(in, l)) {
-    if (!l.empty()) out.push_back(l);
-  }
-  return out;
 }
 
 // The deterministic part of a metrics line: drops the wall-clock fields.

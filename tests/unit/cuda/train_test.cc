@@ -41,6 +41,7 @@ namespace llmt {
 namespace {
 
 using ::llmt::testing::FreshDir;
+using ::llmt::testing::Lines;
 using ::llmt::testing::ReadFileOrEmpty;
 using ::llmt::testing::RunCommand;
 using ::llmt::testing::RunResult;
@@ -116,16 +117,6 @@ std::string SpecYaml(const SpecOpts& o, const std::string& data_dir) {
     << "eval:\n  every_steps: " << o.eval_every << "\n  steps: 2\n"
     << "checkpoint:\n  every_steps: " << o.ckpt_every << "\n  keep_last: 5\n";
   return s.str();
-}
-
-std::vector<std::string> Lines(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  std::string l;
-  while (std::getline(in, l)) {
-    if (!l.empty()) out.push_back(l);
-  }
-  return out;
 }
 
 // The number after "key": in a JSON line; NaN when absent.
