@@ -14,8 +14,8 @@
 #include <cstdlib>
 #include <map>
 #include <string>
-#include <vector>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -316,6 +316,16 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
   return p;
 }
 
+// One cublasLtMatmul of `op` (posed as `lt`) with `plan`'s descriptors and
+// algorithm `algo`.
+cublasStatus_t LaunchLt(Blas::Impl& impl, const Plan& plan, const GemmOp& op, const LtProblem& lt,
+                        const cublasLtMatmulAlgo_t& algo, cudaStream_t stream) {
+  const float alpha = op.alpha, beta = op.beta;
+  return cublasLtMatmul(impl.handle, plan.desc, &alpha, lt.a.ptr, plan.a, lt.b.ptr, plan.b, &beta,
+                        lt.c.ptr, plan.c, op.D, plan.d, &algo, impl.workspace.data(),
+                        static_cast<size_t>(impl.workspace.bytes()), stream);
+}
+
 // Times every candidate algorithm on this call's own operands (one warm-up,
 // then the median of three) and keeps the fastest. Opt-in
 // (LLMT_GEMM_AUTOTUNE=1 / Blas::set_autotune): the choice depends on timing,
@@ -323,9 +333,8 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
 // gives up bit-identical results across processes (e.g. an exact resume).
 void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, const LtProblem& lt,
               cudaStream_t stream) {
-  cudaEvent_t ev[4];
+  cudaEvent_t ev[2];
   for (auto& e : ev) LLMT_CUDA_CHECK(cudaEventCreate(&e));
-  const float alpha = op.alpha, beta = op.beta;
   float best_ms = 0, first_ms = 0;
   int best = -1;
   for (size_t i = 0; i < plan.candidates.size(); ++i) {
@@ -333,11 +342,7 @@ void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, const LtProblem& l
     bool ok = true;
     for (int rep = 0; rep < 4 && ok; ++rep) {
       if (rep > 0) LLMT_CUDA_CHECK(cudaEventRecord(ev[0], stream));
-      const cublasStatus_t st = cublasLtMatmul(
-          impl.handle, plan.desc, &alpha, lt.a.ptr, plan.a, lt.b.ptr, plan.b, &beta, lt.c.ptr,
-          plan.c, op.D, plan.d, &plan.candidates[i], impl.workspace.data(),
-          static_cast<size_t>(impl.workspace.bytes()), stream);
-      ok = st == CUBLAS_STATUS_SUCCESS;
+      ok = LaunchLt(impl, plan, op, lt, plan.candidates[i], stream) == CUBLAS_STATUS_SUCCESS;
       if (ok && rep > 0) {
         LLMT_CUDA_CHECK(cudaEventRecord(ev[1], stream));
         LLMT_CUDA_CHECK(cudaEventSynchronize(ev[1]));
@@ -376,7 +381,6 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
         plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
   }
   const LtProblem lt = ToColumnMajor(op);
-  const float alpha = op.alpha, beta = op.beta;
   // Re-running is harmless unless the GEMM accumulates into its own output
   // (beta != 0 with C == D: residual adds, weight-gradient +=).
   if (impl.autotune && !plan->tuned && plan->candidates.size() > 1 &&
@@ -384,10 +388,7 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
     Autotune(impl, *plan, op, lt, stream);
   }
   plan->tuned = true;
-  const cublasStatus_t st =
-      cublasLtMatmul(impl.handle, plan->desc, &alpha, lt.a.ptr, plan->a, lt.b.ptr, plan->b, &beta,
-                     lt.c.ptr, plan->c, op.D, plan->d, &plan->algo, impl.workspace.data(),
-                     static_cast<size_t>(impl.workspace.bytes()), stream);
+  const cublasStatus_t st = LaunchLt(impl, *plan, op, lt, plan->algo, stream);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
     // The heuristic offered an algorithm that then declined these operands:
     // treat like "no algorithm" so that Gemm() can fall back.
