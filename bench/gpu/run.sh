@@ -161,7 +161,7 @@ fi
 
 # ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
 if [[ $MODE == ab ]]; then
-  variants=${LLMT_AB_VARIANTS:-"base autotune:LLMT_GEMM_AUTOTUNE=1 dq64:LLMT_ATTN_BWD=dq64 dkdv8:LLMT_ATTN_BWD=dkdv8 both:LLMT_ATTN_BWD=dq64,dkdv8"}
+  variants=${LLMT_AB_VARIANTS:-"base ds:LLMT_ATTN_BWD=ds legacy:LLMT_LEGACY_KERNELS=xent,norm_bwd autotune:LLMT_GEMM_AUTOTUNE=1 ds+autotune:LLMT_ATTN_BWD=ds;LLMT_GEMM_AUTOTUNE=1"}
   AB_ROWS=()
   for v in $variants; do
     name=${v%%:*}

@@ -52,9 +52,11 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
       v.dq64 = true;
     } else if (name == "dkdv8") {
       v.dkdv8 = true;
+    } else if (name == "ds") {
+      v.ds = true;
     } else if (!name.empty() && name != "default") {
       Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
-            "' (expected a comma-separated list of dq64, dkdv8, or default)");
+            "' (expected a comma-separated list of dq64, dkdv8, ds, or default)");
     }
     pos = end + 1;
   }
@@ -65,9 +67,10 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
 AttentionBackwardVariant& BackwardVariant() {
   static AttentionBackwardVariant v = [] {
     const AttentionBackwardVariant parsed = ParseBackwardVariant(std::getenv("LLMT_ATTN_BWD"));
-    if (parsed.dq64 || parsed.dkdv8) {
+    if (parsed.dq64 || parsed.dkdv8 || parsed.ds) {
       LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
-                     << (parsed.dkdv8 ? " dkdv8" : "") << " (LLMT_ATTN_BWD)";
+                     << (parsed.dkdv8 ? " dkdv8" : "") << (parsed.ds ? " ds" : "")
+                     << " (LLMT_ATTN_BWD)";
     }
     return parsed;
   }();
@@ -402,6 +405,21 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdSimt", stream);
 }
 
+// The ds variant's scratch: dS tiles after Dsum (256-byte aligned), for
+// the largest batch chunk whose tiles fit ds_max_bytes (at least one batch
+// element), chunks as even as possible.
+size_t DsOffset(int B, int T, int NH) {
+  const size_t dsum = static_cast<size_t>(B) * NH * T * sizeof(float);
+  return (dsum + 255) / 256 * 256;
+}
+int DsChunkBatch(int B, int T, int NH, const AttentionBackwardVariant& v) {
+  if (!v.ds || B <= 0) return 0;
+  const size_t per = internal::DsBatchBytes(T, NH);
+  const int64_t fit = std::max<int64_t>(1, static_cast<int64_t>(v.ds_max_bytes / std::max<size_t>(per, 1)));
+  const int64_t chunks = (B + fit - 1) / fit;
+  return static_cast<int>((B + chunks - 1) / chunks);
+}
+
 template <typename T>
 void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse, int B, int T_,
               int NH, int NKV, int hd, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
@@ -414,9 +432,14 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdPreprocess", stream);
   if constexpr (std::is_same_v<T, bf16>) {
     switch (TensorCoreImpl(hd, dqkv, dout, qkv)) {
-      case AttentionImpl::kMma:
-        internal::FlashBackwardMma(dqkv, dout, qkv, lse, Dsum, d, BackwardVariant(), stream);
+      case AttentionImpl::kMma: {
+        const AttentionBackwardVariant v = BackwardVariant();
+        bf16* ds = v.ds ? reinterpret_cast<bf16*>(static_cast<char*>(scratch) + DsOffset(B, T_, NH))
+                        : nullptr;
+        internal::FlashBackwardMma(dqkv, dout, qkv, lse, Dsum, d, v, ds,
+                                   DsChunkBatch(B, T_, NH, v), stream);
         return;
+      }
       case AttentionImpl::kWmma:
         internal::FlashBackwardTc(dqkv, dout, qkv, lse, Dsum, d, stream);
         return;
@@ -499,7 +522,10 @@ void SetAttentionBackwardVariant(AttentionBackwardVariant v) { BackwardVariant()
 AttentionBackwardVariant GetAttentionBackwardVariant() { return BackwardVariant(); }
 
 size_t AttentionBackwardScratchBytes(int B, int T, int NH) {
-  return static_cast<size_t>(B) * NH * T * sizeof(float);
+  const AttentionBackwardVariant v = BackwardVariant();
+  if (!v.ds) return static_cast<size_t>(B) * NH * T * sizeof(float);
+  return DsOffset(B, T, NH) + static_cast<size_t>(DsChunkBatch(B, T, NH, v)) *
+                                  internal::DsBatchBytes(T, NH);
 }
 
 void AttentionForward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,

@@ -41,7 +41,8 @@ void AttentionForward(float* out, float* lse, const float* qkv, int B, int T, in
 void AttentionForward(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, int NKV, int hd,
                       cudaStream_t stream);
 
-// Scratch bytes AttentionBackward needs (rowsum(dout * out), B*NH*T fp32).
+// Scratch bytes AttentionBackward needs: rowsum(dout * out) (B*NH*T fp32),
+// and with the ds backward variant the dS tiles of a batch chunk.
 size_t AttentionBackwardScratchBytes(int B, int T, int NH);
 
 // dqkv (same layout as qkv) is overwritten from dout [B, T, NH*hd], the
@@ -71,15 +72,26 @@ AttentionImpl GetAttentionImpl();
 //   dkdv8: the dK/dV kernel with 8 warps x 32 keys (256 keys per block), so
 //          each Q/dO fragment read from shared memory feeds two key m-tiles,
 //          in 16-query steps to bound registers.
+//   ds:    (head dims 64 and 128; overrides the two above) the dK/dV kernel
+//          also writes each dS tile it computes (bf16, the causal 64 x 64
+//          tiles) to scratch, and the dQ kernel computes dQ = dS K from
+//          them: one tile product per tile pair instead of recomputing S and
+//          dP (FlashAttention-2's five products in all instead of seven,
+//          still without atomics). The scratch holds the dS of as many batch
+//          elements as fit ds_max_bytes (at least one); larger batches run
+//          in chunks. AttentionBackwardScratchBytes includes it when ds is on.
 // The default comes from the environment variable LLMT_ATTN_BWD, read once on
 // first use: a comma-separated list of the names above ("" or "default" =
-// neither); an unknown name is a fatal error, so a typo cannot silently time
+// none); an unknown name is a fatal error, so a typo cannot silently time
 // the default. Results differ between variants in summation order only; each
 // is deterministic run to run. Set/Get are a process-wide switch for tests
-// and benchmarks (not thread-safe); Set overrides the environment.
+// and benchmarks (not thread-safe); Set overrides the environment (and must
+// come before sizing the scratch).
 struct AttentionBackwardVariant {
   bool dq64 = false;
   bool dkdv8 = false;
+  bool ds = false;
+  size_t ds_max_bytes = size_t{512} << 20;
 };
 void SetAttentionBackwardVariant(AttentionBackwardVariant v);
 AttentionBackwardVariant GetAttentionBackwardVariant();

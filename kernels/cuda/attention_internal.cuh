@@ -2,6 +2,7 @@
 // attention_tc.cu (tensor-core kernels). Not a public header.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/attention.cuh"
@@ -23,9 +24,19 @@ struct AttnDims {
 // and the portable WMMA version (attention_tc.cu).
 void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                      cudaStream_t stream);
+// ds (variant.ds only): scratch for the dS tiles of ds_batch batch elements
+// (DsBatchBytes each); the backward runs in chunks of that many.
 void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                       const float* Dsum, const AttnDims& d, AttentionBackwardVariant variant,
-                      cudaStream_t stream);
+                      bf16* ds, int ds_batch, cudaStream_t stream);
+
+// The ds backward variant's dS tiles: kDsTile x kDsTile bf16, the causal
+// (query tile >= key tile) pairs of every (batch, head).
+inline constexpr int kDsTile = 64;
+inline size_t DsBatchBytes(int T, int NH) {
+  const size_t n = static_cast<size_t>((T + kDsTile - 1) / kDsTile);
+  return size_t(NH) * (n * (n + 1) / 2) * kDsTile * kDsTile * sizeof(bf16);
+}
 bool FlashTcSupports(int hd);
 void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream);
 // Dsum [B, NH, T] = rowsum(dout * out), computed by the caller.

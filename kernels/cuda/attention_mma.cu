@@ -33,6 +33,8 @@
 // Work decomposition: forward and dQ own query tiles, dK/dV owns a key tile
 // and loops over the queries (and the GQA group's query heads). Every output
 // element is written by one thread after a fixed-order loop: deterministic.
+#include <algorithm>
+
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/device_util.cuh"
 
@@ -239,20 +241,37 @@ struct Cfg {
 
 // dK/dV tiling: WARPS warps owning MT 16-key m-tiles each (WARPS * 16 * MT
 // keys per block), query tiles walked in steps of QC columns, K and V held
-// as A fragments in registers when KVREG. The default is 4 x 1 x 32 with
-// K/V in registers at head dim 64; the dkdv8 variant is DkvWide below.
-template <int HD, int WARPS, int MT, int QC, bool KVREG>
+// as A fragments in registers when KVREG, and with DS the kernel also writes
+// every dS tile it computes to global memory for FlashBwdDqFromDsKernel (the
+// ds variant). The default is 4 x 1 x 32 with K/V in registers at head dim
+// 64; the dkdv8 variant is DkvWide below.
+template <int HD, int WARPS, int MT, int QC, bool KVREG, bool DS = false>
 struct DkvTiling {
   static constexpr int kMt = MT, kQc = QC;
-  static constexpr bool kKvRegs = KVREG;
+  static constexpr bool kKvRegs = KVREG, kStoreDs = DS;
   static constexpr int kThreadsN = WARPS * 32;
   static constexpr int kKeys = WARPS * 16 * MT;
   static constexpr size_t smem = Cfg<HD>::Dkv(kKeys);
+  static_assert(!DS || (kKeys == Cfg<HD>::kN && MT == 1),
+                "dS tiles are stored per 64-key block, one m-tile per warp");
 };
 template <int HD>
 using DkvDefault = DkvTiling<HD, kWarps, 1, 32, Cfg<HD>::kFixedInRegs>;
 // dkdv8 (hd 64 only): 8 warps x 32 keys; see the kernel's comment.
 using DkvWide = DkvTiling<64, 8, 2, 16, true>;
+// ds: the default tiling, storing dS.
+template <int HD>
+using DkvStoreDs = DkvTiling<HD, kWarps, 1, 32, Cfg<HD>::kFixedInRegs, true>;
+
+// dS tile (key tile kt, query tile qt >= kt) of (batch, head) bh in the ds
+// variant's scratch: per bh the causal tile pairs in the order (qt, kt) =
+// (0,0), (1,0), (1,1), (2,0), ..., each kDsTile x kDsTile bf16 row-major with
+// keys as rows (the dK/dV kernel's dS^T orientation). For a fixed query tile
+// its key tiles 0..qt are consecutive, which is the order the dQ kernel reads.
+__device__ __forceinline__ bf16* DsTile(bf16* ds, int64_t bh, int n_qt, int qt, int kt) {
+  const int64_t pairs = static_cast<int64_t>(n_qt) * (n_qt + 1) / 2;
+  return ds + (bh * pairs + static_cast<int64_t>(qt) * (qt + 1) / 2 + kt) * kDsTile * kDsTile;
+}
 
 // ---- forward -------------------------------------------------------------------------
 // Block: kFwdRows queries of one (batch, head); warp w owns rows
@@ -453,7 +472,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int HD, typename TL>
 __global__ void __launch_bounds__(TL::kThreadsN)
     FlashBwdDkvMmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                         const float* Dsum, AttnDims d) {
+                         const float* Dsum, bf16* ds, AttnDims d) {
   using C = Cfg<HD>;
   constexpr int kLd = C::kLd, kN = C::kN, kNT = TL::kThreadsN, kKeys = TL::kKeys;
   constexpr int kMt = TL::kMt, kQc = TL::kQc, kCt = kQc / 8;
@@ -530,7 +549,25 @@ __global__ void __launch_bounds__(TL::kThreadsN)
 #pragma unroll
     for (int step = 0; step < kN / kQc; ++step) {
       const int qb = step * kQc;  // query columns [qb, qb + kQc) of the tile
-      if (i0 + qb + kQc - 1 < wkey0) continue;  // all these queries precede all the warp's keys
+      // ds: where this warp's 16 x kQc block of the dS^T tile goes (row =
+      // key wr0 + g (+8), column = query qb + 8 nt + 2t (+1)).
+      [[maybe_unused]] bf16* ds_out = nullptr;
+      if constexpr (TL::kStoreDs) {
+        const int h = kvh * d.group + it / n_qt;
+        const int qt = blockIdx.x + it % n_qt;  // kKeys == kN: the key tile is blockIdx.x
+        ds_out = DsTile(ds, static_cast<int64_t>(b) * d.NH + h, DivUp(d.T, kN), qt, blockIdx.x) +
+                 (wr0 + g) * kDsTile + qb + 2 * t;
+      }
+      if (i0 + qb + kQc - 1 < wkey0) {  // all these queries precede all the warp's keys
+        if constexpr (TL::kStoreDs) {  // dS is 0 there; the dQ kernel reads the whole tile
+#pragma unroll
+          for (int nt = 0; nt < kCt; ++nt) {
+            *reinterpret_cast<uint32_t*>(ds_out + nt * 8) = 0u;
+            *reinterpret_cast<uint32_t*>(ds_out + 8 * kDsTile + nt * 8) = 0u;
+          }
+        }
+        continue;
+      }
       float st[kMt][kCt][4], dpt[kMt][kCt][4];
 #pragma unroll
       for (int mt = 0; mt < kMt; ++mt) {
@@ -590,6 +627,16 @@ __global__ void __launch_bounds__(TL::kThreadsN)
               dpt[mt][nt][i] = p * (dpt[mt][nt][i] - D);
             }
           }
+        }
+      }
+      if constexpr (TL::kStoreDs) {
+        // The same bf16 rounding AccToA applies below, so dQ = dS K uses
+        // exactly the dS that dK = dS^T Q uses (as in FlashAttention-2).
+#pragma unroll
+        for (int nt = 0; nt < kCt; ++nt) {
+          *reinterpret_cast<uint32_t*>(ds_out + nt * 8) = Pack(dpt[0][nt][0], dpt[0][nt][1]);
+          *reinterpret_cast<uint32_t*>(ds_out + 8 * kDsTile + nt * 8) =
+              Pack(dpt[0][nt][2], dpt[0][nt][3]);
         }
       }
 #pragma unroll
@@ -794,6 +841,70 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- backward: dQ from stored dS (the ds variant) ----------------------------------
+// Block: the 64 queries of query tile qt of one (batch, head); warp w owns
+// rows [16 w, 16 w + 16). For key tiles 0..qt: dQ += dS K, reading the dS^T
+// tiles FlashBwdDkvMmaKernel<DkvStoreDs> wrote (keys as rows, so the A
+// fragment of dS comes from ldmatrix.trans) and the K tile, both through
+// double-buffered cp.async. One tile product per tile pair instead of the
+// three of FlashBwdDqMmaKernel (which recomputes S and dP), at the price of
+// writing and reading dS (bf16, the causal half of T x T per head).
+template <int HD>
+__global__ void __launch_bounds__(kThreads)
+    FlashBwdDqFromDsKernel(bf16* dqkv, const bf16* qkv, const bf16* ds, AttnDims d) {
+  using C = Cfg<HD>;
+  constexpr int kLd = C::kLd, kN = C::kN, kLdS = kDsTile + kPad;
+  static_assert(kN == kDsTile && kN == kWarps * 16, "one 16-row m-tile per warp per query tile");
+  LLMT_DYNAMIC_SMEM(smem);
+  bf16* Ss = reinterpret_cast<bf16*>(smem);  // [2][kN][kLdS]: dS^T, rows = keys
+  bf16* Ks = Ss + 2 * kN * kLdS;             // [2][kN][kLd]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int n_qt = DivUp(d.T, kN);
+  const int qt = gridDim.x - 1 - blockIdx.x;  // longest rows first
+  const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
+  const bf16* kbase = qkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(d.NH + kvh) * HD;
+  const bf16* dsb = DsTile(const_cast<bf16*>(ds), bh, n_qt, qt, 0);  // tiles kt = 0..qt follow
+
+  auto issue = [&](int kt) {
+    const int nb = kt & 1;
+    LoadTileAsync<kDsTile, kN>(Ss + nb * kN * kLdS, dsb + static_cast<int64_t>(kt) * kN * kN, kN,
+                               0, kN);
+    LoadTileAsync<HD, kN>(Ks + nb * kN * kLd, kbase, d.ld, kt * kN, d.T);
+    CpAsyncCommit();
+  };
+  issue(0);
+  float dq[HD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.f;
+
+  for (int kt = 0; kt <= qt; ++kt) {
+    CpAsyncWaitAll();
+    __syncthreads();  // tile kt is visible; everyone is done with tile kt - 1's buffer
+    if (kt < qt) issue(kt + 1);
+    const bf16* Sb = Ss + (kt & 1) * kN * kLdS;
+    const bf16* Kb = Ks + (kt & 1) * kN * kLd;
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) {
+      // On the diagonal tile, keys 16 kc.. all follow this warp's rows: dS = 0.
+      if (kt == qt && kc > warp) break;
+      // A(m = query, k = key) = dS^T[key][query]: the .trans load of the
+      // transposed pair layout (ColsAddr with n = keys, k = queries).
+      uint32_t sa[4];
+      LdMatrixX4Trans(sa, ColsAddr(Sb, kLdS, kc * 16, warp * 16, lane));
+#pragma unroll
+      for (int ndp = 0; ndp < HD / 16; ++ndp) {
+        uint32_t bk[4];
+        // B(k = key, n = dim) = K[key][dim] (.trans)
+        LdMatrixX4Trans(bk, RowsAddr(Kb, kLd, kc * 16, ndp * 16, lane));
+        Mma(dq[2 * ndp], sa, bk);
+        Mma(dq[2 * ndp + 1], sa, bk + 2);
+      }
+    }
+  }
+  bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(h) * HD;
+  StoreAcc<HD>(dbase, d.ld, qt * kN + warp * 16 + g, d.T, d.scale, dq, t);
+}
+
 // Opts a kernel into more than 48 KiB of dynamic shared memory (a property of
 // the current device's context, so set on every launch; it is a cheap call).
 template <typename K>
@@ -819,12 +930,24 @@ void ForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaSt
 
 template <int HD, typename TL>
 void LaunchDkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* Dsum,
-               const AttnDims& d, cudaStream_t stream) {
+               bf16* ds, const AttnDims& d, cudaStream_t stream) {
   AllowSmem(FlashBwdDkvMmaKernel<HD, TL>, TL::smem, "FlashBwdDkvMmaKernel");
   const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, TL::kKeys));
   Launch(FlashBwdDkvMmaKernel<HD, TL>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)),
-         TL::kThreadsN, TL::smem, stream, dqkv, dout, qkv, lse, Dsum, d);
+         TL::kThreadsN, TL::smem, stream, dqkv, dout, qkv, lse, Dsum, ds, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvMmaKernel", stream);
+}
+
+template <int HD>
+void LaunchDqFromDs(bf16* dqkv, const bf16* qkv, const bf16* ds, const AttnDims& d,
+                    cudaStream_t stream) {
+  constexpr size_t bytes = 2 * size_t{kDsTile} * (kDsTile + kPad) * sizeof(bf16) +
+                           2 * Cfg<HD>::kTileBytes;
+  AllowSmem(FlashBwdDqFromDsKernel<HD>, bytes, "FlashBwdDqFromDsKernel");
+  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kDsTile));
+  Launch(FlashBwdDqFromDsKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kThreads,
+         bytes, stream, dqkv, qkv, ds, d);
+  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqFromDsKernel", stream);
 }
 
 template <int HD, int MT>
@@ -840,13 +963,28 @@ void LaunchDq(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, c
 
 // The variants exist at head dim 64 only (at 128 the dQ kernel already uses
 // one m-tile per warp and wider dK/dV accumulators would not fit).
+// The ds variant (both head dims) takes precedence over the other two and
+// runs in batch chunks of ds_batch so that dS fits its scratch.
 template <int HD>
 void BackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* Dsum,
-                const AttnDims& d, AttentionBackwardVariant v, cudaStream_t stream) {
+                const AttnDims& d, AttentionBackwardVariant v, bf16* ds, int ds_batch,
+                cudaStream_t stream) {
+  if (v.ds) {
+    for (int b0 = 0; b0 < d.B; b0 += ds_batch) {
+      AttnDims dc = d;
+      dc.B = std::min(ds_batch, d.B - b0);
+      const int64_t qkv_off = static_cast<int64_t>(b0) * d.T * d.ld;
+      const int64_t row_off = static_cast<int64_t>(b0) * d.NH * d.T;
+      LaunchDkv<HD, DkvStoreDs<HD>>(dqkv + qkv_off, dout + static_cast<int64_t>(b0) * d.T * d.C,
+                                    qkv + qkv_off, lse + row_off, Dsum + row_off, ds, dc, stream);
+      LaunchDqFromDs<HD>(dqkv + qkv_off, qkv + qkv_off, ds, dc, stream);
+    }
+    return;
+  }
   if (HD == 64 && v.dkdv8) {
-    LaunchDkv<64, DkvWide>(dqkv, dout, qkv, lse, Dsum, d, stream);
+    LaunchDkv<64, DkvWide>(dqkv, dout, qkv, lse, Dsum, nullptr, d, stream);
   } else {
-    LaunchDkv<HD, DkvDefault<HD>>(dqkv, dout, qkv, lse, Dsum, d, stream);
+    LaunchDkv<HD, DkvDefault<HD>>(dqkv, dout, qkv, lse, Dsum, nullptr, d, stream);
   }
   if (HD == 64 && v.dq64) {
     LaunchDq<HD, 1>(dqkv, dout, qkv, lse, Dsum, d, stream);
@@ -870,11 +1008,14 @@ void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
 
 void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                       const float* Dsum, const AttnDims& d, AttentionBackwardVariant variant,
-                      cudaStream_t stream) {
+                      bf16* ds, int ds_batch, cudaStream_t stream) {
+  if (variant.ds && (ds == nullptr || ds_batch < 1)) {
+    Fatal("FlashBackwardMma: the ds variant needs its dS scratch");
+  }
   if (d.hd == 64) {
-    BackwardHd<64>(dqkv, dout, qkv, lse, Dsum, d, variant, stream);
+    BackwardHd<64>(dqkv, dout, qkv, lse, Dsum, d, variant, ds, ds_batch, stream);
   } else if (d.hd == 128) {
-    BackwardHd<128>(dqkv, dout, qkv, lse, Dsum, d, variant, stream);
+    BackwardHd<128>(dqkv, dout, qkv, lse, Dsum, d, variant, ds, ds_batch, stream);
   } else {
     Fatal("FlashBackwardMma: unsupported head dim " + std::to_string(d.hd));
   }

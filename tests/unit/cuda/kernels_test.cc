@@ -728,6 +728,19 @@ TEST_P(AttentionTest, Bf16MmaMatchesCpu) {
     }
   }
 }
+// The ds variant (dS stored by the dK/dV kernel, dQ = dS K from it) at head
+// dims 64 and 128: with a scratch cap that holds the whole batch, and with
+// one so small that every batch element is its own chunk (the B = 2 shapes
+// then run two chunks through the same scratch).
+TEST_P(AttentionTest, Bf16MmaStoredDsMatchesCpu) {
+  for (const size_t cap : {size_t{512} << 20, size_t{1}}) {
+    SCOPED_TRACE("ds variant, scratch cap " + std::to_string(cap));
+    AttentionBackwardVariant v;
+    v.ds = true;
+    v.ds_max_bytes = cap;
+    CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v);
+  }
+}
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionTest,
