@@ -1,3 +1,7 @@
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include "kernels/cuda/device_util.cuh"
@@ -6,6 +10,7 @@
 namespace llmt::kernels::cuda {
 namespace {
 
+using internal::CeilDiv;
 using internal::FromF;
 using internal::ToF;
 
@@ -158,6 +163,221 @@ bool UseVec(const T* x, int64_t ld) {
   return ld % kVec<T> == 0 && internal::Aligned(16, x);
 }
 
+// ---- single-read fast path ----------------------------------------------------
+// The kernel above reads a row twice (max/sum, then the rewrite). At the
+// GPT-2 shape (65536 rows x 50304 bf16 = 6.6 GB) the second read only partly
+// hits L2 and the kernel runs at ~2.2 TB/s. This one reads the row from DRAM
+// once and writes it once: the whole row is staged in shared memory, then
+// max/sum, loss and gradient are computed from there.
+//
+// Why shared memory and not registers: a 50304-bf16 row is 100.6 KB, the
+// register file 256 KB per SM. At <= 64 registers/thread an SM runs 1024
+// threads, so two resident rows (two blocks per SM, so that one block's
+// reductions and exp work overlap the other's memory traffic) would need ~50
+// of the 64 registers as row data, leaving ~14 for everything else: not
+// possible. Shared memory (227 KB per block, 228 KB per SM on Hopper) holds
+// two rows (2 x (100.6 + 1) KB), and cp.async moves a thread's vectors
+// global -> shared without registers, so every 16-byte load of the row is
+// issued before any arithmetic (100 KB in flight per block, far above what
+// Little's law asks of an SM at its ~25 GB/s share of HBM3).
+//
+// Each thread copies vectors tid, tid + blockDim, ... and later reads exactly
+// those back, so its own cp.async wait suffices before the per-thread pass;
+// no barrier is needed until the block-wide combine. GPT-2: 6288 vectors,
+// 12-13 copies per thread of 512. Registers stay small (no per-thread row
+// array; ptxas sm_90a: 30 bf16, 31 fp32, no spills), far inside the 64 that
+// __launch_bounds__(512, 2) allows.
+constexpr int kRowThreads = 512;
+// Largest staged row: two blocks per SM on Hopper (228 KB of shared memory
+// per SM, 1 KB reserved per block). Longer rows (e.g. Llama-3's 128256-token
+// vocabulary) take the two-pass kernel.
+constexpr int64_t kMaxRowBytes = 112 * 1024;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 16 bytes global -> shared, bypassing L1 (streamed once).
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuCpAsync(dst, src, 16, 16);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(src) : "memory");
+#endif
+}
+// Commit and wait for all of this thread's copies.
+__device__ __forceinline__ void CpAsyncWaitAll() {
+#ifdef LLMT_CUDA_EMULATION
+  ::llmt::emu::CpAsyncCommit();
+  ::llmt::emu::CpAsyncWait(0);
+#else
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
+// 2^x with the MUFU ex2 unit (what __expf uses after its multiply).
+__device__ __forceinline__ float Exp2Approx(float x) {
+#ifdef LLMT_CUDA_EMULATION
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+// exp(x - m), given mL = m * log2(e). bf16: one FFMA + ex2 (instead of
+// FADD, FMUL, ex2 of __expf(x - m)); the argument's extra rounding (~1e-6
+// relative) is far below bf16's resolution. fp32: the exact expf, which the
+// fp32 tests compare against the CPU backend at 1e-5.
+template <typename T>
+__device__ __forceinline__ float ExpShifted(float x, float m, float mL) {
+  if constexpr (std::is_same_v<T, float>) {
+    return expf(x - m);
+  } else {
+    return Exp2Approx(fmaf(x, kLog2e, -mL));
+  }
+}
+
+// Accumulate (above) with ExpShifted.
+template <typename T, int W>
+__device__ __forceinline__ void AccumulateFast(MaxSum& acc, const float (&f)[W]) {
+  float mx = f[0];
+#pragma unroll
+  for (int k = 1; k < W; ++k) mx = fmaxf(mx, f[k]);
+  if (mx > acc.m) {
+    acc.s *= ExpShifted<T>(acc.m, mx, mx * kLog2e);  // 0 for the first group
+    acc.m = mx;
+  }
+  const float mL = acc.m * kLog2e;
+#pragma unroll
+  for (int k = 0; k < W; ++k) acc.s += ExpShifted<T>(f[k], acc.m, mL);
+}
+
+// One block per row; needs ld % V == 0 and a 16-byte aligned row (UseVec),
+// dynamic shared memory of ceil(n / V) 16-byte vectors.
+template <typename T>
+__global__ void __launch_bounds__(kRowThreads, 2)
+    SoftmaxCrossEntropyRowKernel(T* logits, const int32_t* targets, int n, int64_t ld,
+                                 float grad_scale, float* row_losses) {
+  constexpr int V = 16 / sizeof(T);
+  LLMT_DYNAMIC_SMEM(smem_raw);
+  Vec<T, V>* s = reinterpret_cast<Vec<T, V>*>(smem_raw);
+  const int64_t row = blockIdx.x;
+  T* x = logits + row * ld;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int nfull = n / V;            // vectors of real columns only
+  const int nread = (n + V - 1) / V;  // + the one straddling n (within ld)
+  const int nld = static_cast<int>(ld / V);
+  for (int j = tid; j < nread; j += nt) CpAsync16(s + j, x + static_cast<int64_t>(j) * V);
+  const int y = targets[row];  // overlaps the copies
+  const bool valid = y >= 0 && y < n;
+  CpAsyncWaitAll();
+
+  MaxSum acc{-INFINITY, 0.f};
+  for (int j = tid; j < nfull; j += nt) {
+    const Vec<T, V> a = s[j];
+    float f[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) f[k] = ToF(a.v[k]);
+    AccumulateFast<T, V>(acc, f);
+  }
+  if (nfull < nread && tid == nfull % nt) {  // the straddling vector's real columns
+    const Vec<T, V> a = s[nfull];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      if (nfull * V + k < n) {
+        const float f[1] = {ToF(a.v[k])};
+        AccumulateFast<T, 1>(acc, f);
+      }
+    }
+  }
+  const MaxSum ms = BlockCombine(acc);  // a barrier: all copies now visible
+  if (tid == 0) {
+    const float xy = valid ? ToF(reinterpret_cast<const T*>(s)[y]) : 0.f;
+    row_losses[row] = valid ? logf(ms.s) - (xy - ms.m) : NAN;
+  }
+  const float kscale = valid ? grad_scale / ms.s : 0.f;
+  const float m = ms.m, mL = ms.m * kLog2e;
+  const int yv = valid ? y : -1;
+  for (int j = tid; j < nld; j += nt) {
+    Vec<T, V> o;
+    if (j < nread) {
+      const Vec<T, V> a = s[j];
+      float g[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) g[k] = kscale * ExpShifted<T>(ToF(a.v[k]), m, mL);
+      const int c0 = j * V;
+      if (c0 + V > n || static_cast<unsigned>(yv - c0) < static_cast<unsigned>(V)) {  // rare
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          if (c0 + k == yv) g[k] -= grad_scale;
+          if (c0 + k >= n) g[k] = 0.f;  // padding
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < V; ++k) o.v[k] = FromF<T>(g[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) o.v[k] = FromF<T>(0.f);  // padding
+    }
+    StoreVec<V>(x + static_cast<int64_t>(j) * V, o);
+  }
+}
+
+// LLMT_LEGACY_KERNELS: a comma-separated list of kernel names that run their
+// previous implementation, for A/B timing on a GPU: "xent" (the two-pass
+// SoftmaxCrossEntropyKernel here), "norm_bwd" (norm.cu). Read once, at the
+// first call; unknown names are ignored. norm.cu holds the same parser.
+bool LegacyKernelRequested(const char* name) {
+  const char* env = std::getenv("LLMT_LEGACY_KERNELS");
+  if (env == nullptr) return false;
+  const std::string_view want(name);
+  std::string_view s(env);
+  while (true) {
+    const size_t comma = s.find(',');
+    std::string_view tok = s.substr(0, comma);
+    while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
+    while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
+    if (tok == want) return true;
+    if (comma == std::string_view::npos) return false;
+    s.remove_prefix(comma + 1);
+  }
+}
+std::atomic<bool>& LegacyXent() {
+  static std::atomic<bool> legacy{LegacyKernelRequested("xent")};
+  return legacy;
+}
+
+// Launches the fast kernel if the row qualifies (aligned 16-byte vectors, a
+// staged row of at most kMaxRowBytes, the shared memory granted); false:
+// the caller runs the two-pass kernel.
+template <typename T>
+bool LaunchCERow(T* logits, const int32_t* targets, int64_t rows, int V, int64_t ld,
+                 float grad_scale, float* row_losses, cudaStream_t stream) {
+  constexpr int kV = kVec<T>;
+  if (LegacyXent().load(std::memory_order_relaxed) || !UseVec(logits, ld)) return false;
+  const int64_t nread = CeilDiv(V, kV);
+  const size_t bytes = static_cast<size_t>(nread) * 16;
+  if (bytes > static_cast<size_t>(kMaxRowBytes)) return false;
+  auto kernel = SoftmaxCrossEntropyRowKernel<T>;
+  // Per launch: the attributes belong to the current device's context.
+  if (cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(bytes)) != cudaSuccess ||
+      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                           cudaFuncAttributePreferredSharedMemoryCarveout,
+                           cudaSharedmemCarveoutMaxShared) != cudaSuccess) {
+    (void)cudaGetLastError();  // a device with less shared memory: two-pass kernel
+    return false;
+  }
+  // Small rows: fewer threads (whole warps), every thread at least one vector.
+  const int threads = static_cast<int>(
+      std::min<int64_t>(kRowThreads, std::max<int64_t>(32, CeilDiv(nread, 32) * 32)));
+  internal::Launch(kernel, static_cast<unsigned>(rows), threads, bytes, stream, logits, targets, V,
+                   ld, grad_scale, row_losses);
+  LLMT_CUDA_CHECK_LAUNCH("SoftmaxCrossEntropyRowKernel", stream);
+  return true;
+}
+
 void CheckShape(const char* kernel, int64_t rows, int V, int64_t ld) {
   if (V <= 0 || ld < V || rows > 0x7fffffff) {
     Fatal(std::string(kernel) + ": need 0 < V <= ld and rows < 2^31 (V=" + std::to_string(V) +
@@ -170,6 +390,7 @@ void LaunchCE(T* logits, const int32_t* targets, int64_t rows, int V, int64_t ld
               float* row_losses, cudaStream_t stream) {
   if (rows <= 0) return;
   CheckShape("SoftmaxCrossEntropy", rows, V, ld);
+  if (LaunchCERow(logits, targets, rows, V, ld, grad_scale, row_losses, stream)) return;
   if (UseVec(logits, ld)) {
     internal::Launch(SoftmaxCrossEntropyKernel<T, kVec<T>>, static_cast<unsigned>(rows), kThreads,
                      0, stream, logits, targets, V, ld, grad_scale, row_losses);
@@ -195,6 +416,8 @@ void LaunchSoftmax(T* x, int64_t rows, int V, int64_t ld, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool SetLegacySoftmaxCrossEntropy(bool legacy) { return LegacyXent().exchange(legacy); }
 
 void SoftmaxCrossEntropy(float* logits, const int32_t* targets, int64_t rows, int V, int64_t ld,
                          float grad_scale, float* row_losses, cudaStream_t stream) {

@@ -1,3 +1,7 @@
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
+
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/norm.cuh"
 
@@ -194,6 +198,241 @@ bool UseVec(int C, const void* a, const void* b, const void* c, const void* d, c
   return C % kVec<T> == 0 && internal::Aligned(16, a, b, c, d) && internal::Aligned(16, e);
 }
 
+// ---- single-read backward ------------------------------------------------------
+// NormBackwardKernel above reads x and dy twice in phase 1 and a third time in
+// phase 2 (the weight/bias partials, by channel tiles), mostly from L1/L2,
+// and writes one fp32 partial row per 32 rows. At GPT-2's 65536 x 768 bf16
+// the DRAM minimum (read x, dy, dinp; write dinp: ~400 MB, ~0.13 ms) is far
+// below its ~0.22 ms. This kernel touches every input element once:
+//  * warp per row as before (the row's statistics are warp reductions), lane
+//    holding the channels c = lane V + i 32V, i < NV, of x and dy in
+//    registers: all 2 NV 16-byte loads of the row are issued together, then
+//    both loops of phase 1 run from registers; dinp is loaded in the second
+//    loop (holding it too pushed NV = 3 past 80 registers). NV = ceil(C /
+//    32V) <= 4: C <= 1024 bf16 (GPT-2 768: NV = 3, 24 data registers; Llama
+//    1024: NV = 4, 32). NV = 0: the same computation with phase 1's loops
+//    re-reading (L1) for wider or odd C (also V = 1 for misaligned views).
+//  * the weight/bias gradients accumulate while the row is in registers:
+//    each warp adds dy n and dy of its rows, in row order, into its own fp32
+//    slice of shared memory (kWarps x planes x C floats; a lane only touches
+//    its own channels, so no synchronisation); at the end the block adds the
+//    8 slices in warp order and writes one partial row. Phase 2's re-reads
+//    are gone.
+//  * kFastRows = 64 rows per block halves the partial rows (and the column
+//    sum's reads) against 32; a larger block lengthens the serial chain of
+//    rows per warp (R/8 dependent round trips) and so the end-of-grid drain.
+// Every channel's sum is fmaf(dy, (x - m) rs, acc) over the warp's rows in
+// order, then warps in order, then blocks (ColumnSumKernel): fixed by (rows,
+// C), the same for every V and NV, so the vector and scalar paths agree bit
+// for bit. The bits differ from NormBackwardKernel's (32-row partials).
+constexpr int kFastRows = 64;
+static_assert(kFastRows % kNormRowsPerBlock == 0,
+              "fewer partial rows than NormBackwardScratchBytes provides for");
+constexpr int kMaxFastNV = 4;
+// Shared memory cap: at most ~96 KB per block keeps >= 2 blocks per SM
+// (LayerNorm C <= 1536, RMSNorm C <= 3072); wider rows run the old kernel.
+constexpr size_t kMaxFastSmem = 96 * 1024;
+
+// p[k] = fmaf(a[k], b[k], p[k]) (kFma) or p[k] + a[k] for the V floats at p
+// (16-byte aligned when V % 4 == 0: one LDS.128/STS.128 per 4 floats).
+template <int V, bool kFma>
+__device__ __forceinline__ void AddToSmem(float* p, const float (&a)[V], const float (&b)[V]) {
+  constexpr int F = V % 4 == 0 ? 4 : 1;
+#pragma unroll
+  for (int k0 = 0; k0 < V; k0 += F) {
+    Vec<float, F> s = LoadVec<F>(p + k0);
+#pragma unroll
+    for (int k = 0; k < F; ++k) {
+      s.v[k] = kFma ? fmaf(a[k0 + k], b[k0 + k], s.v[k]) : s.v[k] + a[k0 + k];
+    }
+    StoreVec<F>(p + k0, s);
+  }
+}
+
+// Phase 2 of one vector of one row: the updated dinp, and the row's terms of
+// the weight (dy n) and bias (dy) gradients added to this warp's slices.
+template <typename T, int V, bool kLN>
+__device__ __forceinline__ Vec<T, V> FinishVector(const Vec<T, V>& xi, const Vec<T, V>& dy,
+                                                  const Vec<T, V>& w, const Vec<T, V>& dx, float m,
+                                                  float rs, float a, float b, float* aw,
+                                                  float* ab) {
+  Vec<T, V> out;
+  float d[V], n[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    n[k] = (ToF(xi.v[k]) - m) * rs;
+    d[k] = ToF(dy.v[k]);
+    const float dn = d[k] * ToF(w.v[k]);
+    out.v[k] = FromF<T>(ToF(dx.v[k]) + (dn - a - n[k] * b) * rs);
+  }
+  AddToSmem<V, true>(aw, d, n);
+  if constexpr (kLN) AddToSmem<V, false>(ab, d, n);
+  return out;
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void RowSums(const Vec<T, V>& xi, const Vec<T, V>& dy,
+                                        const Vec<T, V>& w, float m, float rs, float& sum_dn,
+                                        float& sum_dn_n) {
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const float n = (ToF(xi.v[k]) - m) * rs;
+    const float dn = ToF(dy.v[k]) * ToF(w.v[k]);
+    sum_dn += dn;
+    sum_dn_n += dn * n;
+  }
+}
+
+// Block b handles rows [b kFastRows, (b + 1) kFastRows); warp y its rows
+// r0 + y, r0 + y + 8, ...; partial[b][c] (weight), partial[nblocks + b][c]
+// (bias). Dynamic shared memory: kWarps x (kLN ? 2 : 1) x C floats.
+// Registers (ptxas, sm_90a): 3 blocks per SM (<= 80 registers) hold NV <= 3
+// without spills (bf16 C = 768: 80); NV = 4 (C = 1024) spills at 80 and gets
+// 2 blocks (113 RMSNorm / 120 LayerNorm). Either way an SM keeps >= 16 warps
+// x one row of x and dy (>= 3 KB) in flight, 48+ KB, more than its share of
+// HBM bandwidth x latency (~25 GB/s x ~1 us = ~25 KB).
+template <typename T, int V, int NV, bool kLN>
+__global__ void __launch_bounds__(kThreads, NV >= 4 ? 2 : 3)
+    NormBackwardFastKernel(T* dinp, float* partial, const T* dout, const T* inp, const T* weight,
+                           const float* mean, const float* rstd, int64_t rows, int C) {
+  constexpr int kPlanes = kLN ? 2 : 1;
+  LLMT_DYNAMIC_SMEM(smem_raw);
+  float* acc = reinterpret_cast<float*>(smem_raw);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  for (int i = threadIdx.x; i < kWarps * kPlanes * C; i += kThreads) acc[i] = 0.f;
+  __syncthreads();
+  float* aw = acc + warp * kPlanes * C;  // this warp's weight slice
+  float* ab = aw + C;                    // and bias slice (LayerNorm)
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kFastRows;
+  const int64_t r1 = min(rows, r0 + kFastRows);
+  for (int64_t r = r0 + warp; r < r1; r += kWarps) {
+    const int64_t off = r * C;
+    const float m = kLN ? mean[r] : 0.f, rs = rstd[r];
+    float sum_dn = 0.f, sum_dn_n = 0.f;
+    if constexpr (NV > 0) {
+      Vec<T, V> xi[NV], dy[NV];
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {  // every load of x and dy before any math
+        const int c = i * 32 * V + lane * V;
+        if (c < C) {  // V divides C: whole vectors
+          xi[i] = LoadVec<V>(inp + off + c);
+          dy[i] = LoadVec<V>(dout + off + c);
+        } else {
+          xi[i] = dy[i] = Vec<T, V>{};
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        const int c = i * 32 * V + lane * V;
+        if (c < C) RowSums<T, V>(xi[i], dy[i], LoadVec<V>(weight + c), m, rs, sum_dn, sum_dn_n);
+      }
+      const float a = kLN ? WarpSum(sum_dn) / C : 0.f;
+      const float b = WarpSum(sum_dn_n) / C;
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        const int c = i * 32 * V + lane * V;
+        if (c < C) {
+          StoreVec<V>(dinp + off + c, FinishVector<T, V, kLN>(xi[i], dy[i], LoadVec<V>(weight + c),
+                                                              LoadVec<V>(dinp + off + c), m, rs, a,
+                                                              b, aw + c, ab + c));
+        }
+      }
+    } else {
+      for (int c = lane * V; c < C; c += 32 * V) {
+        RowSums<T, V>(LoadVec<V>(inp + off + c), LoadVec<V>(dout + off + c), LoadVec<V>(weight + c),
+                      m, rs, sum_dn, sum_dn_n);
+      }
+      const float a = kLN ? WarpSum(sum_dn) / C : 0.f;
+      const float b = WarpSum(sum_dn_n) / C;
+      for (int c = lane * V; c < C; c += 32 * V) {
+        StoreVec<V>(dinp + off + c,
+                    FinishVector<T, V, kLN>(LoadVec<V>(inp + off + c), LoadVec<V>(dout + off + c),
+                                            LoadVec<V>(weight + c), LoadVec<V>(dinp + off + c), m,
+                                            rs, a, b, aw + c, ab + c));
+      }
+    }
+  }
+  __syncthreads();
+  // The warps' slices, added in warp order (as CombineColumnPartials).
+  const int64_t nblocks = gridDim.x;
+  for (int p = 0; p < kPlanes; ++p) {
+    float* out = partial + (p * nblocks + blockIdx.x) * static_cast<int64_t>(C);
+    for (int c = threadIdx.x; c < C; c += kThreads) {
+      float s = 0.f;
+#pragma unroll
+      for (int y = 0; y < kWarps; ++y) s += acc[(y * kPlanes + p) * C + c];
+      out[c] = s;
+    }
+  }
+}
+
+// LLMT_LEGACY_KERNELS (see loss.cu, which holds the same parser): "norm_bwd"
+// runs NormBackwardKernel (32-row partials) instead of NormBackwardFastKernel.
+bool LegacyKernelRequested(const char* name) {
+  const char* env = std::getenv("LLMT_LEGACY_KERNELS");
+  if (env == nullptr) return false;
+  const std::string_view want(name);
+  std::string_view s(env);
+  while (true) {
+    const size_t comma = s.find(',');
+    std::string_view tok = s.substr(0, comma);
+    while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
+    while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
+    if (tok == want) return true;
+    if (comma == std::string_view::npos) return false;
+    s.remove_prefix(comma + 1);
+  }
+}
+std::atomic<bool>& LegacyNormBackward() {
+  static std::atomic<bool> legacy{LegacyKernelRequested("norm_bwd")};
+  return legacy;
+}
+
+// Launches NormBackwardFastKernel when C's slices fit kMaxFastSmem and the
+// shared memory is granted; returns the number of partial rows it writes, 0
+// when the caller must run NormBackwardKernel.
+template <typename T, bool kLN>
+int64_t LaunchBackwardFast(T* dinp, float* partial, const T* dout, const T* inp, const T* weight,
+                           const float* mean, const float* rstd, int64_t rows, int C,
+                           cudaStream_t stream) {
+  if (LegacyNormBackward().load(std::memory_order_relaxed)) return 0;
+  const size_t smem = static_cast<size_t>(kWarps) * (kLN ? 2 : 1) * C * sizeof(float);
+  if (smem > kMaxFastSmem) return 0;
+  constexpr int kV = kVec<T>;
+  using Kernel =
+      void (*)(T*, float*, const T*, const T*, const T*, const float*, const float*, int64_t, int);
+  Kernel kernel = NormBackwardFastKernel<T, 1, 0, kLN>;
+  if (UseVec<T>(C, dinp, dout, inp, weight, nullptr)) {
+    switch (CeilDiv(C, 32 * kV)) {
+      case 1:
+        kernel = NormBackwardFastKernel<T, kV, 1, kLN>;
+        break;
+      case 2:
+        kernel = NormBackwardFastKernel<T, kV, 2, kLN>;
+        break;
+      case 3:
+        kernel = NormBackwardFastKernel<T, kV, 3, kLN>;
+        break;
+      case kMaxFastNV:
+        kernel = NormBackwardFastKernel<T, kV, kMaxFastNV, kLN>;
+        break;
+      default:
+        kernel = NormBackwardFastKernel<T, kV, 0, kLN>;
+        break;
+    }
+  }
+  if (smem > 48 * 1024 && cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem)) != cudaSuccess) {
+    (void)cudaGetLastError();  // not granted: the old kernel needs no opt-in
+    return 0;
+  }
+  const int64_t nblocks = CeilDiv(rows, kFastRows);
+  internal::Launch(kernel, static_cast<unsigned>(nblocks), kThreads, smem, stream, dinp, partial,
+                   dout, inp, weight, mean, rstd, rows, C);
+  return nblocks;
+}
+
 template <typename T, bool kLN, bool kRes>
 void LaunchForward(T* residual, T* out, float* mean, float* rstd, const T* inp1, const T* inp2,
                    const T* weight, const T* bias, int64_t rows, int C, float eps,
@@ -219,14 +458,18 @@ void LaunchBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp, 
   if (rows <= 0 || C <= 0) return;
   const char* name = kLN ? "LayerNormBackward" : "RMSNormBackward";
   CheckScratch(name, scratch, scratch_bytes, NormBackwardScratchBytes(rows, C));
-  const int64_t nblocks = CeilDiv(rows, kNormRowsPerBlock);
   float* partial = static_cast<float*>(scratch);
-  if (UseVec<T>(C, dinp, dout, inp, weight, nullptr)) {
-    internal::Launch(NormBackwardKernel<T, kVec<T>, kLN>, static_cast<unsigned>(nblocks), kThreads,
-                     0, stream, dinp, partial, dout, inp, weight, mean, rstd, rows, C);
-  } else {
-    internal::Launch(NormBackwardKernel<T, 1, kLN>, static_cast<unsigned>(nblocks), kThreads, 0,
-                     stream, dinp, partial, dout, inp, weight, mean, rstd, rows, C);
+  int64_t nblocks =
+      LaunchBackwardFast<T, kLN>(dinp, partial, dout, inp, weight, mean, rstd, rows, C, stream);
+  if (nblocks == 0) {
+    nblocks = CeilDiv(rows, kNormRowsPerBlock);
+    if (UseVec<T>(C, dinp, dout, inp, weight, nullptr)) {
+      internal::Launch(NormBackwardKernel<T, kVec<T>, kLN>, static_cast<unsigned>(nblocks),
+                       kThreads, 0, stream, dinp, partial, dout, inp, weight, mean, rstd, rows, C);
+    } else {
+      internal::Launch(NormBackwardKernel<T, 1, kLN>, static_cast<unsigned>(nblocks), kThreads, 0,
+                       stream, dinp, partial, dout, inp, weight, mean, rstd, rows, C);
+    }
   }
   LLMT_CUDA_CHECK_LAUNCH(name, stream);
   // dweight (and dbias) += the blocks' partials, added per channel in block
@@ -244,8 +487,11 @@ void LaunchBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp, 
 
 }  // namespace
 
+bool SetLegacyNormBackward(bool legacy) { return LegacyNormBackward().exchange(legacy); }
+
 size_t NormBackwardScratchBytes(int64_t rows, int C) {
-  // Two planes (weight, bias) for LayerNorm; RMSNorm uses the first.
+  // Two planes (weight, bias) for LayerNorm; RMSNorm uses the first. Sized
+  // for NormBackwardKernel's 32-row partials; the fast kernel writes half.
   return static_cast<size_t>(CeilDiv(rows, kNormRowsPerBlock)) * static_cast<size_t>(C) * 2 *
          sizeof(float);
 }

@@ -10,8 +10,9 @@
 // gradient without a separate add.
 //
 // Determinism. Weight/bias gradients are reduced in two fixed-order stages
-// (per block of kNormRowsPerBlock rows into caller-provided scratch, then
-// across blocks), never with atomics: results are bit-identical run to run.
+// (per block of 64 rows, or kNormRowsPerBlock for the previous kernel, into
+// caller-provided scratch, then across blocks), never with atomics: results
+// are bit-identical run to run.
 #pragma once
 
 #include <cstddef>
@@ -26,6 +27,12 @@ inline constexpr int kNormRowsPerBlock = 32;
 // Scratch bytes the *NormBackward calls need for `rows` x C (fp32 partial
 // sums for weight and bias gradients).
 size_t NormBackwardScratchBytes(int64_t rows, int C);
+
+// A/B switch: true runs the previous backward kernel (32-row partials, x and
+// dy re-read for the weight/bias partials) instead of the single-read one.
+// It starts as LLMT_LEGACY_KERNELS (a comma-separated list of kernel names,
+// read once) names "norm_bwd"; tests flip it. Returns the previous setting.
+bool SetLegacyNormBackward(bool legacy);
 
 // ---- LayerNorm (biased variance, as torch) ---------------------------------
 // out = (x - mean) * rstd * w + b; mean[rows], rstd[rows] saved (fp32).

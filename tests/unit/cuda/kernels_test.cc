@@ -916,6 +916,39 @@ TEST_F(GpuTest, NormBackwardShapesAndPaths) {
   }
 }
 
+// Restores the previous kernel selection when it goes out of scope.
+class LegacyNormBackwardScope {
+ public:
+  explicit LegacyNormBackwardScope(bool legacy) : prev_(SetLegacyNormBackward(legacy)) {}
+  ~LegacyNormBackwardScope() { SetLegacyNormBackward(prev_); }
+
+ private:
+  bool prev_;
+};
+
+// The single-read backward (register rows: C = 768 NV = 3, C = 1024 NV = 4,
+// C = 264 with a partial last vector; the loop variant: fp32 C = 768, C = 100
+// not a multiple of 8, and every misaligned view) and its fallback, the
+// previous kernel (C = 1600 LayerNorm: the per-warp slices exceed the shared
+// memory cap), each also with the legacy switch on. Row counts are odd and
+// span several 64-row blocks. CheckNormBackwardPaths also requires the
+// vector and scalar (misaligned) runs to give the same weight/bias bits.
+TEST_F(GpuTest, NormBackwardFastAndLegacyPaths) {
+  for (bool legacy : {false, true}) {
+    SCOPED_TRACE(legacy ? "legacy kernel" : "default kernel");
+    LegacyNormBackwardScope scope(legacy);
+    for (auto [rows, C] : {std::pair<int64_t, int>{131, 768}, {33, 1024}, {65, 264}, {45, 100}}) {
+      for (bool ln : {true, false}) {
+        CheckNormBackwardPaths<bf16, bf16>(rows, C, ln);
+        CheckNormBackwardPaths<bf16, float>(rows, C, ln);
+      }
+    }
+    CheckNormBackwardPaths<float, float>(70, 768, true);
+    CheckNormBackwardPaths<float, float>(70, 768, false);
+    CheckNormBackwardPaths<bf16, float>(9, 1600, true);
+  }
+}
+
 // Vocabularies that are not a multiple of the vector width (the last vector
 // straddles V), padded and unpadded rows, targets in the vector tail, and
 // a misaligned view (scalar kernel); run twice for reproducibility.
@@ -968,6 +1001,34 @@ TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyOddShapes) {
   CheckCrossEntropyShape<T>(3, 1001, 1008, 1);    // misaligned: scalar
   CheckCrossEntropyShape<T>(4, 5, 8, 0);          // one partial vector
   CheckCrossEntropyShape<T>(2, 3, 3, 0);
+}
+
+// Restores the previous kernel selection when it goes out of scope.
+class LegacyCrossEntropyScope {
+ public:
+  explicit LegacyCrossEntropyScope(bool legacy) : prev_(SetLegacySoftmaxCrossEntropy(legacy)) {}
+  ~LegacyCrossEntropyScope() { SetLegacySoftmaxCrossEntropy(prev_); }
+
+ private:
+  bool prev_;
+};
+
+// The single-read kernel (row staged in shared memory: 16-byte aligned rows
+// of at most 112 KB) and its fallback, the two-pass kernel, each also with
+// the legacy switch on: GPT-2's padded vocabulary (bf16 staged; fp32, 201 KB,
+// too long), a vocabulary longer than the staging capacity (bf16 140 KB), V
+// not a multiple of the vector width with an odd row count, and the padding
+// columns written as 0 (CheckCrossEntropyShape).
+TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyFastAndLegacyPaths) {
+  using T = TypeParam;
+  for (bool legacy : {false, true}) {
+    SCOPED_TRACE(legacy ? "legacy kernel" : "default kernel");
+    LegacyCrossEntropyScope scope(legacy);
+    CheckCrossEntropyShape<T>(2, 50257, 50304, 0);  // GPT-2
+    CheckCrossEntropyShape<T>(1, 70001, 70008, 0);  // > 112 KB in bf16
+    CheckCrossEntropyShape<T>(33, 1003, 1008, 0);   // straddling vector, odd rows
+    CheckCrossEntropyShape<T>(3, 1003, 1008, 1);    // misaligned: two-pass, scalar
+  }
 }
 
 TYPED_TEST(TypedGpuTest, SoftmaxOddShapes) {
