@@ -20,10 +20,11 @@
 # (default .gpu-bundle), LLMT_BENCH_STEPS (default 30), LLMT_BENCH_WARMUP (5),
 # LLMT_BENCH_BATCH (default 0: the largest that fits), LLMT_BENCH_BUDGET_S.
 # --profile: GPU time per op group of llmt's GPT-2 step (LLMT_CUDA_PROFILE=1)
-#   beside the same ops in PyTorch.
+#   beside the same ops in PyTorch (LLMT_PROFILE_TORCH=0: llmt only).
 # --ab: GPT-2 124M tokens/s for each variant in LLMT_AB_VARIANTS, a space-
 #   separated list of NAME or NAME:VAR=VALUE[;VAR=VALUE] (default: the engine
-#   as is, LLMT_GEMM_AUTOTUNE=1, and the attention-backward variants), each run
+#   as is, GEMM autotuning off and "any", the ds attention backward and the
+#   previous CE/norm-backward kernels), each run
 #   side by side in one call, so a switch can be judged in one GPU session.
 # Exit status: 0 when every test passed and every benchmark gave a result
 # (the throughput targets are reported, not enforced), 1 otherwise, 2 on usage.
@@ -39,7 +40,7 @@ for a in "$@"; do
     --bench-only) MODE=bench ;;
     --profile) MODE=profile ;;
     --ab) MODE=ab ;;
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$a' (use --tests-only or --bench-only)" >&2; exit 2 ;;
   esac
 done
@@ -152,16 +153,18 @@ if [[ $MODE == profile ]]; then
   say "llmt GPT-2 124M, GPU time per op group (LLMT_CUDA_PROFILE=1)"
   LLMT_CUDA_PROFILE=1 bundled timeout 120 "$BUNDLE/bin/bench_gpu_train" --model gpt2-124m \
     --batch "${LLMT_PROFILE_BATCH:-64}" --steps 6 --warmup 2 2>&1 | tee "$LOGS/profile-llmt.log"
-  say "PyTorch, the same ops"
-  timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch "${LLMT_PROFILE_BATCH:-64}" 2>&1 |
-    tee "$LOGS/profile-torch.log"
+  if [[ ${LLMT_PROFILE_TORCH:-1} != 0 ]]; then
+    say "PyTorch, the same ops"
+    timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch "${LLMT_PROFILE_BATCH:-64}" 2>&1 |
+      tee "$LOGS/profile-torch.log"
+  fi
   [[ -n "${OUT:-}" && -d "${OUT:-}" ]] && cp "$LOGS"/profile-*.log "$OUT/"
   exit 0
 fi
 
 # ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
 if [[ $MODE == ab ]]; then
-  variants=${LLMT_AB_VARIANTS:-"base ds:LLMT_ATTN_BWD=ds legacy:LLMT_LEGACY_KERNELS=xent,norm_bwd autotune:LLMT_GEMM_AUTOTUNE=1 ds+autotune:LLMT_ATTN_BWD=ds;LLMT_GEMM_AUTOTUNE=1"}
+  variants=${LLMT_AB_VARIANTS:-"base off:LLMT_GEMM_AUTOTUNE=0 any:LLMT_GEMM_AUTOTUNE=1 ds:LLMT_ATTN_BWD=ds legacy:LLMT_LEGACY_KERNELS=xent,norm_bwd"}
   AB_ROWS=()
   for v in $variants; do
     name=${v%%:*}

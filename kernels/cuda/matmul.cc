@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "common/log.h"
 #include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/matmul_internal.cuh"
 #include "kernels/cuda/runtime.cuh"
 
 namespace llmt::kernels::cuda {
@@ -154,7 +155,8 @@ struct Blas::Impl {
   DeviceBuffer workspace;
   bool allow_tf32 = false;
   bool fuse_epilogues = true;
-  bool autotune = false;
+  Blas::Autotune autotune = Blas::Autotune::kOff;
+  DeviceBuffer fingerprint;  // kExact's scratch (internal::kFingerprintWords)
   int64_t fallbacks = 0;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
   ~Impl() {
@@ -178,7 +180,17 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   if (!ws.ok()) return ws.status();
   impl->workspace = std::move(*ws);
   const char* tune = std::getenv("LLMT_GEMM_AUTOTUNE");
-  impl->autotune = tune != nullptr && std::string(tune) == "1";
+  const std::string mode = tune == nullptr ? "" : tune;
+  if (mode == "0" || mode == "off") {
+    impl->autotune = Autotune::kOff;
+  } else if (mode.empty() || mode == "exact") {
+    impl->autotune = Autotune::kExact;
+  } else if (mode == "1" || mode == "any") {
+    impl->autotune = Autotune::kAny;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LLMT_GEMM_AUTOTUNE='", mode, "': expected 0/off, exact, or 1/any"));
+  }
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
 }
 
@@ -189,8 +201,8 @@ void Blas::set_allow_tf32(bool on) { impl_->allow_tf32 = on; }
 bool Blas::allow_tf32() const { return impl_->allow_tf32; }
 void Blas::set_fuse_epilogues(bool on) { impl_->fuse_epilogues = on; }
 bool Blas::fuse_epilogues() const { return impl_->fuse_epilogues; }
-void Blas::set_autotune(bool on) { impl_->autotune = on; }
-bool Blas::autotune() const { return impl_->autotune; }
+void Blas::set_autotune(Autotune mode) { impl_->autotune = mode; }
+Blas::Autotune Blas::autotune() const { return impl_->autotune; }
 int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
 int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
 
@@ -326,17 +338,48 @@ cublasStatus_t LaunchLt(Blas::Impl& impl, const Plan& plan, const GemmOp& op, co
                         static_cast<size_t>(impl.workspace.bytes()), stream);
 }
 
+// Fingerprint of this call's outputs (D, and aux when the epilogue writes
+// it): {hash, non-zero elements, total elements}.
+struct OutputPrint {
+  uint64_t hash = 0, nonzero = 0, total = 0;
+  bool operator==(const OutputPrint& o) const { return hash == o.hash && nonzero == o.nonzero; }
+};
+OutputPrint PrintOutputs(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
+  if (impl.fingerprint.data() == nullptr) {
+    auto buf = DeviceBuffer::Allocate("gemm_autotune_fingerprint",
+                                      internal::kFingerprintWords * sizeof(uint64_t));
+    if (!buf.ok()) Fatal(std::string(buf.status().message()));
+    impl.fingerprint = std::move(*buf);
+  }
+  auto* words = static_cast<unsigned long long*>(impl.fingerprint.data());
+  const int es = op.d_type == DType::kF32 ? 4 : 2;
+  OutputPrint p;
+  auto add = [&](const void* m, int64_t ld) {
+    unsigned long long r[2];
+    internal::Fingerprint(words, r, m, op.M, op.N, ld, es, stream);
+    p.hash += r[0] * 0x9E3779B97F4A7C15ull + (p.hash >> 7);  // D then aux, order-dependent
+    p.nonzero += r[1];
+    p.total += static_cast<uint64_t>(op.M) * op.N;
+  };
+  add(op.D, op.ldd);
+  if (epi == Epi::kGelu || epi == Epi::kGeluBias) add(op.aux, op.ldaux);
+  return p;
+}
+
 // Times every candidate algorithm on this call's own operands (one warm-up,
-// then the median of three) and keeps the fastest. Opt-in
-// (LLMT_GEMM_AUTOTUNE=1 / Blas::set_autotune): the choice depends on timing,
-// so two processes may pick different algorithms and round differently, which
-// gives up bit-identical results across processes (e.g. an exact resume).
-void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, const LtProblem& lt,
+// then the median of three) and keeps the fastest eligible one (see
+// Blas::Autotune; with kExact only those whose outputs match the heuristic's
+// first bit for bit). The output ends up holding the last candidate's
+// result; the caller then runs the chosen one.
+void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi, const LtProblem& lt,
               cudaStream_t stream) {
+  const bool exact = impl.autotune == Blas::Autotune::kExact;
+  if (exact && static_cast<uint64_t>(op.M) * op.N < (uint64_t{1} << 20)) return;
   cudaEvent_t ev[2];
   for (auto& e : ev) LLMT_CUDA_CHECK(cudaEventCreate(&e));
   float best_ms = 0, first_ms = 0;
-  int best = -1;
+  int best = -1, skipped = 0;
+  OutputPrint ref;
   for (size_t i = 0; i < plan.candidates.size(); ++i) {
     float ms[3] = {0, 0, 0};
     bool ok = true;
@@ -349,7 +392,20 @@ void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, const LtProblem& l
         LLMT_CUDA_CHECK(cudaEventElapsedTime(&ms[rep - 1], ev[0], ev[1]));
       }
     }
-    if (!ok) continue;
+    if (!ok) {
+      if (i == 0) break;  // no reference to compare with: keep the heuristic's order
+      continue;
+    }
+    if (exact) {
+      const OutputPrint p = PrintOutputs(impl, op, epi, stream);
+      if (i == 0) {
+        ref = p;
+        if (2 * p.nonzero < p.total) break;  // mostly zeros: a match would prove little
+      } else if (!(p == ref)) {
+        ++skipped;
+        continue;
+      }
+    }
     std::sort(ms, ms + 3);
     if (i == 0) first_ms = ms[1];
     if (best < 0 || ms[1] < best_ms) {
@@ -360,10 +416,11 @@ void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, const LtProblem& l
   for (auto& e : ev) cudaEventDestroy(e);
   if (best < 0) return;
   plan.algo = plan.candidates[best];
-  if (best != 0) {
+  if (best != 0 || skipped > 0) {
     LLMT_LOG(Info) << absl::StrFormat(
-        "cuBLASLt autotune: %s: candidate %d of %d, %.3f ms (heuristic's first: %.3f ms)",
-        Describe(op), best, plan.candidates.size(), best_ms, first_ms);
+        "cuBLASLt autotune%s: %s: candidate %d of %d, %.3f ms (heuristic's first: %.3f ms%s)",
+        exact ? " (exact)" : "", Describe(op), best, plan.candidates.size(), best_ms, first_ms,
+        exact ? absl::StrFormat("; %d candidates rounded differently", skipped) : "");
   }
 }
 
@@ -383,9 +440,9 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   const LtProblem lt = ToColumnMajor(op);
   // Re-running is harmless unless the GEMM accumulates into its own output
   // (beta != 0 with C == D: residual adds, weight-gradient +=).
-  if (impl.autotune && !plan->tuned && plan->candidates.size() > 1 &&
+  if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1 &&
       !(op.beta != 0.f && lt.c.ptr == op.D)) {
-    Autotune(impl, *plan, op, lt, stream);
+    Autotune(impl, *plan, op, epi, lt, stream);
   }
   plan->tuned = true;
   const cublasStatus_t st = LaunchLt(impl, *plan, op, lt, plan->algo, stream);
@@ -605,15 +662,6 @@ GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const v
   return op;
 }
 
-namespace internal {
-// matmul.cu: BiasBackward in two stages with caller-provided scratch.
-void BiasBackwardTwoStage(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
-                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
-void BiasBackwardTwoStage(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
-                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
-void BiasBackwardTwoStage(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
-                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
-}  // namespace internal
 
 namespace {
 

@@ -4,6 +4,7 @@
 
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/matmul.cuh"
+#include "kernels/cuda/matmul_internal.cuh"
 
 namespace llmt::kernels::cuda {
 namespace {
@@ -134,9 +135,6 @@ void BiasBackward(float* dbias, const bf16* dout, int64_t M, int64_t N, float al
 }
 
 namespace internal {
-// MatmulBackward's bias gradient (declared in matmul.cc): the two-stage form
-// with the cuBLASLt workspace as scratch; the result is the same sum as
-// BiasBackward's up to the (fixed) order.
 void BiasBackwardTwoStage(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
                           void* scratch, size_t scratch_bytes, cudaStream_t stream) {
   LaunchBiasBackwardTwoStage(dbias, dout, M, N, alpha, scratch, scratch_bytes, stream);
@@ -148,6 +146,79 @@ void BiasBackwardTwoStage(bf16* dbias, const bf16* dout, int64_t M, int64_t N, f
 void BiasBackwardTwoStage(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
                           void* scratch, size_t scratch_bytes, cudaStream_t stream) {
   LaunchBiasBackwardTwoStage(dbias, dout, M, N, alpha, scratch, scratch_bytes, stream);
+}
+
+namespace {
+constexpr int kFpThreads = 256;
+
+// splitmix64's finaliser: every input bit affects every output bit.
+__device__ __forceinline__ unsigned long long Mix64(unsigned long long z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Block b: partial[2b] = sum of Mix64(index, bits), partial[2b + 1] = count
+// of non-zero elements, over a grid-stride share of the elements.
+__global__ void __launch_bounds__(kFpThreads)
+    FingerprintKernel(unsigned long long* partial, const unsigned char* m, int64_t rows,
+                      int64_t cols, int64_t ld_bytes, int es) {
+  __shared__ unsigned long long sh[2][kFpThreads];
+  unsigned long long h = 0, nz = 0;
+  const int64_t n = rows * cols;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const unsigned char* e = m + (i / cols) * ld_bytes + (i % cols) * es;
+    const uint32_t bits = es == 2 ? uint32_t{*reinterpret_cast<const uint16_t*>(e)}
+                                  : *reinterpret_cast<const uint32_t*>(e);
+    h += Mix64((static_cast<unsigned long long>(i) << 32) ^ bits ^ 0x9E3779B97F4A7C15ull);
+    nz += (bits & (es == 2 ? 0x7fffu : 0x7fffffffu)) != 0 ? 1 : 0;
+  }
+  sh[0][threadIdx.x] = h;
+  sh[1][threadIdx.x] = nz;
+  __syncthreads();
+  for (int s = kFpThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) {
+      sh[0][threadIdx.x] += sh[0][threadIdx.x + s];
+      sh[1][threadIdx.x] += sh[1][threadIdx.x + s];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    partial[2 * blockIdx.x] = sh[0][0];
+    partial[2 * blockIdx.x + 1] = sh[1][0];
+  }
+}
+
+__global__ void FingerprintFinalKernel(unsigned long long* out, const unsigned long long* partial,
+                                       int nblocks) {
+  if (threadIdx.x != 0) return;  // one warp launched, one thread adds in block order
+  unsigned long long h = 0, nz = 0;
+  for (int b = 0; b < nblocks; ++b) {
+    h += partial[2 * b];
+    nz += partial[2 * b + 1];
+  }
+  out[0] = h;
+  out[1] = nz;
+}
+}  // namespace
+
+void Fingerprint(unsigned long long* words, unsigned long long out[2], const void* m, int64_t rows,
+                 int64_t cols, int64_t ld, int elem_bytes, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) {
+    out[0] = out[1] = 0;
+    return;
+  }
+  const int64_t need = CeilDiv(rows * cols, kFpThreads);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(kFingerprintBlocks, need));
+  Launch(FingerprintKernel, blocks, kFpThreads, 0, stream, words + 2,
+         static_cast<const unsigned char*>(m), rows, cols, ld * elem_bytes, elem_bytes);
+  LLMT_CUDA_CHECK_LAUNCH("FingerprintKernel", stream);
+  Launch(FingerprintFinalKernel, 1u, 32u, 0, stream, words, words + 2, static_cast<int>(blocks));
+  LLMT_CUDA_CHECK_LAUNCH("FingerprintFinalKernel", stream);
+  LLMT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  LLMT_CUDA_CHECK(
+      cudaMemcpy(out, words, 2 * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
 }
 }  // namespace internal
 

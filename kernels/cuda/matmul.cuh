@@ -59,13 +59,25 @@ class Blas {
   // path), e.g. to rule them out when debugging.
   void set_fuse_epilogues(bool on);
   bool fuse_epilogues() const;
-  // Default off, or on with LLMT_GEMM_AUTOTUNE=1: the first call of each GEMM
-  // shape times the heuristic's candidate algorithms (up to 8) on its own
-  // operands and keeps the fastest (GEMMs that accumulate into their output
-  // keep the heuristic's first). Faster, but the pick depends on timing, so
-  // results are no longer bit-identical across processes.
-  void set_autotune(bool on);
-  bool autotune() const;
+  // Autotuning: the first call of each GEMM shape times the heuristic's
+  // candidate algorithms (up to 8) on its own operands and keeps the fastest
+  // (GEMMs that accumulate into their output keep the heuristic's first).
+  //   kOff:   the heuristic's first candidate.
+  //   kExact: only candidates whose output (and GELU aux) is bit-identical to
+  //           the heuristic's first on this call are eligible (an
+  //           order-independent 64-bit fingerprint of every output element),
+  //           so results are the same as kOff whatever the timing: exact
+  //           resumes and reproducibility across processes are kept. Outputs
+  //           under 2^20 elements, or with fewer than half of them non-zero,
+  //           keep the first candidate: there, two different summation
+  //           orders could agree by chance.
+  //   kAny:   any candidate: fastest, but the pick depends on timing, so
+  //           results are no longer bit-identical across processes.
+  // The default comes from LLMT_GEMM_AUTOTUNE: "0"/"off", "exact" (also when
+  // unset), "1"/"any"; anything else makes Create fail.
+  enum class Autotune { kOff, kExact, kAny };
+  void set_autotune(Autotune mode);
+  Autotune autotune() const;
 
   // Plans cached so far, and GEMMs that had to fall back from a fused
   // epilogue because cuBLASLt offered no algorithm for it.

@@ -10,9 +10,11 @@
 // bit for bit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/activation.h"
@@ -22,6 +24,7 @@
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/loss.cuh"
 #include "kernels/cuda/matmul.cuh"
+#include "kernels/cuda/matmul_internal.cuh"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/optimizer.cuh"
 #include "kernels/cuda/reduce.cuh"
@@ -767,15 +770,48 @@ INSTANTIATE_TEST_SUITE_P(
 // so their parameter gradients must agree bit for bit.
 
 }  // namespace
-namespace internal {  // matmul.cu: MatmulBackward's two-stage bias gradient
-void BiasBackwardTwoStage(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
-                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
-void BiasBackwardTwoStage(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
-                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
-void BiasBackwardTwoStage(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
-                          void* scratch, size_t scratch_bytes, cudaStream_t stream);
-}  // namespace internal
 namespace {
+
+// The exact-autotune fingerprint (matmul_internal.cuh): a pure function of
+// the matrix's values (padding past `cols` ignored, independent of the grid
+// split), sensitive to one flipped bit and to moving a value, and counting
+// non-zero elements with -0 as zero.
+TYPED_TEST(TypedGpuTest, MatrixFingerprint) {
+  using T = TypeParam;
+  const int64_t rows = 37, cols = 300, ld = 304;  // > one block's worth, padded rows
+  FVec m = Randn(rows * ld, 91);
+  Dev<T> a(m), b(m);
+  FVec other = m;
+  for (int64_t r = 0; r < rows; ++r) other[r * ld + cols + 1] = 5.f;  // padding only
+  Dev<T> c(other);
+  Dev<unsigned long long> words(internal::kFingerprintWords);
+  auto print = [&](const T* p, int64_t rw, int64_t cl) {
+    unsigned long long out[2];
+    internal::Fingerprint(words.get(), out, p, rw, cl, ld, sizeof(T), nullptr);
+    return std::pair<unsigned long long, unsigned long long>(out[0], out[1]);
+  };
+  const auto pa = print(a.get(), rows, cols);
+  EXPECT_EQ(pa, print(b.get(), rows, cols));
+  EXPECT_EQ(pa, print(c.get(), rows, cols)) << "padding columns must not count";
+  EXPECT_EQ(pa.second, static_cast<unsigned long long>(rows * cols)) << "Randn has no zeros";
+  EXPECT_NE(pa, print(a.get(), rows - 1, cols));  // fewer rows: another matrix
+  // One value changed in its last bit, and two values swapped.
+  FVec tweak = m;
+  tweak[5 * ld + 7] = std::nextafter(tweak[5 * ld + 7], 1e30f);
+  if constexpr (!std::is_same_v<T, float>) tweak[5 * ld + 7] = m[5 * ld + 7] * (1 + 1.f / 64);
+  Dev<T> d(tweak);
+  EXPECT_NE(pa.first, print(d.get(), rows, cols).first);
+  FVec swapped = m;
+  std::swap(swapped[3], swapped[4]);
+  Dev<T> e(swapped);
+  EXPECT_NE(pa.first, print(e.get(), rows, cols).first);
+  // Zeros (and -0) do not count as non-zero.
+  FVec zeros = m;
+  zeros[0] = 0.f;
+  zeros[1] = -0.f;
+  Dev<T> z(zeros);
+  EXPECT_EQ(print(z.get(), rows, cols).second, static_cast<unsigned long long>(rows * cols - 2));
+}
 
 // dbias + alpha * column sums of dout[M, N] (row stride ld), in double.
 FVec ColumnSumRef(const FVec& dy, const FVec& db0, int64_t M, int64_t N, int64_t ld, float alpha) {

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <memory>
 
 #include "kernels/activation.h"
@@ -23,6 +24,10 @@ using testing::Prep;
 using testing::Randn;
 using testing::RoundBf16;
 using testing::Tol;
+
+bool SameBits(const FVec& a, const FVec& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
 
 template <typename T>
 Tol GemmTol() {
@@ -112,6 +117,54 @@ TYPED_TEST(MatmulTest, ForwardGeluEpilogue) {
     ExpectClose(dpre.Download(), pre, GemmTol<T>(), "pre_gelu");
     ExpectClose(dout.Download(), want, GemmTol<T>(), "gelu out");
   }
+}
+
+// Autotune kExact keeps results bit-identical to no autotuning (GPT-2-sized
+// GEMMs, so the tuner actually runs: outputs of >= 2^20 elements): forward
+// with bias, with the GELU-aux epilogue (both outputs), and dinp with the
+// DGELU epilogue. kAny must still be correct within the usual tolerance.
+TYPED_TEST(MatmulTest, AutotuneExactIsBitIdentical) {
+  using T = TypeParam;
+  const int M = 2048, K = 768, N = 3072;
+  const FVec x = Prep<T>(Randn(size_t(M) * K, 21));
+  const FVec w = Prep<T>(Randn(size_t(K) * N, 22, 0.05f));
+  const FVec b = Prep<T>(Randn(N, 23));
+  const FVec dy = Prep<T>(Randn(size_t(M) * N, 24));
+  struct Out {
+    FVec plain, gelu, pre, dinp;
+  };
+  auto run = [&](Blas::Autotune mode) {
+    auto blas = Blas::Create();
+    EXPECT_TRUE(blas.ok()) << blas.status();
+    (*blas)->set_autotune(mode);
+    Dev<T> dx(x), dw(w), db(b), ddy(dy), dplain(size_t(M) * N), dgelu(size_t(M) * N),
+        dpre(size_t(M) * N), ddinp(size_t(M) * K);
+    Out o;
+    // Twice each: the first call tunes, the second runs the chosen algorithm.
+    for (int rep = 0; rep < 2; ++rep) {
+      MatmulForward(**blas, dplain.get(), dx.get(), dw.get(), db.get(), M, K, N,
+                    WeightLayout::kInOut, nullptr, nullptr, nullptr);
+      MatmulForward(**blas, dgelu.get(), dx.get(), dw.get(), db.get(), M, K, N,
+                    WeightLayout::kInOut, nullptr, dpre.get(), nullptr);
+      MatmulBackward(**blas, ddinp.get(), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                     ddy.get(), dx.get(), dw.get(), M, K, N, WeightLayout::kInOut, 1.f, false,
+                     dpre.get(), nullptr);
+    }
+    o.plain = dplain.Download();
+    o.gelu = dgelu.Download();
+    o.pre = dpre.Download();
+    o.dinp = ddinp.Download();
+    return o;
+  };
+  const Out off = run(Blas::Autotune::kOff);
+  const Out exact = run(Blas::Autotune::kExact);
+  EXPECT_TRUE(SameBits(off.plain, exact.plain)) << "bias GEMM";
+  EXPECT_TRUE(SameBits(off.gelu, exact.gelu)) << "GELU-aux GEMM output";
+  EXPECT_TRUE(SameBits(off.pre, exact.pre)) << "GELU-aux GEMM pre-activation";
+  EXPECT_TRUE(SameBits(off.dinp, exact.dinp)) << "DGELU GEMM";
+  const Out any = run(Blas::Autotune::kAny);
+  ExpectClose(any.plain, off.plain, GemmTol<T>(), "autotune any: bias GEMM");
+  ExpectClose(any.dinp, off.dinp, GemmTol<T>(), "autotune any: DGELU GEMM");
 }
 
 // Backward for both layouts: dinp overwrite and accumulate, dweight and dbias
