@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "common/log.h"
 
@@ -56,6 +57,24 @@ void CheckCublas(cublasStatus_t st, const char* call, const char* file, int line
   Fatal(std::string("cuBLAS call ") + call + " failed: " + CublasStatusName(st) + " (" +
         std::to_string(static_cast<int>(st)) + ") at " + file + ":" + std::to_string(line));
 }
+
+namespace internal {
+bool LegacyKernelRequested(const char* name) {
+  const char* env = std::getenv("LLMT_LEGACY_KERNELS");
+  if (env == nullptr) return false;
+  const std::string_view want(name);
+  std::string_view s(env);
+  while (true) {
+    const size_t comma = s.find(',');
+    std::string_view tok = s.substr(0, comma);
+    while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
+    while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
+    if (tok == want) return true;
+    if (comma == std::string_view::npos) return false;
+    s.remove_prefix(comma + 1);
+  }
+}
+}  // namespace internal
 
 bool SyncCheckEnabled() {
   static const bool on = [] {

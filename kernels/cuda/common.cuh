@@ -64,6 +64,14 @@ void CheckLaunch(const char* kernel, cudaStream_t stream, const char* file, int 
 // True when LLMT_CUDA_SYNC_CHECK is set to a non-zero value (read once).
 bool SyncCheckEnabled();
 
+namespace internal {
+// True when `name` is one of the comma-separated names in LLMT_LEGACY_KERNELS
+// (read at each call; callers cache it): that kernel runs its previous
+// implementation, for A/B timing on a GPU. Names: "xent" (loss.cu), "norm_bwd"
+// (norm.cu); unknown names are ignored.
+bool LegacyKernelRequested(const char* name);
+}  // namespace internal
+
 // Fatal unless `have` >= `need` bytes of caller-provided scratch.
 void CheckScratch(const char* kernel, const void* scratch, size_t have, size_t need);
 

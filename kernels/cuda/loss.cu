@@ -1,7 +1,5 @@
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <string_view>
 #include <type_traits>
 
 #include "kernels/cuda/device_util.cuh"
@@ -323,27 +321,11 @@ __global__ void __launch_bounds__(kRowThreads, 2)
   }
 }
 
-// LLMT_LEGACY_KERNELS: a comma-separated list of kernel names that run their
-// previous implementation, for A/B timing on a GPU: "xent" (the two-pass
-// SoftmaxCrossEntropyKernel here), "norm_bwd" (norm.cu). Read once, at the
-// first call; unknown names are ignored. norm.cu holds the same parser.
-bool LegacyKernelRequested(const char* name) {
-  const char* env = std::getenv("LLMT_LEGACY_KERNELS");
-  if (env == nullptr) return false;
-  const std::string_view want(name);
-  std::string_view s(env);
-  while (true) {
-    const size_t comma = s.find(',');
-    std::string_view tok = s.substr(0, comma);
-    while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
-    while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
-    if (tok == want) return true;
-    if (comma == std::string_view::npos) return false;
-    s.remove_prefix(comma + 1);
-  }
-}
+// LLMT_LEGACY_KERNELS (common.cuh) containing "xent": the two-pass
+// SoftmaxCrossEntropyKernel above instead of the row kernel. Read once, at
+// the first call.
 std::atomic<bool>& LegacyXent() {
-  static std::atomic<bool> legacy{LegacyKernelRequested("xent")};
+  static std::atomic<bool> legacy{internal::LegacyKernelRequested("xent")};
   return legacy;
 }
 

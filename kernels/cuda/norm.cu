@@ -1,6 +1,4 @@
 #include <atomic>
-#include <cstdlib>
-#include <string_view>
 
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/norm.cuh"
@@ -366,25 +364,10 @@ __global__ void __launch_bounds__(kThreads, NV >= 4 ? 2 : 3)
   }
 }
 
-// LLMT_LEGACY_KERNELS (see loss.cu, which holds the same parser): "norm_bwd"
-// runs NormBackwardKernel (32-row partials) instead of NormBackwardFastKernel.
-bool LegacyKernelRequested(const char* name) {
-  const char* env = std::getenv("LLMT_LEGACY_KERNELS");
-  if (env == nullptr) return false;
-  const std::string_view want(name);
-  std::string_view s(env);
-  while (true) {
-    const size_t comma = s.find(',');
-    std::string_view tok = s.substr(0, comma);
-    while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
-    while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
-    if (tok == want) return true;
-    if (comma == std::string_view::npos) return false;
-    s.remove_prefix(comma + 1);
-  }
-}
+// LLMT_LEGACY_KERNELS (common.cuh) containing "norm_bwd": NormBackwardKernel
+// (32-row partials) instead of NormBackwardFastKernel. Read once.
 std::atomic<bool>& LegacyNormBackward() {
-  static std::atomic<bool> legacy{LegacyKernelRequested("norm_bwd")};
+  static std::atomic<bool> legacy{internal::LegacyKernelRequested("norm_bwd")};
   return legacy;
 }
 

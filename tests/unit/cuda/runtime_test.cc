@@ -6,14 +6,30 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <vector>
 
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/optimizer.cuh"
 
 namespace llmt::kernels::cuda {
 namespace {
 
 using ::testing::HasSubstr;
+
+// LLMT_LEGACY_KERNELS: exact names from a comma-separated list, spaces
+// around names ignored, no prefix matches.
+TEST(CudaRuntimeTest, LegacyKernelListParsesNames) {
+  ::unsetenv("LLMT_LEGACY_KERNELS");
+  EXPECT_FALSE(internal::LegacyKernelRequested("xent"));
+  ::setenv("LLMT_LEGACY_KERNELS", "xent, norm_bwd", 1);
+  EXPECT_TRUE(internal::LegacyKernelRequested("xent"));
+  EXPECT_TRUE(internal::LegacyKernelRequested("norm_bwd"));
+  EXPECT_FALSE(internal::LegacyKernelRequested("norm"));
+  ::setenv("LLMT_LEGACY_KERNELS", "xentx,,", 1);
+  EXPECT_FALSE(internal::LegacyKernelRequested("xent"));
+  ::unsetenv("LLMT_LEGACY_KERNELS");
+}
 
 TEST(CudaRuntimeTest, FormatBytes) {
   EXPECT_EQ(FormatBytes(512), "512 B");
