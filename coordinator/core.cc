@@ -288,9 +288,14 @@ void Coordinator::UpdateGauges() {
                          v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}) {
     metrics_->jobs.WithLabels({JobStateName(s)})->Set(by_state[s]);
   }
-  int ready = 0, lost = 0;
-  for (const auto& [id, w] : workers_) (w.w.state() == v1::WORKER_STATE_READY ? ready : lost)++;
+  int ready = 0, lost = 0, draining = 0;
+  for (const auto& [id, w] : workers_) {
+    ++(w.w.state() == v1::WORKER_STATE_READY      ? ready
+       : w.w.state() == v1::WORKER_STATE_DRAINING ? draining
+                                                  : lost);
+  }
   metrics_->workers.WithLabels({"READY"})->Set(ready);
+  metrics_->workers.WithLabels({"DRAINING"})->Set(draining);
   metrics_->workers.WithLabels({"LOST"})->Set(lost);
   metrics_->queue_depth->Set(pending_.size());
   metrics_->live_attempts->Set(live_attempts_.size());
@@ -542,6 +547,20 @@ void Coordinator::FailAttempt(Txn& txn, JobEntry& e, v1::Attempt& a, const std::
                 a.attempt_id());
   }
   MarkJob(txn, e);
+}
+
+void Coordinator::RequeueAttempt(Txn& txn, JobEntry& e, v1::Attempt& a, const std::string& why) {
+  const bool current = e.job.state() == v1::JOB_STATE_RUNNING &&
+                       e.job.current_attempt_id() == a.attempt_id();
+  StopAttempt(txn, e, a, v1::ATTEMPT_STATE_PREEMPTED, why);
+  if (!current) return;
+  e.job.set_preemptions(e.job.preemptions() + 1);
+  SetJobState(txn, e, v1::JOB_STATE_PENDING,
+              absl::StrCat(why, "; requeued to resume from its latest checkpoint (not counted "
+                                "as a restart)"),
+              a.attempt_id());
+  MarkJob(txn, e);
+  if (metrics_) metrics_->preemptions->Inc();
 }
 
 void Coordinator::LoseWorker(Txn& txn, WorkerEntry& w, const std::string& reason) {
@@ -1242,7 +1261,18 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     // Its attempts were failed when the lease expired; the desired set below
     // no longer contains them, so the worker stops them (fencing).
     LLMT_LOG(Info) << "coordinator: worker " << req.worker_id() << " is back";
-    w.w.set_state(v1::WORKER_STATE_READY);
+    w.w.set_state(req.draining() ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_READY);
+    w.w.set_revision(w.w.revision() + 1);
+    PutWorker(txn, w.w);
+    sched_dirty_ = true;
+    wake = true;
+  } else if (req.draining() != (w.w.state() == v1::WORKER_STATE_DRAINING)) {
+    // A drain takes the worker out of placement (TotalCapacity counts READY
+    // workers only) before its ranks' results come in, so their requeued
+    // jobs go elsewhere.
+    LLMT_LOG(Info) << "coordinator: worker " << req.worker_id()
+                   << (req.draining() ? " is draining (shutting down)" : " is ready again");
+    w.w.set_state(req.draining() ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_READY);
     w.w.set_revision(w.w.revision() + 1);
     PutWorker(txn, w.w);
     sched_dirty_ = true;
@@ -1517,7 +1547,13 @@ absl::StatusOr<v1::ReportAttemptResultResponse> Coordinator::ReportAttemptResult
               ? absl::StrCat(who, " failed (exit code ", req.exit_code(), ")")
               : absl::StrCat(who, " was stopped by its worker");
       if (!req.message().empty()) absl::StrAppend(&why, ": ", req.message());
-      if (IsActive(a.state())) {
+      if (IsActive(a.state()) && req.outcome() == v1::ATTEMPT_OUTCOME_STOPPED) {
+        // The coordinator still wanted this rank, so its worker stopped it on
+        // its own: shutting down (a drain) or a superseded session. That is
+        // not the job's failure; like a preemption it must not use up one of
+        // the job's max_restarts.
+        RequeueAttempt(txn, e, a, why);
+      } else if (IsActive(a.state())) {
         FailAttempt(txn, e, a, why);
       } else {
         MaybeFinalize(txn, e, a);
@@ -1589,7 +1625,7 @@ void Coordinator::Tick() {
   absl::Time now = clock_->Now();
   Txn txn(store_);
   for (auto& [id, w] : workers_) {
-    if (w.w.state() == v1::WORKER_STATE_READY && now > w.lease_expiry) {
+    if (w.w.state() != v1::WORKER_STATE_LOST && now > w.lease_expiry) {
       LoseWorker(txn, w,
                  absl::StrCat("lease expired: no heartbeat within ",
                               absl::FormatDuration(options_.lease_timeout)));

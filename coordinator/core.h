@@ -166,6 +166,9 @@ class Coordinator {
                    const std::string& reason);
   void MaybeFinalize(Txn& txn, JobEntry& e, v1::Attempt& a);
   void FailAttempt(Txn& txn, JobEntry& e, v1::Attempt& a, const std::string& reason);
+  // Stops an attempt whose worker stopped a rank on its own (shutdown,
+  // superseded session) and requeues its job without using a restart.
+  void RequeueAttempt(Txn& txn, JobEntry& e, v1::Attempt& a, const std::string& why);
   void LoseWorker(Txn& txn, WorkerEntry& w, const std::string& reason);
   void PlaceJob(Txn& txn, JobEntry& e, const std::vector<RankSlot>& slots);
   void ApplyRetention(Txn& txn, JobEntry& e);

@@ -268,6 +268,7 @@ void Daemon::HeartbeatOnce() {
   v1::HeartbeatRequest req;
   req.set_worker_id(options_.worker_id);
   req.set_session(session_);
+  req.set_draining(draining_);
   for (const auto& rr : RunningRanks()) *req.add_running() = rr;
   v1::HeartbeatResponse resp;
   grpc::ClientContext ctx;
@@ -763,7 +764,12 @@ void Daemon::Run() {
       draining_ = true;
       LLMT_LOG(Info) << "worker " << options_.worker_id << ": shutting down; stopping "
                      << ranks_.size() << " rank(s)";
-      for (auto& [key, r] : ranks_) StopRank(*r, /*kill_now=*/false, "worker shutting down");
+      // Tell the coordinator first, so that the jobs it requeues when these
+      // ranks report STOPPED are not placed here again.
+      if (registered_) HeartbeatOnce();
+      for (auto& [key, r] : ranks_) {
+        if (!r->stop_sent) StopRank(*r, /*kill_now=*/false, "worker shutting down");
+      }
     }
     ReapRanks();
     DropStaleSeries();

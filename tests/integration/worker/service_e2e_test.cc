@@ -348,6 +348,37 @@ TEST_F(ServiceE2E, KilledWorkerLeaseExpiresAndJobMovesToAnotherWorker) {
   EXPECT_GE(attempts[1].resume_step(), 100);
 }
 
+// SIGTERM on a worker is a drain: its trainer checkpoints and stops, the
+// coordinator requeues the job onto the other worker from that checkpoint,
+// and it does not count as a restart (max_restarts 0 would fail the job).
+TEST_F(ServiceE2E, DrainedWorkerHandsItsJobOnWithoutUsingARestart) {
+  ASSERT_TRUE(cluster_->StartCoordinator());
+  Daemon* w1 = cluster_->StartWorker("w1", 2);
+  Daemon* w2 = cluster_->StartWorker("w2", 2);
+  ASSERT_TRUE(w1 && w2);
+  constexpr int kSteps = 1500;  // still running after checkpoint 100 (see above)
+  std::string job = cluster_->Submit(WriteSpec("drain", {.max_steps = kSteps, .max_restarts = 0}));
+  ASSERT_FALSE(job.empty());
+  ASSERT_TRUE(WaitCheckpoint(job, 100)) << cluster_->Logs();
+  auto attempts = cluster_->Attempts(job);
+  ASSERT_EQ(attempts.size(), 1u);
+  const std::string first_worker = attempts[0].ranks(0).worker_id();
+  Daemon* victim = first_worker == "w1" ? w1 : w2;
+
+  EXPECT_EQ(victim->Stop(SIGTERM), 0) << cluster_->Logs();
+  v1::Job j = WaitDone(job);
+  ASSERT_EQ(j.state(), v1::JOB_STATE_SUCCEEDED) << j.state_reason() << cluster_->Logs();
+  EXPECT_EQ(j.progress().step(), kSteps);
+  EXPECT_EQ(j.restarts(), 0);
+  EXPECT_EQ(j.preemptions(), 1);
+  attempts = cluster_->Attempts(job);
+  ASSERT_EQ(attempts.size(), 2u);
+  EXPECT_EQ(attempts[0].state(), v1::ATTEMPT_STATE_PREEMPTED) << attempts[0].reason();
+  EXPECT_THAT(attempts[0].reason(), HasSubstr("worker shutting down"));
+  EXPECT_NE(attempts[1].ranks(0).worker_id(), first_worker);
+  EXPECT_GE(attempts[1].resume_step(), 100);
+}
+
 TEST_F(ServiceE2E, CoordinatorKilledMidRunRestartsAndJobCompletesWithoutLosingRecords) {
   ASSERT_TRUE(cluster_->StartCoordinator());
   Daemon* w = cluster_->StartWorker("w1", 2);

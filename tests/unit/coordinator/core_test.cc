@@ -437,6 +437,68 @@ TEST_F(CoreTest, LeaseExpiryRestartsFromCheckpointThenFails) {
   EXPECT_TRUE(absl::StrContains(job.state_reason(), "no restarts left")) << job.state_reason();
 }
 
+// A worker shutting down (SIGTERM: a drain) heartbeats draining, so nothing
+// new is placed on it; its rank checkpoints and reports STOPPED, and the job
+// is requeued from that checkpoint onto another worker without using a
+// restart (max_restarts 0 here, so a counted restart would fail the job).
+TEST_F(CoreTest, DrainingWorkerRequeuesItsJobWithoutUsingARestart) {
+  uint64_t s1 = Register("w1", 1);
+  v1::Job job = Create(Spec(1, 1, 0, /*max_restarts=*/0));
+  core_->Tick();
+  uint64_t a1 = Get(job.id()).current_attempt_id();
+  ASSERT_TRUE(Hb("w1", s1, {{a1, 0}}).ok());
+  ASSERT_TRUE(Ckpt(Get(job.id()), a1, 40).ok());
+
+  v1::HeartbeatRequest h;
+  h.set_worker_id("w1");
+  h.set_session(s1);
+  h.set_draining(true);
+  h.add_running()->set_attempt_id(a1);
+  auto hb = core_->Heartbeat(h);
+  ASSERT_TRUE(hb.ok()) << hb.status();
+  EXPECT_EQ(hb->desired_size(), 1);  // still wanted until it reports
+  EXPECT_EQ(core_->ListWorkers()->workers(0).state(), v1::WORKER_STATE_DRAINING);
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
+
+  ASSERT_TRUE(Ckpt(Get(job.id()), a1, 45).ok());  // the SIGTERM checkpoint
+  ASSERT_TRUE(Result(a1, 0, v1::ATTEMPT_OUTCOME_STOPPED, "w1", 45).ok());
+  job = Get(job.id());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_PENDING) << job.state_reason();
+  EXPECT_EQ(job.restarts(), 0);
+  EXPECT_EQ(job.preemptions(), 1);
+  EXPECT_TRUE(absl::StrContains(job.state_reason(), "not counted as a restart"))
+      << job.state_reason();
+  EXPECT_EQ(GetAttempt(job.id(), a1).state(), v1::ATTEMPT_STATE_PREEMPTED);
+
+  // The draining worker gets nothing new, even with its GPU free.
+  core_->Tick();
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_PENDING);
+  h.clear_running();
+  hb = core_->Heartbeat(h);
+  ASSERT_TRUE(hb.ok());
+  EXPECT_EQ(hb->desired_size(), 0);
+
+  // Another worker takes the job from the SIGTERM checkpoint.
+  uint64_t s2 = Register("w2", 1);
+  core_->Tick();
+  job = Get(job.id());
+  ASSERT_EQ(job.state(), v1::JOB_STATE_RUNNING);
+  hb = Hb("w2", s2);
+  ASSERT_EQ(hb->desired_size(), 1);
+  EXPECT_EQ(hb->desired(0).resume_step(), 45);
+
+  // A draining worker whose lease runs out is lost like any other.
+  clock_.Advance(absl::Seconds(11));
+  ASSERT_TRUE(Hb("w2", s2, {{job.current_attempt_id(), 0}}).ok());
+  core_->Tick();
+  auto workers = core_->ListWorkers();
+  for (const auto& w : workers->workers()) {
+    EXPECT_EQ(w.state(), w.id() == "w1" ? v1::WORKER_STATE_LOST : v1::WORKER_STATE_READY)
+        << w.id();
+  }
+  EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
+}
+
 TEST_F(CoreTest, BackoffDoublesPerRestart) {
   uint64_t s = Register("w1", 0, 1);
   v1::Job job = Create(Spec(1, 0, 0, 5));
