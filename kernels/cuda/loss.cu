@@ -67,19 +67,50 @@ __device__ MaxSum BlockCombine(MaxSum x) {
   return x;
 }
 
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 2^x with the MUFU ex2 unit (what __expf uses after its multiply).
+__device__ __forceinline__ float Exp2Approx(float x) {
+#ifdef LLMT_CUDA_EMULATION
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+// exp(x - m), given mL = m * log2(e). bf16: one FFMA + ex2 (instead of
+// FADD, FMUL, ex2 of __expf(x - m)); the argument's extra rounding (~1e-6
+// relative) is far below bf16's resolution. fp32: the exact expf, which the
+// fp32 tests compare against the CPU backend at 1e-5.
+template <typename T>
+__device__ __forceinline__ float ExpShifted(float x, float m, float mL) {
+  if constexpr (std::is_same_v<T, float>) {
+    return expf(x - m);
+  } else {
+    return Exp2Approx(fmaf(x, kLog2e, -mL));
+  }
+}
+
 // Folds W values into the running pair: one rescale per group (when the
-// group raises the max) instead of one per element.
-template <typename T, int W>
+// group raises the max) instead of one per element. kFast: the row kernel's
+// ExpShifted instead of Exp (the two-pass kernel keeps its arithmetic).
+template <typename T, int W, bool kFast = false>
 __device__ __forceinline__ void Accumulate(MaxSum& acc, const float (&f)[W]) {
   float mx = f[0];
 #pragma unroll
   for (int k = 1; k < W; ++k) mx = fmaxf(mx, f[k]);
   if (mx > acc.m) {
-    acc.s *= Exp<T>(acc.m - mx);  // exp(-inf) = 0 for the first group
+    // exp(-inf) = 0 for the first group
+    acc.s *= kFast ? ExpShifted<T>(acc.m, mx, mx * kLog2e) : Exp<T>(acc.m - mx);
     acc.m = mx;
   }
+  const float mL = acc.m * kLog2e;
 #pragma unroll
-  for (int k = 0; k < W; ++k) acc.s += Exp<T>(f[k] - acc.m);
+  for (int k = 0; k < W; ++k) {
+    acc.s += kFast ? ExpShifted<T>(f[k], acc.m, mL) : Exp<T>(f[k] - acc.m);
+  }
 }
 
 // Per-thread online softmax over the row's first n columns: V-wide vectors
@@ -190,7 +221,6 @@ constexpr int kRowThreads = 512;
 // per SM, 1 KB reserved per block). Longer rows (e.g. Llama-3's 128256-token
 // vocabulary) take the two-pass kernel.
 constexpr int64_t kMaxRowBytes = 112 * 1024;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // 16 bytes global -> shared, bypassing L1 (streamed once).
 __device__ __forceinline__ void CpAsync16(void* dst, const void* src) {
@@ -209,45 +239,6 @@ __device__ __forceinline__ void CpAsyncWaitAll() {
 #else
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 #endif
-}
-
-// 2^x with the MUFU ex2 unit (what __expf uses after its multiply).
-__device__ __forceinline__ float Exp2Approx(float x) {
-#ifdef LLMT_CUDA_EMULATION
-  return exp2f(x);
-#else
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#endif
-}
-
-// exp(x - m), given mL = m * log2(e). bf16: one FFMA + ex2 (instead of
-// FADD, FMUL, ex2 of __expf(x - m)); the argument's extra rounding (~1e-6
-// relative) is far below bf16's resolution. fp32: the exact expf, which the
-// fp32 tests compare against the CPU backend at 1e-5.
-template <typename T>
-__device__ __forceinline__ float ExpShifted(float x, float m, float mL) {
-  if constexpr (std::is_same_v<T, float>) {
-    return expf(x - m);
-  } else {
-    return Exp2Approx(fmaf(x, kLog2e, -mL));
-  }
-}
-
-// Accumulate (above) with ExpShifted.
-template <typename T, int W>
-__device__ __forceinline__ void AccumulateFast(MaxSum& acc, const float (&f)[W]) {
-  float mx = f[0];
-#pragma unroll
-  for (int k = 1; k < W; ++k) mx = fmaxf(mx, f[k]);
-  if (mx > acc.m) {
-    acc.s *= ExpShifted<T>(acc.m, mx, mx * kLog2e);  // 0 for the first group
-    acc.m = mx;
-  }
-  const float mL = acc.m * kLog2e;
-#pragma unroll
-  for (int k = 0; k < W; ++k) acc.s += ExpShifted<T>(f[k], acc.m, mL);
 }
 
 // One block per row; needs ld % V == 0 and a 16-byte aligned row (UseVec),
@@ -276,7 +267,7 @@ __global__ void __launch_bounds__(kRowThreads, 2)
     float f[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) f[k] = ToF(a.v[k]);
-    AccumulateFast<T, V>(acc, f);
+    Accumulate<T, V, true>(acc, f);
   }
   if (nfull < nread && tid == nfull % nt) {  // the straddling vector's real columns
     const Vec<T, V> a = s[nfull];
@@ -284,7 +275,7 @@ __global__ void __launch_bounds__(kRowThreads, 2)
     for (int k = 0; k < V; ++k) {
       if (nfull * V + k < n) {
         const float f[1] = {ToF(a.v[k])};
-        AccumulateFast<T, 1>(acc, f);
+        Accumulate<T, 1, true>(acc, f);
       }
     }
   }

@@ -105,6 +105,20 @@ __global__ void NormForwardKernel(T* residual, T* out, float* mean, float* rstd,
   }
 }
 
+// sum_dn += dout w and sum_dn_n += dout w n over V channels, n = (x - m) rs.
+template <typename T, int V>
+__device__ __forceinline__ void RowSums(const Vec<T, V>& xi, const Vec<T, V>& dy,
+                                        const Vec<T, V>& w, float m, float rs, float& sum_dn,
+                                        float& sum_dn_n) {
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const float n = (ToF(xi.v[k]) - m) * rs;
+    const float dn = ToF(dy.v[k]) * ToF(w.v[k]);
+    sum_dn += dn;
+    sum_dn_n += dn * n;
+  }
+}
+
 // Block b handles rows [b R, b R + R), R = kNormRowsPerBlock.
 // Phase 1 (warp per row, V channels per lane step as in the forward):
 //   dinp += rstd (dn - mean(dn) - n mean(dn n)) with n = (x - mean) rstd,
@@ -128,15 +142,8 @@ __global__ void __launch_bounds__(kThreads)
     const float m = kLN ? mean[r] : 0.f, rs = rstd[r];
     float sum_dn = 0.f, sum_dn_n = 0.f;
     for (int c = lane * V; c < C; c += 32 * V) {
-      const Vec<T, V> xi = LoadVec<V>(inp + off + c), dy = LoadVec<V>(dout + off + c),
-                      w = LoadVec<V>(weight + c);
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float n = (ToF(xi.v[k]) - m) * rs;
-        const float dn = ToF(dy.v[k]) * ToF(w.v[k]);
-        sum_dn += dn;
-        sum_dn_n += dn * n;
-      }
+      RowSums<T, V>(LoadVec<V>(inp + off + c), LoadVec<V>(dout + off + c),
+                    LoadVec<V>(weight + c), m, rs, sum_dn, sum_dn_n);
     }
     const float a = kLN ? WarpSum(sum_dn) / C : 0.f;
     const float b = WarpSum(sum_dn_n) / C;
@@ -268,18 +275,6 @@ __device__ __forceinline__ Vec<T, V> FinishVector(const Vec<T, V>& xi, const Vec
   return out;
 }
 
-template <typename T, int V>
-__device__ __forceinline__ void RowSums(const Vec<T, V>& xi, const Vec<T, V>& dy,
-                                        const Vec<T, V>& w, float m, float rs, float& sum_dn,
-                                        float& sum_dn_n) {
-#pragma unroll
-  for (int k = 0; k < V; ++k) {
-    const float n = (ToF(xi.v[k]) - m) * rs;
-    const float dn = ToF(dy.v[k]) * ToF(w.v[k]);
-    sum_dn += dn;
-    sum_dn_n += dn * n;
-  }
-}
 
 // Block b handles rows [b kFastRows, (b + 1) kFastRows); warp y its rows
 // r0 + y, r0 + y + 8, ...; partial[b][c] (weight), partial[nblocks + b][c]
