@@ -415,7 +415,8 @@ size_t DsOffset(int B, int T, int NH) {
 int DsChunkBatch(int B, int T, int NH, const AttentionBackwardVariant& v) {
   if (!v.ds || B <= 0) return 0;
   const size_t per = internal::DsBatchBytes(T, NH);
-  const int64_t fit = std::max<int64_t>(1, static_cast<int64_t>(v.ds_max_bytes / std::max<size_t>(per, 1)));
+  const int64_t fit =
+      std::max<int64_t>(1, static_cast<int64_t>(v.ds_max_bytes / std::max<size_t>(per, 1)));
   const int64_t chunks = (B + fit - 1) / fit;
   return static_cast<int>((B + chunks - 1) / chunks);
 }

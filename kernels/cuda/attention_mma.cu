@@ -862,7 +862,8 @@ __global__ void __launch_bounds__(kThreads)
   const int n_qt = DivUp(d.T, kN);
   const int qt = gridDim.x - 1 - blockIdx.x;  // longest rows first
   const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
-  const bf16* kbase = qkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(d.NH + kvh) * HD;
+  const bf16* kbase =
+      qkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(d.NH + kvh) * HD;
   const bf16* dsb = DsTile(const_cast<bf16*>(ds), bh, n_qt, qt, 0);  // tiles kt = 0..qt follow
 
   auto issue = [&](int kt) {

@@ -662,7 +662,6 @@ GemmOp MatmulBackwardDweightOp(void* dweight, DType g, const void* dout, const v
   return op;
 }
 
-
 namespace {
 
 template <typename T>
