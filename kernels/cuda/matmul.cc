@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -156,6 +157,7 @@ struct Blas::Impl {
   bool allow_tf32 = false;
   bool fuse_epilogues = true;
   Blas::Autotune autotune = Blas::Autotune::kOff;
+  bool tune_in_place = false;
   DeviceBuffer fingerprint;  // kExact's scratch (internal::kFingerprintWords)
   int64_t fallbacks = 0;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
@@ -168,6 +170,23 @@ struct Blas::Impl {
 Blas::Blas(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Blas::~Blas() = default;
 
+absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env) {
+  std::string mode = env == nullptr ? "" : env;
+  bool in_place = false;
+  constexpr std::string_view kInPlace = "+inplace";
+  if (mode.size() > kInPlace.size() &&
+      mode.compare(mode.size() - kInPlace.size(), kInPlace.size(), kInPlace) == 0) {
+    in_place = true;
+    mode.resize(mode.size() - kInPlace.size());
+  }
+  if ((mode == "0" || mode == "off") && !in_place) return std::pair{Blas::Autotune::kOff, false};
+  if (mode.empty() || mode == "exact") return std::pair{Blas::Autotune::kExact, in_place};
+  if (mode == "1" || mode == "any") return std::pair{Blas::Autotune::kAny, in_place};
+  return absl::InvalidArgumentError(absl::StrCat(
+      "LLMT_GEMM_AUTOTUNE='", env == nullptr ? "" : env,
+      "': expected 0/off, exact, or 1/any, the last two optionally followed by +inplace"));
+}
+
 absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   auto impl = std::make_unique<Impl>();
   const cublasStatus_t st = cublasLtCreate(&impl->handle);
@@ -179,18 +198,10 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   auto ws = DeviceBuffer::Allocate("cublaslt_workspace", workspace_bytes);
   if (!ws.ok()) return ws.status();
   impl->workspace = std::move(*ws);
-  const char* tune = std::getenv("LLMT_GEMM_AUTOTUNE");
-  const std::string mode = tune == nullptr ? "" : tune;
-  if (mode == "0" || mode == "off") {
-    impl->autotune = Autotune::kOff;
-  } else if (mode.empty() || mode == "exact") {
-    impl->autotune = Autotune::kExact;
-  } else if (mode == "1" || mode == "any") {
-    impl->autotune = Autotune::kAny;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "LLMT_GEMM_AUTOTUNE='", mode, "': expected 0/off, exact, or 1/any"));
-  }
+  auto tune = ParseAutotune(std::getenv("LLMT_GEMM_AUTOTUNE"));
+  if (!tune.ok()) return tune.status();
+  impl->autotune = tune->first;
+  impl->tune_in_place = tune->second;
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
 }
 
@@ -203,6 +214,8 @@ void Blas::set_fuse_epilogues(bool on) { impl_->fuse_epilogues = on; }
 bool Blas::fuse_epilogues() const { return impl_->fuse_epilogues; }
 void Blas::set_autotune(Autotune mode) { impl_->autotune = mode; }
 Blas::Autotune Blas::autotune() const { return impl_->autotune; }
+void Blas::set_autotune_in_place(bool on) { impl_->tune_in_place = on; }
+bool Blas::autotune_in_place() const { return impl_->tune_in_place; }
 int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
 int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
 
@@ -369,10 +382,13 @@ OutputPrint PrintOutputs(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream
 // Times every candidate algorithm on this call's own operands (one warm-up,
 // then the median of three) and keeps the fastest eligible one (see
 // Blas::Autotune; with kExact only those whose outputs match the heuristic's
-// first bit for bit). The output ends up holding the last candidate's
-// result; the caller then runs the chosen one.
+// first bit for bit, printed right after the warm-up). `prepare` runs before
+// each candidate's warm-up (the in-place form restores its scratch output
+// there). The output ends up holding the last candidate's result; the caller
+// then runs the chosen one.
+template <typename Prepare>
 void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi, const LtProblem& lt,
-              cudaStream_t stream) {
+              Prepare prepare, cudaStream_t stream) {
   const bool exact = impl.autotune == Blas::Autotune::kExact;
   if (exact && static_cast<uint64_t>(op.M) * op.N < (uint64_t{1} << 20)) return;
   cudaEvent_t ev[2];
@@ -382,16 +398,8 @@ void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi, const LtP
   OutputPrint ref;
   for (size_t i = 0; i < plan.candidates.size(); ++i) {
     float ms[3] = {0, 0, 0};
-    bool ok = true;
-    for (int rep = 0; rep < 4 && ok; ++rep) {
-      if (rep > 0) LLMT_CUDA_CHECK(cudaEventRecord(ev[0], stream));
-      ok = LaunchLt(impl, plan, op, lt, plan.candidates[i], stream) == CUBLAS_STATUS_SUCCESS;
-      if (ok && rep > 0) {
-        LLMT_CUDA_CHECK(cudaEventRecord(ev[1], stream));
-        LLMT_CUDA_CHECK(cudaEventSynchronize(ev[1]));
-        LLMT_CUDA_CHECK(cudaEventElapsedTime(&ms[rep - 1], ev[0], ev[1]));
-      }
-    }
+    prepare();
+    bool ok = LaunchLt(impl, plan, op, lt, plan.candidates[i], stream) == CUBLAS_STATUS_SUCCESS;
     if (!ok) {
       if (i == 0) break;  // no reference to compare with: keep the heuristic's order
       continue;
@@ -406,6 +414,16 @@ void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi, const LtP
         continue;
       }
     }
+    for (int rep = 0; rep < 3 && ok; ++rep) {
+      LLMT_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+      ok = LaunchLt(impl, plan, op, lt, plan.candidates[i], stream) == CUBLAS_STATUS_SUCCESS;
+      if (ok) {
+        LLMT_CUDA_CHECK(cudaEventRecord(ev[1], stream));
+        LLMT_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+        LLMT_CUDA_CHECK(cudaEventElapsedTime(&ms[rep], ev[0], ev[1]));
+      }
+    }
+    if (!ok) continue;
     std::sort(ms, ms + 3);
     if (i == 0) first_ms = ms[1];
     if (best < 0 || ms[1] < best_ms) {
@@ -424,6 +442,36 @@ void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi, const LtP
   }
 }
 
+// Autotune for a GEMM that accumulates into its output (C == D): every
+// candidate runs on a scratch copy of the output, restored before each
+// candidate's warm-up so that the exact mode compares results from the same
+// starting values. The scratch (the output's span) is allocated for the
+// tuning only; if it cannot be, the heuristic's first candidate stays.
+void AutotuneInPlace(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi,
+                     cudaStream_t stream) {
+  const int64_t es = op.d_type == DType::kF32 ? 4 : 2;
+  const int64_t bytes = ((op.M - 1) * op.ldd + op.N) * es;
+  auto scratch = DeviceBuffer::Allocate("gemm_autotune_in_place", bytes);
+  if (!scratch.ok()) {
+    LLMT_LOG(Info) << "cuBLASLt autotune: no memory for an in-place scratch copy ("
+                   << scratch.status().message() << "); keeping the heuristic's choice for "
+                   << Describe(op);
+    return;
+  }
+  GemmOp copy = op;
+  copy.C = copy.D = scratch->data();
+  copy.ldc = copy.ldd;
+  const LtProblem lt = ToColumnMajor(copy);
+  Autotune(
+      impl, plan, copy, epi, lt,
+      [&] {
+        LLMT_CUDA_CHECK(cudaMemcpyAsync(scratch->data(), op.D, static_cast<size_t>(bytes),
+                                        cudaMemcpyDeviceToDevice, stream));
+      },
+      stream);
+  LLMT_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the scratch is freed
+}
+
 bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   Plan* plan = GetPlan(impl, op, epi);
   if (!plan->found) return false;
@@ -439,10 +487,15 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   }
   const LtProblem lt = ToColumnMajor(op);
   // Re-running is harmless unless the GEMM accumulates into its own output
-  // (beta != 0 with C == D: residual adds, weight-gradient +=).
-  if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1 &&
-      !(op.beta != 0.f && lt.c.ptr == op.D)) {
-    Autotune(impl, *plan, op, epi, lt, stream);
+  // (beta != 0 with C == D: residual adds, weight-gradient +=); those are
+  // tuned only with tune_in_place, on a scratch copy of the output.
+  const bool in_place = op.beta != 0.f && lt.c.ptr == op.D;
+  if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1) {
+    if (!in_place) {
+      Autotune(impl, *plan, op, epi, lt, [] {}, stream);
+    } else if (impl.tune_in_place) {
+      AutotuneInPlace(impl, *plan, op, epi, stream);
+    }
   }
   plan->tuned = true;
   const cublasStatus_t st = LaunchLt(impl, *plan, op, lt, plan->algo, stream);

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/common.cuh"
@@ -78,6 +79,12 @@ class Blas {
   enum class Autotune { kOff, kExact, kAny };
   void set_autotune(Autotune mode);
   Autotune autotune() const;
+  // Also tune the GEMMs that accumulate into their output (residual adds,
+  // weight-gradient +=), each candidate on a scratch copy of the output
+  // allocated for the tuning. Default off, or on with a "+inplace" suffix on
+  // LLMT_GEMM_AUTOTUNE ("exact+inplace"). Not yet run on a GPU.
+  void set_autotune_in_place(bool on);
+  bool autotune_in_place() const;
 
   // Plans cached so far, and GEMMs that had to fall back from a fused
   // epilogue because cuBLASLt offered no algorithm for it.
@@ -135,6 +142,10 @@ struct LtProblem {
   uint64_t m, n, k;  // cuBLASLt's problem size: D is m x n
 };
 LtProblem ToColumnMajor(const GemmOp& op);
+
+// LLMT_GEMM_AUTOTUNE's value (nullptr = unset) -> (mode, tune in place); see
+// Blas::Autotune. Errors name the variable and the accepted values.
+absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env);
 
 // Runs `op` in one cuBLASLt call. Returns false, having run nothing, when
 // cuBLASLt has no algorithm for it (typically a fused epilogue unsupported for

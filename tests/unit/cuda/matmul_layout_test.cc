@@ -15,6 +15,33 @@
 namespace llmt::kernels::cuda {
 namespace {
 
+// LLMT_GEMM_AUTOTUNE: unset = exact; 0/off, exact, 1/any; "+inplace" on the
+// tuning modes; anything else an error naming the variable and the value.
+TEST(GemmAutotuneEnv, Parses) {
+  using A = Blas::Autotune;
+  auto is = [](const char* env, A mode, bool in_place) {
+    auto p = ParseAutotune(env);
+    ASSERT_TRUE(p.ok()) << (env ? env : "(unset)") << ": " << p.status();
+    EXPECT_EQ(p->first, mode) << (env ? env : "(unset)");
+    EXPECT_EQ(p->second, in_place) << (env ? env : "(unset)");
+  };
+  is(nullptr, A::kExact, false);
+  is("", A::kExact, false);
+  is("exact", A::kExact, false);
+  is("0", A::kOff, false);
+  is("off", A::kOff, false);
+  is("1", A::kAny, false);
+  is("any", A::kAny, false);
+  is("exact+inplace", A::kExact, true);
+  is("any+inplace", A::kAny, true);
+  for (const char* bad : {"2", "fast", "+inplace", "off+inplace", "exact+inplac"}) {
+    auto p = ParseAutotune(bad);
+    ASSERT_FALSE(p.ok()) << bad;
+    EXPECT_NE(p.status().message().find("LLMT_GEMM_AUTOTUNE"), std::string::npos);
+    EXPECT_NE(p.status().message().find(bad), std::string::npos) << p.status();
+  }
+}
+
 // Element (r, c) of a stored column-major matrix.
 float At(const LtMatrix& x, uint64_t r, uint64_t c) {
   EXPECT_LT(r, x.rows);

@@ -130,17 +130,24 @@ TYPED_TEST(MatmulTest, AutotuneExactIsBitIdentical) {
   const FVec w = Prep<T>(Randn(size_t(K) * N, 22, 0.05f));
   const FVec b = Prep<T>(Randn(N, 23));
   const FVec dy = Prep<T>(Randn(size_t(M) * N, 24));
+  const FVec r0 = Prep<T>(Randn(size_t(M) * N, 25));
+  const FVec dw0 = Randn(size_t(K) * N, 26, 0.01f);  // fp32 gradient accumulator
   struct Out {
-    FVec plain, gelu, pre, dinp;
+    FVec plain, gelu, pre, dinp, resid, dweight;
   };
-  auto run = [&](Blas::Autotune mode) {
+  // in_place: also tune the accumulate-into-output GEMMs (the residual add
+  // and dweight +=), which otherwise keep the heuristic's first candidate.
+  auto run = [&](Blas::Autotune mode, bool in_place = false) {
     auto blas = Blas::Create();
     EXPECT_TRUE(blas.ok()) << blas.status();
     (*blas)->set_autotune(mode);
+    (*blas)->set_autotune_in_place(in_place);
     Dev<T> dx(x), dw(w), db(b), ddy(dy), dplain(size_t(M) * N), dgelu(size_t(M) * N),
-        dpre(size_t(M) * N), ddinp(size_t(M) * K);
+        dpre(size_t(M) * N), ddinp(size_t(M) * K), dres(r0);
+    Dev<float> ddw(dw0);
     Out o;
-    // Twice each: the first call tunes, the second runs the chosen algorithm.
+    // Twice each: the first call tunes, the second runs the chosen algorithm
+    // (the accumulating ones thus add twice, the same in every mode).
     for (int rep = 0; rep < 2; ++rep) {
       MatmulForward(**blas, dplain.get(), dx.get(), dw.get(), db.get(), M, K, N,
                     WeightLayout::kInOut, nullptr, nullptr, nullptr);
@@ -149,11 +156,24 @@ TYPED_TEST(MatmulTest, AutotuneExactIsBitIdentical) {
       MatmulBackward(**blas, ddinp.get(), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
                      ddy.get(), dx.get(), dw.get(), M, K, N, WeightLayout::kInOut, 1.f, false,
                      dpre.get(), nullptr);
+      MatmulForward(**blas, dres.get(), dx.get(), dw.get(), db.get(), M, K, N,
+                    WeightLayout::kInOut, dres.get(), nullptr, nullptr);
+      if constexpr (std::is_same_v<T, bf16>) {
+        MatmulBackward(**blas, static_cast<bf16*>(nullptr), ddw.get(), static_cast<float*>(nullptr),
+                       ddy.get(), dx.get(), dw.get(), M, K, N, WeightLayout::kInOut, 1.f, false,
+                       nullptr, nullptr);
+      } else {
+        MatmulBackward(**blas, static_cast<float*>(nullptr), ddw.get(), static_cast<float*>(nullptr),
+                       ddy.get(), dx.get(), dw.get(), M, K, N, WeightLayout::kInOut, 1.f, false,
+                       nullptr, nullptr);
+      }
     }
     o.plain = dplain.Download();
     o.gelu = dgelu.Download();
     o.pre = dpre.Download();
     o.dinp = ddinp.Download();
+    o.resid = dres.Download();
+    o.dweight = ddw.Download();
     return o;
   };
   const Out off = run(Blas::Autotune::kOff);
@@ -162,9 +182,19 @@ TYPED_TEST(MatmulTest, AutotuneExactIsBitIdentical) {
   EXPECT_TRUE(SameBits(off.gelu, exact.gelu)) << "GELU-aux GEMM output";
   EXPECT_TRUE(SameBits(off.pre, exact.pre)) << "GELU-aux GEMM pre-activation";
   EXPECT_TRUE(SameBits(off.dinp, exact.dinp)) << "DGELU GEMM";
-  const Out any = run(Blas::Autotune::kAny);
+  EXPECT_TRUE(SameBits(off.resid, exact.resid)) << "residual GEMM (not tuned)";
+  EXPECT_TRUE(SameBits(off.dweight, exact.dweight)) << "dweight GEMM (not tuned)";
+  // Tuning the accumulating GEMMs on a scratch copy keeps them exact too and
+  // leaves their real outputs holding exactly the two accumulations.
+  const Out exact_all = run(Blas::Autotune::kExact, /*in_place=*/true);
+  EXPECT_TRUE(SameBits(off.resid, exact_all.resid)) << "residual GEMM, tuned in place";
+  EXPECT_TRUE(SameBits(off.dweight, exact_all.dweight)) << "dweight GEMM, tuned in place";
+  EXPECT_TRUE(SameBits(off.plain, exact_all.plain)) << "bias GEMM";
+  const Out any = run(Blas::Autotune::kAny, /*in_place=*/true);
   ExpectClose(any.plain, off.plain, GemmTol<T>(), "autotune any: bias GEMM");
   ExpectClose(any.dinp, off.dinp, GemmTol<T>(), "autotune any: DGELU GEMM");
+  ExpectClose(any.resid, off.resid, GemmTol<T>(), "autotune any: residual GEMM");
+  ExpectClose(any.dweight, off.dweight, GemmTol<T>(), "autotune any: dweight GEMM");
 }
 
 // Backward for both layouts: dinp overwrite and accumulate, dweight and dbias
