@@ -23,8 +23,8 @@
 #   beside the same ops in PyTorch (LLMT_PROFILE_TORCH=0: llmt only).
 # --ab: GPT-2 124M tokens/s for each variant in LLMT_AB_VARIANTS, a space-
 #   separated list of NAME or NAME:VAR=VALUE[;VAR=VALUE] (default: the engine
-#   as is twice, exact autotuning of the in-place GEMMs twice, autotuning off
-#   and "any", the ds attention backward), each run
+#   as is, in-place GEMM autotuning and the two attention-forward variants,
+#   each twice, and autotuning off), each run
 #   side by side in one call, so a switch can be judged in one GPU session.
 # Exit status: 0 when every test passed and every benchmark gave a result
 # (the throughput targets are reported, not enforced), 1 otherwise, 2 on usage.
@@ -164,7 +164,7 @@ fi
 
 # ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
 if [[ $MODE == ab ]]; then
-  variants=${LLMT_AB_VARIANTS:-"base inplace:LLMT_GEMM_AUTOTUNE=exact+inplace off:LLMT_GEMM_AUTOTUNE=0 any:LLMT_GEMM_AUTOTUNE=1 ds:LLMT_ATTN_BWD=ds base2 inplace2:LLMT_GEMM_AUTOTUNE=exact+inplace"}
+  variants=${LLMT_AB_VARIANTS:-"base inplace:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64:LLMT_ATTN_FWD=m64 fwd-n128:LLMT_ATTN_FWD=m64n128 off:LLMT_GEMM_AUTOTUNE=0 base2 inplace2:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64-2:LLMT_ATTN_FWD=m64 fwd-n128-2:LLMT_ATTN_FWD=m64n128"}
   AB_ROWS=()
   for v in $variants; do
     name=${v%%:*}

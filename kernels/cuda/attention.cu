@@ -77,6 +77,22 @@ AttentionBackwardVariant& BackwardVariant() {
   return v;
 }
 
+// LLMT_ATTN_FWD (see attention.cuh), read once on first use.
+AttentionForwardVariant& ForwardVariant() {
+  static AttentionForwardVariant v = [] {
+    const char* env = std::getenv("LLMT_ATTN_FWD");
+    const std::string s = env == nullptr ? "" : env;
+    if (s.empty() || s == "default") return AttentionForwardVariant::kDefault;
+    if (s == "m64" || s == "m64n128") {
+      LLMT_LOG(Info) << "cuda attention forward variant: " << s << " (LLMT_ATTN_FWD)";
+      return s == "m64" ? AttentionForwardVariant::kM64 : AttentionForwardVariant::kM64N128;
+    }
+    Fatal("LLMT_ATTN_FWD: unknown variant '" + s + "' (expected m64, m64n128, or default)");
+    return AttentionForwardVariant::kDefault;
+  }();
+  return v;
+}
+
 // Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
 __device__ __forceinline__ float GroupSum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
@@ -388,7 +404,7 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
   if constexpr (std::is_same_v<T, bf16>) {
     switch (TensorCoreImpl(hd, out, qkv, nullptr)) {
       case AttentionImpl::kMma:
-        internal::FlashForwardMma(out, lse, qkv, d, stream);
+        internal::FlashForwardMma(out, lse, qkv, d, ForwardVariant(), stream);
         return;
       case AttentionImpl::kWmma:
         internal::FlashForwardTc(out, lse, qkv, d, stream);
@@ -521,6 +537,8 @@ void SetAttentionImpl(AttentionImpl impl) { g_impl = impl; }
 AttentionImpl GetAttentionImpl() { return g_impl; }
 void SetAttentionBackwardVariant(AttentionBackwardVariant v) { BackwardVariant() = v; }
 AttentionBackwardVariant GetAttentionBackwardVariant() { return BackwardVariant(); }
+void SetAttentionForwardVariant(AttentionForwardVariant v) { ForwardVariant() = v; }
+AttentionForwardVariant GetAttentionForwardVariant() { return ForwardVariant(); }
 
 size_t AttentionBackwardScratchBytes(int B, int T, int NH) {
   const AttentionBackwardVariant v = BackwardVariant();

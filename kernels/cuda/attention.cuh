@@ -96,6 +96,18 @@ struct AttentionBackwardVariant {
 void SetAttentionBackwardVariant(AttentionBackwardVariant v);
 AttentionBackwardVariant GetAttentionBackwardVariant();
 
+// Alternative tilings of the mma forward at head dim 64, for A/B timing on a
+// GPU (written after the last GPU run: not yet timed there):
+//   kM64:     64-row query blocks (one 16-row m-tile per warp) instead of
+//             128: fewer registers, more blocks per SM.
+//   kM64N128: the same with 128-key tiles instead of 64: half the per-tile
+//             online-softmax rescales, reductions and barriers.
+// From LLMT_ATTN_FWD (read once): "m64", "m64n128", "" or "default"; any
+// other value is a fatal error. Set overrides it (process-wide, for tests).
+enum class AttentionForwardVariant { kDefault, kM64, kM64N128 };
+void SetAttentionForwardVariant(AttentionForwardVariant v);
+AttentionForwardVariant GetAttentionForwardVariant();
+
 // RoPE tables cos/sin [T, hd/2] (device, fp32) for positions 0..T-1:
 // angle(t, i) = t * theta^(-2i/hd), computed in double like the CPU backend.
 void RopeTable(float* cos, float* sin, int T, int hd, float theta, cudaStream_t stream);

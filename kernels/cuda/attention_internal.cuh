@@ -23,7 +23,7 @@ struct AttnDims {
 // aligned: mma.sync with register-resident accumulators (attention_mma.cu)
 // and the portable WMMA version (attention_tc.cu).
 void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
-                     cudaStream_t stream);
+                     AttentionForwardVariant variant, cudaStream_t stream);
 // ds (variant.ds only): scratch for the dS tiles of ds_batch batch elements
 // (DsBatchBytes each); the backward runs in chunks of that many.
 void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,

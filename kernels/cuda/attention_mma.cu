@@ -222,8 +222,6 @@ struct Cfg {
   static constexpr int kBwdRows = kWarps * 16;
   static constexpr bool kFixedInRegs = HD == 64;
   static constexpr size_t kTileBytes = size_t{kN} * kLd * sizeof(bf16);
-  // forward: Q, then K and V double-buffered
-  static constexpr size_t fwd = size_t{kFwdRows} * kLd * sizeof(bf16) + 4 * kTileBytes;
   // dK/dV: K, V (`keys` rows); Q, dO double-buffered; lse, Dsum double-buffered
   static constexpr size_t Dkv(int keys) {
     return 2 * size_t(keys) * kLd * sizeof(bf16) + 4 * kTileBytes + 4 * kN * sizeof(float);
@@ -273,14 +271,31 @@ __device__ __forceinline__ bf16* DsTile(bf16* ds, int64_t bh, int n_qt, int qt, 
   return ds + (bh * pairs + static_cast<int64_t>(qt) * (qt + 1) / 2 + kt) * kDsTile * kDsTile;
 }
 
-// ---- forward -------------------------------------------------------------------------
-// Block: kFwdRows queries of one (batch, head); warp w owns rows
-// [16 kMt w, 16 kMt (w + 1)). Key tiles 0.. up to the block's last row.
+// Forward tiling: MT 16-row m-tiles per warp (4 warps: 64 MT query rows per
+// block) and key/value tiles of NK rows. The default is Cfg's (MT 2 at head
+// dim 64, 64-key tiles); the A/B variants (LLMT_ATTN_FWD, head dim 64):
+// m64 = 1 x 64 (about half the registers, so twice the blocks per SM to
+// overlap one warp's softmax with another's mmas), m64n128 = 1 x 128 (half
+// the tiles, so half the per-tile rescales, reductions and barriers).
+// Registers (sm_90a, no spills): default 252 (2 blocks per SM), m64 128 (4),
+// m64n128 171 (2; asking for 3 spills).
+template <int HD, int MT, int NK>
+struct FwdTiling {
+  static constexpr int kMt = MT, kN = NK, kRows = kWarps * 16 * MT;
+  static constexpr size_t smem =
+      (size_t{kRows} + 4 * size_t{NK}) * Cfg<HD>::kLd * sizeof(bf16);  // Q; K, V double-buffered
+};
 template <int HD>
+using FwdDefault = FwdTiling<HD, Cfg<HD>::kFwdMt, Cfg<HD>::kN>;
+
+// ---- forward -------------------------------------------------------------------------
+// Block: FT::kRows queries of one (batch, head); warp w owns rows
+// [16 kMt w, 16 kMt (w + 1)). Key tiles 0.. up to the block's last row.
+template <int HD, typename FT>
 __global__ void __launch_bounds__(kThreads)
     FlashFwdMmaKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
   using C = Cfg<HD>;
-  constexpr int kLd = C::kLd, kN = C::kN, kMt = C::kFwdMt, kRows = C::kFwdRows;
+  constexpr int kLd = C::kLd, kN = FT::kN, kMt = FT::kMt, kRows = FT::kRows;
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Qs = reinterpret_cast<bf16*>(smem);
   bf16* Ks = Qs + kRows * kLd;  // [2][kN][kLd]
@@ -919,14 +934,31 @@ void AllowSmem(K kernel, size_t bytes, const char* name) {
   }
 }
 
-template <int HD>
-void ForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
-  constexpr size_t bytes = Cfg<HD>::fwd;
-  AllowSmem(FlashFwdMmaKernel<HD>, bytes, "FlashFwdMmaKernel");
-  const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, Cfg<HD>::kFwdRows)),
+template <int HD, typename FT>
+void LaunchFwd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
+  AllowSmem(FlashFwdMmaKernel<HD, FT>, FT::smem, "FlashFwdMmaKernel");
+  const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, FT::kRows)),
                   static_cast<unsigned>(d.B * d.NH));
-  Launch(FlashFwdMmaKernel<HD>, grid, kThreads, bytes, stream, out, lse, qkv, d);
+  Launch(FlashFwdMmaKernel<HD, FT>, grid, kThreads, FT::smem, stream, out, lse, qkv, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdMmaKernel", stream);
+}
+
+// The forward variants exist at head dim 64 only (128 already runs one
+// m-tile per warp).
+template <int HD>
+void ForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+               AttentionForwardVariant v, cudaStream_t stream) {
+  if constexpr (HD == 64) {
+    if (v == AttentionForwardVariant::kM64) {
+      LaunchFwd<HD, FwdTiling<HD, 1, 64>>(out, lse, qkv, d, stream);
+      return;
+    }
+    if (v == AttentionForwardVariant::kM64N128) {
+      LaunchFwd<HD, FwdTiling<HD, 1, 128>>(out, lse, qkv, d, stream);
+      return;
+    }
+  }
+  LaunchFwd<HD, FwdDefault<HD>>(out, lse, qkv, d, stream);
 }
 
 template <int HD, typename TL>
@@ -997,11 +1029,11 @@ void BackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
 }  // namespace
 
 void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
-                     cudaStream_t stream) {
+                     AttentionForwardVariant variant, cudaStream_t stream) {
   if (d.hd == 64) {
-    ForwardHd<64>(out, lse, qkv, d, stream);
+    ForwardHd<64>(out, lse, qkv, d, variant, stream);
   } else if (d.hd == 128) {
-    ForwardHd<128>(out, lse, qkv, d, stream);
+    ForwardHd<128>(out, lse, qkv, d, variant, stream);
   } else {
     Fatal("FlashForwardMma: unsupported head dim " + std::to_string(d.hd));
   }

@@ -731,6 +731,18 @@ TEST_P(AttentionTest, Bf16MmaMatchesCpu) {
     }
   }
 }
+// The forward variants (LLMT_ATTN_FWD) on every shape: m64 (64-row blocks)
+// and m64n128 (64-row blocks, 128-key tiles) at head dim 64; other head dims
+// run the default. Same tolerances; the backward runs from their lse.
+TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
+  const AttentionForwardVariant saved = GetAttentionForwardVariant();
+  for (const auto v : {AttentionForwardVariant::kM64, AttentionForwardVariant::kM64N128}) {
+    SCOPED_TRACE(v == AttentionForwardVariant::kM64 ? "forward m64" : "forward m64n128");
+    SetAttentionForwardVariant(v);
+    CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
+  }
+  SetAttentionForwardVariant(saved);
+}
 // The ds variant (dS stored by the dK/dV kernel, dQ = dS K from it) at head
 // dims 64 and 128: with a scratch cap that holds the whole batch, and with
 // one so small that every batch element is its own chunk (the B = 2 shapes
