@@ -342,7 +342,14 @@ void Daemon::Reconcile(const v1::HeartbeatResponse& resp, bool after_silence) {
       Key key{d.attempt_id(), ra.rank()};
       desired.insert(key);
       if (ranks_.count(key) || finished_.count(key) || fenced.count(d.attempt_id())) continue;
-      if (draining_) continue;
+      if (draining_) {
+        // Placed here before the coordinator saw the drain: hand it back. A
+        // STOPPED result requeues the job elsewhere without using a restart;
+        // ignoring it would leave it STARTING until this worker's lease ran
+        // out and then count as a failure.
+        ReportNotStarted(d, ra.rank(), "worker shutting down", v1::ATTEMPT_OUTCOME_STOPPED);
+        continue;
+      }
       StartRank(d, ra);
     }
   }
@@ -382,19 +389,20 @@ void Daemon::ReleaseCpus(const std::vector<int>& cpus) {
   }
 }
 
-void Daemon::ReportNotStarted(const v1::DesiredAttempt& d, int rank, const std::string& why) {
+void Daemon::ReportNotStarted(const v1::DesiredAttempt& d, int rank, const std::string& why,
+                              v1::AttemptOutcome outcome) {
   LLMT_LOG(Warning) << "worker " << options_.worker_id << ": attempt " << d.attempt_id() << " rank "
                     << rank << " of " << d.job() << " not started: " << why;
   v1::ReportAttemptResultRequest res;
   res.set_attempt_id(d.attempt_id());
   res.set_rank(rank);
-  res.set_outcome(v1::ATTEMPT_OUTCOME_FAILED);
+  res.set_outcome(outcome);
   res.set_exit_code(kNotStartedExitCode);
   res.set_message(absl::StrCat("not started on worker ", options_.worker_id, ": ", why));
   res.set_final_step(d.resume_step());
   outbox_->AddResult(std::move(res));
   finished_.insert({d.attempt_id(), rank});
-  metrics_->ranks_ended.WithLabels({"FAILED"})->Inc();
+  metrics_->ranks_ended.WithLabels({OutcomeName(outcome)})->Inc();
 }
 
 void Daemon::StartRank(const v1::DesiredAttempt& d, const v1::RankAssignment& ra) {

@@ -92,7 +92,8 @@ class Daemon {
   void FinishRank(Rank& r);
   void Enforce();  // SIGKILL past the grace; kill fenced attempts
   void OnEvent(Rank* r, const TrainerEvent& ev);
-  void ReportNotStarted(const v1::DesiredAttempt& d, int rank, const std::string& why);
+  void ReportNotStarted(const v1::DesiredAttempt& d, int rank, const std::string& why,
+                        v1::AttemptOutcome outcome = v1::ATTEMPT_OUTCOME_FAILED);
   std::vector<int> TakeCpus(int n);
   void ReleaseCpus(const std::vector<int>& cpus);
   std::vector<v1::RunningRank> RunningRanks() const;

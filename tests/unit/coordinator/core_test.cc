@@ -487,6 +487,20 @@ TEST_F(CoreTest, DrainingWorkerRequeuesItsJobWithoutUsingARestart) {
   ASSERT_EQ(hb->desired_size(), 1);
   EXPECT_EQ(hb->desired(0).resume_step(), 45);
 
+  // A rank placed on a worker just before it started draining, reported
+  // STOPPED without having started: requeued, still no restart used.
+  uint64_t a2 = job.current_attempt_id();
+  ASSERT_TRUE(Result(a2, 0, v1::ATTEMPT_OUTCOME_STOPPED, "w2").ok());
+  job = Get(job.id());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_PENDING) << job.state_reason();
+  EXPECT_EQ(job.restarts(), 0);
+  EXPECT_EQ(job.preemptions(), 2);
+  EXPECT_EQ(GetAttempt(job.id(), a2).state(), v1::ATTEMPT_STATE_PREEMPTED);
+  core_->Tick();
+  job = Get(job.id());
+  ASSERT_EQ(job.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(Hb("w2", s2)->desired(0).resume_step(), 45);
+
   // A draining worker whose lease runs out is lost like any other.
   clock_.Advance(absl::Seconds(11));
   ASSERT_TRUE(Hb("w2", s2, {{job.current_attempt_id(), 0}}).ok());
