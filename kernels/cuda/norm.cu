@@ -275,7 +275,6 @@ __device__ __forceinline__ Vec<T, V> FinishVector(const Vec<T, V>& xi, const Vec
   return out;
 }
 
-
 // Block b handles rows [b kFastRows, (b + 1) kFastRows); warp y its rows
 // r0 + y, r0 + y + 8, ...; partial[b][c] (weight), partial[nblocks + b][c]
 // (bias). Dynamic shared memory: kWarps x (kLN ? 2 : 1) x C floats.
