@@ -176,10 +176,18 @@ if [[ $MODE == ab ]]; then
       --steps "${LLMT_AB_STEPS:-12}" --warmup 3 2>&1 | tee "$LOGS/ab-$name.log" | grep '^RESULT ' | tail -1)
     AB_ROWS+=("$name|$(field tokens_per_s "$line")|$(field mfu "$line")|$(field last_loss "$line")")
   done
-  printf '\n%-10s %12s %8s %10s\n' variant "tokens/s" MFU "last loss"
+  # "vs base": tokens/s over the mean of the variants named base* (the
+  # default engine, run more than once so the noise shows).
+  base=$(for r in "${AB_ROWS[@]}"; do
+    IFS='|' read -r n t _ _ <<<"$r"
+    [[ $n == base* && -n $t ]] && echo "$t"
+  done | awk '{s += $1; k++} END {if (k) printf "%.1f", s / k}')
+  printf '\n%-12s %12s %8s %8s %10s\n' variant "tokens/s" MFU "vs base" "last loss"
   for r in "${AB_ROWS[@]}"; do
     IFS='|' read -r n t m l <<<"$r"
-    printf '%-10s %12s %8s %10s\n' "$n" "${t:--}" "$(pct "$m")" "${l:--}"
+    rel=-
+    [[ -n $t && -n $base ]] && rel=$(awk -v t="$t" -v b="$base" 'BEGIN {printf "%.3f", t / b}')
+    printf '%-12s %12s %8s %8s %10s\n' "$n" "${t:--}" "$(pct "$m")" "$rel" "${l:--}"
   done | tee "$LOGS/ab.txt"
   [[ -n "${OUT:-}" && -d "${OUT:-}" ]] && cp "$LOGS"/ab*.txt "$LOGS"/ab-*.log "$OUT/" 2>/dev/null
   exit 0
