@@ -173,7 +173,7 @@ if [[ $MODE == ab ]]; then
     say "A/B variant $name ${envs[*]:-}"
     line=$(env "${envs[@]}" LD_LIBRARY_PATH="$LLMT_LD_PATH" timeout 120 \
       "$BUNDLE/bin/bench_gpu_train" --model gpt2-124m --batch "${LLMT_BENCH_BATCH:-64}" \
-      --steps "${LLMT_AB_STEPS:-12}" --warmup 3 2>&1 | tee "$LOGS/ab-$name.log" | grep '^RESULT ' | tail -1)
+      --steps "${LLMT_AB_STEPS:-20}" --warmup 3 2>&1 | tee "$LOGS/ab-$name.log" | grep '^RESULT ' | tail -1)
     AB_ROWS+=("$name|$(field tokens_per_s "$line")|$(field mfu "$line")|$(field last_loss "$line")")
   done
   # "vs base": tokens/s over the mean of the variants named base* (the
