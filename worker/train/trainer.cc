@@ -117,6 +117,10 @@ class TrainerImpl final : public Trainer {
   bool overlap_ = false;
   std::unique_ptr<comm::CommQueue> comm_queue_;
   int world_ = 1;
+  // Gradients go through the collective: several ranks, or a real collective
+  // even at world size 1 (LLMT_COMM_FORCE), so a one-GPU machine exercises
+  // the multi-rank path.
+  bool distributed_ = false;
   bool zero_ = false;
   comm::ShardLayout layout_;    // ZeRO-1 shards over the flat parameter buffer
   int64_t opt_lo_ = 0, opt_hi_ = 0;  // the range this rank's optimizer updates
@@ -153,6 +157,7 @@ absl::Status TrainerImpl::Init() {
     comm_ = owned_comm_.get();
   }
   world_ = comm_->world_size();
+  distributed_ = world_ > 1 || std::string(comm_->backend()) != "local";
   zero_ = spec_.train().zero() == 1;
 
   kernels::cpu::SetNumThreads(spec_.train().threads());  // 0 = all cores
@@ -193,8 +198,8 @@ absl::Status TrainerImpl::Init() {
   const int64_t n = n_;
   // LLMT_OVERLAP_COMM=0 reduces after the backward instead (A/B, debugging).
   const char* overlap_env = std::getenv("LLMT_OVERLAP_COMM");
-  overlap_ = !zero_ && (world_ > 1 || std::string(comm_->backend()) != "local") &&
-             !(overlap_env != nullptr && std::string(overlap_env) == "0");
+  overlap_ =
+      !zero_ && distributed_ && !(overlap_env != nullptr && std::string(overlap_env) == "0");
   if (overlap_) comm_queue_ = std::make_unique<comm::CommQueue>(comm_);
   // 16-float alignment keeps each shard's AdamW loop on 64-byte boundaries.
   layout_ = comm::ShardLayout::Even(static_cast<size_t>(n), world_, 16);
@@ -269,10 +274,9 @@ absl::Status TrainerImpl::Init() {
              : std::string(),
       B_, T_, accum_, world_, B_ * T_ * accum_ * world_,
       static_cast<long long>(spec_.train().max_steps()),
-      (world_ > 1 || std::string(comm_->backend()) != "local")
-          ? absl::StrCat("; ", comm_->backend(),
-                         zero_ ? " data parallel, ZeRO-1" : " data parallel")
-          : "");
+      distributed_ ? absl::StrCat("; ", comm_->backend(),
+                                  zero_ ? " data parallel, ZeRO-1" : " data parallel")
+                   : "");
   return absl::OkStatus();
 }
 
@@ -395,11 +399,8 @@ absl::StatusOr<double> TrainerImpl::Evaluate() {
 }
 
 absl::StatusOr<double> TrainerImpl::SyncGradients() {
-  // A real collective even at world size 1 (LLMT_COMM_FORCE) does the
-  // all-reduce, so a one-GPU machine exercises the multi-rank path.
-  const bool distributed = world_ > 1 || std::string(comm_->backend()) != "local";
   if (gpu_) {
-    if (distributed && !overlap_) {
+    if (distributed_ && !overlap_) {
       // NCCL reads the device buffer on its own stream: the backward must be done.
       RETURN_IF_ERROR(gpu_->Synchronize());
       RETURN_IF_ERROR(comm_->AllReduceAvg(gpu_->device_grads(), static_cast<size_t>(n_)));
@@ -411,7 +412,7 @@ absl::StatusOr<double> TrainerImpl::SyncGradients() {
   float* g = model_->grads();
   const int64_t n = n_;
   double sumsq = 0;
-  if (!distributed || overlap_) {  // nothing to reduce, or already reduced during backward
+  if (!distributed_ || overlap_) {  // nothing to reduce, or already reduced during backward
     sumsq = kernels::cpu::SumSquares(g, n);
   } else if (zero_) {
     // Each rank needs only its shard's averaged gradient.
