@@ -90,38 +90,30 @@ Value& Value::Push(Value v) {
 
 namespace {
 
-// The literal text of an integer (number or string), or an error.
-absl::StatusOr<std::string_view> IntegerText(const Value& v) {
+// The value as an integer of type I: a number or a string holding exactly
+// its decimal digits; `what` names I in the error.
+template <typename I>
+absl::StatusOr<I> ParseInteger(const Value& v, const char* what) {
   if (!v.is_number() && !v.is_string()) {
     return absl::InvalidArgumentError("expected an integer (number or string)");
   }
-  return std::string_view(v.str());
+  const std::string& text = v.str();
+  I out = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  if (ec != std::errc() || p != text.data() + text.size() || text.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("expected ", what, ", got ", text));
+  }
+  return out;
 }
 
 }  // namespace
 
 absl::StatusOr<uint64_t> Value::AsUint64() const {
-  auto text = IntegerText(*this);
-  if (!text.ok()) return text.status();
-  uint64_t out = 0;
-  auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), out);
-  if (ec != std::errc() || p != text->data() + text->size() || text->empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected an unsigned 64-bit integer, got ", std::string(*text)));
-  }
-  return out;
+  return ParseInteger<uint64_t>(*this, "an unsigned 64-bit integer");
 }
 
 absl::StatusOr<int64_t> Value::AsInt64() const {
-  auto text = IntegerText(*this);
-  if (!text.ok()) return text.status();
-  int64_t out = 0;
-  auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), out);
-  if (ec != std::errc() || p != text->data() + text->size() || text->empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected a 64-bit integer, got ", std::string(*text)));
-  }
-  return out;
+  return ParseInteger<int64_t>(*this, "a 64-bit integer");
 }
 
 absl::StatusOr<double> Value::AsDouble() const {
