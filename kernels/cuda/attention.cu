@@ -88,7 +88,6 @@ AttentionForwardVariant& ForwardVariant() {
       return s == "m64" ? AttentionForwardVariant::kM64 : AttentionForwardVariant::kM64N128;
     }
     Fatal("LLMT_ATTN_FWD: unknown variant '" + s + "' (expected m64, m64n128, or default)");
-    return AttentionForwardVariant::kDefault;
   }();
   return v;
 }
