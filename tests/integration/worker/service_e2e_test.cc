@@ -503,9 +503,13 @@ TEST_F(ServiceE2E, MutualTlsForWorkersCliAndRendezvous) {
       "-keyout client.key -out client.csr && openssl x509 -req -in client.csr -CA ca.pem "
       "-CAkey ca.key -CAcreateserial -days 1 -out client.pem) > openssl.log 2>&1");
   if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl could not make certificates";
+  // Nothing here tests lease expiry: a lease longer than the harness's 2 s
+  // keeps TLS heartbeats on a loaded CI machine from losing a worker (seen
+  // once while a parallel test ran a CMake configure).
   ASSERT_TRUE(cluster_->StartCoordinator({"--tls_cert=" + d + "/server.pem",
                                           "--tls_key=" + d + "/server.key",
-                                          "--tls_client_ca=" + d + "/ca.pem"}));
+                                          "--tls_client_ca=" + d + "/ca.pem",
+                                          "--lease_timeout=10s"}));
   const std::vector<std::string> worker_tls = {
       "--tls_ca=" + d + "/ca.pem", "--tls_cert=" + d + "/client.pem",
       "--tls_key=" + d + "/client.key", "--tls_server_name=localhost"};
