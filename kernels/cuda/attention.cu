@@ -83,13 +83,27 @@ AttentionForwardVariant& ForwardVariant() {
     const char* env = std::getenv("LLMT_ATTN_FWD");
     const std::string s = env == nullptr ? "" : env;
     if (s.empty() || s == "default") return AttentionForwardVariant::kDefault;
-    if (s == "m64" || s == "m64n128") {
-      LLMT_LOG(Info) << "cuda attention forward variant: " << s << " (LLMT_ATTN_FWD)";
-      return s == "m64" ? AttentionForwardVariant::kM64 : AttentionForwardVariant::kM64N128;
+    static const std::pair<const char*, AttentionForwardVariant> kNames[] = {
+        {"m64", AttentionForwardVariant::kM64},
+        {"m64n128", AttentionForwardVariant::kM64N128},
+        {"wgmma", AttentionForwardVariant::kWgmma},
+        {"wgmma-n128", AttentionForwardVariant::kWgmmaN128},
+        {"wgmma-m128", AttentionForwardVariant::kWgmmaM128}};
+    for (const auto& [name, variant] : kNames) {
+      if (s == name) {
+        LLMT_LOG(Info) << "cuda attention forward variant: " << s << " (LLMT_ATTN_FWD)";
+        return variant;
+      }
     }
-    Fatal("LLMT_ATTN_FWD: unknown variant '" + s + "' (expected m64, m64n128, or default)");
+    Fatal("LLMT_ATTN_FWD: unknown variant '" + s +
+          "' (expected m64, m64n128, wgmma, wgmma-n128, wgmma-m128, or default)");
   }();
   return v;
+}
+
+bool IsWgmma(AttentionForwardVariant v) {
+  return v == AttentionForwardVariant::kWgmma || v == AttentionForwardVariant::kWgmmaN128 ||
+         v == AttentionForwardVariant::kWgmmaM128;
 }
 
 // Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
@@ -402,9 +416,23 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
   const AttnDims d = MakeDims(B, T_, NH, NKV, hd);
   if constexpr (std::is_same_v<T, bf16>) {
     switch (TensorCoreImpl(hd, out, qkv, nullptr)) {
-      case AttentionImpl::kMma:
-        internal::FlashForwardMma(out, lse, qkv, d, ForwardVariant(), stream);
+      case AttentionImpl::kMma: {
+        const AttentionForwardVariant v = ForwardVariant();
+        if (IsWgmma(v)) {
+          if (internal::WgmmaAvailable()) {
+            internal::FlashForwardWgmma(out, lse, qkv, d, v, stream);
+            return;
+          }
+          static bool warned = false;
+          if (!warned) {
+            warned = true;
+            LLMT_LOG(Warning) << "cuda attention: the wgmma forward needs an sm_90 device; "
+                                 "using the default mma forward";
+          }
+        }
+        internal::FlashForwardMma(out, lse, qkv, d, v, stream);
         return;
+      }
       case AttentionImpl::kWmma:
         internal::FlashForwardTc(out, lse, qkv, d, stream);
         return;

@@ -102,9 +102,17 @@ AttentionBackwardVariant GetAttentionBackwardVariant();
 //             128: fewer registers, more blocks per SM.
 //   kM64N128: the same with 128-key tiles instead of 64: half the per-tile
 //             online-softmax rescales, reductions and barriers.
-// From LLMT_ATTN_FWD (read once): "m64", "m64n128", "" or "default"; any
-// other value is a fatal error. Set overrides it (process-wide, for tests).
-enum class AttentionForwardVariant { kDefault, kM64, kM64N128 };
+//   kWgmma, kWgmmaN128, kWgmmaM128 (head dims 64 and 128, sm_90a only):
+//             the forward on Hopper warpgroup MMA (attention_wgmma.cu) with
+//             64-row blocks and 64-key tiles, 64-row blocks and 128-key
+//             tiles, or 128-row blocks and 64-key tiles. On a device other
+//             than compute capability 9.0 they fall back to the default (with
+//             a warning). Written without a GPU: checked on the CPU emulator
+//             only until an H100 run says otherwise.
+// From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "wgmma-n128",
+// "wgmma-m128", "" or "default"; any other value is a fatal error. Set
+// overrides it (process-wide, for tests).
+enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma, kWgmmaN128, kWgmmaM128 };
 void SetAttentionForwardVariant(AttentionForwardVariant v);
 AttentionForwardVariant GetAttentionForwardVariant();
 

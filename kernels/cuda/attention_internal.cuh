@@ -24,6 +24,14 @@ struct AttnDims {
 // and the portable WMMA version (attention_tc.cu).
 void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                      AttentionForwardVariant variant, cudaStream_t stream);
+// The wgmma forward (attention_wgmma.cu), hd 64 or 128, for the kWgmma*
+// variants; only where WgmmaAvailable() (the current device is sm_90).
+bool WgmmaAvailable();
+// D [64][64] fp32 = A [64][16] B [16][64] (row-major bf16, device) with one
+// wgmma, B staged K-major or MN-major: a layout check for tests.
+void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, cudaStream_t stream);
+void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                       AttentionForwardVariant variant, cudaStream_t stream);
 // ds (variant.ds only): scratch for the dS tiles of ds_batch batch elements
 // (DsBatchBytes each); the backward runs in chunks of that many.
 void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,

@@ -37,6 +37,7 @@
 
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/mma_util.cuh"
 
 namespace llmt::kernels::cuda::internal {
 namespace {
@@ -44,125 +45,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPad = 8;  // bf16 padding per row (16 bytes): conflict-free ldmatrix rows
-constexpr float kLog2e = 1.4426950408889634f;
-
-// ---- primitives ------------------------------------------------------------------
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t* b) {
-#ifdef LLMT_CUDA_EMULATION
-  const uint32_t bb[2] = {b[0], b[1]};
-  EmuMmaM16N8K16Bf16(d, a, bb);
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
-
-// Four 8x8 bf16 matrices; this lane gives the address of row lane % 8 of
-// matrix lane / 8.
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const bf16* row) {
-#ifdef LLMT_CUDA_EMULATION
-  EmuLdMatrix(r, 4, row, false);
-#else
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-#endif
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const bf16* row) {
-#ifdef LLMT_CUDA_EMULATION
-  EmuLdMatrix(r, 4, row, true);
-#else
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-#endif
-}
-
-// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src must
-// still be a mapped address).
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
-#ifdef LLMT_CUDA_EMULATION
-  EmuCpAsync(dst, src, 16, valid ? 16 : 0);
-#else
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void CpAsync4(void* dst, const void* src, bool valid) {
-#ifdef LLMT_CUDA_EMULATION
-  EmuCpAsync(dst, src, 4, valid ? 4 : 0);
-#else
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(src),
-               "r"(valid ? 4 : 0)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void CpAsyncCommit() {
-#ifdef LLMT_CUDA_EMULATION
-  ::llmt::emu::CpAsyncCommit();
-#else
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-// All of this thread's committed copies have landed (a __syncthreads must
-// follow before other threads read them).
-__device__ __forceinline__ void CpAsyncWaitAll() {
-#ifdef LLMT_CUDA_EMULATION
-  ::llmt::emu::CpAsyncWait(0);
-#else
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ int DivUp(int a, int b) { return (a + b - 1) / b; }
-
-__device__ __forceinline__ uint32_t Pack(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  uint32_t r;
-  memcpy(&r, &v, sizeof(r));
-  return r;
-}
-
-__device__ __forceinline__ float QuadMax(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float QuadSum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
-// A operand (16 x 16) at rows r0.., columns c0.. of a row-major tile. Also
-// the .trans B pair for k = rows r0..r0+15, n = columns c0..c0+15 (same
-// addresses): registers 0, 1 = n-tile c0, registers 2, 3 = n-tile c0 + 8.
-__device__ __forceinline__ const bf16* RowsAddr(const bf16* tile, int ld, int r0, int c0,
-                                                int lane) {
-  return tile + (r0 + (lane & 15)) * ld + c0 + (lane >> 4) * 8;
-}
-// B pair whose n is a tile row and k runs along it: n = rows n0..n0+15,
-// k = columns k0..k0+15; registers 0, 1 = n-tile n0, registers 2, 3 = n0 + 8.
-__device__ __forceinline__ const bf16* ColsAddr(const bf16* tile, int ld, int n0, int k0,
-                                                int lane) {
-  return tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + ((lane >> 3) & 1) * 8;
-}
-
-// The A operand for k-chunk kc (16 columns) of a 16 x (8 * nt) accumulator:
-// n-tiles 2kc and 2kc+1 hold exactly the A fragment's columns.
-__device__ __forceinline__ void AccToA(uint32_t (&a)[4], const float (&lo)[4],
-                                       const float (&hi)[4]) {
-  a[0] = Pack(lo[0], lo[1]);
-  a[1] = Pack(lo[2], lo[3]);
-  a[2] = Pack(hi[0], hi[1]);
-  a[3] = Pack(hi[2], hi[3]);
-}
 
 // Starts copying rows [row0, row0 + ROWS) x HD of a strided global bf16
 // matrix (src points at the head's column 0) into a padded row-major tile
@@ -919,19 +801,6 @@ __global__ void __launch_bounds__(kThreads)
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(h) * HD;
   StoreAcc<HD>(dbase, d.ld, qt * kN + warp * 16 + g, d.T, d.scale, dq, t);
-}
-
-// Opts a kernel into more than 48 KiB of dynamic shared memory (a property of
-// the current device's context, so set on every launch; it is a cheap call).
-template <typename K>
-void AllowSmem(K kernel, size_t bytes, const char* name) {
-  const cudaError_t err =
-      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (err != cudaSuccess) {
-    Fatal(std::string("cudaFuncSetAttribute(MaxDynamicSharedMemorySize=") + std::to_string(bytes) +
-          ") for " + name + " failed: " + CudaErrorString(err));
-  }
 }
 
 template <int HD, typename FT>

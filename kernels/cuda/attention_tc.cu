@@ -418,21 +418,6 @@ __global__ void __launch_bounds__(kThreadsTc)
   StoreRows<HD>(dbase, d.ld, q0 + warp * 16, d.T, d.scale, dq, stage);
 }
 
-// Opts a kernel into more than 48 KiB of dynamic shared memory. A function
-// attribute of the current device's context, so it is set on every launch
-// (a cheap host call) rather than cached in a static that would be wrong after
-// a device switch.
-template <typename K>
-void AllowSmem(K kernel, size_t bytes, const char* name) {
-  const cudaError_t err =
-      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (err != cudaSuccess) {
-    Fatal(std::string("cudaFuncSetAttribute(MaxDynamicSharedMemorySize=") + std::to_string(bytes) +
-          ") for " + name + " failed: " + CudaErrorString(err));
-  }
-}
-
 template <int HD>
 void ForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
   constexpr size_t bytes = FwdSmem<HD>::bytes;

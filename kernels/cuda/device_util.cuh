@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
@@ -219,6 +220,19 @@ inline void Launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
 #endif
 
 // ---- launch helpers ----------------------------------------------------------
+// Opts a kernel into more than 48 KiB of dynamic shared memory (a property of
+// the current device's context, so set on every launch; it is a cheap call).
+template <typename K>
+void AllowSmem(K kernel, size_t bytes, const char* name) {
+  const cudaError_t err =
+      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err != cudaSuccess) {
+    Fatal(std::string("cudaFuncSetAttribute(MaxDynamicSharedMemorySize=") + std::to_string(bytes) +
+          ") for " + name + " failed: " + CudaErrorString(err));
+  }
+}
+
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Blocks for a grid-stride loop over `work` items with `threads` per block,

@@ -21,6 +21,7 @@
 #include "kernels/attention.h"
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/loss.cuh"
 #include "kernels/cuda/matmul.cuh"
@@ -732,17 +733,59 @@ TEST_P(AttentionTest, Bf16MmaMatchesCpu) {
   }
 }
 // The forward variants (LLMT_ATTN_FWD) on every shape: m64 (64-row blocks)
-// and m64n128 (64-row blocks, 128-key tiles) at head dim 64; other head dims
-// run the default. Same tolerances; the backward runs from their lse.
+// and m64n128 (64-row blocks, 128-key tiles) at head dim 64, other head dims
+// running the default; and the wgmma forwards (Hopper warpgroup MMA; on the
+// emulator, which implements wgmma, and on sm_90 GPUs -- elsewhere they fall
+// back to the default) at head dims 64 and 128. Same tolerances; the
+// backward runs from their lse.
 TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
-  for (const auto v : {AttentionForwardVariant::kM64, AttentionForwardVariant::kM64N128}) {
-    SCOPED_TRACE(v == AttentionForwardVariant::kM64 ? "forward m64" : "forward m64n128");
+  const std::pair<AttentionForwardVariant, const char*> variants[] = {
+      {AttentionForwardVariant::kM64, "m64"},
+      {AttentionForwardVariant::kM64N128, "m64n128"},
+      {AttentionForwardVariant::kWgmma, "wgmma"},
+      {AttentionForwardVariant::kWgmmaN128, "wgmma-n128"},
+      {AttentionForwardVariant::kWgmmaM128, "wgmma-m128"}};
+  for (const auto& [v, name] : variants) {
+    SCOPED_TRACE(std::string("forward ") + name);
     SetAttentionForwardVariant(v);
     CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
   }
   SetAttentionForwardVariant(saved);
 }
+// One wgmma (Hopper warpgroup MMA, m64n64k16) with B read K-major and
+// MN-major from the blocked shared-memory layout the wgmma attention kernels
+// use, against the CPU product of the same bf16 values: tells a wrong
+// descriptor convention apart from a kernel bug. 16-term fp32 dot products:
+// |got - want| <= 1e-5 (1 + |want|).
+TEST_F(GpuTest, WgmmaProductLayouts) {
+  if (!internal::WgmmaAvailable()) GTEST_SKIP() << "wgmma needs a compute-capability-9.0 device";
+  const FVec a = RoundBf16(Randn(64 * 16, 5)), b = RoundBf16(Randn(16 * 64, 6));
+  FVec want(64 * 64, 0.f);
+  for (int i = 0; i < 64; ++i) {
+    for (int j = 0; j < 64; ++j) {
+      for (int k = 0; k < 16; ++k) want[i * 64 + j] += a[i * 16 + k] * b[k * 64 + j];
+    }
+  }
+  Dev<bf16> da(a), db(b);
+  for (const bool mn_major : {false, true}) {
+    SCOPED_TRACE(mn_major ? "B MN-major" : "B K-major");
+    Dev<float> dd(64 * 64);
+    internal::WgmmaProduct(dd, da, db, mn_major, nullptr);
+    const FVec got = dd.Download();
+    int bad = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (!(std::fabs(got[i] - want[i]) <= 1e-5f * (1.f + std::fabs(want[i])))) {
+        if (++bad <= 5) {
+          ADD_FAILURE() << "D[" << i / 64 << "][" << i % 64 << "] = " << got[i] << ", want "
+                        << want[i];
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0);
+  }
+}
+
 // The ds variant (dS stored by the dK/dV kernel, dQ = dS K from it) at head
 // dims 64 and 128: with a scratch cap that holds the whole batch, and with
 // one so small that every batch element is its own chunk (the B = 2 shapes

@@ -118,6 +118,16 @@ struct PendingCopy {
   int group;  // the commit group it belongs to (Fiber::open_group when issued)
 };
 
+struct PendingWgmma {
+  float* d;  // the issuing thread's accumulator registers
+  int n;
+  uint32_t a[4];
+  uint64_t desc;
+  int trans_b;
+  bool accumulate;  // scale-d: D = A B + D, else D = A B
+  int group;
+};
+
 struct Fiber {
   Context ctx;
   int tid = 0;
@@ -125,6 +135,15 @@ struct Fiber {
   bool done = false;
   std::vector<PendingCopy> copies;  // cp.async issued, not yet landed
   int open_group = 0;               // groups [0, open_group) are committed
+  std::vector<PendingWgmma> wgmma;  // issued, not yet waited for
+  int wgmma_open_group = 0;
+};
+
+// Four warps; the wait publishes each thread's pending list here.
+struct Warpgroup {
+  Barrier barrier;
+  const std::vector<PendingWgmma>* pending[128] = {};
+  int done_below[128] = {};
 };
 
 Context g_scheduler;
@@ -132,6 +151,7 @@ Fiber* g_cur = nullptr;
 std::vector<Fiber> g_fibers;
 std::vector<std::unique_ptr<char[]>> g_stacks;
 std::vector<Warp> g_warps;
+std::vector<Warpgroup> g_warpgroups;  // empty unless the block is whole warpgroups
 Barrier g_block_barrier;
 int g_block_or = 0;
 bool g_progress = false;
@@ -157,6 +177,7 @@ void Wait(Barrier& b) {
 // does not resume it again.
 void FiberMain() {
   (*g_body)();
+  if (!g_cur->wgmma.empty()) Fail("thread exited with a wgmma it never waited for");
   g_cur->done = true;
   g_progress = true;
   SwitchTo(&g_cur->ctx, &g_scheduler);
@@ -225,6 +246,103 @@ void CpAsyncWait(int n) {
   v.resize(keep);
 }
 
+uint32_t SmemOffset(const void* p) {
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+  if (g_smem == nullptr || c < g_smem || c >= g_smem + g_smem_bytes) {
+    Fail("shared-memory address of a pointer outside dynamic shared memory");
+  }
+  return static_cast<uint32_t>(c - g_smem);
+}
+
+void WgmmaIssue(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
+                bool accumulate) {
+  if (g_warpgroups.empty()) Fail("wgmma in a block that is not whole warpgroups (128 threads)");
+  if (n < 8 || n > 256 || n % 8 != 0) Fail("wgmma: N must be a multiple of 8 in [8, 256]");
+  if (trans_b != 0 && trans_b != 1) Fail("wgmma: imm-trans-b must be 0 or 1");
+  if ((desc >> 62) != 0) Fail("wgmma: the emulator supports only the no-swizzle layout");
+  if (((desc >> 49) & 7) != 0) Fail("wgmma: base offset must be 0 without swizzling");
+  PendingWgmma w{d,        n, {a[0], a[1], a[2], a[3]}, desc, trans_b, accumulate,
+                 g_cur->wgmma_open_group};
+  g_cur->wgmma.push_back(w);
+}
+
+void WgmmaCommit() { ++g_cur->wgmma_open_group; }
+
+namespace {
+// B element (k, n) of a no-swizzle canonical bf16 layout (see cuda_emu.h).
+float WgmmaB(uint64_t desc, int trans_b, int k, int n) {
+  const size_t start = (desc & 0x3FFF) << 4;
+  const size_t lbo = ((desc >> 16) & 0x3FFF) << 4;
+  const size_t sbo = ((desc >> 32) & 0x3FFF) << 4;
+  const size_t off = trans_b == 0 ? (n % 8) * 16 + (n / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo
+                                  : (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo;
+  if (start + off + 2 > g_smem_bytes) Fail("wgmma: B element outside dynamic shared memory");
+  uint16_t v;
+  std::memcpy(&v, g_smem + start + off, 2);
+  return __bfloat162float(__ushort_as_bfloat16(v));
+}
+}  // namespace
+
+void WgmmaWait(int n) {
+  if (g_warpgroups.empty()) Fail("wgmma.wait_group in a block that is not whole warpgroups");
+  Warpgroup& wg = g_warpgroups[g_cur->tid / 128];
+  const int me = g_cur->tid % 128;
+  const int done_below = g_cur->wgmma_open_group - n;
+  wg.pending[me] = &g_cur->wgmma;
+  wg.done_below[me] = done_below;
+  Wait(wg.barrier);
+  // The operations this wait completes, in issue order, must be the same in
+  // every thread of the warpgroup (the instructions are .sync.aligned).
+  auto completing = [&](int thread) {
+    std::vector<const PendingWgmma*> r;
+    for (const PendingWgmma& w : *wg.pending[thread]) {
+      if (w.group < wg.done_below[thread]) r.push_back(&w);
+    }
+    return r;
+  };
+  std::vector<std::vector<const PendingWgmma*>> all(128);
+  for (int th = 0; th < 128; ++th) all[th] = completing(th);
+  for (int th = 1; th < 128; ++th) {
+    if (all[th].size() != all[0].size()) {
+      Fail("wgmma: threads of a warpgroup wait for different operations");
+    }
+    for (size_t i = 0; i < all[0].size(); ++i) {
+      const PendingWgmma& x = *all[th][i];
+      const PendingWgmma& y = *all[0][i];
+      if (x.n != y.n || x.desc != y.desc || x.trans_b != y.trans_b ||
+          x.accumulate != y.accumulate) {
+        Fail("wgmma: threads of a warpgroup issued different operations");
+      }
+    }
+  }
+  // This thread's accumulator elements (see the layouts in cuda_emu.h).
+  const int warp = me / 32, lane = me % 32, g = lane >> 2, t = lane & 3;
+  auto a_at = [&](size_t op, int row, int k) {  // A (row, k), row within the 64
+    const int owner = (row / 16) * 32 + (row % 8) * 4 + (k % 8) / 2;
+    const int reg = (k >= 8 ? 2 : 0) + ((row % 16) >= 8 ? 1 : 0);
+    const uint32_t r = all[owner][op]->a[reg];
+    const uint16_t half = (k & 1) ? static_cast<uint16_t>(r >> 16) : static_cast<uint16_t>(r);
+    return __bfloat162float(__ushort_as_bfloat16(half));
+  };
+  for (size_t op = 0; op < all[me].size(); ++op) {
+    const PendingWgmma& w = *all[me][op];
+    for (int j = 0; j < w.n / 2; ++j) {
+      const int c = j / 4, r = (j / 2) % 2, jj = j % 2;
+      const int row = warp * 16 + g + 8 * r, col = 8 * c + 2 * t + jj;
+      float s = w.accumulate ? w.d[j] : 0.f;
+      for (int k = 0; k < 16; ++k) s += a_at(op, row, k) * WgmmaB(w.desc, w.trans_b, k, col);
+      w.d[j] = s;
+    }
+  }
+  Wait(wg.barrier);  // everyone has read the others' A values
+  std::vector<PendingWgmma>& v = g_cur->wgmma;
+  size_t keep = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i].group >= done_below) v[keep++] = v[i];
+  }
+  v.resize(keep);
+}
+
 int BlockOr(int pred) {
   if (pred) g_block_or = 1;
   Wait(g_block_barrier);
@@ -261,6 +379,7 @@ void RunGrid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& bo
   }
   g_fibers.assign(n, Fiber{});
   g_warps.assign(n / 32, Warp{});
+  g_warpgroups.assign(n % 128 == 0 ? n / 128 : 0, Warpgroup{});
   const uint3 saved_thread = threadIdx, saved_block = blockIdx;
 
   for (unsigned z = 0; z < grid.z; ++z) {
@@ -271,12 +390,15 @@ void RunGrid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& bo
         g_block_barrier = Barrier{n, 0, 0};
         g_block_or = 0;
         for (Warp& w : g_warps) w.barrier = Barrier{32, 0, 0};
+        for (Warpgroup& w : g_warpgroups) w.barrier = Barrier{128, 0, 0};
         for (int t = 0; t < n; ++t) {
           Fiber& f = g_fibers[t];
           f.tid = t;
           f.done = false;
           f.copies.clear();
           f.open_group = 0;
+          f.wgmma.clear();
+          f.wgmma_open_group = 0;
           f.idx = uint3{static_cast<unsigned>(t) % block.x,
                         static_cast<unsigned>(t) / block.x % block.y,
                         static_cast<unsigned>(t) / (block.x * block.y)};

@@ -81,6 +81,14 @@ void CpAsync(void* dst, const void* src, int bytes, int src_bytes);
 void CpAsyncCommit();
 void CpAsyncWait(int n);
 [[noreturn]] void Fail(const char* what);
+// wgmma (see EmuWgmma below): this thread's part of warpgroup MMAs.
+void WgmmaIssue(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
+                bool accumulate);
+void WgmmaCommit();
+void WgmmaWait(int n);
+// The byte offset of p in the block's dynamic shared memory (what a real
+// shared-window address is for a matrix descriptor).
+uint32_t SmemOffset(const void* p);
 
 // Runs `body` for every block of `grid` on blockDim threads.
 void RunGrid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
@@ -215,6 +223,32 @@ inline void EmuLdMatrix(uint32_t* r, int n, const void* row, bool trans) {
 // dropped (nothing may rely on them).
 inline void EmuCpAsync(void* dst, const void* src, int bytes, int src_bytes) {
   ::llmt::emu::CpAsync(dst, src, bytes, src_bytes);
+}
+
+// ---- wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 (sm_90a) ------------------------
+// The subset kernels/cuda uses: A (64 x 16) from registers, B (16 x N) from
+// shared memory through a matrix descriptor in the no-swizzle canonical
+// layout, fp32 accumulators D (64 x N) += A B. A warpgroup is 4 consecutive
+// warps (threads 128 w .. 128 w + 127); warp i of it owns rows 16 i .. 16 i + 15
+// with the m16n8k16 fragment layouts (g = lane >> 2, t = lane % 4):
+//   A: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
+//   D: d[4c + 2r + j] = (g + 8r, 8c + 2t + j) for n-chunk c = 0 .. N/8 - 1
+// Descriptor (PTX ISA "Matrix Descriptor Format"): bits 0-13 start address
+// >> 4, 16-29 leading-dimension byte offset (LBO) >> 4, 32-45 stride byte
+// offset (SBO) >> 4, 49-51 base offset, 62-63 swizzle (only 0 = none here).
+// Element (k, n) of B is at start + (canonical layouts, bf16, T = 8):
+//   K-major  (trans_b = 0): (n % 8) * 16 + (n / 8) * SBO + (k % 8) * 2 + (k / 8) * LBO
+//   MN-major (trans_b = 1): (n % 8) * 2 + (n / 8) * SBO + (k % 8) * 16 + (k / 8) * LBO
+// Asynchrony is modelled at its latest: issuing records the operation (A's
+// values are taken then), and it is carried out when the issuing warpgroup
+// waits for its group (wgmma.wait_group), reading B from shared memory and
+// updating D at that moment. So reading an accumulator before the wait sees
+// its old value, and rewriting B's tile before the wait changes the product,
+// as either may on the GPU. The wait is warpgroup-collective and checks that
+// all 128 threads issued the same operations (shape, descriptor, transpose).
+inline void EmuWgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
+                     bool accumulate) {
+  ::llmt::emu::WgmmaIssue(d, n, a, desc, trans_b, accumulate);
 }
 
 // ---- WMMA ---------------------------------------------------------------------------

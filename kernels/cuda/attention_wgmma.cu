@@ -1,0 +1,370 @@
+// Flash attention forward for bf16 on Hopper tensor cores with wgmma
+// (warpgroup MMA, sm_90a): the structure of FlashFwdMmaKernel
+// (attention_mma.cu) -- online softmax in registers, P reused as the A
+// operand of P V straight from its accumulator -- with each product issued as
+// one wgmma.m64nNk16 per 16-wide k-chunk for the whole warpgroup instead of
+// per-warp mma.sync tiles. The operand that streams (K for Q K^T, V for P V)
+// is read by the tensor cores directly from shared memory, once per
+// warpgroup; under mma.sync each warp reads it through ldmatrix into its own
+// registers, and those shared-memory reads are what bound the mma kernels.
+//
+// Block: one warpgroup (4 warps, 128 threads) owning kMt 64-row query
+// m-tiles; warp w owns rows 16 w .. 16 w + 15 of each (the wgmma layout), so
+// the per-thread fragment arithmetic is the mma kernel's. K and V tiles of kN
+// keys are double-buffered with cp.async in the "blocked" layout wgmma reads
+// (mma_util.cuh); Q is loaded once and kept as A fragments in registers.
+//
+// Causal masking as in the mma kernel (only on tiles crossing the diagonal);
+// an m-tile whose rows all precede the key tile skips its products, which is
+// uniform over the warpgroup as wgmma requires.
+//
+// Written without access to a GPU: it runs on the CPU emulator (which
+// implements wgmma from the PTX ISA's layouts), not yet on an H100; it is
+// selected only by LLMT_ATTN_FWD=wgmma* on a compute-capability-9.0 device.
+#include <algorithm>
+#include <string>
+
+#include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/mma_util.cuh"
+
+namespace llmt::kernels::cuda::internal {
+namespace {
+
+constexpr int kWgThreads = 128;
+
+// Starts copying rows [row0, row0 + ROWS) x HD of a strided global bf16
+// matrix (src points at the head's column 0) into a blocked tile [ROWS][HD]
+// (mma_util.cuh). Copy e goes to bytes [16 e, 16 e + 16): consecutive threads
+// fill consecutive 16-byte rows of a core matrix, and a warp reads 8 rows x
+// 64 contiguous bytes from global memory. Rows >= T become zeros. Does not
+// commit.
+template <int HD, int ROWS>
+__device__ __forceinline__ void LoadBlockedAsync(bf16* dst, const bf16* src, int64_t ld, int row0,
+                                                 int T) {
+  constexpr int kBlocksPerRow = HD / 8;
+#pragma unroll
+  for (int e = threadIdx.x; e < ROWS * kBlocksPerRow; e += kWgThreads) {
+    const int blk = e >> 3;
+    const int r = (blk / kBlocksPerRow) * 8 + (e & 7), c = (blk % kBlocksPerRow) * 8;
+    const bool ok = row0 + r < T;
+    CpAsync16(dst + e * 8, src + static_cast<int64_t>(ok ? row0 + r : 0) * ld + c, ok);
+  }
+}
+
+// Writes rows (row_lo, row_lo + 8) of a thread's accumulators, scaled, as
+// bf16 pairs into a strided global matrix (columns 8 nd + 2t).
+template <int HD>
+__device__ __forceinline__ void StoreRows(bf16* dst, int64_t ld, int row_lo, int T, float scale,
+                                          const float (&acc)[HD / 8][4], int t) {
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) {
+    const int c = 8 * nd + 2 * t;
+    if (row_lo < T) {
+      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row_lo) * ld + c) =
+          Pack(acc[nd][0] * scale, acc[nd][1] * scale);
+    }
+    if (row_lo + 8 < T) {
+      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row_lo + 8) * ld + c) =
+          Pack(acc[nd][2] * scale, acc[nd][3] * scale);
+    }
+  }
+}
+
+// kMt 64-row m-tiles per block, key/value tiles of kN rows.
+template <int HD, int MT, int NK>
+struct WgFwdTiling {
+  static constexpr int kMt = MT, kN = NK, kRows = 64 * MT;
+  static constexpr size_t smem = (size_t{kRows} + 4 * size_t{NK}) * HD * sizeof(bf16);
+  static_assert(NK == 64 || NK == 128, "the S product is one wgmma n64 or n128");
+};
+
+template <int HD, typename FT>
+__global__ void __launch_bounds__(kWgThreads)
+    FlashFwdWgmmaKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
+  constexpr int kN = FT::kN, kMt = FT::kMt, kRows = FT::kRows;
+  // Descriptor strides of the blocked tiles (mma_util.cuh): K read K-major
+  // (n = key rows, k = dims), V read MN-major (k = key rows, n = dims).
+  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
+  LLMT_DYNAMIC_SMEM(smem);
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kRows][HD] blocked
+  bf16* Ks = Qs + kRows * HD;                // [2][kN][HD] blocked
+  bf16* Vs = Ks + 2 * kN * HD;               // [2][kN][HD] blocked
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // longest rows first
+  const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
+  const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+  const bf16* kbase = base + static_cast<int64_t>(d.NH + kvh) * HD;
+  const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
+  const int n_tiles = DivUp(min(q0 + kRows, d.T), kN);
+  const float sl2 = d.scale * kLog2e;
+
+  LoadBlockedAsync<HD, kRows>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  LoadBlockedAsync<HD, kN>(Ks, kbase, d.ld, 0, d.T);
+  LoadBlockedAsync<HD, kN>(Vs, vbase, d.ld, 0, d.T);
+  CpAsyncCommit();
+
+  uint32_t qa[kMt][HD / 16][4];
+  float o[kMt][HD / 8][4];
+  float m[kMt][2], l[kMt][2];  // running max (raw score units) and partial row sums
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd) {
+      o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.f;
+    }
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
+
+  for (int it = 0; it < n_tiles; ++it) {
+    CpAsyncWaitAll();
+    FenceProxyAsyncShared();  // this thread's landed copies, visible to wgmma's reads
+    __syncthreads();  // tile it is visible; everyone is done with tile it - 1's buffer
+    if (it == 0) {
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+        for (int kc = 0; kc < HD / 16; ++kc) {
+          const int r = mt * 64 + warp * 16 + (lane & 15), c = kc * 16 + (lane >> 4) * 8;
+          LdMatrixX4(qa[mt][kc], Qs + BlockedOffset(r, c, HD));
+        }
+      }
+    }
+    if (it + 1 < n_tiles) {
+      const int nb = (it + 1) & 1;
+      LoadBlockedAsync<HD, kN>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
+      LoadBlockedAsync<HD, kN>(Vs + nb * kN * HD, vbase, d.ld, (it + 1) * kN, d.T);
+      CpAsyncCommit();
+    }
+    const int j0 = it * kN;
+    const bf16* Kb = Ks + (it & 1) * kN * HD;
+    const bf16* Vb = Vs + (it & 1) * kN * HD;
+    // m-tile mt has a visible key in this tile unless all its rows precede
+    // j0 (never the case for the first m-tile: tiles end at the block's rows).
+    bool live[kMt];
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) live[mt] = mt == 0 || j0 <= q0 + mt * 64 + 63;
+
+    // S [64 x kN] per m-tile = Q K^T: B(k = dim, n = key) = K[key][dim],
+    // K-major. The first k-chunk overwrites S (no zeroing).
+    float s[kMt][kN / 8][4];
+    WgmmaFence();
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+      if (!live[mt]) continue;
+#pragma unroll
+      for (int kc = 0; kc < HD / 16; ++kc) {
+        Wgmma<kN, 0>(s[mt], qa[mt][kc], WgmmaDesc(Kb + kc * 2 * 64, kCoreBytes, kRowGroupBytes),
+                     kc > 0);
+      }
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) WgmmaFenceOperand(s[mt]);
+
+    uint32_t pa[kMt][kN / 16][4];
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+      if (!live[mt]) continue;
+      const int wrow0 = q0 + mt * 64 + warp * 16;  // this warp's first row in the m-tile
+      // Causal mask where the tile crosses the warp's diagonal (key j visible
+      // to query q when j <= q; keys >= T are zeros, only visible to rows >= T).
+      if (j0 + kN - 1 > wrow0) {
+#pragma unroll
+        for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int j = j0 + nt * 8 + 2 * t + (i & 1);
+            const int q = wrow0 + g + 8 * (i >> 1);
+            if (j > q) s[mt][nt][i] = -INFINITY;
+          }
+        }
+      }
+      // Online softmax for rows g (elements 0, 1) and g + 8 (2, 3).
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
+      }
+      float corr[2], ms[2], psum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float m_new = fmaxf(m[mt][r], QuadMax(mx[r]));
+        ms[r] = m_new == -INFINITY ? 0.f : m_new * sl2;  // no visible key yet: p = 0, not NaN
+        corr[r] = exp2f(m[mt][r] * sl2 - ms[r]);
+        m[mt][r] = m_new;
+      }
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = exp2f(fmaf(s[mt][nt][i], sl2, -ms[i >> 1]));
+          s[mt][nt][i] = p;
+          psum[i >> 1] += p;
+        }
+      }
+      l[mt][0] = l[mt][0] * corr[0] + psum[0];
+      l[mt][1] = l[mt][1] * corr[1] + psum[1];
+#pragma unroll
+      for (int nd = 0; nd < HD / 8; ++nd) {
+        o[mt][nd][0] *= corr[0];
+        o[mt][nd][1] *= corr[0];
+        o[mt][nd][2] *= corr[1];
+        o[mt][nd][3] *= corr[1];
+      }
+      // All A fragments of P before the fence, so that no register an
+      // in-flight wgmma reads is rewritten (ptxas would serialise them).
+#pragma unroll
+      for (int kc = 0; kc < kN / 16; ++kc) AccToA(pa[mt][kc], s[mt][2 * kc], s[mt][2 * kc + 1]);
+    }
+
+    // O [64 x HD] += P [64 x kN] V: B(k = key, n = dim) = V[key][dim], MN-major.
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) WgmmaFenceOperand(o[mt]);
+    WgmmaFence();
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+      if (!live[mt]) continue;
+#pragma unroll
+      for (int kc = 0; kc < kN / 16; ++kc) {
+        Wgmma<HD, 1>(o[mt], pa[mt][kc], WgmmaDesc(Vb + kc * 16 * HD, kRowGroupBytes, kCoreBytes),
+                     true);
+      }
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) WgmmaFenceOperand(o[mt]);
+  }
+
+  bf16* obase = out + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD;
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+    const float lsum[2] = {QuadSum(l[mt][0]), QuadSum(l[mt][1])};
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd) {
+      o[mt][nd][0] /= lsum[0];
+      o[mt][nd][1] /= lsum[0];
+      o[mt][nd][2] /= lsum[1];
+      o[mt][nd][3] /= lsum[1];
+    }
+    const int row = q0 + mt * 64 + warp * 16 + g;
+    StoreRows<HD>(obase, d.C, row, d.T, 1.f, o[mt], t);
+    if (t == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (row + 8 * r < d.T) {
+          lse[static_cast<int64_t>(bh) * d.T + row + 8 * r] = m[mt][r] * d.scale + logf(lsum[r]);
+        }
+      }
+    }
+  }
+}
+
+template <int HD, typename FT>
+void LaunchWgFwd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
+  AllowSmem(FlashFwdWgmmaKernel<HD, FT>, FT::smem, "FlashFwdWgmmaKernel");
+  const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, FT::kRows)),
+                  static_cast<unsigned>(d.B * d.NH));
+  Launch(FlashFwdWgmmaKernel<HD, FT>, grid, kWgThreads, FT::smem, stream, out, lse, qkv, d);
+  LLMT_CUDA_CHECK_LAUNCH("FlashFwdWgmmaKernel", stream);
+}
+
+template <int HD>
+void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                 AttentionForwardVariant v, cudaStream_t stream) {
+  switch (v) {
+    case AttentionForwardVariant::kWgmmaN128:
+      LaunchWgFwd<HD, WgFwdTiling<HD, 1, 128>>(out, lse, qkv, d, stream);
+      return;
+    case AttentionForwardVariant::kWgmmaM128:
+      // Two m-tiles at head dim 128 would spill (255 registers + 344 bytes
+      // of stack): one instead.
+      LaunchWgFwd<HD, WgFwdTiling<HD, HD == 64 ? 2 : 1, 64>>(out, lse, qkv, d, stream);
+      return;
+    default:
+      LaunchWgFwd<HD, WgFwdTiling<HD, 1, 64>>(out, lse, qkv, d, stream);
+      return;
+  }
+}
+
+// One m64n64k16 product through the same descriptor construction the
+// attention kernels use: A [64][16] and B [16][64] (k, n) row-major in
+// global memory, D [64][64] fp32. B is staged in a blocked tile read K-major
+// (tile rows = n) or MN-major (tile rows = k). A test of the layout
+// conventions on the GPU itself, so that a failure of the attention kernels
+// can be told apart from a wrong descriptor.
+__global__ void __launch_bounds__(kWgThreads)
+    WgmmaProductKernel(float* d_out, const bf16* a, const bf16* b, int mn_major) {
+  LLMT_DYNAMIC_SMEM(smem);
+  bf16* Bs = reinterpret_cast<bf16*>(smem);  // 16 x 64 elements, blocked
+  for (int e = threadIdx.x; e < 16 * 64; e += kWgThreads) {
+    const int k = e / 64, n = e % 64;
+    Bs[mn_major ? BlockedOffset(k, n, 64) : BlockedOffset(n, k, 16)] = b[e];
+  }
+  FenceProxyAsyncShared();
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  auto pair = [&](int r, int c) {
+    uint32_t lo, hi;
+    lo = __bfloat16_as_ushort(a[r * 16 + c]);
+    hi = __bfloat16_as_ushort(a[r * 16 + c + 1]);
+    return lo | hi << 16;
+  };
+  const int r0 = warp * 16 + g;
+  const uint32_t af[4] = {pair(r0, 2 * t), pair(r0 + 8, 2 * t), pair(r0, 2 * t + 8),
+                          pair(r0 + 8, 2 * t + 8)};
+  float acc[8][4];
+  WgmmaFence();
+  if (mn_major) {
+    Wgmma<64, 1>(acc, af, WgmmaDesc(Bs, 64 * 16, 128), false);
+  } else {
+    Wgmma<64, 0>(acc, af, WgmmaDesc(Bs, 128, 16 * 16), false);
+  }
+  WgmmaCommit();
+  WgmmaWait<0>();
+  WgmmaFenceOperand(acc);
+  for (int c = 0; c < 8; ++c) {
+    for (int i = 0; i < 4; ++i) {
+      d_out[(r0 + 8 * (i >> 1)) * 64 + 8 * c + 2 * t + (i & 1)] = acc[c][i];
+    }
+  }
+}
+
+}  // namespace
+
+void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, cudaStream_t stream) {
+  Launch(WgmmaProductKernel, dim3(1), kWgThreads, 16 * 64 * sizeof(bf16), stream, d, a, b,
+         mn_major ? 1 : 0);
+  LLMT_CUDA_CHECK_LAUNCH("WgmmaProductKernel", stream);
+}
+
+bool WgmmaAvailable() {
+  // The wgmma code exists only as sm_90a SASS: compute capability 9.0 exactly.
+  static int cached[64] = {};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev] == 0) {
+    cudaDeviceProp prop{};
+    const bool ok = cudaGetDeviceProperties(&prop, dev) == cudaSuccess && prop.major == 9 &&
+                    prop.minor == 0;
+    cached[dev] = ok ? 1 : 2;
+  }
+  return cached[dev] == 1;
+}
+
+void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                       AttentionForwardVariant variant, cudaStream_t stream) {
+  if (d.hd == 64) {
+    WgForwardHd<64>(out, lse, qkv, d, variant, stream);
+  } else if (d.hd == 128) {
+    WgForwardHd<128>(out, lse, qkv, d, variant, stream);
+  } else {
+    Fatal("FlashForwardWgmma: unsupported head dim " + std::to_string(d.hd));
+  }
+}
+
+}  // namespace llmt::kernels::cuda::internal

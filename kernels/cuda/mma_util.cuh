@@ -1,0 +1,356 @@
+// Register-level tensor-core primitives shared by the flash-attention
+// kernels: mma.sync (m16n8k16 bf16 -> fp32), ldmatrix, cp.async, the
+// accumulator -> A-fragment conversion, quad reductions, and the Hopper
+// (sm_90a) warpgroup MMA wgmma.mma_async with its matrix descriptors. Each has
+// an LLMT_CUDA_EMULATION branch so the same kernels run on the CPU emulator
+// (tests/unit/cuda/emu). Not a public header.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cuda/device_util.cuh"
+
+namespace llmt::kernels::cuda::internal {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---- primitives ------------------------------------------------------------------
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t* b) {
+#ifdef LLMT_CUDA_EMULATION
+  const uint32_t bb[2] = {b[0], b[1]};
+  EmuMmaM16N8K16Bf16(d, a, bb);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : 
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Four 8x8 bf16 matrices; this lane gives the address of row lane % 8 of
+// matrix lane / 8.
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const bf16* row) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuLdMatrix(r, 4, row, false);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#endif
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const bf16* row) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuLdMatrix(r, 4, row, true);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#endif
+}
+
+// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src must
+// still be a mapped address).
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuCpAsync(dst, src, 16, valid ? 16 : 0);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void CpAsync4(void* dst, const void* src, bool valid) {
+#ifdef LLMT_CUDA_EMULATION
+  EmuCpAsync(dst, src, 4, valid ? 4 : 0);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(src),
+               "r"(valid ? 4 : 0)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+#ifdef LLMT_CUDA_EMULATION
+  ::llmt::emu::CpAsyncCommit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// All of this thread's committed copies have landed (a __syncthreads must
+// follow before other threads read them).
+__device__ __forceinline__ void CpAsyncWaitAll() {
+#ifdef LLMT_CUDA_EMULATION
+  ::llmt::emu::CpAsyncWait(0);
+#else
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ int DivUp(int a, int b) { return (a + b - 1) / b; }
+
+__device__ __forceinline__ uint32_t Pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  uint32_t r;
+  memcpy(&r, &v, sizeof(r));
+  return r;
+}
+
+__device__ __forceinline__ float QuadMax(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float QuadSum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// A operand (16 x 16) at rows r0.., columns c0.. of a row-major tile. Also
+// the .trans B pair for k = rows r0..r0+15, n = columns c0..c0+15 (same
+// addresses): registers 0, 1 = n-tile c0, registers 2, 3 = n-tile c0 + 8.
+__device__ __forceinline__ const bf16* RowsAddr(const bf16* tile, int ld, int r0, int c0,
+                                                int lane) {
+  return tile + (r0 + (lane & 15)) * ld + c0 + (lane >> 4) * 8;
+}
+// B pair whose n is a tile row and k runs along it: n = rows n0..n0+15,
+// k = columns k0..k0+15; registers 0, 1 = n-tile n0, registers 2, 3 = n0 + 8.
+__device__ __forceinline__ const bf16* ColsAddr(const bf16* tile, int ld, int n0, int k0,
+                                                int lane) {
+  return tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + ((lane >> 3) & 1) * 8;
+}
+
+// The A operand for k-chunk kc (16 columns) of a 16 x (8 * nt) accumulator:
+// n-tiles 2kc and 2kc+1 hold exactly the A fragment's columns.
+__device__ __forceinline__ void AccToA(uint32_t (&a)[4], const float (&lo)[4],
+                                       const float (&hi)[4]) {
+  a[0] = Pack(lo[0], lo[1]);
+  a[1] = Pack(lo[2], lo[3]);
+  a[2] = Pack(hi[0], hi[1]);
+  a[3] = Pack(hi[2], hi[3]);
+}
+
+// ---- Hopper warpgroup MMA (wgmma, sm_90a) ---------------------------------------
+// wgmma.mma_async.m64nNk16.f32.bf16.bf16 with A (64 x 16) in registers and B
+// (16 x N) in shared memory: one instruction for the 4 warps of a warpgroup,
+// warp i of which owns rows 16 i .. 16 i + 15 with exactly the mma.sync
+// fragment layouts (A as in Mma, D as N / 8 m16n8 accumulator tiles). So a
+// kernel written for 4 warps x 16 rows of mma.sync keeps its softmax and
+// fragment code and swaps only its products; B is read by the tensor cores
+// straight from shared memory, once per warpgroup instead of once per warp.
+//
+// B layout: the no-swizzle canonical layout of the PTX ISA -- 8 x 8 bf16
+// "core matrices", each 8 rows of 16 contiguous bytes (128 bytes). Tiles here
+// are stored "blocked": element (r, c) of a [rows][cols] tile at
+// ((r / 8) * (cols / 8) + c / 8) * 64 + (r % 8) * 8 + c % 8. Reading such a
+// tile as B:
+//  - rows = n, columns = k (K-major, trans_b = 0: K for Q K^T):
+//    LBO (next 8 k) = 128 bytes, SBO (next 8 n) = cols * 16 bytes;
+//  - rows = k, columns = n (MN-major, trans_b = 1: V for P V):
+//    SBO (next 8 n) = 128 bytes, LBO (next 8 k) = cols * 16 bytes.
+// Core matrices are contiguous 128-byte rows of banks, so the tensor cores
+// read them without bank conflicts, and ldmatrix reads rows of them too.
+
+// Offset of element (r, c) in a blocked tile with `cols` columns.
+__device__ __forceinline__ int BlockedOffset(int r, int c, int cols) {
+  return ((r >> 3) * (cols >> 3) + (c >> 3)) * 64 + (r & 7) * 8 + (c & 7);
+}
+
+__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
+#ifdef LLMT_CUDA_EMULATION
+  return ::llmt::emu::SmemOffset(p);
+#else
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#endif
+}
+
+// Matrix descriptor, no swizzle, base offset 0.
+__device__ __forceinline__ uint64_t WgmmaDesc(const void* tile, uint32_t lbo_bytes,
+                                              uint32_t sbo_bytes) {
+  return static_cast<uint64_t>((SmemAddress(tile) & 0x3FFFF) >> 4) |
+         static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16 |
+         static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32;
+}
+
+// Orders this thread's earlier register writes (accumulators, A fragments)
+// before the wgmma that follows (wgmma.fence.sync.aligned).
+__device__ __forceinline__ void WgmmaFence() {
+#ifndef LLMT_CUDA_EMULATION
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+#endif
+}
+__device__ __forceinline__ void WgmmaCommit() {
+#ifdef LLMT_CUDA_EMULATION
+  ::llmt::emu::WgmmaCommit();
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+// Waits until at most N committed groups are pending (N = 0: all done).
+template <int N>
+__device__ __forceinline__ void WgmmaWait() {
+#ifdef LLMT_CUDA_EMULATION
+  ::llmt::emu::WgmmaWait(N);
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#else
+  __trap();
+#endif
+}
+// Generic-proxy writes to shared memory (st.shared, cp.async) become visible
+// to the async proxy the tensor cores read B through: each writing thread
+// fences after its writes land, before the barrier that publishes them.
+__device__ __forceinline__ void FenceProxyAsyncShared() {
+#if !defined(LLMT_CUDA_EMULATION) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Keeps the compiler from moving reads or writes of an accumulator across
+// the asynchronous window (the wgmma asm's "+f" operands are "written" at
+// issue as far as the compiler knows; this pins them at the wait).
+template <int NT>
+__device__ __forceinline__ void WgmmaFenceOperand(float (&d)[NT][4]) {
+#ifndef LLMT_CUDA_EMULATION
+#pragma unroll
+  for (int i = 0; i < NT; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[i][j])::"memory");
+  }
+#endif
+}
+
+#if !defined(LLMT_CUDA_EMULATION)
+// One asm statement per (N, transpose): imm-trans-b is an immediate.
+template <int N, int TRANS_B>
+__device__ __forceinline__ void WgmmaCall(float (&d)[N / 8][4], const uint32_t (&a)[4],
+                                          uint64_t desc, int scale_d);
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <>
+__device__ __forceinline__ void WgmmaCall<64, 0>(float (&d)[8][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "
+      "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void WgmmaCall<64, 1>(float (&d)[8][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "
+      "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void WgmmaCall<128, 0>(float (&d)[16][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "
+      "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, "
+      "%33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, "
+      "%49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+        "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+        "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+        "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+        "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+        "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+        "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void WgmmaCall<128, 1>(float (&d)[16][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "
+      "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, "
+      "%33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, "
+      "%49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+        "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+        "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+        "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+        "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+        "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+        "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+#else
+template <int N, int TRANS_B>
+__device__ __forceinline__ void WgmmaCall(float (&)[N / 8][4], const uint32_t (&)[4], uint64_t,
+                                          int) {
+  __trap();  // wgmma exists on sm_90a only; the host never selects it elsewhere
+}
+#endif
+#endif
+
+// D (64 x N, this thread's N / 8 tiles) = A (64 x 16) B (16 x N, descriptor)
+// + (accumulate ? D : 0). TRANS_B: B is MN-major (see above). N is 64 or 128.
+// accumulate = false on a product's first k-chunk replaces zeroing D.
+template <int N, int TRANS_B>
+__device__ __forceinline__ void Wgmma(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc,
+                                      bool accumulate) {
+  static_assert(N == 64 || N == 128, "wgmma shapes instantiated: n64, n128");
+#ifdef LLMT_CUDA_EMULATION
+  EmuWgmma(&d[0][0], N, a, desc, TRANS_B, accumulate);
+#else
+  WgmmaCall<N, TRANS_B>(d, a, desc, accumulate ? 1 : 0);
+#endif
+}
+
+}  // namespace llmt::kernels::cuda::internal
