@@ -164,7 +164,9 @@ fi
 
 # ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
 if [[ $MODE == ab ]]; then
-  variants=${LLMT_AB_VARIANTS:-"base inplace:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64:LLMT_ATTN_FWD=m64 fwd-n128:LLMT_ATTN_FWD=m64n128 off:LLMT_GEMM_AUTOTUNE=0 base2 inplace2:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64-2:LLMT_ATTN_FWD=m64 fwd-n128-2:LLMT_ATTN_FWD=m64n128"}
+  # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
+  # the kernels written since the last GPU run against the default engine.
+  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma fwd-wg-n128:LLMT_ATTN_FWD=wgmma-n128 fwd-wg-m128:LLMT_ATTN_FWD=wgmma-m128 inplace:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64:LLMT_ATTN_FWD=m64 fwd-n128:LLMT_ATTN_FWD=m64n128 base2 wg2:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"}
   AB_ROWS=()
   for v in $variants; do
     name=${v%%:*}

@@ -54,9 +54,11 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
       v.dkdv8 = true;
     } else if (name == "ds") {
       v.ds = true;
+    } else if (name == "wgmma") {
+      v.wgmma = true;
     } else if (!name.empty() && name != "default") {
       Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
-            "' (expected a comma-separated list of dq64, dkdv8, ds, or default)");
+            "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, or default)");
     }
     pos = end + 1;
   }
@@ -67,10 +69,10 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
 AttentionBackwardVariant& BackwardVariant() {
   static AttentionBackwardVariant v = [] {
     const AttentionBackwardVariant parsed = ParseBackwardVariant(std::getenv("LLMT_ATTN_BWD"));
-    if (parsed.dq64 || parsed.dkdv8 || parsed.ds) {
+    if (parsed.dq64 || parsed.dkdv8 || parsed.ds || parsed.wgmma) {
       LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
                      << (parsed.dkdv8 ? " dkdv8" : "") << (parsed.ds ? " ds" : "")
-                     << " (LLMT_ATTN_BWD)";
+                     << (parsed.wgmma ? " wgmma" : "") << " (LLMT_ATTN_BWD)";
     }
     return parsed;
   }();
@@ -478,6 +480,10 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
     switch (TensorCoreImpl(hd, dqkv, dout, qkv)) {
       case AttentionImpl::kMma: {
         const AttentionBackwardVariant v = BackwardVariant();
+        if (v.wgmma && hd == 64 && internal::WgmmaAvailable()) {
+          internal::FlashBackwardWgmma(dqkv, dout, qkv, lse, Dsum, d, stream);
+          return;
+        }
         bf16* ds = v.ds ? reinterpret_cast<bf16*>(static_cast<char*>(scratch) + DsOffset(B, T_, NH))
                         : nullptr;
         internal::FlashBackwardMma(dqkv, dout, qkv, lse, Dsum, d, v, ds,

@@ -62,16 +62,6 @@ __device__ __forceinline__ void LoadTileAsync(bf16* dst, const bf16* src, int64_
   }
 }
 
-// n floats of a row vector (lse or Dsum) from index i0; zeros past T.
-template <int NT = kThreads>
-__device__ __forceinline__ void LoadRowStatsAsync(float* dst, const float* src, int i0, int n,
-                                                  int T) {
-  for (int e = threadIdx.x; e < n; e += NT) {
-    const bool ok = i0 + e < T;
-    CpAsync4(dst + e, src + (ok ? i0 + e : 0), ok);
-  }
-}
-
 // Writes rows (row_lo, row_lo + 8) of a thread's accumulators, scaled, as
 // bf16 pairs into a strided global matrix (columns 8 nd + 2t).
 template <int HD>

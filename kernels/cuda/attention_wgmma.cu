@@ -291,6 +291,279 @@ void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
   }
 }
 
+// ---- backward ------------------------------------------------------------------------
+// The two kernels of FlashBwdDkvMmaKernel / FlashBwdDqMmaKernel (the same
+// seven tile products, the same deterministic work split: every output
+// element written once by one thread after a fixed-order loop) with 64-row
+// blocks of one warpgroup and every product one wgmma per k-chunk. Head dim
+// 64 (128 would need the K/V fragments read from shared memory: the dK/dV
+// accumulators alone are 128 registers there).
+constexpr int kBwdN = 64;  // keys per dK/dV block, queries per dQ block, tile rows
+
+template <int HD>
+struct WgBwdSmem {
+  static constexpr size_t kTileBytes = size_t{kBwdN} * HD * sizeof(bf16);
+  // dK/dV: K, V; Q and dO double-buffered; lse and Dsum double-buffered.
+  static constexpr size_t kDkv = 6 * kTileBytes + 4 * kBwdN * sizeof(float);
+  // dQ: Q, dO; K and V double-buffered.
+  static constexpr size_t kDq = 6 * kTileBytes;
+};
+
+// Block: keys [k0, k0 + 64) of one (batch, kv head); warp w owns keys
+// k0 + 16 w .. + 15. For each query head of the group and each 64-query tile
+// from k0 on (one flat sequence, so the next tile's copy overlaps across
+// heads):
+//   S^T = K Q^T, dP^T = V dO^T         (K, V register A fragments; Q, dO K-major B)
+//   P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - Dsum), causal mask by value
+//   dV += P^T dO, dK += dS^T Q         (Q, dO read MN-major)
+// Queries >= T are zero rows with lse = Dsum = 0: P^T = 1 there, but dO = 0
+// makes their dV terms and dS^T exactly zero.
+template <int HD>
+__global__ void __launch_bounds__(kWgThreads)
+    FlashBwdDkvWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                           const float* Dsum, AttnDims d) {
+  constexpr int kN = kBwdN;
+  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
+  LLMT_DYNAMIC_SMEM(smem);
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [kN][HD] blocked
+  bf16* Vs = Ks + kN * HD;
+  bf16* Qs = Vs + kN * HD;        // [2][kN][HD]
+  bf16* dOs = Qs + 2 * kN * HD;   // [2][kN][HD]
+  float* Lsm = reinterpret_cast<float*>(dOs + 2 * kN * HD);  // [2][kN]
+  float* Dsm = Lsm + 2 * kN;                                  // [2][kN]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int k0 = blockIdx.x * kN;  // low key tiles see the most queries: first
+  const int bg = blockIdx.y, b = bg / d.NKV, kvh = bg % d.NKV;
+  const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+  const bf16* obase = dout + static_cast<int64_t>(b) * d.T * d.C;
+  const int64_t kcol = static_cast<int64_t>(d.NH + kvh) * HD;
+  const int64_t vcol = static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
+  const int wkey0 = k0 + warp * 16;     // this warp's first key
+  const int n_qt = DivUp(d.T - k0, kN);  // query tiles per head
+  const int n_it = d.group * n_qt;
+  const float sl2 = d.scale * kLog2e;
+
+  // Issues the copies of flat step `it` (query head, query tile) into buffer it & 1.
+  auto issue = [&](int it) {
+    const int h = kvh * d.group + it / n_qt, i0 = k0 + (it % n_qt) * kN, nb = it & 1;
+    const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
+    LoadBlockedAsync<HD, kN>(Qs + nb * kN * HD, base + static_cast<int64_t>(h) * HD, d.ld, i0,
+                             d.T);
+    LoadBlockedAsync<HD, kN>(dOs + nb * kN * HD, obase + static_cast<int64_t>(h) * HD, d.C, i0,
+                             d.T);
+    LoadRowStatsAsync<kWgThreads>(Lsm + nb * kN, lse + bh * d.T, i0, kN, d.T);
+    LoadRowStatsAsync<kWgThreads>(Dsm + nb * kN, Dsum + bh * d.T, i0, kN, d.T);
+    CpAsyncCommit();
+  };
+  LoadBlockedAsync<HD, kN>(Ks, base + kcol, d.ld, k0, d.T);
+  LoadBlockedAsync<HD, kN>(Vs, base + vcol, d.ld, k0, d.T);
+  issue(0);  // same group as K, V
+
+  float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dk[nd][i] = dv[nd][i] = 0.f;
+  }
+  uint32_t kreg[HD / 16][4], vreg[HD / 16][4];
+
+  for (int it = 0; it < n_it; ++it) {
+    CpAsyncWaitAll();
+    FenceProxyAsyncShared();
+    __syncthreads();  // step it is visible; everyone is done with step it - 1's buffer
+    if (it == 0) {
+#pragma unroll
+      for (int kc = 0; kc < HD / 16; ++kc) {
+        const int r = warp * 16 + (lane & 15), c = kc * 16 + (lane >> 4) * 8;
+        LdMatrixX4(kreg[kc], Ks + BlockedOffset(r, c, HD));
+        LdMatrixX4(vreg[kc], Vs + BlockedOffset(r, c, HD));
+      }
+    }
+    if (it + 1 < n_it) issue(it + 1);
+    const int i0 = k0 + (it % n_qt) * kN, nb = it & 1;
+    const bf16* Qb = Qs + nb * kN * HD;
+    const bf16* dOb = dOs + nb * kN * HD;
+    const float* Lb = Lsm + nb * kN;
+    const float* Db = Dsm + nb * kN;
+
+    // S^T, dP^T [64 keys x 64 queries]: B(k = dim, n = query) = Q, dO [query][dim].
+    float st[kN / 8][4], dpt[kN / 8][4];
+    WgmmaFence();
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; ++kc) {
+      Wgmma<kN, 0>(st, kreg[kc], WgmmaDesc(Qb + kc * 2 * 64, kCoreBytes, kRowGroupBytes), kc > 0);
+    }
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; ++kc) {
+      Wgmma<kN, 0>(dpt, vreg[kc], WgmmaDesc(dOb + kc * 2 * 64, kCoreBytes, kRowGroupBytes),
+                   kc > 0);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperand(st);
+    WgmmaFenceOperand(dpt);
+
+    // Thread element (key wkey0 + g + 8 r, query i0 + 8 nt + 2 t + j) at [nt][2 r + j].
+    const bool diag = i0 < wkey0 + 15;  // some query of the tile precedes some key of the warp
+#pragma unroll
+    for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c = nt * 8 + 2 * t + j;
+        const float L = Lb[c] * kLog2e, D = Db[c];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int i = 2 * r + j;
+          float p = exp2f(fmaf(st[nt][i], sl2, -L));
+          if (diag && i0 + c < wkey0 + g + 8 * r) p = 0.f;
+          st[nt][i] = p;
+          dpt[nt][i] = p * (dpt[nt][i] - D);
+        }
+      }
+    }
+    uint32_t pa[kN / 16][4], sa[kN / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) {
+      AccToA(pa[kc], st[2 * kc], st[2 * kc + 1]);
+      AccToA(sa[kc], dpt[2 * kc], dpt[2 * kc + 1]);
+    }
+
+    // dV += P^T dO, dK += dS^T Q: B(k = query, n = dim) = dO, Q [query][dim], MN-major.
+    WgmmaFenceOperand(dv);
+    WgmmaFenceOperand(dk);
+    WgmmaFence();
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) {
+      Wgmma<HD, 1>(dv, pa[kc], WgmmaDesc(dOb + kc * 16 * HD, kRowGroupBytes, kCoreBytes), true);
+    }
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) {
+      Wgmma<HD, 1>(dk, sa[kc], WgmmaDesc(Qb + kc * 16 * HD, kRowGroupBytes, kCoreBytes), true);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperand(dv);
+    WgmmaFenceOperand(dk);
+  }
+  bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld;
+  // The scores were scale * q.k, so dK carries the scale.
+  StoreRows<HD>(dbase + kcol, d.ld, wkey0 + g, d.T, d.scale, dk, t);
+  StoreRows<HD>(dbase + vcol, d.ld, wkey0 + g, d.T, 1.f, dv, t);
+}
+
+// Block: queries [q0, q0 + 64) of one (batch, head); warp w owns rows
+// q0 + 16 w .. + 15. Over key tiles up to the diagonal:
+//   S = Q K^T, dP = dO V^T             (Q, dO register A fragments; K, V K-major B)
+//   dS = exp(scale S - lse) (dP - Dsum), causal mask by value
+//   dQ += dS K                         (K read MN-major)
+template <int HD>
+__global__ void __launch_bounds__(kWgThreads)
+    FlashBwdDqWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                          const float* Dsum, AttnDims d) {
+  constexpr int kN = kBwdN;
+  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
+  LLMT_DYNAMIC_SMEM(smem);
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kN][HD] blocked
+  bf16* dOs = Qs + kN * HD;
+  bf16* Ks = dOs + kN * HD;      // [2][kN][HD]
+  bf16* Vs = Ks + 2 * kN * HD;   // [2][kN][HD]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kN;  // longest rows first
+  const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
+  const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+  const bf16* kbase = base + static_cast<int64_t>(d.NH + kvh) * HD;
+  const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
+  const int wrow0 = q0 + warp * 16;
+  const int n_tiles = DivUp(min(q0 + kN, d.T), kN);
+  const float sl2 = d.scale * kLog2e;
+
+  LoadBlockedAsync<HD, kN>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  LoadBlockedAsync<HD, kN>(
+      dOs, dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD, d.C, q0,
+      d.T);
+  LoadBlockedAsync<HD, kN>(Ks, kbase, d.ld, 0, d.T);
+  LoadBlockedAsync<HD, kN>(Vs, vbase, d.ld, 0, d.T);
+  CpAsyncCommit();
+  float L[2], D[2];  // this thread's rows g and g + 8: lse (log2 units) and Dsum
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q = wrow0 + g + 8 * r;
+    L[r] = q < d.T ? lse[static_cast<int64_t>(bh) * d.T + q] * kLog2e : 0.f;
+    D[r] = q < d.T ? Dsum[static_cast<int64_t>(bh) * d.T + q] : 0.f;
+  }
+  float dq[HD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.f;
+  uint32_t qreg[HD / 16][4], oreg[HD / 16][4];
+
+  for (int it = 0; it < n_tiles; ++it) {
+    CpAsyncWaitAll();
+    FenceProxyAsyncShared();
+    __syncthreads();  // tile it is visible; everyone is done with tile it - 1's buffer
+    if (it == 0) {
+#pragma unroll
+      for (int kc = 0; kc < HD / 16; ++kc) {
+        const int r = warp * 16 + (lane & 15), c = kc * 16 + (lane >> 4) * 8;
+        LdMatrixX4(qreg[kc], Qs + BlockedOffset(r, c, HD));
+        LdMatrixX4(oreg[kc], dOs + BlockedOffset(r, c, HD));
+      }
+    }
+    if (it + 1 < n_tiles) {
+      const int nb = (it + 1) & 1;
+      LoadBlockedAsync<HD, kN>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
+      LoadBlockedAsync<HD, kN>(Vs + nb * kN * HD, vbase, d.ld, (it + 1) * kN, d.T);
+      CpAsyncCommit();
+    }
+    const int j0 = it * kN;
+    const bf16* Kb = Ks + (it & 1) * kN * HD;
+    const bf16* Vb = Vs + (it & 1) * kN * HD;
+
+    // S, dP [64 queries x 64 keys]: B(k = dim, n = key) = K, V [key][dim], K-major.
+    float s[kN / 8][4], dp[kN / 8][4];
+    WgmmaFence();
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; ++kc) {
+      Wgmma<kN, 0>(s, qreg[kc], WgmmaDesc(Kb + kc * 2 * 64, kCoreBytes, kRowGroupBytes), kc > 0);
+    }
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; ++kc) {
+      Wgmma<kN, 0>(dp, oreg[kc], WgmmaDesc(Vb + kc * 2 * 64, kCoreBytes, kRowGroupBytes), kc > 0);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperand(s);
+    WgmmaFenceOperand(dp);
+
+    const bool diag = j0 + kN - 1 > wrow0;  // some key of the tile follows some row of the warp
+#pragma unroll
+    for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = i >> 1;
+        float p = exp2f(fmaf(s[nt][i], sl2, -L[r]));
+        if (diag && j0 + nt * 8 + 2 * t + (i & 1) > wrow0 + g + 8 * r) p = 0.f;
+        s[nt][i] = p * (dp[nt][i] - D[r]);  // dS
+      }
+    }
+    uint32_t sa[kN / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) AccToA(sa[kc], s[2 * kc], s[2 * kc + 1]);
+
+    // dQ += dS K: B(k = key, n = dim) = K[key][dim], MN-major.
+    WgmmaFenceOperand(dq);
+    WgmmaFence();
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) {
+      Wgmma<HD, 1>(dq, sa[kc], WgmmaDesc(Kb + kc * 16 * HD, kRowGroupBytes, kCoreBytes), true);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperand(dq);
+  }
+  bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(h) * HD;
+  StoreRows<HD>(dbase, d.ld, wrow0 + g, d.T, d.scale, dq, t);
+}
+
 // One m64n64k16 product through the same descriptor construction the
 // attention kernels use: A [64][16] and B [16][64] (k, n) row-major in
 // global memory, D [64][64] fp32. B is staged in a blocked tile read K-major
@@ -354,6 +627,21 @@ bool WgmmaAvailable() {
     cached[dev] = ok ? 1 : 2;
   }
   return cached[dev] == 1;
+}
+
+void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                        const float* Dsum, const AttnDims& d, cudaStream_t stream) {
+  if (d.hd != 64) Fatal("FlashBackwardWgmma: unsupported head dim " + std::to_string(d.hd));
+  using S = WgBwdSmem<64>;
+  AllowSmem(FlashBwdDkvWgmmaKernel<64>, S::kDkv, "FlashBwdDkvWgmmaKernel");
+  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kBwdN));
+  Launch(FlashBwdDkvWgmmaKernel<64>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads,
+         S::kDkv, stream, dqkv, dout, qkv, lse, Dsum, d);
+  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvWgmmaKernel", stream);
+  AllowSmem(FlashBwdDqWgmmaKernel<64>, S::kDq, "FlashBwdDqWgmmaKernel");
+  Launch(FlashBwdDqWgmmaKernel<64>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kWgThreads,
+         S::kDq, stream, dqkv, dout, qkv, lse, Dsum, d);
+  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqWgmmaKernel", stream);
 }
 
 void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,

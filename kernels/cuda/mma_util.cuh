@@ -133,6 +133,17 @@ __device__ __forceinline__ void AccToA(uint32_t (&a)[4], const float (&lo)[4],
   a[3] = Pack(hi[2], hi[3]);
 }
 
+// n floats of a row vector (lse or Dsum) from index i0 by a block of NT
+// threads; zeros past T. Does not commit.
+template <int NT>
+__device__ __forceinline__ void LoadRowStatsAsync(float* dst, const float* src, int i0, int n,
+                                                  int T) {
+  for (int e = threadIdx.x; e < n; e += NT) {
+    const bool ok = i0 + e < T;
+    CpAsync4(dst + e, src + (ok ? i0 + e : 0), ok);
+  }
+}
+
 // ---- Hopper warpgroup MMA (wgmma, sm_90a) ---------------------------------------
 // wgmma.mma_async.m64nNk16.f32.bf16.bf16 with A (64 x 16) in registers and B
 // (16 x N) in shared memory: one instruction for the 4 warps of a warpgroup,

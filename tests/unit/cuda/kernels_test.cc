@@ -753,6 +753,22 @@ TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
   }
   SetAttentionForwardVariant(saved);
 }
+// The wgmma backward (LLMT_ATTN_BWD=wgmma; head dim 64 on sm_90 and the
+// emulator, the mma kernels elsewhere) on every shape, after the default and
+// after the wgmma forward: same tolerances, reproducible run to run.
+TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
+  const AttentionForwardVariant saved = GetAttentionForwardVariant();
+  AttentionBackwardVariant v;
+  v.wgmma = true;
+  for (const auto fwd : {AttentionForwardVariant::kDefault, AttentionForwardVariant::kWgmma}) {
+    SCOPED_TRACE(fwd == AttentionForwardVariant::kWgmma ? "after the wgmma forward"
+                                                        : "after the default forward");
+    SetAttentionForwardVariant(fwd);
+    CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v);
+  }
+  SetAttentionForwardVariant(saved);
+}
+
 // One wgmma (Hopper warpgroup MMA, m64n64k16) with B read K-major and
 // MN-major from the blocked shared-memory layout the wgmma attention kernels
 // use, against the CPU product of the same bf16 values: tells a wrong
