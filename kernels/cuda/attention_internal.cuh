@@ -32,8 +32,12 @@ bool WgmmaAvailable();
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, const AttnDims& d, cudaStream_t stream);
 // D [64][64] fp32 = A [64][16] B [16][64] (row-major bf16, device) with one
-// wgmma, B staged K-major or MN-major: a layout check for tests.
-void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, cudaStream_t stream);
+// wgmma, B staged K-major or MN-major in the kernels' blocked layout: a
+// layout check for tests. swap_strides exchanges the descriptor's LBO and
+// SBO (the PTX ISA's convention is the unswapped one; the swapped form only
+// diagnoses a GPU that disagrees).
+void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, bool swap_strides,
+                  cudaStream_t stream);
 void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                        AttentionForwardVariant variant, cudaStream_t stream);
 // ds (variant.ds only): scratch for the dS tiles of ds_batch batch elements

@@ -23,6 +23,7 @@
 // selected only by LLMT_ATTN_FWD=wgmma* on a compute-capability-9.0 device.
 #include <algorithm>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/device_util.cuh"
@@ -571,7 +572,8 @@ __global__ void __launch_bounds__(kWgThreads)
 // conventions on the GPU itself, so that a failure of the attention kernels
 // can be told apart from a wrong descriptor.
 __global__ void __launch_bounds__(kWgThreads)
-    WgmmaProductKernel(float* d_out, const bf16* a, const bf16* b, int mn_major) {
+    WgmmaProductKernel(float* d_out, const bf16* a, const bf16* b, int mn_major, uint32_t lbo,
+                       uint32_t sbo) {
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Bs = reinterpret_cast<bf16*>(smem);  // 16 x 64 elements, blocked
   for (int e = threadIdx.x; e < 16 * 64; e += kWgThreads) {
@@ -593,9 +595,9 @@ __global__ void __launch_bounds__(kWgThreads)
   float acc[8][4];
   WgmmaFence();
   if (mn_major) {
-    Wgmma<64, 1>(acc, af, WgmmaDesc(Bs, 64 * 16, 128), false);
+    Wgmma<64, 1>(acc, af, WgmmaDesc(Bs, lbo, sbo), false);
   } else {
-    Wgmma<64, 0>(acc, af, WgmmaDesc(Bs, 128, 16 * 16), false);
+    Wgmma<64, 0>(acc, af, WgmmaDesc(Bs, lbo, sbo), false);
   }
   WgmmaCommit();
   WgmmaWait<0>();
@@ -609,9 +611,14 @@ __global__ void __launch_bounds__(kWgThreads)
 
 }  // namespace
 
-void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, cudaStream_t stream) {
+void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, bool swap_strides,
+                  cudaStream_t stream) {
+  // The blocked tile's strides (see mma_util.cuh): K-major 16 columns (k),
+  // MN-major 64 columns (n).
+  uint32_t lbo = mn_major ? 64 * 16 : 128, sbo = mn_major ? 128 : 16 * 16;
+  if (swap_strides) std::swap(lbo, sbo);
   Launch(WgmmaProductKernel, dim3(1), kWgThreads, 16 * 64 * sizeof(bf16), stream, d, a, b,
-         mn_major ? 1 : 0);
+         mn_major ? 1 : 0, lbo, sbo);
   LLMT_CUDA_CHECK_LAUNCH("WgmmaProductKernel", stream);
 }
 
