@@ -62,25 +62,6 @@ __device__ __forceinline__ void LoadTileAsync(bf16* dst, const bf16* src, int64_
   }
 }
 
-// Writes rows (row_lo, row_lo + 8) of a thread's accumulators, scaled, as
-// bf16 pairs into a strided global matrix (columns 8 nd + 2t).
-template <int HD>
-__device__ __forceinline__ void StoreAcc(bf16* dst, int64_t ld, int row_lo, int T, float scale,
-                                         const float (&acc)[HD / 8][4], int t) {
-#pragma unroll
-  for (int nd = 0; nd < HD / 8; ++nd) {
-    const int c = 8 * nd + 2 * t;
-    if (row_lo < T) {
-      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row_lo) * ld + c) =
-          Pack(acc[nd][0] * scale, acc[nd][1] * scale);
-    }
-    if (row_lo + 8 < T) {
-      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row_lo + 8) * ld + c) =
-          Pack(acc[nd][2] * scale, acc[nd][3] * scale);
-    }
-  }
-}
-
 template <int HD>
 struct Cfg {
   static constexpr int kLd = HD + kPad;
@@ -259,46 +240,9 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    // Online softmax for rows g (elements 0, 1) and g + 8 (2, 3) of each m-tile.
+    // Online softmax for rows g and g + 8 of each m-tile.
 #pragma unroll
-    for (int mt = 0; mt < kMt; ++mt) {
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; ++nt) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
-      }
-      float corr[2], ms[2], psum[2] = {0.f, 0.f};
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float m_new = fmaxf(m[mt][r], QuadMax(mx[r]));
-        // A row with no visible key yet keeps m = -inf; subtracting 0 then
-        // gives p = 0 instead of NaN.
-        ms[r] = m_new == -INFINITY ? 0.f : m_new * sl2;
-        corr[r] = exp2f(m[mt][r] * sl2 - ms[r]);  // 0 for the initial -inf
-        m[mt][r] = m_new;
-      }
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float p = exp2f(fmaf(s[mt][nt][i], sl2, -ms[i >> 1]));
-          s[mt][nt][i] = p;
-          psum[i >> 1] += p;
-        }
-      }
-      // l is kept per thread (its own columns) and summed over the quad at
-      // the end; corr is uniform over the quad, so that is exact.
-      l[mt][0] = l[mt][0] * corr[0] + psum[0];
-      l[mt][1] = l[mt][1] * corr[1] + psum[1];
-#pragma unroll
-      for (int nd = 0; nd < HD / 8; ++nd) {
-        o[mt][nd][0] *= corr[0];
-        o[mt][nd][1] *= corr[0];
-        o[mt][nd][2] *= corr[1];
-        o[mt][nd][3] *= corr[1];
-      }
-    }
+    for (int mt = 0; mt < kMt; ++mt) OnlineSoftmax<kN / 8, HD>(s[mt], o[mt], m[mt], l[mt], sl2);
     // O [16 kMt x HD] += P [16 kMt x kN] V: B(k = key, n = dim) = V[key][dim] (.trans).
 #pragma unroll
     for (int kc = 0; kc < kN / 16; ++kc) {

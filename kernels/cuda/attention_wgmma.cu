@@ -1,7 +1,7 @@
-// Flash attention forward for bf16 on Hopper tensor cores with wgmma
-// (warpgroup MMA, sm_90a): the structure of FlashFwdMmaKernel
-// (attention_mma.cu) -- online softmax in registers, P reused as the A
-// operand of P V straight from its accumulator -- with each product issued as
+// Flash attention for bf16 on Hopper tensor cores with wgmma (warpgroup MMA,
+// sm_90a): the structure of the mma kernels (attention_mma.cu) -- online
+// softmax in registers, P and dS reused as the A operand of the next product
+// straight from their accumulators -- with each product issued as
 // one wgmma.m64nNk16 per 16-wide k-chunk for the whole warpgroup instead of
 // per-warp mma.sync tiles. The operand that streams (K for Q K^T, V for P V)
 // is read by the tensor cores directly from shared memory, once per
@@ -20,7 +20,8 @@
 //
 // Written without access to a GPU: it runs on the CPU emulator (which
 // implements wgmma from the PTX ISA's layouts), not yet on an H100; it is
-// selected only by LLMT_ATTN_FWD=wgmma* on a compute-capability-9.0 device.
+// selected only by LLMT_ATTN_FWD=wgmma* / LLMT_ATTN_BWD=wgmma on a
+// compute-capability-9.0 device.
 #include <algorithm>
 #include <string>
 #include <utility>
@@ -50,25 +51,6 @@ __device__ __forceinline__ void LoadBlockedAsync(bf16* dst, const bf16* src, int
     const int r = (blk / kBlocksPerRow) * 8 + (e & 7), c = (blk % kBlocksPerRow) * 8;
     const bool ok = row0 + r < T;
     CpAsync16(dst + e * 8, src + static_cast<int64_t>(ok ? row0 + r : 0) * ld + c, ok);
-  }
-}
-
-// Writes rows (row_lo, row_lo + 8) of a thread's accumulators, scaled, as
-// bf16 pairs into a strided global matrix (columns 8 nd + 2t).
-template <int HD>
-__device__ __forceinline__ void StoreRows(bf16* dst, int64_t ld, int row_lo, int T, float scale,
-                                          const float (&acc)[HD / 8][4], int t) {
-#pragma unroll
-  for (int nd = 0; nd < HD / 8; ++nd) {
-    const int c = 8 * nd + 2 * t;
-    if (row_lo < T) {
-      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row_lo) * ld + c) =
-          Pack(acc[nd][0] * scale, acc[nd][1] * scale);
-    }
-    if (row_lo + 8 < T) {
-      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row_lo + 8) * ld + c) =
-          Pack(acc[nd][2] * scale, acc[nd][3] * scale);
-    }
   }
 }
 
@@ -183,39 +165,7 @@ __global__ void __launch_bounds__(kWgThreads)
           }
         }
       }
-      // Online softmax for rows g (elements 0, 1) and g + 8 (2, 3).
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; ++nt) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
-      }
-      float corr[2], ms[2], psum[2] = {0.f, 0.f};
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float m_new = fmaxf(m[mt][r], QuadMax(mx[r]));
-        ms[r] = m_new == -INFINITY ? 0.f : m_new * sl2;  // no visible key yet: p = 0, not NaN
-        corr[r] = exp2f(m[mt][r] * sl2 - ms[r]);
-        m[mt][r] = m_new;
-      }
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float p = exp2f(fmaf(s[mt][nt][i], sl2, -ms[i >> 1]));
-          s[mt][nt][i] = p;
-          psum[i >> 1] += p;
-        }
-      }
-      l[mt][0] = l[mt][0] * corr[0] + psum[0];
-      l[mt][1] = l[mt][1] * corr[1] + psum[1];
-#pragma unroll
-      for (int nd = 0; nd < HD / 8; ++nd) {
-        o[mt][nd][0] *= corr[0];
-        o[mt][nd][1] *= corr[0];
-        o[mt][nd][2] *= corr[1];
-        o[mt][nd][3] *= corr[1];
-      }
+      OnlineSoftmax<kN / 8, HD>(s[mt], o[mt], m[mt], l[mt], sl2);
       // All A fragments of P before the fence, so that no register an
       // in-flight wgmma reads is rewritten (ptxas would serialise them).
 #pragma unroll
@@ -253,7 +203,7 @@ __global__ void __launch_bounds__(kWgThreads)
       o[mt][nd][3] /= lsum[1];
     }
     const int row = q0 + mt * 64 + warp * 16 + g;
-    StoreRows<HD>(obase, d.C, row, d.T, 1.f, o[mt], t);
+    StoreAcc<HD>(obase, d.C, row, d.T, 1.f, o[mt], t);
     if (t == 0) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -448,8 +398,8 @@ __global__ void __launch_bounds__(kWgThreads)
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld;
   // The scores were scale * q.k, so dK carries the scale.
-  StoreRows<HD>(dbase + kcol, d.ld, wkey0 + g, d.T, d.scale, dk, t);
-  StoreRows<HD>(dbase + vcol, d.ld, wkey0 + g, d.T, 1.f, dv, t);
+  StoreAcc<HD>(dbase + kcol, d.ld, wkey0 + g, d.T, d.scale, dk, t);
+  StoreAcc<HD>(dbase + vcol, d.ld, wkey0 + g, d.T, 1.f, dv, t);
 }
 
 // Block: queries [q0, q0 + 64) of one (batch, head); warp w owns rows
@@ -562,7 +512,7 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFenceOperand(dq);
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(h) * HD;
-  StoreRows<HD>(dbase, d.ld, wrow0 + g, d.T, d.scale, dq, t);
+  StoreAcc<HD>(dbase, d.ld, wrow0 + g, d.T, d.scale, dq, t);
 }
 
 // One m64n64k16 product through the same descriptor construction the

@@ -144,6 +144,71 @@ __device__ __forceinline__ void LoadRowStatsAsync(float* dst, const float* src, 
   }
 }
 
+// Writes rows (row_lo, row_lo + 8) of a thread's accumulators, scaled, as
+// bf16 pairs into a strided global matrix (columns 8 nd + 2t).
+template <int HD>
+__device__ __forceinline__ void StoreAcc(bf16* dst, int64_t ld, int row_lo, int T, float scale,
+                                         const float (&acc)[HD / 8][4], int t) {
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) {
+    const int c = 8 * nd + 2 * t;
+    if (row_lo < T) {
+      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row_lo) * ld + c) =
+          Pack(acc[nd][0] * scale, acc[nd][1] * scale);
+    }
+    if (row_lo + 8 < T) {
+      *reinterpret_cast<uint32_t*>(dst + static_cast<int64_t>(row_lo + 8) * ld + c) =
+          Pack(acc[nd][2] * scale, acc[nd][3] * scale);
+    }
+  }
+}
+
+// One key tile's online-softmax step for a thread's rows g (elements 0, 1)
+// and g + 8 (2, 3) of a 16-row m-tile, after masking: the running max m (raw
+// score units) advances, the scores s become probabilities (exp2, log2(e)
+// folded into sl2), the partial row sums l and the output accumulator o are
+// rescaled by the change of max. l is kept per thread (its own columns) and
+// summed over the quad at the end; the correction is uniform over the quad,
+// so that is exact.
+template <int NT, int HD>
+__device__ __forceinline__ void OnlineSoftmax(float (&s)[NT][4], float (&o)[HD / 8][4],
+                                              float (&m)[2], float (&l)[2], float sl2) {
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+  }
+  float corr[2], ms[2], psum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float m_new = fmaxf(m[r], QuadMax(mx[r]));
+    // A row with no visible key yet keeps m = -inf; subtracting 0 then
+    // gives p = 0 instead of NaN.
+    ms[r] = m_new == -INFINITY ? 0.f : m_new * sl2;
+    corr[r] = exp2f(m[r] * sl2 - ms[r]);  // 0 for the initial -inf
+    m[r] = m_new;
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float p = exp2f(fmaf(s[nt][i], sl2, -ms[i >> 1]));
+      s[nt][i] = p;
+      psum[i >> 1] += p;
+    }
+  }
+  l[0] = l[0] * corr[0] + psum[0];
+  l[1] = l[1] * corr[1] + psum[1];
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) {
+    o[nd][0] *= corr[0];
+    o[nd][1] *= corr[0];
+    o[nd][2] *= corr[1];
+    o[nd][3] *= corr[1];
+  }
+}
+
 // ---- Hopper warpgroup MMA (wgmma, sm_90a) ---------------------------------------
 // wgmma.mma_async.m64nNk16.f32.bf16.bf16 with A (64 x 16) in registers and B
 // (16 x N) in shared memory: one instruction for the 4 warps of a warpgroup,
