@@ -2,7 +2,7 @@
 # Builds what bench/gpu/run.sh needs on a GPU machine that has PyTorch but none
 # of this project's Debian libraries, and gathers it into .gpu-bundle/:
 #
-#   bin/bench_gpu_train, bin/llmt       stripped executables
+#   bin/bench_gpu_train, bin/llmt       stripped executables (and bin/bench_attention)
 #   bin/tests/<gpu test binaries>       GoogleTest binaries labelled gpu
 #   lib/                                every shared library they load, except
 #                                       glibc's, the driver's (libcuda) and
@@ -50,7 +50,7 @@ AVAILABLE=$(cmake --build "$BUILD" --target help 2>/dev/null | sed -e 's/^\.\.\.
 has_target() { grep -qx "$1" <<<"$AVAILABLE"; }
 
 TARGETS=()
-for t in bench_gpu_train llmt llmt_spm; do
+for t in bench_gpu_train bench_attention llmt llmt_spm; do
   if has_target "$t"; then
     TARGETS+=("$t")
   elif [[ $t == bench_gpu_train ]]; then
@@ -81,7 +81,7 @@ echo "== bundle $BUNDLE"
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/bin/tests" "$BUNDLE/lib/llmt"
 OBJS=()
-for t in bench_gpu_train llmt; do
+for t in bench_gpu_train bench_attention llmt; do
   [[ " ${TARGETS[*]} " == *" $t "* ]] || continue
   f=$(built "$t")
   [[ -n "$f" ]] || { echo "error: built $t not found under $BUILD" >&2; exit 1; }

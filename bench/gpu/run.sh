@@ -21,11 +21,13 @@
 # LLMT_BENCH_BATCH (default 0: the largest that fits), LLMT_BENCH_BUDGET_S.
 # --profile: GPU time per op group of llmt's GPT-2 step (LLMT_CUDA_PROFILE=1)
 #   beside the same ops in PyTorch (LLMT_PROFILE_TORCH=0: llmt only).
-# --ab: GPT-2 124M tokens/s for each variant in LLMT_AB_VARIANTS, a space-
-#   separated list of NAME or NAME:VAR=VALUE[;VAR=VALUE] (default: the engine
-#   as is, in-place GEMM autotuning and the two attention-forward variants,
-#   each twice, and autotuning off), each run
-#   side by side in one call, so a switch can be judged in one GPU session.
+# --ab: first bench_attention (every attention kernel variant alone, with its
+#   deviation from the default's output), then GPT-2 124M tokens/s for each
+#   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
+#   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is and the wgmma
+#   attention, both twice; the wgmma forward tilings and backward alone; the
+#   mma forward tilings; in-place GEMM autotuning), side by side in one call,
+#   so a switch can be judged in one GPU session.
 # Exit status: 0 when every test passed and every benchmark gave a result
 # (the throughput targets are reported, not enforced), 1 otherwise, 2 on usage.
 set -uo pipefail
@@ -167,6 +169,10 @@ if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the kernels written since the last GPU run against the default engine.
   variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma fwd-wg-n128:LLMT_ATTN_FWD=wgmma-n128 fwd-wg-m128:LLMT_ATTN_FWD=wgmma-m128 inplace:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64:LLMT_ATTN_FWD=m64 fwd-n128:LLMT_ATTN_FWD=m64n128 base2 wg2:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"}
+  if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
+    say "attention kernels alone, every variant (GPT-2 124M shape)"
+    bundled timeout 120 "$BUNDLE/bin/bench_attention" 2>&1 | tee "$LOGS/ab-attention.txt"
+  fi
   AB_ROWS=()
   for v in $variants; do
     name=${v%%:*}

@@ -66,9 +66,8 @@ template <int HD>
 struct Cfg {
   static constexpr int kLd = HD + kPad;
   static constexpr int kN = 64;  // rows of a streamed tile (keys, or queries in dK/dV)
-  // forward: 16-row m-tiles per warp (see the file comment), rows per block
+  // forward: 16-row m-tiles per warp (see the file comment)
   static constexpr int kFwdMt = HD == 64 ? 2 : 1;
-  static constexpr int kFwdRows = kWarps * 16 * kFwdMt;
   // backward: 16 rows per warp, 64 per block; at head dim 64 the fixed
   // operand (K and V in dK/dV, Q and dO in dQ) stays in registers as A
   // fragments, at 128 it is re-read from shared memory.
