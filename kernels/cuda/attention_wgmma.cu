@@ -23,8 +23,12 @@
 // selected only by LLMT_ATTN_FWD=wgmma* / LLMT_ATTN_BWD=wgmma on a
 // compute-capability-9.0 device.
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
+
+#include "common/log.h"
 
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/device_util.cuh"
@@ -572,16 +576,79 @@ void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, bool sw
   LLMT_CUDA_CHECK_LAUNCH("WgmmaProductKernel", stream);
 }
 
+namespace {
+
+// One WgmmaProduct per B layout on small integers (exact in bf16 and in any
+// fp32 summation order) against the host product. False, with a warning
+// naming the failing layout, when the device disagrees or a call fails; the
+// attention kernels build their descriptors exactly as WgmmaProduct does, so
+// a failure here means they would compute garbage.
+bool WgmmaSelfCheck() {
+  std::vector<uint16_t> a(64 * 16), b(16 * 64);
+  std::vector<float> af(a.size()), bf(b.size());
+  auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return static_cast<uint16_t>(u >> 16);  // exact for small integers
+  };
+  // Small integers from a hash of the index: no period that a wrong stride
+  // could step over and still read the right values.
+  auto value = [](size_t i, uint32_t salt, int range) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ salt;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    return static_cast<float>(static_cast<int>(h % range) - range / 2);
+  };
+  for (size_t i = 0; i < a.size(); ++i) a[i] = bits(af[i] = value(i, 0x9e3779b9u, 5));  // -2..2
+  for (size_t i = 0; i < b.size(); ++i) b[i] = bits(bf[i] = value(i, 0x85ebca6bu, 7));  // -3..3
+  std::vector<float> want(64 * 64, 0.f), got(64 * 64);
+  for (int i = 0; i < 64; ++i) {
+    for (int j = 0; j < 64; ++j) {
+      for (int k = 0; k < 16; ++k) want[i * 64 + j] += af[i * 16 + k] * bf[k * 64 + j];
+    }
+  }
+  void *da = nullptr, *db = nullptr, *dd = nullptr;
+  bool ok = cudaMalloc(&da, a.size() * 2) == cudaSuccess &&
+            cudaMalloc(&db, b.size() * 2) == cudaSuccess &&
+            cudaMalloc(&dd, got.size() * 4) == cudaSuccess &&
+            cudaMemcpy(da, a.data(), a.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess &&
+            cudaMemcpy(db, b.data(), b.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess;
+  std::string failed;
+  for (const bool mn_major : {false, true}) {
+    if (!ok) break;
+    WgmmaProduct(static_cast<float*>(dd), static_cast<const bf16*>(da),
+                 static_cast<const bf16*>(db), mn_major, false, nullptr);
+    ok = cudaMemcpy(got.data(), dd, got.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess;
+    if (ok && got != want) failed += mn_major ? " MN-major" : " K-major";
+  }
+  if (!ok) {
+    failed = " (a CUDA call failed: " + std::string(cudaGetErrorString(cudaGetLastError())) + ")";
+  }
+  cudaFree(da);
+  cudaFree(db);
+  cudaFree(dd);
+  if (!failed.empty()) {
+    LLMT_LOG(Warning) << "cuda attention: the wgmma self-check failed for B" << failed
+                      << "; the wgmma variants fall back to the mma kernels";
+  }
+  return failed.empty();
+}
+
+}  // namespace
+
 bool WgmmaAvailable() {
-  // The wgmma code exists only as sm_90a SASS: compute capability 9.0 exactly.
+  // The wgmma code exists only as sm_90a SASS: compute capability 9.0
+  // exactly, and the device must agree with our reading of the operand
+  // layouts (checked once per device, on first use).
   static int cached[64] = {};  // 0 unknown, 1 yes, 2 no
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
   if (cached[dev] == 0) {
     cudaDeviceProp prop{};
-    const bool ok = cudaGetDeviceProperties(&prop, dev) == cudaSuccess && prop.major == 9 &&
-                    prop.minor == 0;
-    cached[dev] = ok ? 1 : 2;
+    const bool sm90 = cudaGetDeviceProperties(&prop, dev) == cudaSuccess && prop.major == 9 &&
+                      prop.minor == 0;
+    cached[dev] = sm90 && WgmmaSelfCheck() ? 1 : 2;
   }
   return cached[dev] == 1;
 }

@@ -774,8 +774,16 @@ TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
 // use, against the CPU product of the same bf16 values: tells a wrong
 // descriptor convention apart from a kernel bug. 16-term fp32 dot products:
 // |got - want| <= 1e-5 (1 + |want|).
+// On an sm_90 device (and the emulator) the library's own self-check must
+// pass too: it decides whether LLMT_ATTN_FWD/BWD=wgmma run wgmma at all, so
+// a failure there would otherwise only show as the mma kernels' timings.
 TEST_F(GpuTest, WgmmaProductLayouts) {
-  if (!internal::WgmmaAvailable()) GTEST_SKIP() << "wgmma needs a compute-capability-9.0 device";
+  const auto info = GetDeviceInfo(0);
+  ASSERT_TRUE(info.ok()) << info.status();
+  if (info->cc_major != 9 || info->cc_minor != 0) {
+    GTEST_SKIP() << "wgmma needs a compute-capability-9.0 device, this is " << info->ToString();
+  }
+  EXPECT_TRUE(internal::WgmmaAvailable()) << "the wgmma self-check failed (see the log)";
   const FVec a = RoundBf16(Randn(64 * 16, 5)), b = RoundBf16(Randn(16 * 64, 6));
   FVec want(64 * 64, 0.f);
   for (int i = 0; i < 64; ++i) {
