@@ -254,12 +254,12 @@ __device__ __forceinline__ uint64_t WgmmaDesc(const void* tile, uint32_t lbo_byt
 // Orders this thread's earlier register writes (accumulators, A fragments)
 // before the wgmma that follows (wgmma.fence.sync.aligned).
 __device__ __forceinline__ void WgmmaFence() {
-#ifndef LLMT_CUDA_EMULATION
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#ifdef LLMT_CUDA_EMULATION
+  ::llmt::emu::WgmmaFence();
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #else
   __trap();
-#endif
 #endif
 }
 __device__ __forceinline__ void WgmmaCommit() {

@@ -137,6 +137,7 @@ struct Fiber {
   int open_group = 0;               // groups [0, open_group) are committed
   std::vector<PendingWgmma> wgmma;  // issued, not yet waited for
   int wgmma_open_group = 0;
+  bool wgmma_fenced = false;  // a wgmma.fence since the last wait
 };
 
 // Four warps; the wait publishes each thread's pending list here.
@@ -261,11 +262,15 @@ void WgmmaIssue(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int tran
   if (trans_b != 0 && trans_b != 1) Fail("wgmma: imm-trans-b must be 0 or 1");
   if ((desc >> 62) != 0) Fail("wgmma: the emulator supports only the no-swizzle layout");
   if (((desc >> 49) & 7) != 0) Fail("wgmma: base offset must be 0 without swizzling");
+  if (!g_cur->wgmma_fenced) {
+    Fail("wgmma issued without a wgmma.fence since the thread's last wait (or start)");
+  }
   PendingWgmma w{d,        n, {a[0], a[1], a[2], a[3]}, desc, trans_b, accumulate,
                  g_cur->wgmma_open_group};
   g_cur->wgmma.push_back(w);
 }
 
+void WgmmaFence() { g_cur->wgmma_fenced = true; }
 void WgmmaCommit() { ++g_cur->wgmma_open_group; }
 
 namespace {
@@ -341,6 +346,7 @@ void WgmmaWait(int n) {
     if (v[i].group >= done_below) v[keep++] = v[i];
   }
   v.resize(keep);
+  g_cur->wgmma_fenced = false;
 }
 
 int BlockOr(int pred) {
@@ -399,6 +405,7 @@ void RunGrid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& bo
           f.open_group = 0;
           f.wgmma.clear();
           f.wgmma_open_group = 0;
+          f.wgmma_fenced = false;
           f.idx = uint3{static_cast<unsigned>(t) % block.x,
                         static_cast<unsigned>(t) / block.x % block.y,
                         static_cast<unsigned>(t) / (block.x * block.y)};

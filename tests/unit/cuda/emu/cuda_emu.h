@@ -84,6 +84,7 @@ void CpAsyncWait(int n);
 // wgmma (see EmuWgmma below): this thread's part of warpgroup MMAs.
 void WgmmaIssue(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
                 bool accumulate);
+void WgmmaFence();
 void WgmmaCommit();
 void WgmmaWait(int n);
 // The byte offset of p in the block's dynamic shared memory (what a real
@@ -246,6 +247,9 @@ inline void EmuCpAsync(void* dst, const void* src, int bytes, int src_bytes) {
 // its old value, and rewriting B's tile before the wait changes the product,
 // as either may on the GPU. The wait is warpgroup-collective and checks that
 // all 128 threads issued the same operations (shape, descriptor, transpose).
+// wgmma.fence is checked in its usual form: a thread must have executed one
+// since its last wait (or since it started) before issuing a wgmma, since
+// between the two it may have touched the registers the wgmma uses.
 inline void EmuWgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
                      bool accumulate) {
   ::llmt::emu::WgmmaIssue(d, n, a, desc, trans_b, accumulate);
