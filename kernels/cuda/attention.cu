@@ -480,7 +480,7 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
     switch (TensorCoreImpl(hd, dqkv, dout, qkv)) {
       case AttentionImpl::kMma: {
         const AttentionBackwardVariant v = BackwardVariant();
-        if (v.wgmma && hd == 64 && internal::WgmmaAvailable()) {
+        if (v.wgmma && internal::WgmmaAvailable()) {
           internal::FlashBackwardWgmma(dqkv, dout, qkv, lse, Dsum, d, stream);
           return;
         }

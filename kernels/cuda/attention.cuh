@@ -80,11 +80,11 @@ AttentionImpl GetAttentionImpl();
 //          still without atomics). The scratch holds the dS of as many batch
 //          elements as fit ds_max_bytes (at least one); larger batches run
 //          in chunks. AttentionBackwardScratchBytes includes it when ds is on.
-//   wgmma: (head dim 64, sm_90a; overrides the others) both backward kernels
-//          on Hopper warpgroup MMA (attention_wgmma.cu): the same seven
-//          products and work split, 64-row blocks of one warpgroup. Other
-//          head dims and devices run the mma kernels. Written without a GPU:
-//          emulator-checked only until an H100 run says otherwise.
+//   wgmma: (head dims 64 and 128, sm_90a; overrides the others) both
+//          backward kernels on Hopper warpgroup MMA (attention_wgmma.cu): the
+//          same seven products and work split, 64-row blocks of one
+//          warpgroup. Other devices run the mma kernels. Written without a
+//          GPU: emulator-checked only until an H100 run says otherwise.
 // The default comes from the environment variable LLMT_ATTN_BWD, read once on
 // first use: a comma-separated list of the names above ("" or "default" =
 // none); an unknown name is a fatal error, so a typo cannot silently time

@@ -27,8 +27,8 @@ void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
 // The wgmma forward (attention_wgmma.cu), hd 64 or 128, for the kWgmma*
 // variants; only where WgmmaAvailable() (the current device is sm_90).
 bool WgmmaAvailable();
-// The wgmma backward (dK/dV, then dQ), hd 64, for variant.wgmma; Dsum as for
-// FlashBackwardMma.
+// The wgmma backward (dK/dV, then dQ), hd 64 or 128, for variant.wgmma; Dsum
+// as for FlashBackwardMma.
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, const AttnDims& d, cudaStream_t stream);
 // D [64][64] fp32 = A [64][16] B [16][64] (row-major bf16, device) with one

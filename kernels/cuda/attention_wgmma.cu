@@ -250,9 +250,11 @@ void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
 // The two kernels of FlashBwdDkvMmaKernel / FlashBwdDqMmaKernel (the same
 // seven tile products, the same deterministic work split: every output
 // element written once by one thread after a fixed-order loop) with 64-row
-// blocks of one warpgroup and every product one wgmma per k-chunk. Head dim
-// 64 (128 would need the K/V fragments read from shared memory: the dK/dV
-// accumulators alone are 128 registers there).
+// blocks of one warpgroup and every product one wgmma per k-chunk. The fixed
+// A operands (K and V in dK/dV, Q and dO in dQ) are register fragments at
+// head dim 64; at 128 they are read from shared memory by the tensor cores
+// (the SS form), since there the dK/dV (or dQ) accumulators alone take 128
+// (64) registers.
 constexpr int kBwdN = 64;  // keys per dK/dV block, queries per dQ block, tile rows
 
 template <int HD>
@@ -320,15 +322,17 @@ __global__ void __launch_bounds__(kWgThreads)
 #pragma unroll
     for (int i = 0; i < 4; ++i) dk[nd][i] = dv[nd][i] = 0.f;
   }
-  uint32_t kreg[HD / 16][4], vreg[HD / 16][4];
+  constexpr bool kASmem = HD > 64;  // K, V read by the tensor cores (SS form)
+  constexpr int kRegK = kASmem ? 1 : HD / 16;
+  uint32_t kreg[kRegK][4], vreg[kRegK][4];
 
   for (int it = 0; it < n_it; ++it) {
     CpAsyncWaitAll();
     FenceProxyAsyncShared();
     __syncthreads();  // step it is visible; everyone is done with step it - 1's buffer
-    if (it == 0) {
+    if (!kASmem && it == 0) {
 #pragma unroll
-      for (int kc = 0; kc < HD / 16; ++kc) {
+      for (int kc = 0; kc < kRegK; ++kc) {
         const int r = warp * 16 + (lane & 15), c = kc * 16 + (lane >> 4) * 8;
         LdMatrixX4(kreg[kc], Ks + BlockedOffset(r, c, HD));
         LdMatrixX4(vreg[kc], Vs + BlockedOffset(r, c, HD));
@@ -346,12 +350,21 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
 #pragma unroll
     for (int kc = 0; kc < HD / 16; ++kc) {
-      Wgmma<kN, 0>(st, kreg[kc], WgmmaDesc(Qb + kc * 2 * 64, kCoreBytes, kRowGroupBytes), kc > 0);
+      const uint64_t bq = WgmmaDesc(Qb + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
+      if constexpr (kASmem) {
+        WgmmaSS<kN, 0>(st, WgmmaDesc(Ks + kc * 2 * 64, kCoreBytes, kRowGroupBytes), bq, kc > 0);
+      } else {
+        Wgmma<kN, 0>(st, kreg[kc], bq, kc > 0);
+      }
     }
 #pragma unroll
     for (int kc = 0; kc < HD / 16; ++kc) {
-      Wgmma<kN, 0>(dpt, vreg[kc], WgmmaDesc(dOb + kc * 2 * 64, kCoreBytes, kRowGroupBytes),
-                   kc > 0);
+      const uint64_t bo = WgmmaDesc(dOb + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
+      if constexpr (kASmem) {
+        WgmmaSS<kN, 0>(dpt, WgmmaDesc(Vs + kc * 2 * 64, kCoreBytes, kRowGroupBytes), bo, kc > 0);
+      } else {
+        Wgmma<kN, 0>(dpt, vreg[kc], bo, kc > 0);
+      }
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -449,15 +462,17 @@ __global__ void __launch_bounds__(kWgThreads)
   float dq[HD / 8][4];
 #pragma unroll
   for (int nd = 0; nd < HD / 8; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.f;
-  uint32_t qreg[HD / 16][4], oreg[HD / 16][4];
+  constexpr bool kASmem = HD > 64;  // Q, dO read by the tensor cores (SS form)
+  constexpr int kRegQ = kASmem ? 1 : HD / 16;
+  uint32_t qreg[kRegQ][4], oreg[kRegQ][4];
 
   for (int it = 0; it < n_tiles; ++it) {
     CpAsyncWaitAll();
     FenceProxyAsyncShared();
     __syncthreads();  // tile it is visible; everyone is done with tile it - 1's buffer
-    if (it == 0) {
+    if (!kASmem && it == 0) {
 #pragma unroll
-      for (int kc = 0; kc < HD / 16; ++kc) {
+      for (int kc = 0; kc < kRegQ; ++kc) {
         const int r = warp * 16 + (lane & 15), c = kc * 16 + (lane >> 4) * 8;
         LdMatrixX4(qreg[kc], Qs + BlockedOffset(r, c, HD));
         LdMatrixX4(oreg[kc], dOs + BlockedOffset(r, c, HD));
@@ -478,11 +493,21 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
 #pragma unroll
     for (int kc = 0; kc < HD / 16; ++kc) {
-      Wgmma<kN, 0>(s, qreg[kc], WgmmaDesc(Kb + kc * 2 * 64, kCoreBytes, kRowGroupBytes), kc > 0);
+      const uint64_t bk = WgmmaDesc(Kb + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
+      if constexpr (kASmem) {
+        WgmmaSS<kN, 0>(s, WgmmaDesc(Qs + kc * 2 * 64, kCoreBytes, kRowGroupBytes), bk, kc > 0);
+      } else {
+        Wgmma<kN, 0>(s, qreg[kc], bk, kc > 0);
+      }
     }
 #pragma unroll
     for (int kc = 0; kc < HD / 16; ++kc) {
-      Wgmma<kN, 0>(dp, oreg[kc], WgmmaDesc(Vb + kc * 2 * 64, kCoreBytes, kRowGroupBytes), kc > 0);
+      const uint64_t bv = WgmmaDesc(Vb + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
+      if constexpr (kASmem) {
+        WgmmaSS<kN, 0>(dp, WgmmaDesc(dOs + kc * 2 * 64, kCoreBytes, kRowGroupBytes), bv, kc > 0);
+      } else {
+        Wgmma<kN, 0>(dp, oreg[kc], bv, kc > 0);
+      }
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -653,19 +678,30 @@ bool WgmmaAvailable() {
   return cached[dev] == 1;
 }
 
-void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                        const float* Dsum, const AttnDims& d, cudaStream_t stream) {
-  if (d.hd != 64) Fatal("FlashBackwardWgmma: unsupported head dim " + std::to_string(d.hd));
-  using S = WgBwdSmem<64>;
-  AllowSmem(FlashBwdDkvWgmmaKernel<64>, S::kDkv, "FlashBwdDkvWgmmaKernel");
+template <int HD>
+void WgBackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                  const float* Dsum, const AttnDims& d, cudaStream_t stream) {
+  using S = WgBwdSmem<HD>;
+  AllowSmem(FlashBwdDkvWgmmaKernel<HD>, S::kDkv, "FlashBwdDkvWgmmaKernel");
   const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kBwdN));
-  Launch(FlashBwdDkvWgmmaKernel<64>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads,
+  Launch(FlashBwdDkvWgmmaKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads,
          S::kDkv, stream, dqkv, dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvWgmmaKernel", stream);
-  AllowSmem(FlashBwdDqWgmmaKernel<64>, S::kDq, "FlashBwdDqWgmmaKernel");
-  Launch(FlashBwdDqWgmmaKernel<64>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kWgThreads,
+  AllowSmem(FlashBwdDqWgmmaKernel<HD>, S::kDq, "FlashBwdDqWgmmaKernel");
+  Launch(FlashBwdDqWgmmaKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kWgThreads,
          S::kDq, stream, dqkv, dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqWgmmaKernel", stream);
+}
+
+void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                        const float* Dsum, const AttnDims& d, cudaStream_t stream) {
+  if (d.hd == 64) {
+    WgBackwardHd<64>(dqkv, dout, qkv, lse, Dsum, d, stream);
+  } else if (d.hd == 128) {
+    WgBackwardHd<128>(dqkv, dout, qkv, lse, Dsum, d, stream);
+  } else {
+    Fatal("FlashBackwardWgmma: unsupported head dim " + std::to_string(d.hd));
+  }
 }
 
 void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,

@@ -305,10 +305,15 @@ __device__ __forceinline__ void WgmmaFenceOperand(float (&d)[NT][4]) {
 }
 
 #if !defined(LLMT_CUDA_EMULATION)
-// One asm statement per (N, transpose): imm-trans-b is an immediate.
+// One asm statement per (N, transpose): imm-trans-b is an immediate. The
+// SS form reads A (64 x 16, K-major) from shared memory through a second
+// descriptor.
 template <int N, int TRANS_B>
 __device__ __forceinline__ void WgmmaCall(float (&d)[N / 8][4], const uint32_t (&a)[4],
                                           uint64_t desc, int scale_d);
+template <int N, int TRANS_B>
+__device__ __forceinline__ void WgmmaCallSS(float (&d)[N / 8][4], uint64_t desc_a,
+                                            uint64_t desc_b, int scale_d);
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // The accumulator operands: N / 2 floats per thread, d[c][i] = element i of
 // n-chunk c, numbered %0 .. %(N/2 - 1); A follows as the next four, then the
@@ -359,16 +364,36 @@ LLMT_WGMMA_RS(64, 0, "%32, %33, %34, %35", "%36", "%37")
 LLMT_WGMMA_RS(64, 1, "%32, %33, %34, %35", "%36", "%37")
 LLMT_WGMMA_RS(128, 0, "%64, %65, %66, %67", "%68", "%69")
 LLMT_WGMMA_RS(128, 1, "%64, %65, %66, %67", "%68", "%69")
+#define LLMT_WGMMA_SS(N, TRANS, DESC_A, DESC_B, SCALE)                                   \
+  template <>                                                                          \
+  __device__ __forceinline__ void WgmmaCallSS<N, TRANS>(                               \
+      float(&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {            \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE ", 0;\n"                    \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {"           \
+                 LLMT_WGMMA_D##N "}, " DESC_A ", " DESC_B ", p, 1, 1, 0, " #TRANS ";\n}\n" \
+                 : LLMT_WGMMA_OUT##N                                                    \
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));                             \
+  }
+LLMT_WGMMA_SS(64, 0, "%32", "%33", "%34")
+LLMT_WGMMA_SS(64, 1, "%32", "%33", "%34")
+LLMT_WGMMA_SS(128, 0, "%64", "%65", "%66")
+LLMT_WGMMA_SS(128, 1, "%64", "%65", "%66")
+#undef LLMT_WGMMA_SS
 #undef LLMT_WGMMA_RS
 #undef LLMT_WGMMA_D64
 #undef LLMT_WGMMA_OUT64
 #undef LLMT_WGMMA_D128
 #undef LLMT_WGMMA_OUT128
 #else
+// wgmma exists on sm_90a only; the host never selects these kernels elsewhere.
 template <int N, int TRANS_B>
 __device__ __forceinline__ void WgmmaCall(float (&)[N / 8][4], const uint32_t (&)[4], uint64_t,
                                           int) {
-  __trap();  // wgmma exists on sm_90a only; the host never selects it elsewhere
+  __trap();
+}
+template <int N, int TRANS_B>
+__device__ __forceinline__ void WgmmaCallSS(float (&)[N / 8][4], uint64_t, uint64_t, int) {
+  __trap();
 }
 #endif
 #endif
@@ -384,6 +409,20 @@ __device__ __forceinline__ void Wgmma(float (&d)[N / 8][4], const uint32_t (&a)[
   EmuWgmma(&d[0][0], N, a, desc, TRANS_B, accumulate);
 #else
   WgmmaCall<N, TRANS_B>(d, a, desc, accumulate ? 1 : 0);
+#endif
+}
+
+// The same with A (64 x 16) read from shared memory, K-major (its rows are
+// the product's m, e.g. a blocked [64][cols] tile: LBO 128 bytes, SBO
+// cols x 16 bytes, like a K-major B): no registers held for A.
+template <int N, int TRANS_B>
+__device__ __forceinline__ void WgmmaSS(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b,
+                                        bool accumulate) {
+  static_assert(N == 64 || N == 128, "wgmma shapes instantiated: n64, n128");
+#ifdef LLMT_CUDA_EMULATION
+  EmuWgmmaSS(&d[0][0], N, desc_a, desc_b, TRANS_B, accumulate);
+#else
+  WgmmaCallSS<N, TRANS_B>(d, desc_a, desc_b, accumulate ? 1 : 0);
 #endif
 }
 

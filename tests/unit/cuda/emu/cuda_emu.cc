@@ -126,6 +126,8 @@ struct PendingWgmma {
   int trans_b;
   bool accumulate;  // scale-d: D = A B + D, else D = A B
   int group;
+  bool a_smem;      // SS form: A from shared memory through desc_a
+  uint64_t desc_a;
 };
 
 struct Fiber {
@@ -255,19 +257,34 @@ uint32_t SmemOffset(const void* p) {
   return static_cast<uint32_t>(c - g_smem);
 }
 
-void WgmmaIssue(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
-                bool accumulate) {
-  if (g_warpgroups.empty()) Fail("wgmma in a block that is not whole warpgroups (128 threads)");
-  if (n < 8 || n > 256 || n % 8 != 0) Fail("wgmma: N must be a multiple of 8 in [8, 256]");
-  if (trans_b != 0 && trans_b != 1) Fail("wgmma: imm-trans-b must be 0 or 1");
+namespace {
+void CheckDesc(uint64_t desc) {
   if ((desc >> 62) != 0) Fail("wgmma: the emulator supports only the no-swizzle layout");
   if (((desc >> 49) & 7) != 0) Fail("wgmma: base offset must be 0 without swizzling");
+}
+void PushWgmma(const PendingWgmma& w) {
+  if (g_warpgroups.empty()) Fail("wgmma in a block that is not whole warpgroups (128 threads)");
+  if (w.n < 8 || w.n > 256 || w.n % 8 != 0) Fail("wgmma: N must be a multiple of 8 in [8, 256]");
+  if (w.trans_b != 0 && w.trans_b != 1) Fail("wgmma: imm-trans-b must be 0 or 1");
+  CheckDesc(w.desc);
+  if (w.a_smem) CheckDesc(w.desc_a);
   if (!g_cur->wgmma_fenced) {
     Fail("wgmma issued without a wgmma.fence since the thread's last wait (or start)");
   }
-  PendingWgmma w{d,        n, {a[0], a[1], a[2], a[3]}, desc, trans_b, accumulate,
-                 g_cur->wgmma_open_group};
   g_cur->wgmma.push_back(w);
+}
+}  // namespace
+
+void WgmmaIssue(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
+                bool accumulate) {
+  PushWgmma(PendingWgmma{d, n, {a[0], a[1], a[2], a[3]}, desc, trans_b, accumulate,
+                         g_cur->wgmma_open_group, false, 0});
+}
+
+void WgmmaIssueSS(float* d, int n, uint64_t desc_a, uint64_t desc_b, int trans_b,
+                  bool accumulate) {
+  PushWgmma(PendingWgmma{d, n, {0, 0, 0, 0}, desc_b, trans_b, accumulate, g_cur->wgmma_open_group,
+                         true, desc_a});
 }
 
 void WgmmaFence() { g_cur->wgmma_fenced = true; }
@@ -281,7 +298,7 @@ float WgmmaB(uint64_t desc, int trans_b, int k, int n) {
   const size_t sbo = ((desc >> 32) & 0x3FFF) << 4;
   const size_t off = trans_b == 0 ? (n % 8) * 16 + (n / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo
                                   : (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo;
-  if (start + off + 2 > g_smem_bytes) Fail("wgmma: B element outside dynamic shared memory");
+  if (start + off + 2 > g_smem_bytes) Fail("wgmma: operand element outside dynamic shared memory");
   uint16_t v;
   std::memcpy(&v, g_smem + start + off, 2);
   return __bfloat162float(__ushort_as_bfloat16(v));
@@ -315,7 +332,7 @@ void WgmmaWait(int n) {
       const PendingWgmma& x = *all[th][i];
       const PendingWgmma& y = *all[0][i];
       if (x.n != y.n || x.desc != y.desc || x.trans_b != y.trans_b ||
-          x.accumulate != y.accumulate) {
+          x.accumulate != y.accumulate || x.a_smem != y.a_smem || x.desc_a != y.desc_a) {
         Fail("wgmma: threads of a warpgroup issued different operations");
       }
     }
@@ -323,6 +340,7 @@ void WgmmaWait(int n) {
   // This thread's accumulator elements (see the layouts in cuda_emu.h).
   const int warp = me / 32, lane = me % 32, g = lane >> 2, t = lane & 3;
   auto a_at = [&](size_t op, int row, int k) {  // A (row, k), row within the 64
+    if (all[me][op]->a_smem) return WgmmaB(all[me][op]->desc_a, 0, k, row);  // K-major, n = m
     const int owner = (row / 16) * 32 + (row % 8) * 4 + (k % 8) / 2;
     const int reg = (k >= 8 ? 2 : 0) + ((row % 16) >= 8 ? 1 : 0);
     const uint32_t r = all[owner][op]->a[reg];

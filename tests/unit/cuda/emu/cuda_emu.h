@@ -84,6 +84,8 @@ void CpAsyncWait(int n);
 // wgmma (see EmuWgmma below): this thread's part of warpgroup MMAs.
 void WgmmaIssue(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
                 bool accumulate);
+void WgmmaIssueSS(float* d, int n, uint64_t desc_a, uint64_t desc_b, int trans_b,
+                  bool accumulate);
 void WgmmaFence();
 void WgmmaCommit();
 void WgmmaWait(int n);
@@ -253,6 +255,13 @@ inline void EmuCpAsync(void* dst, const void* src, int bytes, int src_bytes) {
 inline void EmuWgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int trans_b,
                      bool accumulate) {
   ::llmt::emu::WgmmaIssue(d, n, a, desc, trans_b, accumulate);
+}
+// The SS form: A (64 x 16) from shared memory too, K-major only (imm-trans-a
+// 0): element (m, k) at start + (m % 8) * 16 + (m / 8) * SBO + (k % 8) * 2 +
+// (k / 8) * LBO of its own descriptor.
+inline void EmuWgmmaSS(float* d, int n, uint64_t desc_a, uint64_t desc_b, int trans_b,
+                       bool accumulate) {
+  ::llmt::emu::WgmmaIssueSS(d, n, desc_a, desc_b, trans_b, accumulate);
 }
 
 // ---- WMMA ---------------------------------------------------------------------------
