@@ -8,7 +8,10 @@
 // that runs but computes garbage on a real GPU shows at once.
 //
 //   bench_attention [--batch 64] [--seq 1024] [--heads 12] [--kv-heads 12]
-//                   [--hd 64] [--iters 20] [--device 0]
+//                   [--hd 64] [--iters 20] [--device 0] [--max-rel-l2 X]
+//
+// --max-rel-l2: exit 1 when a variant's deviation exceeds X (the emulated
+// build runs this way as a smoke test, tests/unit/cuda/CMakeLists.txt).
 //
 // Variants the device cannot run (the wgmma ones off sm_90) fall back to the
 // default inside the library, which logs a warning; their rows then time the
@@ -111,12 +114,14 @@ double MedianMs(F&& fn, int iters, cudaStream_t stream) {
 
 int main(int argc, char** argv) {
   int B = 64, T = 1024, NH = 12, NKV = 12, hd = 64, iters = 20, device = 0;
+  double max_rel = -1;  // < 0: report only
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    auto next = [&]() -> int {
+    auto value = [&]() -> const char* {
       if (i + 1 >= argc) Die("missing value after " + a);
-      return std::atoi(argv[++i]);
+      return argv[++i];
     };
+    auto next = [&]() -> int { return std::atoi(value()); };
     if (a == "--batch") B = next();
     else if (a == "--seq") T = next();
     else if (a == "--heads") NH = next();
@@ -124,6 +129,7 @@ int main(int argc, char** argv) {
     else if (a == "--hd") hd = next();
     else if (a == "--iters") iters = next();
     else if (a == "--device") device = next();
+    else if (a == "--max-rel-l2") max_rel = std::atof(value());
     else Die("unknown argument " + a + " (see the comment at the top of bench_attention.cc)");
   }
   if (B < 1 || T < 1 || NH < 1 || NKV < 1 || NH % NKV != 0 || iters < 1) Die("bad shape");
@@ -142,6 +148,11 @@ int main(int argc, char** argv) {
   FillRandom(dout, out_n, 1.f, 2);
   cudaStream_t stream = nullptr;  // the legacy default stream: events order with it
 
+  int too_far = 0;  // variants beyond --max-rel-l2
+  auto judge = [&](double rel) {
+    if (max_rel >= 0 && !(rel <= max_rel)) ++too_far;
+    return rel;
+  };
   const double fwd_flops = 2.0 * B * NH * double(T) * T * hd;  // 4 B NH T^2 hd / 2 (causal)
   struct Fwd {
     const char* name;
@@ -166,7 +177,7 @@ int main(int argc, char** argv) {
     const std::vector<float> got = Download(out, out_n);
     if (ref_out.empty()) ref_out = got;
     std::printf("%-22s %9.3f %9.1f %14.2e\n", f.name, ms, fwd_flops / ms / 1e9,
-                RelL2(got, ref_out));
+                judge(RelL2(got, ref_out)));
   }
 
   // The backward from the default forward's out and lse.
@@ -197,7 +208,12 @@ int main(int argc, char** argv) {
     const std::vector<float> got = Download(dqkv, qkv_n);
     if (ref_d.empty()) ref_d = got;
     std::printf("%-22s %9.3f %9.1f %14.2e\n", b.name, ms, 2.5 * fwd_flops / ms / 1e9,
-                RelL2(got, ref_d));
+                judge(RelL2(got, ref_d)));
+  }
+  if (too_far > 0) {
+    std::printf("\n%d variant(s) deviate from the default by more than %g (relative L2)\n",
+                too_far, max_rel);
+    return 1;
   }
   return 0;
 }
