@@ -186,14 +186,18 @@ int main(int argc, char** argv) {
                        stream);
   struct Bwd {
     const char* name;
-    bool wgmma, ds;
+    bool wgmma, wgmma_ss, ds;
   };
-  const Bwd bwds[] = {{"default", false, false}, {"wgmma", true, false}, {"ds", false, true}};
+  const Bwd bwds[] = {{"default", false, false, false},
+                      {"wgmma", true, false, false},
+                      {"wgmma-ss", true, true, false},
+                      {"ds", false, false, true}};
   std::printf("\n%-22s %9s %9s %14s\n", "backward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_d;
   for (const Bwd& b : bwds) {
     kc::AttentionBackwardVariant v;
     v.wgmma = b.wgmma;
+    v.wgmma_ss = b.wgmma_ss;
     v.ds = b.ds;
     kc::SetAttentionBackwardVariant(v);
     const size_t scratch_bytes = kc::AttentionBackwardScratchBytes(B, T, NH);

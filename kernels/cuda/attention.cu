@@ -56,9 +56,12 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
       v.ds = true;
     } else if (name == "wgmma") {
       v.wgmma = true;
+    } else if (name == "wgmma-ss") {
+      v.wgmma = v.wgmma_ss = true;
     } else if (!name.empty() && name != "default") {
       Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
-            "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, or default)");
+            "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, wgmma-ss, or "
+            "default)");
     }
     pos = end + 1;
   }
@@ -72,7 +75,8 @@ AttentionBackwardVariant& BackwardVariant() {
     if (parsed.dq64 || parsed.dkdv8 || parsed.ds || parsed.wgmma) {
       LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
                      << (parsed.dkdv8 ? " dkdv8" : "") << (parsed.ds ? " ds" : "")
-                     << (parsed.wgmma ? " wgmma" : "") << " (LLMT_ATTN_BWD)";
+                     << (parsed.wgmma ? (parsed.wgmma_ss ? " wgmma-ss" : " wgmma") : "")
+                     << " (LLMT_ATTN_BWD)";
     }
     return parsed;
   }();
@@ -481,7 +485,7 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
       case AttentionImpl::kMma: {
         const AttentionBackwardVariant v = BackwardVariant();
         if (v.wgmma && internal::WgmmaAvailable()) {
-          internal::FlashBackwardWgmma(dqkv, dout, qkv, lse, Dsum, d, stream);
+          internal::FlashBackwardWgmma(dqkv, dout, qkv, lse, Dsum, d, v.wgmma_ss, stream);
           return;
         }
         bf16* ds = v.ds ? reinterpret_cast<bf16*>(static_cast<char*>(scratch) + DsOffset(B, T_, NH))

@@ -85,6 +85,9 @@ AttentionImpl GetAttentionImpl();
 //          same seven products and work split, 64-row blocks of one
 //          warpgroup. Other devices run the mma kernels. Written without a
 //          GPU: emulator-checked only until an H100 run says otherwise.
+//   wgmma-ss: wgmma with the fixed A operands (K, V; Q, dO) read from shared
+//          memory at head dim 64 too (as always at 128): fewer registers, so
+//          possibly more blocks per SM.
 // The default comes from the environment variable LLMT_ATTN_BWD, read once on
 // first use: a comma-separated list of the names above ("" or "default" =
 // none); an unknown name is a fatal error, so a typo cannot silently time
@@ -97,6 +100,7 @@ struct AttentionBackwardVariant {
   bool dkdv8 = false;
   bool ds = false;
   bool wgmma = false;
+  bool wgmma_ss = false;
   size_t ds_max_bytes = size_t{512} << 20;
 };
 void SetAttentionBackwardVariant(AttentionBackwardVariant v);

@@ -28,9 +28,10 @@ void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
 // variants; only where WgmmaAvailable() (the current device is sm_90).
 bool WgmmaAvailable();
 // The wgmma backward (dK/dV, then dQ), hd 64 or 128, for variant.wgmma; Dsum
-// as for FlashBackwardMma.
+// as for FlashBackwardMma. a_smem (variant.wgmma_ss; always at hd 128): the
+// fixed A operands are read from shared memory instead of registers.
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                        const float* Dsum, const AttnDims& d, cudaStream_t stream);
+                        const float* Dsum, const AttnDims& d, bool a_smem, cudaStream_t stream);
 // D [64][64] fp32 = A [64][16] B [16][64] (row-major bf16, device) with one
 // wgmma, B staged K-major or MN-major in the kernels' blocked layout: a
 // layout check for tests. swap_strides exchanges the descriptor's LBO and

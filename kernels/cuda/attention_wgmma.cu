@@ -275,7 +275,7 @@ struct WgBwdSmem {
 //   dV += P^T dO, dK += dS^T Q         (Q, dO read MN-major)
 // Queries >= T are zero rows with lse = Dsum = 0: P^T = 1 there, but dO = 0
 // makes their dV terms and dS^T exactly zero.
-template <int HD>
+template <int HD, bool A_SMEM>
 __global__ void __launch_bounds__(kWgThreads)
     FlashBwdDkvWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                            const float* Dsum, AttnDims d) {
@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(kWgThreads)
 #pragma unroll
     for (int i = 0; i < 4; ++i) dk[nd][i] = dv[nd][i] = 0.f;
   }
-  constexpr bool kASmem = HD > 64;  // K, V read by the tensor cores (SS form)
+  constexpr bool kASmem = A_SMEM;  // K, V read by the tensor cores (SS form)
   constexpr int kRegK = kASmem ? 1 : HD / 16;
   uint32_t kreg[kRegK][4], vreg[kRegK][4];
 
@@ -424,7 +424,7 @@ __global__ void __launch_bounds__(kWgThreads)
 //   S = Q K^T, dP = dO V^T             (Q, dO register A fragments; K, V K-major B)
 //   dS = exp(scale S - lse) (dP - Dsum), causal mask by value
 //   dQ += dS K                         (K read MN-major)
-template <int HD>
+template <int HD, bool A_SMEM>
 __global__ void __launch_bounds__(kWgThreads)
     FlashBwdDqWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                           const float* Dsum, AttnDims d) {
@@ -462,7 +462,7 @@ __global__ void __launch_bounds__(kWgThreads)
   float dq[HD / 8][4];
 #pragma unroll
   for (int nd = 0; nd < HD / 8; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.f;
-  constexpr bool kASmem = HD > 64;  // Q, dO read by the tensor cores (SS form)
+  constexpr bool kASmem = A_SMEM;  // Q, dO read by the tensor cores (SS form)
   constexpr int kRegQ = kASmem ? 1 : HD / 16;
   uint32_t qreg[kRegQ][4], oreg[kRegQ][4];
 
@@ -678,27 +678,31 @@ bool WgmmaAvailable() {
   return cached[dev] == 1;
 }
 
-template <int HD>
+template <int HD, bool A_SMEM>
 void WgBackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                   const float* Dsum, const AttnDims& d, cudaStream_t stream) {
   using S = WgBwdSmem<HD>;
-  AllowSmem(FlashBwdDkvWgmmaKernel<HD>, S::kDkv, "FlashBwdDkvWgmmaKernel");
+  const auto dkv = FlashBwdDkvWgmmaKernel<HD, A_SMEM>;
+  const auto dq = FlashBwdDqWgmmaKernel<HD, A_SMEM>;
+  AllowSmem(dkv, S::kDkv, "FlashBwdDkvWgmmaKernel");
   const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kBwdN));
-  Launch(FlashBwdDkvWgmmaKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads,
-         S::kDkv, stream, dqkv, dout, qkv, lse, Dsum, d);
+  Launch(dkv, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads, S::kDkv, stream, dqkv,
+         dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvWgmmaKernel", stream);
-  AllowSmem(FlashBwdDqWgmmaKernel<HD>, S::kDq, "FlashBwdDqWgmmaKernel");
-  Launch(FlashBwdDqWgmmaKernel<HD>, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kWgThreads,
-         S::kDq, stream, dqkv, dout, qkv, lse, Dsum, d);
+  AllowSmem(dq, S::kDq, "FlashBwdDqWgmmaKernel");
+  Launch(dq, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kWgThreads, S::kDq, stream, dqkv,
+         dout, qkv, lse, Dsum, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqWgmmaKernel", stream);
 }
 
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                        const float* Dsum, const AttnDims& d, cudaStream_t stream) {
-  if (d.hd == 64) {
-    WgBackwardHd<64>(dqkv, dout, qkv, lse, Dsum, d, stream);
+                        const float* Dsum, const AttnDims& d, bool a_smem, cudaStream_t stream) {
+  if (d.hd == 64 && a_smem) {
+    WgBackwardHd<64, true>(dqkv, dout, qkv, lse, Dsum, d, stream);
+  } else if (d.hd == 64) {
+    WgBackwardHd<64, false>(dqkv, dout, qkv, lse, Dsum, d, stream);
   } else if (d.hd == 128) {
-    WgBackwardHd<128>(dqkv, dout, qkv, lse, Dsum, d, stream);
+    WgBackwardHd<128, true>(dqkv, dout, qkv, lse, Dsum, d, stream);
   } else {
     Fatal("FlashBackwardWgmma: unsupported head dim " + std::to_string(d.hd));
   }

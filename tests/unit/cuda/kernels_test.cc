@@ -758,13 +758,17 @@ TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
 // after the wgmma forward: same tolerances, reproducible run to run.
 TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
-  AttentionBackwardVariant v;
-  v.wgmma = true;
-  for (const auto fwd : {AttentionForwardVariant::kDefault, AttentionForwardVariant::kWgmma}) {
-    SCOPED_TRACE(fwd == AttentionForwardVariant::kWgmma ? "after the wgmma forward"
-                                                        : "after the default forward");
-    SetAttentionForwardVariant(fwd);
-    CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v);
+  for (const bool ss : {false, true}) {
+    AttentionBackwardVariant v;
+    v.wgmma = true;
+    v.wgmma_ss = ss;  // wgmma-ss: K, V / Q, dO from shared memory at hd 64 too
+    for (const auto fwd : {AttentionForwardVariant::kDefault, AttentionForwardVariant::kWgmma}) {
+      SCOPED_TRACE(std::string(ss ? "wgmma-ss" : "wgmma") +
+                   (fwd == AttentionForwardVariant::kWgmma ? " after the wgmma forward"
+                                                           : " after the default forward"));
+      SetAttentionForwardVariant(fwd);
+      CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v);
+    }
   }
   SetAttentionForwardVariant(saved);
 }
