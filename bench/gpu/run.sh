@@ -26,7 +26,8 @@
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is and the wgmma
 #   attention, both twice; the wgmma forward tilings and backward alone; the
-#   mma forward tilings; in-place GEMM autotuning), side by side in one call,
+#   mma forward tilings; in-place GEMM autotuning; the classifier in row
+#   chunks, LLMT_XENT_CHUNK_ROWS), side by side in one call,
 #   so a switch can be judged in one GPU session.
 # Exit status: 0 when every test passed and every benchmark gave a result
 # (the throughput targets are reported, not enforced), 1 otherwise, 2 on usage.
@@ -168,7 +169,7 @@ fi
 if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the kernels written since the last GPU run against the default engine.
-  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss fwd-wg-n128:LLMT_ATTN_FWD=wgmma-n128 fwd-wg-m128:LLMT_ATTN_FWD=wgmma-m128 inplace:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64:LLMT_ATTN_FWD=m64 fwd-n128:LLMT_ATTN_FWD=m64n128 base2 wg2:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"}
+  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss fwd-wg-n128:LLMT_ATTN_FWD=wgmma-n128 fwd-wg-m128:LLMT_ATTN_FWD=wgmma-m128 inplace:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64:LLMT_ATTN_FWD=m64 fwd-n128:LLMT_ATTN_FWD=m64n128 xent128:LLMT_XENT_CHUNK_ROWS=128 xent256:LLMT_XENT_CHUNK_ROWS=256 xent512:LLMT_XENT_CHUNK_ROWS=512 base2 wg2:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"}
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
     bundled timeout 120 "$BUNDLE/bin/bench_attention" 2>&1 | tee "$LOGS/ab-attention.txt"

@@ -695,6 +695,26 @@ void CudaModelImpl<T>::Classifier(int64_t N, float grad_scale, bool with_targets
   op.D = logits_;
   op.d_type = dt;
   op.ldd = Vp_;
+  const int64_t chunk = opts_.xent_chunk_rows;
+  if (with_targets && chunk > 0 && chunk < N) {
+    // Chunk by chunk: each chunk's logits (chunk x Vp) are rewritten as
+    // dlogits while still in L2, instead of a second trip through DRAM.
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+      const int64_t rows = std::min(chunk, N - r0);
+      cu::GemmOp c = op;
+      c.M = rows;
+      c.A = lnf_ + r0 * C_;
+      c.D = logits_ + r0 * Vp_;
+      {
+        auto timed = timer_->Time("classifier_gemm");
+        cu::Gemm(*blas_, c, s());
+      }
+      auto timed = timer_->Time("softmax_xent");
+      cu::SoftmaxCrossEntropy(logits_ + r0 * Vp_, targets_ + r0, rows, V_, Vp_, grad_scale,
+                              row_losses_ + r0, s());
+    }
+    return;
+  }
   {
     auto timed = timer_->Time("classifier_gemm");
     cu::Gemm(*blas_, op, s());
@@ -980,6 +1000,19 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& 
                                                              const CudaModelOptions& opts) {
   ModelConfig cfg = in;
   RETURN_IF_ERROR(ValidateConfig(&cfg, B, T));
+  CudaModelOptions o = opts;
+  if (o.xent_chunk_rows < 0) {
+    o.xent_chunk_rows = 0;
+    if (const char* e = std::getenv("LLMT_XENT_CHUNK_ROWS"); e != nullptr && *e != '\0') {
+      char* end = nullptr;
+      const long long v = std::strtoll(e, &end, 10);
+      if (end == e || *end != '\0' || v < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "LLMT_XENT_CHUNK_ROWS='", e, "': expected a row count >= 0 (0 = no chunking)"));
+      }
+      o.xent_chunk_rows = v;
+    }
+  }
   if (cu::DeviceCount() == 0) {
     return absl::FailedPreconditionError(
         "train.device: cuda, but no CUDA device is visible (no GPU or no driver); use "
@@ -988,11 +1021,11 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& 
   std::unique_ptr<CudaModel> m;
   absl::Status st;
   if (opts.precision == Precision::kBf16) {
-    auto impl = std::make_unique<CudaModelImpl<bf16>>(cfg, B, T, opts);
+    auto impl = std::make_unique<CudaModelImpl<bf16>>(cfg, B, T, o);
     st = impl->Init();
     m = std::move(impl);
   } else {
-    auto impl = std::make_unique<CudaModelImpl<float>>(cfg, B, T, opts);
+    auto impl = std::make_unique<CudaModelImpl<float>>(cfg, B, T, o);
     st = impl->Init();
     m = std::move(impl);
   }

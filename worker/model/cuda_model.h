@@ -48,6 +48,12 @@ struct CudaModelOptions {
   Precision precision = Precision::kBf16;
   Recompute recompute = Recompute::kNone;
   bool stochastic_rounding = false;  // of the bf16 parameter copy
+  // Classifier in row chunks: > 0 runs the logits GEMM and the fused
+  // cross-entropy chunk by chunk (this many rows each), so that each chunk's
+  // logits are still in L2 when the cross-entropy reads and rewrites them
+  // (A/B option; the backward GEMMs stay whole). 0 = one GEMM for the whole
+  // micro-batch; -1 (the default) = from LLMT_XENT_CHUNK_ROWS, else 0.
+  int64_t xent_chunk_rows = -1;
 };
 
 struct AdamWHyper {

@@ -119,12 +119,14 @@ constexpr int kB = 3, kT = 32;
 constexpr uint64_t kInitSeed = 1234;
 
 std::unique_ptr<CudaModel> MakeGpu(const ModelConfig& cfg, int B, int T, Precision p,
-                                   Recompute r = Recompute::kNone, bool stochastic = false) {
+                                   Recompute r = Recompute::kNone, bool stochastic = false,
+                                   int64_t xent_chunk_rows = 0) {
   CudaModelOptions o;
   o.device = 0;
   o.precision = p;
   o.recompute = r;
   o.stochastic_rounding = stochastic;
+  o.xent_chunk_rows = xent_chunk_rows;
   auto m = CudaModel::Create(cfg, B, T, o);
   EXPECT_TRUE(m.ok()) << m.status();
   if (!m.ok()) return nullptr;
@@ -318,6 +320,31 @@ TEST(CudaModel, RecomputeGivesTheSameGradients) {
         EXPECT_LE(RelErr(got.grads.data() + p.offset, base.grads.data() + p.offset, p.numel), 1e-6)
             << rname << " " << p.name;
       }
+    }
+  }
+}
+
+// The classifier in row chunks (CudaModelOptions::xent_chunk_rows: logits
+// GEMM + cross-entropy per chunk) against one GEMM for the micro-batch: 96
+// rows in chunks of 7 (the last one 5). fp32; the chunk GEMMs may pick other
+// cuBLASLt kernels, so agreement is to summation order: 1e-5 relative.
+TEST(CudaModel, ChunkedClassifierGivesTheSameLossAndGradients) {
+  REQUIRE_GPU();
+  for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
+    const auto in = RandomTokens(kB * kT, cfg.vocab_size, 41);
+    const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 42);
+    auto whole_m = MakeGpu(cfg, kB, kT, Precision::kFp32);
+    ASSERT_NE(whole_m, nullptr);
+    const StepOut whole = GpuStep(*whole_m, in, tgt);
+    whole_m.reset();
+    auto m = MakeGpu(cfg, kB, kT, Precision::kFp32, Recompute::kNone, false, 7);
+    ASSERT_NE(m, nullptr);
+    EXPECT_EQ(m->options().xent_chunk_rows, 7);
+    const StepOut got = GpuStep(*m, in, tgt);
+    EXPECT_NEAR(got.loss, whole.loss, 1e-5 * whole.loss);
+    for (const ParamInfo& p : m->params_info()) {
+      EXPECT_LE(RelErr(got.grads.data() + p.offset, whole.grads.data() + p.offset, p.numel), 1e-5)
+          << p.name;
     }
   }
 }
