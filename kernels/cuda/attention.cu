@@ -112,6 +112,19 @@ bool IsWgmma(AttentionForwardVariant v) {
          v == AttentionForwardVariant::kWgmmaM128;
 }
 
+// Whether a requested wgmma variant can run here; warns once per process
+// when it cannot (then the mma kernels run).
+bool WgmmaUsable() {
+  if (internal::WgmmaAvailable()) return true;
+  static bool warned = false;
+  if (!warned) {
+    warned = true;
+    LLMT_LOG(Warning) << "cuda attention: the wgmma kernels need a compute-capability-9.0 "
+                         "device (and a passing self-check); using the mma kernels";
+  }
+  return false;
+}
+
 // Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
 __device__ __forceinline__ float GroupSum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
@@ -424,17 +437,9 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
     switch (TensorCoreImpl(hd, out, qkv, nullptr)) {
       case AttentionImpl::kMma: {
         const AttentionForwardVariant v = ForwardVariant();
-        if (IsWgmma(v)) {
-          if (internal::WgmmaAvailable()) {
-            internal::FlashForwardWgmma(out, lse, qkv, d, v, stream);
-            return;
-          }
-          static bool warned = false;
-          if (!warned) {
-            warned = true;
-            LLMT_LOG(Warning) << "cuda attention: the wgmma forward needs an sm_90 device; "
-                                 "using the default mma forward";
-          }
+        if (IsWgmma(v) && WgmmaUsable()) {
+          internal::FlashForwardWgmma(out, lse, qkv, d, v, stream);
+          return;
         }
         internal::FlashForwardMma(out, lse, qkv, d, v, stream);
         return;
@@ -484,7 +489,7 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
     switch (TensorCoreImpl(hd, dqkv, dout, qkv)) {
       case AttentionImpl::kMma: {
         const AttentionBackwardVariant v = BackwardVariant();
-        if (v.wgmma && internal::WgmmaAvailable()) {
+        if (v.wgmma && WgmmaUsable()) {
           internal::FlashBackwardWgmma(dqkv, dout, qkv, lse, Dsum, d, v.wgmma_ss, stream);
           return;
         }
