@@ -58,6 +58,43 @@ __device__ __forceinline__ void LoadBlockedAsync(bf16* dst, const bf16* src, int
   }
 }
 
+// The two product shapes of flash attention on blocked tiles (mma_util.cuh),
+// issued for the warpgroup (the caller fences, commits and waits):
+//
+// acc [64 x N] (=, +=) A [64 x HD] B^T with B a [N][HD] tile read K-major
+// (Q K^T, K Q^T, dO V^T, V dO^T): A is this thread's register fragments
+// (`reg`, one per 16-wide k-chunk) or, with A_SMEM, the [64][HD] tile `a_tile`
+// read by the tensor cores. The first k-chunk overwrites acc.
+template <int HD, int N, bool A_SMEM>
+__device__ __forceinline__ void IssueRowProduct(float (&acc)[N / 8][4],
+                                                const uint32_t (&reg)[A_SMEM ? 1 : HD / 16][4],
+                                                const bf16* a_tile, const bf16* b_tile) {
+  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
+#pragma unroll
+  for (int kc = 0; kc < HD / 16; ++kc) {
+    const uint64_t b = WgmmaDesc(b_tile + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
+    if constexpr (A_SMEM) {
+      WgmmaSS<N, 0>(acc, WgmmaDesc(a_tile + kc * 2 * 64, kCoreBytes, kRowGroupBytes), b, kc > 0);
+    } else {
+      Wgmma<N, 0>(acc, reg[kc], b, kc > 0);
+    }
+  }
+}
+// acc [64 x HD] += A [64 x KN] B with B a [KN][HD] tile read MN-major (P V,
+// P^T dO, dS^T Q, dS K) and A register fragments (`frag`, from an
+// accumulator through AccToA).
+template <int HD, int KN>
+__device__ __forceinline__ void IssueColProduct(float (&acc)[HD / 8][4],
+                                                const uint32_t (&frag)[KN / 16][4],
+                                                const bf16* b_tile) {
+  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
+#pragma unroll
+  for (int kc = 0; kc < KN / 16; ++kc) {
+    Wgmma<HD, 1>(acc, frag[kc], WgmmaDesc(b_tile + kc * 16 * HD, kRowGroupBytes, kCoreBytes),
+                 true);
+  }
+}
+
 // kMt 64-row m-tiles per block, key/value tiles of kN rows.
 template <int HD, int MT, int NK>
 struct WgFwdTiling {
@@ -70,9 +107,6 @@ template <int HD, typename FT>
 __global__ void __launch_bounds__(kWgThreads)
     FlashFwdWgmmaKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
   constexpr int kN = FT::kN, kMt = FT::kMt, kRows = FT::kRows;
-  // Descriptor strides of the blocked tiles (mma_util.cuh): K read K-major
-  // (n = key rows, k = dims), V read MN-major (k = key rows, n = dims).
-  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kRows][HD] blocked
   bf16* Ks = Qs + kRows * HD;                // [2][kN][HD] blocked
@@ -139,12 +173,7 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
-      if (!live[mt]) continue;
-#pragma unroll
-      for (int kc = 0; kc < HD / 16; ++kc) {
-        Wgmma<kN, 0>(s[mt], qa[mt][kc], WgmmaDesc(Kb + kc * 2 * 64, kCoreBytes, kRowGroupBytes),
-                     kc > 0);
-      }
+      if (live[mt]) IssueRowProduct<HD, kN, false>(s[mt], qa[mt], nullptr, Kb);
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -182,12 +211,7 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
-      if (!live[mt]) continue;
-#pragma unroll
-      for (int kc = 0; kc < kN / 16; ++kc) {
-        Wgmma<HD, 1>(o[mt], pa[mt][kc], WgmmaDesc(Vb + kc * 16 * HD, kRowGroupBytes, kCoreBytes),
-                     true);
-      }
+      if (live[mt]) IssueColProduct<HD, kN>(o[mt], pa[mt], Vb);
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -280,7 +304,6 @@ __global__ void __launch_bounds__(kWgThreads)
     FlashBwdDkvWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                            const float* Dsum, AttnDims d) {
   constexpr int kN = kBwdN;
-  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Ks = reinterpret_cast<bf16*>(smem);  // [kN][HD] blocked
   bf16* Vs = Ks + kN * HD;
@@ -348,24 +371,8 @@ __global__ void __launch_bounds__(kWgThreads)
     // S^T, dP^T [64 keys x 64 queries]: B(k = dim, n = query) = Q, dO [query][dim].
     float st[kN / 8][4], dpt[kN / 8][4];
     WgmmaFence();
-#pragma unroll
-    for (int kc = 0; kc < HD / 16; ++kc) {
-      const uint64_t bq = WgmmaDesc(Qb + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
-      if constexpr (kASmem) {
-        WgmmaSS<kN, 0>(st, WgmmaDesc(Ks + kc * 2 * 64, kCoreBytes, kRowGroupBytes), bq, kc > 0);
-      } else {
-        Wgmma<kN, 0>(st, kreg[kc], bq, kc > 0);
-      }
-    }
-#pragma unroll
-    for (int kc = 0; kc < HD / 16; ++kc) {
-      const uint64_t bo = WgmmaDesc(dOb + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
-      if constexpr (kASmem) {
-        WgmmaSS<kN, 0>(dpt, WgmmaDesc(Vs + kc * 2 * 64, kCoreBytes, kRowGroupBytes), bo, kc > 0);
-      } else {
-        Wgmma<kN, 0>(dpt, vreg[kc], bo, kc > 0);
-      }
-    }
+    IssueRowProduct<HD, kN, kASmem>(st, kreg, Ks, Qb);
+    IssueRowProduct<HD, kN, kASmem>(dpt, vreg, Vs, dOb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(st);
@@ -400,14 +407,8 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFenceOperand(dv);
     WgmmaFenceOperand(dk);
     WgmmaFence();
-#pragma unroll
-    for (int kc = 0; kc < kN / 16; ++kc) {
-      Wgmma<HD, 1>(dv, pa[kc], WgmmaDesc(dOb + kc * 16 * HD, kRowGroupBytes, kCoreBytes), true);
-    }
-#pragma unroll
-    for (int kc = 0; kc < kN / 16; ++kc) {
-      Wgmma<HD, 1>(dk, sa[kc], WgmmaDesc(Qb + kc * 16 * HD, kRowGroupBytes, kCoreBytes), true);
-    }
+    IssueColProduct<HD, kN>(dv, pa, dOb);
+    IssueColProduct<HD, kN>(dk, sa, Qb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(dv);
@@ -429,7 +430,6 @@ __global__ void __launch_bounds__(kWgThreads)
     FlashBwdDqWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                           const float* Dsum, AttnDims d) {
   constexpr int kN = kBwdN;
-  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kN][HD] blocked
   bf16* dOs = Qs + kN * HD;
@@ -491,24 +491,8 @@ __global__ void __launch_bounds__(kWgThreads)
     // S, dP [64 queries x 64 keys]: B(k = dim, n = key) = K, V [key][dim], K-major.
     float s[kN / 8][4], dp[kN / 8][4];
     WgmmaFence();
-#pragma unroll
-    for (int kc = 0; kc < HD / 16; ++kc) {
-      const uint64_t bk = WgmmaDesc(Kb + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
-      if constexpr (kASmem) {
-        WgmmaSS<kN, 0>(s, WgmmaDesc(Qs + kc * 2 * 64, kCoreBytes, kRowGroupBytes), bk, kc > 0);
-      } else {
-        Wgmma<kN, 0>(s, qreg[kc], bk, kc > 0);
-      }
-    }
-#pragma unroll
-    for (int kc = 0; kc < HD / 16; ++kc) {
-      const uint64_t bv = WgmmaDesc(Vb + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
-      if constexpr (kASmem) {
-        WgmmaSS<kN, 0>(dp, WgmmaDesc(dOs + kc * 2 * 64, kCoreBytes, kRowGroupBytes), bv, kc > 0);
-      } else {
-        Wgmma<kN, 0>(dp, oreg[kc], bv, kc > 0);
-      }
-    }
+    IssueRowProduct<HD, kN, kASmem>(s, qreg, Qs, Kb);
+    IssueRowProduct<HD, kN, kASmem>(dp, oreg, dOs, Vb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(s);
@@ -532,10 +516,7 @@ __global__ void __launch_bounds__(kWgThreads)
     // dQ += dS K: B(k = key, n = dim) = K[key][dim], MN-major.
     WgmmaFenceOperand(dq);
     WgmmaFence();
-#pragma unroll
-    for (int kc = 0; kc < kN / 16; ++kc) {
-      Wgmma<HD, 1>(dq, sa[kc], WgmmaDesc(Kb + kc * 16 * HD, kRowGroupBytes, kCoreBytes), true);
-    }
+    IssueColProduct<HD, kN>(dq, sa, Kb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(dq);
