@@ -229,9 +229,10 @@ inline void EmuCpAsync(void* dst, const void* src, int bytes, int src_bytes) {
 }
 
 // ---- wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 (sm_90a) ------------------------
-// The subset kernels/cuda uses: A (64 x 16) from registers, B (16 x N) from
-// shared memory through a matrix descriptor in the no-swizzle canonical
-// layout, fp32 accumulators D (64 x N) += A B. A warpgroup is 4 consecutive
+// The subset kernels/cuda uses: A (64 x 16) from registers (or shared memory,
+// EmuWgmmaSS below), B (16 x N) from shared memory through a matrix
+// descriptor in the no-swizzle canonical layout, fp32 accumulators
+// D (64 x N) = A B + (scale-d ? D : 0). A warpgroup is 4 consecutive
 // warps (threads 128 w .. 128 w + 127); warp i of it owns rows 16 i .. 16 i + 15
 // with the m16n8k16 fragment layouts (g = lane >> 2, t = lane % 4):
 //   A: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
