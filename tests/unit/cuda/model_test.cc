@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <ostream>
@@ -347,6 +348,24 @@ TEST(CudaModel, ChunkedClassifierGivesTheSameLossAndGradients) {
           << p.name;
     }
   }
+}
+
+// LLMT_XENT_CHUNK_ROWS is read when the options leave xent_chunk_rows at -1;
+// a value that is not a row count is an error naming the variable, reported
+// before anything touches a device (so this runs without a GPU too).
+TEST(CudaModel, BadChunkRowsEnvironmentIsAnErrorNamingIt) {
+  for (const char* bad : {"abc", "-3", "12x"}) {
+    SCOPED_TRACE(bad);
+    ASSERT_EQ(setenv("LLMT_XENT_CHUNK_ROWS", bad, 1), 0);
+    CudaModelOptions o;
+    o.precision = Precision::kFp32;  // xent_chunk_rows stays -1: from the environment
+    auto m = CudaModel::Create(Gpt2Tiny(), kB, kT, o);
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
+    EXPECT_NE(std::string(m.status().message()).find("LLMT_XENT_CHUNK_ROWS"), std::string::npos)
+        << m.status();
+  }
+  unsetenv("LLMT_XENT_CHUNK_ROWS");
 }
 
 // A token stream with structure a small model learns quickly: mostly a fixed
