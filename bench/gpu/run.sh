@@ -82,13 +82,20 @@ pct() { if [[ -n "$1" ]]; then awk -v x="$1" 'BEGIN{printf "%.1f%%", 100*x}'; el
 # Value of KEY=... in a RESULT line.
 field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
 
+# $OUT gets few files (the device tool returns at most 8 per call): the
+# summary, the test log and one archive of the benchmark logs.
 copy_out() {
   [[ -n "${OUT:-}" && -d "${OUT:-}" ]] || return 0
-  local f
-  for f in summary.txt tests.log run.log gpt2-124m-llmt.log gpt2-124m-torch.log \
-           llama-350m-llmt.log llama-350m-torch.log; do
+  local f logs=()
+  for f in summary.txt tests.log; do
     [[ -f "$LOGS/$f" ]] && cp "$LOGS/$f" "$OUT/"
   done
+  for f in run.log gpt2-124m-llmt.log gpt2-124m-torch.log llama-350m-llmt.log \
+           llama-350m-torch.log; do
+    [[ -f "$LOGS/$f" ]] && logs+=("$f")
+  done
+  ((${#logs[@]} > 0)) && tar -czf "$OUT/bench-logs.tar.gz" -C "$LOGS" "${logs[@]}"
+  return 0
 }
 
 # ---- 1. the GPU ------------------------------------------------------------
@@ -198,7 +205,10 @@ if [[ $MODE == ab ]]; then
     [[ -n $t && -n $base ]] && rel=$(awk -v t="$t" -v b="$base" 'BEGIN {printf "%.3f", t / b}')
     printf '%-12s %12s %8s %8s %10s\n' "$n" "${t:--}" "$(pct "$m")" "$rel" "${l:--}"
   done | tee "$LOGS/ab.txt"
-  [[ -n "${OUT:-}" && -d "${OUT:-}" ]] && cp "$LOGS"/ab*.txt "$LOGS"/ab-*.log "$OUT/" 2>/dev/null
+  if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then  # three files: tables and one log archive
+    cp "$LOGS"/ab*.txt "$OUT/" 2>/dev/null
+    (cd "$LOGS" && tar -czf "$OUT/ab-logs.tar.gz" ab-*.log 2>/dev/null)
+  fi
   exit 0
 fi
 
