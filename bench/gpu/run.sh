@@ -180,6 +180,10 @@ if [[ $MODE == ab ]]; then
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
     bundled timeout 120 "$BUNDLE/bin/bench_attention" 2>&1 | tee "$LOGS/ab-attention.txt"
+    # PyTorch's SDPA on the same shape, for reference (torch_ops.py's first rows).
+    echo "PyTorch (torch_ops.py):" >>"$LOGS/ab-attention.txt"
+    timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch 64 2>&1 | grep -E 'torch |attention' |
+      tee -a "$LOGS/ab-attention.txt"
   fi
   AB_ROWS=()
   for v in $variants; do
