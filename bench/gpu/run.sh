@@ -182,7 +182,7 @@ if [[ $MODE == ab ]]; then
     bundled timeout 120 "$BUNDLE/bin/bench_attention" 2>&1 | tee "$LOGS/ab-attention.txt"
     # PyTorch's SDPA on the same shape, for reference (torch_ops.py's first rows).
     echo "PyTorch (torch_ops.py):" >>"$LOGS/ab-attention.txt"
-    timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch 64 2>&1 | grep -E 'torch |attention' |
+    timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch 64 --attention-only 2>&1 |
       tee -a "$LOGS/ab-attention.txt"
   fi
   AB_ROWS=()

@@ -5,7 +5,7 @@ op group): attention (SDPA flash) forward and backward, the block GEMMs, the
 classifier GEMM, LayerNorm and GELU. Prints one line per op: median ms over
 repeats, and TFLOP/s for the GEMMs and attention.
 
-  python3 bench/gpu/torch_ops.py [--batch 64] [--seq 1024]
+  python3 bench/gpu/torch_ops.py [--batch 64] [--seq 1024] [--attention-only]
 """
 import argparse
 import statistics
@@ -34,6 +34,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--attention-only", action="store_true", help="stop after the attention rows")
     a = ap.parse_args()
     B, T, C, NH, V, L = a.batch, a.seq, 768, 12, 50304, 12
     N = B * T
@@ -54,6 +55,8 @@ def main():
         o.backward(g)
     ms_fb = timeit(fb)
     print(f"  attention_bwd        {ms_fb - ms:8.3f} ms  {2.5 * att_flops / (ms_fb - ms) / 1e9:7.1f} TFLOP/s")
+    if a.attention_only:
+        return
 
     x = torch.randn(N, C, device=dev, dtype=dt)
     for name, K, M in (("qkv", C, 3 * C), ("attn_out", C, C), ("fc", C, 4 * C), ("proj", 4 * C, C),
