@@ -177,9 +177,11 @@ if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the kernels written since the last GPU run against the default engine.
   variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss fwd-wg-n128:LLMT_ATTN_FWD=wgmma-n128 fwd-wg-m128:LLMT_ATTN_FWD=wgmma-m128 inplace:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64:LLMT_ATTN_FWD=m64 fwd-n128:LLMT_ATTN_FWD=m64n128 xent128:LLMT_XENT_CHUNK_ROWS=128 xent256:LLMT_XENT_CHUNK_ROWS=256 xent512:LLMT_XENT_CHUNK_ROWS=512 base2 wg2:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"}
+  attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
     bundled timeout 120 "$BUNDLE/bin/bench_attention" 2>&1 | tee "$LOGS/ab-attention.txt"
+    ((PIPESTATUS[0] == 0)) || attn_ok=0
     # PyTorch's SDPA on the same shape, for reference (torch_ops.py's first rows).
     echo "PyTorch (torch_ops.py):" >>"$LOGS/ab-attention.txt"
     timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch 64 --attention-only 2>&1 |
@@ -190,8 +192,14 @@ if [[ $MODE == ab ]]; then
     name=${v%%:*}
     envs=()
     [[ $v == *:* ]] && IFS=';' read -r -a envs <<<"${v#*:}"
+    # A wgmma kernel that failed or hung alone would cost a timeout per variant.
+    if ((attn_ok == 0)) && [[ $v == *wgmma* ]]; then
+      say "A/B variant $name skipped: bench_attention failed"
+      AB_ROWS+=("$name|||")
+      continue
+    fi
     say "A/B variant $name ${envs[*]:-}"
-    line=$(env "${envs[@]}" LD_LIBRARY_PATH="$LLMT_LD_PATH" timeout 120 \
+    line=$(env "${envs[@]}" LD_LIBRARY_PATH="$LLMT_LD_PATH" timeout 90 \
       "$BUNDLE/bin/bench_gpu_train" --model gpt2-124m --batch "${LLMT_BENCH_BATCH:-64}" \
       --steps "${LLMT_AB_STEPS:-20}" --warmup 3 2>&1 | tee "$LOGS/ab-$name.log" | grep '^RESULT ' | tail -1)
     AB_ROWS+=("$name|$(field tokens_per_s "$line")|$(field mfu "$line")|$(field last_loss "$line")")
