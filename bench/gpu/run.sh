@@ -237,28 +237,37 @@ if [[ $MODE != bench ]]; then
   reserve=$([[ $MODE == tests ]] && echo 0 || echo 330)
   # Kernels not yet run on a GPU get their own process: a fault there (a
   # sticky CUDA error poisons the process) must not fail the established
-  # tests of the same binary. RUNS holds "binary|gtest filter|label".
+  # tests of the same binary. RUNS holds "binary|gtest filter|label|env"
+  # (env: VAR=VALUE;VAR=VALUE). The model's bf16 tests also run once with
+  # the wgmma attention kernels (end to end against the fp32 loss curve).
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
   RUNS=()
   for t in "${tests[@]}"; do
-    if [[ $(basename "$t") == cuda_kernels_test ]]; then
-      RUNS+=("$t|-$NEW_KERNEL_TESTS|cuda_kernels_test" "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new")
-    else
-      RUNS+=("$t|*|$(basename "$t")")
-    fi
+    case $(basename "$t") in
+      cuda_kernels_test)
+        RUNS+=("$t|-$NEW_KERNEL_TESTS|cuda_kernels_test|"
+               "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new|") ;;
+      cuda_model_test)
+        RUNS+=("$t|*|cuda_model_test|"
+               "$t|*Bf16*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;
+      *) RUNS+=("$t|*|$(basename "$t")|") ;;
+    esac
   done
   for run in "${RUNS[@]}"; do
-    IFS='|' read -r t filter name <<<"$run"
+    IFS='|' read -r t filter name runenv <<<"$run"
     [[ -x "$t" ]] || continue
+    envs=()
+    [[ -n $runenv ]] && IFS=';' read -r -a envs <<<"$runenv"
     lim=$(allow 120 "$reserve")
     if ((lim == 0)); then
       TEST_ROWS+=("$name|SKIPPED (out of time)|")
       FAILED=1
       continue
     fi
-    echo "--- $name (timeout ${lim}s)" | tee -a "$LOGS/tests.log"
+    echo "--- $name (timeout ${lim}s) ${envs[*]:-}" | tee -a "$LOGS/tests.log"
     t0=$SECONDS
-    bundled timeout -k 5 "$lim" "$t" --gtest_brief=1 --gtest_filter="$filter" >"$LOGS/$name.log" 2>&1
+    env "${envs[@]}" LD_LIBRARY_PATH="$LLMT_LD_PATH" timeout -k 5 "$lim" "$t" --gtest_brief=1 \
+      --gtest_filter="$filter" >"$LOGS/$name.log" 2>&1
     rc=$?
     cat "$LOGS/$name.log" >>"$LOGS/tests.log"
     passed=$(sed -n 's/.*\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$LOGS/$name.log" | tail -1)
