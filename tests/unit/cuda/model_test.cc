@@ -423,11 +423,15 @@ double MeanOfLast(const std::vector<double>& v, int k) {
   return s / k;
 }
 
+// Head dim 16 (the tiny configs) runs the SIMT attention kernels, 64 the
+// tensor-core ones (mma.sync, or wgmma with LLMT_ATTN_FWD/BWD=wgmma, which
+// run.sh uses to check those end to end).
 TEST(CudaModel, Bf16TracksFp32LossCurve) {
   REQUIRE_GPU();
   constexpr int B = 8, T = 32, kSteps = 50;
-  for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
-    const char* fam = cfg.family == Family::kGpt2 ? "gpt2" : "llama";
+  for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny(), Gpt2Hd64(), LlamaHd64()}) {
+    const std::string fam = std::string(cfg.family == Family::kGpt2 ? "gpt2" : "llama") +
+                            " hd " + std::to_string(cfg.d_model / cfg.n_head);
     auto f32 = MakeGpu(cfg, B, T, Precision::kFp32);
     auto b16 = MakeGpu(cfg, B, T, Precision::kBf16);
     ASSERT_NE(f32, nullptr);
@@ -441,8 +445,8 @@ TEST(CudaModel, Bf16TracksFp32LossCurve) {
     EXPECT_LT(MeanOfLast(l32, 5), 0.9 * l32[0]) << fam << ": fp32 loss did not fall";
     double worst = 0;
     for (int s = 0; s < kSteps; ++s) worst = std::max(worst, std::fabs(l16[s] - l32[s]) / l32[s]);
-    std::printf("%s: fp32 loss %.4f -> %.4f, bf16 %.4f -> %.4f, max relative difference %.2e\n", fam,
-                l32[0], l32.back(), l16[0], l16.back(), worst);
+    std::printf("%s: fp32 loss %.4f -> %.4f, bf16 %.4f -> %.4f, max relative difference %.2e\n",
+                fam.c_str(), l32[0], l32.back(), l16[0], l16.back(), worst);
     for (int s = 0; s < kSteps; ++s) {
       // bf16 activations carry ~3 significant digits; 1% of the loss is the
       // documented bound for mixed precision tracking fp32.
