@@ -1,5 +1,5 @@
 // End-to-end tests of training through the service: the real llmt-coordinator,
-// llmt-worker and llmt binaries on loopback, tiny CPU models, short leases.
+// llmt-worker and llmt binaries on loopback, tiny CPU models.
 #include <signal.h>
 
 #include <algorithm>
@@ -316,7 +316,9 @@ TEST_F(ServiceE2E, KilledTrainerResumesFromCheckpointToTheSameResult) {
 }
 
 TEST_F(ServiceE2E, KilledWorkerLeaseExpiresAndJobMovesToAnotherWorker) {
-  ASSERT_TRUE(cluster_->StartCoordinator());
+  // A short lease (the harness's default is long, against load flakes): this
+  // test waits for it to expire.
+  ASSERT_TRUE(cluster_->StartCoordinator({"--lease_timeout=2s"}));
   Daemon* w1 = cluster_->StartWorker("w1", 2);
   Daemon* w2 = cluster_->StartWorker("w2", 2);
   ASSERT_TRUE(w1 && w2);
@@ -503,9 +505,9 @@ TEST_F(ServiceE2E, MutualTlsForWorkersCliAndRendezvous) {
       "-keyout client.key -out client.csr && openssl x509 -req -in client.csr -CA ca.pem "
       "-CAkey ca.key -CAcreateserial -days 1 -out client.pem) > openssl.log 2>&1");
   if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl could not make certificates";
-  // Nothing here tests lease expiry: a lease longer than the harness's 2 s
-  // keeps TLS heartbeats on a loaded CI machine from losing a worker (seen
-  // once while a parallel test ran a CMake configure).
+  // Nothing here tests lease expiry: a long lease keeps TLS heartbeats on a
+  // loaded CI machine from losing a worker (seen once with 2 s while a
+  // parallel test ran a CMake configure).
   ASSERT_TRUE(cluster_->StartCoordinator({"--tls_cert=" + d + "/server.pem",
                                           "--tls_key=" + d + "/server.key",
                                           "--tls_client_ca=" + d + "/ca.pem",

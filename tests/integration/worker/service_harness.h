@@ -164,7 +164,12 @@ class Cluster {
                                        "--listen=" + address(),
                                        "--http_listen=127.0.0.1:0",
                                        "--port_file=" + root_ + "/coord/ports",
-                                       "--lease_timeout=2s",
+                                       // Long enough that a CI machine busy with
+                                       // parallel tests does not lose a worker
+                                       // (seen with 2 s: an extra restart in a
+                                       // test counting them); the lease-expiry
+                                       // test asks for 2 s itself.
+                                       "--lease_timeout=8s",
                                        "--heartbeat_interval=200ms",
                                        "--restart_backoff=200ms",
                                        "--restart_backoff_max=1s",
