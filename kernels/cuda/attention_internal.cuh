@@ -17,6 +17,10 @@ struct AttnDims {
   int64_t C;    // out row stride: NH * hd
   int group;    // NH / NKV query heads per key/value head
   float scale;  // 1 / sqrt(hd)
+  // wgmma kernels only (set by FlashForwardWgmma/FlashBackwardWgmma): bit 0
+  // exchanges LBO and SBO in K-major descriptors, bit 1 in MN-major ones
+  // (WgmmaSwapMask()).
+  int wgmma_swap = 0;
 };
 
 // Tensor-core flash attention for bf16, hd 64 or 128, pointers 16-byte
@@ -27,6 +31,12 @@ void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
 // The wgmma forward (attention_wgmma.cu), hd 64 or 128, for the kWgmma*
 // variants; only where WgmmaAvailable() (the current device is sm_90).
 bool WgmmaAvailable();
+// A hardware bring-up knob, LLMT_WGMMA_SWAP ("k", "mn", "k,mn"; read once):
+// exchanges the descriptors' LBO and SBO for the named B layouts in the
+// kernels and in the self-check alike, in case a GPU reads the no-swizzle
+// layouts the other way round from the PTX ISA's text (WgmmaProductLayouts
+// says whether it does). Unset: the ISA's reading. Fatal on other values.
+int WgmmaSwapMask();
 // The wgmma backward (dK/dV, then dQ), hd 64 or 128, for variant.wgmma; Dsum
 // as for FlashBackwardMma. a_smem (variant.wgmma_ss; always at hd 128): the
 // fixed A operands are read from shared memory instead of registers.

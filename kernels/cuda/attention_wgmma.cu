@@ -23,6 +23,7 @@
 // selected only by LLMT_ATTN_FWD=wgmma* / LLMT_ATTN_BWD=wgmma on a
 // compute-capability-9.0 device.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -65,16 +66,18 @@ __device__ __forceinline__ void LoadBlockedAsync(bf16* dst, const bf16* src, int
 // (Q K^T, K Q^T, dO V^T, V dO^T): A is this thread's register fragments
 // (`reg`, one per 16-wide k-chunk) or, with A_SMEM, the [64][HD] tile `a_tile`
 // read by the tensor cores. The first k-chunk overwrites acc.
+// `swap` is AttnDims::wgmma_swap (bring-up knob, normally 0).
 template <int HD, int N, bool A_SMEM>
 __device__ __forceinline__ void IssueRowProduct(float (&acc)[N / 8][4],
                                                 const uint32_t (&reg)[A_SMEM ? 1 : HD / 16][4],
-                                                const bf16* a_tile, const bf16* b_tile) {
-  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
+                                                const bf16* a_tile, const bf16* b_tile, int swap) {
+  const bool s = swap & 1;
+  const uint32_t lbo = s ? HD * 16 : 128, sbo = s ? 128 : HD * 16;  // K-major
 #pragma unroll
   for (int kc = 0; kc < HD / 16; ++kc) {
-    const uint64_t b = WgmmaDesc(b_tile + kc * 2 * 64, kCoreBytes, kRowGroupBytes);
+    const uint64_t b = WgmmaDesc(b_tile + kc * 2 * 64, lbo, sbo);
     if constexpr (A_SMEM) {
-      WgmmaSS<N, 0>(acc, WgmmaDesc(a_tile + kc * 2 * 64, kCoreBytes, kRowGroupBytes), b, kc > 0);
+      WgmmaSS<N, 0>(acc, WgmmaDesc(a_tile + kc * 2 * 64, lbo, sbo), b, kc > 0);
     } else {
       Wgmma<N, 0>(acc, reg[kc], b, kc > 0);
     }
@@ -86,12 +89,12 @@ __device__ __forceinline__ void IssueRowProduct(float (&acc)[N / 8][4],
 template <int HD, int KN>
 __device__ __forceinline__ void IssueColProduct(float (&acc)[HD / 8][4],
                                                 const uint32_t (&frag)[KN / 16][4],
-                                                const bf16* b_tile) {
-  constexpr uint32_t kCoreBytes = 128, kRowGroupBytes = HD * 16;
+                                                const bf16* b_tile, int swap) {
+  const bool s = swap & 2;
+  const uint32_t lbo = s ? 128 : HD * 16, sbo = s ? HD * 16 : 128;  // MN-major
 #pragma unroll
   for (int kc = 0; kc < KN / 16; ++kc) {
-    Wgmma<HD, 1>(acc, frag[kc], WgmmaDesc(b_tile + kc * 16 * HD, kRowGroupBytes, kCoreBytes),
-                 true);
+    Wgmma<HD, 1>(acc, frag[kc], WgmmaDesc(b_tile + kc * 16 * HD, lbo, sbo), true);
   }
 }
 
@@ -173,7 +176,7 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
-      if (live[mt]) IssueRowProduct<HD, kN, false>(s[mt], qa[mt], nullptr, Kb);
+      if (live[mt]) IssueRowProduct<HD, kN, false>(s[mt], qa[mt], nullptr, Kb, d.wgmma_swap);
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -211,7 +214,7 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
-      if (live[mt]) IssueColProduct<HD, kN>(o[mt], pa[mt], Vb);
+      if (live[mt]) IssueColProduct<HD, kN>(o[mt], pa[mt], Vb, d.wgmma_swap);
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -371,8 +374,8 @@ __global__ void __launch_bounds__(kWgThreads)
     // S^T, dP^T [64 keys x 64 queries]: B(k = dim, n = query) = Q, dO [query][dim].
     float st[kN / 8][4], dpt[kN / 8][4];
     WgmmaFence();
-    IssueRowProduct<HD, kN, kASmem>(st, kreg, Ks, Qb);
-    IssueRowProduct<HD, kN, kASmem>(dpt, vreg, Vs, dOb);
+    IssueRowProduct<HD, kN, kASmem>(st, kreg, Ks, Qb, d.wgmma_swap);
+    IssueRowProduct<HD, kN, kASmem>(dpt, vreg, Vs, dOb, d.wgmma_swap);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(st);
@@ -407,8 +410,8 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFenceOperand(dv);
     WgmmaFenceOperand(dk);
     WgmmaFence();
-    IssueColProduct<HD, kN>(dv, pa, dOb);
-    IssueColProduct<HD, kN>(dk, sa, Qb);
+    IssueColProduct<HD, kN>(dv, pa, dOb, d.wgmma_swap);
+    IssueColProduct<HD, kN>(dk, sa, Qb, d.wgmma_swap);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(dv);
@@ -491,8 +494,8 @@ __global__ void __launch_bounds__(kWgThreads)
     // S, dP [64 queries x 64 keys]: B(k = dim, n = key) = K, V [key][dim], K-major.
     float s[kN / 8][4], dp[kN / 8][4];
     WgmmaFence();
-    IssueRowProduct<HD, kN, kASmem>(s, qreg, Qs, Kb);
-    IssueRowProduct<HD, kN, kASmem>(dp, oreg, dOs, Vb);
+    IssueRowProduct<HD, kN, kASmem>(s, qreg, Qs, Kb, d.wgmma_swap);
+    IssueRowProduct<HD, kN, kASmem>(dp, oreg, dOs, Vb, d.wgmma_swap);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(s);
@@ -516,7 +519,7 @@ __global__ void __launch_bounds__(kWgThreads)
     // dQ += dS K: B(k = key, n = dim) = K[key][dim], MN-major.
     WgmmaFenceOperand(dq);
     WgmmaFence();
-    IssueColProduct<HD, kN>(dq, sa, Kb);
+    IssueColProduct<HD, kN>(dq, sa, Kb, d.wgmma_swap);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(dq);
@@ -524,6 +527,10 @@ __global__ void __launch_bounds__(kWgThreads)
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld + static_cast<int64_t>(h) * HD;
   StoreAcc<HD>(dbase, d.ld, wrow0 + g, d.T, d.scale, dq, t);
 }
+
+// Covers every byte either reading of the 16 x 64 tile's descriptor can
+// touch (at most 7 x 1024 + 254 bytes).
+constexpr int kWgmmaProductSmem = 16 * 1024;
 
 // One m64n64k16 product through the same descriptor construction the
 // attention kernels use: A [64][16] and B [16][64] (k, n) row-major in
@@ -536,6 +543,13 @@ __global__ void __launch_bounds__(kWgThreads)
                        uint32_t sbo) {
   LLMT_DYNAMIC_SMEM(smem);
   bf16* Bs = reinterpret_cast<bf16*>(smem);  // 16 x 64 elements, blocked
+  // The tile sits at the start of kWgmmaProductSmem zeroed bytes, so that a
+  // device reading the descriptor another way stays inside the allocation
+  // (wrong values, not a fault that would poison the process).
+  for (int e = threadIdx.x; e < kWgmmaProductSmem / 2; e += kWgThreads) {
+    Bs[e] = __float2bfloat16(0.f);
+  }
+  __syncthreads();
   for (int e = threadIdx.x; e < 16 * 64; e += kWgThreads) {
     const int k = e / 64, n = e % 64;
     Bs[mn_major ? BlockedOffset(k, n, 64) : BlockedOffset(n, k, 16)] = b[e];
@@ -577,7 +591,7 @@ void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, bool sw
   // MN-major 64 columns (n).
   uint32_t lbo = mn_major ? 64 * 16 : 128, sbo = mn_major ? 128 : 16 * 16;
   if (swap_strides) std::swap(lbo, sbo);
-  Launch(WgmmaProductKernel, dim3(1), kWgThreads, 16 * 64 * sizeof(bf16), stream, d, a, b,
+  Launch(WgmmaProductKernel, dim3(1), kWgThreads, kWgmmaProductSmem, stream, d, a, b,
          mn_major ? 1 : 0, lbo, sbo);
   LLMT_CUDA_CHECK_LAUNCH("WgmmaProductKernel", stream);
 }
@@ -623,8 +637,9 @@ bool WgmmaSelfCheck() {
   std::string failed;
   for (const bool mn_major : {false, true}) {
     if (!ok) break;
+    const bool swap = (WgmmaSwapMask() & (mn_major ? 2 : 1)) != 0;
     WgmmaProduct(static_cast<float*>(dd), static_cast<const bf16*>(da),
-                 static_cast<const bf16*>(db), mn_major, false, nullptr);
+                 static_cast<const bf16*>(db), mn_major, swap, nullptr);
     ok = cudaMemcpy(got.data(), dd, got.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess;
     if (ok && got != want) failed += mn_major ? " MN-major" : " K-major";
   }
@@ -676,8 +691,34 @@ void WgBackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* ls
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqWgmmaKernel", stream);
 }
 
+int WgmmaSwapMask() {
+  static const int mask = [] {
+    const char* env = std::getenv("LLMT_WGMMA_SWAP");
+    const std::string v = env == nullptr ? "" : env;
+    int m = 0;
+    if (v == "k") {
+      m = 1;
+    } else if (v == "mn") {
+      m = 2;
+    } else if (v == "k,mn" || v == "mn,k") {
+      m = 3;
+    } else if (!v.empty()) {
+      Fatal("LLMT_WGMMA_SWAP: unknown value '" + v + "' (expected k, mn or k,mn)");
+    }
+    if (m != 0) {
+      LLMT_LOG(Warning) << "cuda attention: wgmma descriptors with LBO/SBO exchanged for "
+                        << v << " (LLMT_WGMMA_SWAP, a bring-up knob)";
+    }
+    return m;
+  }();
+  return mask;
+}
+
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                        const float* Dsum, const AttnDims& d, bool a_smem, cudaStream_t stream) {
+                        const float* Dsum, const AttnDims& dims, bool a_smem,
+                        cudaStream_t stream) {
+  AttnDims d = dims;
+  d.wgmma_swap = WgmmaSwapMask();
   if (d.hd == 64 && a_smem) {
     WgBackwardHd<64, true>(dqkv, dout, qkv, lse, Dsum, d, stream);
   } else if (d.hd == 64) {
@@ -689,8 +730,10 @@ void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const flo
   }
 }
 
-void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& dims,
                        AttentionForwardVariant variant, cudaStream_t stream) {
+  AttnDims d = dims;
+  d.wgmma_swap = WgmmaSwapMask();
   if (d.hd == 64) {
     WgForwardHd<64>(out, lse, qkv, d, variant, stream);
   } else if (d.hd == 128) {
