@@ -263,24 +263,8 @@ __global__ void __launch_bounds__(kThreads)
   bf16* obase = out + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD;
 #pragma unroll
   for (int mt = 0; mt < kMt; ++mt) {
-    const float lsum[2] = {QuadSum(l[mt][0]), QuadSum(l[mt][1])};
-#pragma unroll
-    for (int nd = 0; nd < HD / 8; ++nd) {
-      o[mt][nd][0] /= lsum[0];
-      o[mt][nd][1] /= lsum[0];
-      o[mt][nd][2] /= lsum[1];
-      o[mt][nd][3] /= lsum[1];
-    }
-    const int row = wrow0 + mt * 16 + g;
-    StoreAcc<HD>(obase, d.C, row, d.T, 1.f, o[mt], t);
-    if (t == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (row + 8 * r < d.T) {
-          lse[static_cast<int64_t>(bh) * d.T + row + 8 * r] = m[mt][r] * d.scale + logf(lsum[r]);
-        }
-      }
-    }
+    StoreForwardRows<HD>(obase, d.C, lse + static_cast<int64_t>(bh) * d.T, wrow0 + mt * 16 + g,
+                         d.T, d.scale, o[mt], m[mt], l[mt], t);
   }
 }
 

@@ -59,6 +59,26 @@ __device__ __forceinline__ void LoadBlockedAsync(bf16* dst, const bf16* src, int
   }
 }
 
+// The wgmma kernels' per-tile handshake: this thread's cp.async copies have
+// landed, are made visible to the tensor cores' (async-proxy) reads, and the
+// barrier publishes everyone's (and frees the previous tile's buffer).
+__device__ __forceinline__ void WaitTileForWgmma() {
+  CpAsyncWaitAll();
+  FenceProxyAsyncShared();
+  __syncthreads();
+}
+
+// A fragments (16 x 16 each, k-chunks 0..NKC-1) of this warp's 16 rows
+// row0.. of a blocked [rows][HD] tile.
+template <int HD, int NKC>
+__device__ __forceinline__ void LoadBlockedFragments(uint32_t (&frag)[NKC][4], const bf16* tile,
+                                                     int row0, int lane) {
+#pragma unroll
+  for (int kc = 0; kc < NKC; ++kc) {
+    LdMatrixX4(frag[kc], tile + BlockedOffset(row0 + (lane & 15), kc * 16 + (lane >> 4) * 8, HD));
+  }
+}
+
 // The two product shapes of flash attention on blocked tiles (mma_util.cuh),
 // issued for the warpgroup (the caller fences, commits and waits):
 //
@@ -142,17 +162,11 @@ __global__ void __launch_bounds__(kWgThreads)
   }
 
   for (int it = 0; it < n_tiles; ++it) {
-    CpAsyncWaitAll();
-    FenceProxyAsyncShared();  // this thread's landed copies, visible to wgmma's reads
-    __syncthreads();  // tile it is visible; everyone is done with tile it - 1's buffer
+    WaitTileForWgmma();  // tile it is visible; everyone is done with tile it - 1's buffer
     if (it == 0) {
 #pragma unroll
       for (int mt = 0; mt < kMt; ++mt) {
-#pragma unroll
-        for (int kc = 0; kc < HD / 16; ++kc) {
-          const int r = mt * 64 + warp * 16 + (lane & 15), c = kc * 16 + (lane >> 4) * 8;
-          LdMatrixX4(qa[mt][kc], Qs + BlockedOffset(r, c, HD));
-        }
+        LoadBlockedFragments<HD>(qa[mt], Qs, mt * 64 + warp * 16, lane);
       }
     }
     if (it + 1 < n_tiles) {
@@ -225,24 +239,8 @@ __global__ void __launch_bounds__(kWgThreads)
   bf16* obase = out + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD;
 #pragma unroll
   for (int mt = 0; mt < kMt; ++mt) {
-    const float lsum[2] = {QuadSum(l[mt][0]), QuadSum(l[mt][1])};
-#pragma unroll
-    for (int nd = 0; nd < HD / 8; ++nd) {
-      o[mt][nd][0] /= lsum[0];
-      o[mt][nd][1] /= lsum[0];
-      o[mt][nd][2] /= lsum[1];
-      o[mt][nd][3] /= lsum[1];
-    }
-    const int row = q0 + mt * 64 + warp * 16 + g;
-    StoreAcc<HD>(obase, d.C, row, d.T, 1.f, o[mt], t);
-    if (t == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (row + 8 * r < d.T) {
-          lse[static_cast<int64_t>(bh) * d.T + row + 8 * r] = m[mt][r] * d.scale + logf(lsum[r]);
-        }
-      }
-    }
+    StoreForwardRows<HD>(obase, d.C, lse + static_cast<int64_t>(bh) * d.T,
+                         q0 + mt * 64 + warp * 16 + g, d.T, d.scale, o[mt], m[mt], l[mt], t);
   }
 }
 
@@ -353,16 +351,10 @@ __global__ void __launch_bounds__(kWgThreads)
   uint32_t kreg[kRegK][4], vreg[kRegK][4];
 
   for (int it = 0; it < n_it; ++it) {
-    CpAsyncWaitAll();
-    FenceProxyAsyncShared();
-    __syncthreads();  // step it is visible; everyone is done with step it - 1's buffer
+    WaitTileForWgmma();  // step it is visible; everyone is done with step it - 1's buffer
     if (!kASmem && it == 0) {
-#pragma unroll
-      for (int kc = 0; kc < kRegK; ++kc) {
-        const int r = warp * 16 + (lane & 15), c = kc * 16 + (lane >> 4) * 8;
-        LdMatrixX4(kreg[kc], Ks + BlockedOffset(r, c, HD));
-        LdMatrixX4(vreg[kc], Vs + BlockedOffset(r, c, HD));
-      }
+      LoadBlockedFragments<HD>(kreg, Ks, warp * 16, lane);
+      LoadBlockedFragments<HD>(vreg, Vs, warp * 16, lane);
     }
     if (it + 1 < n_it) issue(it + 1);
     const int i0 = k0 + (it % n_qt) * kN, nb = it & 1;
@@ -470,16 +462,10 @@ __global__ void __launch_bounds__(kWgThreads)
   uint32_t qreg[kRegQ][4], oreg[kRegQ][4];
 
   for (int it = 0; it < n_tiles; ++it) {
-    CpAsyncWaitAll();
-    FenceProxyAsyncShared();
-    __syncthreads();  // tile it is visible; everyone is done with tile it - 1's buffer
+    WaitTileForWgmma();  // tile it is visible; everyone is done with tile it - 1's buffer
     if (!kASmem && it == 0) {
-#pragma unroll
-      for (int kc = 0; kc < kRegQ; ++kc) {
-        const int r = warp * 16 + (lane & 15), c = kc * 16 + (lane >> 4) * 8;
-        LdMatrixX4(qreg[kc], Qs + BlockedOffset(r, c, HD));
-        LdMatrixX4(oreg[kc], dOs + BlockedOffset(r, c, HD));
-      }
+      LoadBlockedFragments<HD>(qreg, Qs, warp * 16, lane);
+      LoadBlockedFragments<HD>(oreg, dOs, warp * 16, lane);
     }
     if (it + 1 < n_tiles) {
       const int nb = (it + 1) & 1;

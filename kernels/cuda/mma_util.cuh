@@ -209,6 +209,31 @@ __device__ __forceinline__ void OnlineSoftmax(float (&s)[NT][4], float (&o)[HD /
   }
 }
 
+// The forward's epilogue for a thread's rows `row` and row + 8 of a 16-row
+// m-tile: O / l (l summed over the quad) into `out` (row stride ld) and the
+// rows' log-sum-exp, m * scale + log(l), into lse_rows (the (batch, head)'s
+// [T] row statistics). Rows >= T are not written.
+template <int HD>
+__device__ __forceinline__ void StoreForwardRows(bf16* out, int64_t ld, float* lse_rows, int row,
+                                                 int T, float scale, float (&o)[HD / 8][4],
+                                                 const float (&m)[2], const float (&l)[2], int t) {
+  const float lsum[2] = {QuadSum(l[0]), QuadSum(l[1])};
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) {
+    o[nd][0] /= lsum[0];
+    o[nd][1] /= lsum[0];
+    o[nd][2] /= lsum[1];
+    o[nd][3] /= lsum[1];
+  }
+  StoreAcc<HD>(out, ld, row, T, 1.f, o, t);
+  if (t == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (row + 8 * r < T) lse_rows[row + 8 * r] = m[r] * scale + logf(lsum[r]);
+    }
+  }
+}
+
 // ---- Hopper warpgroup MMA (wgmma, sm_90a) ---------------------------------------
 // wgmma.mma_async.m64nNk16.f32.bf16.bf16 with A (64 x 16) in registers and B
 // (16 x N) in shared memory: one instruction for the 4 warps of a warpgroup,

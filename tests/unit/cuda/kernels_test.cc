@@ -1044,13 +1044,16 @@ TEST_F(GpuTest, NormBackwardShapesAndPaths) {
   }
 }
 
-// Restores the previous kernel selection when it goes out of scope.
-class LegacyNormBackwardScope {
+// Sets a legacy-kernel switch (SetLegacyNormBackward,
+// SetLegacySoftmaxCrossEntropy: each returns the previous setting) and
+// restores the previous selection when it goes out of scope.
+class LegacyKernelScope {
  public:
-  explicit LegacyNormBackwardScope(bool legacy) : prev_(SetLegacyNormBackward(legacy)) {}
-  ~LegacyNormBackwardScope() { SetLegacyNormBackward(prev_); }
+  LegacyKernelScope(bool (*set)(bool), bool legacy) : set_(set), prev_(set(legacy)) {}
+  ~LegacyKernelScope() { set_(prev_); }
 
  private:
+  bool (*set_)(bool);
   bool prev_;
 };
 
@@ -1064,7 +1067,7 @@ class LegacyNormBackwardScope {
 TEST_F(GpuTest, NormBackwardFastAndLegacyPaths) {
   for (bool legacy : {false, true}) {
     SCOPED_TRACE(legacy ? "legacy kernel" : "default kernel");
-    LegacyNormBackwardScope scope(legacy);
+    LegacyKernelScope scope(SetLegacyNormBackward, legacy);
     for (auto [rows, C] : {std::pair<int64_t, int>{131, 768}, {33, 1024}, {65, 264}, {45, 100}}) {
       for (bool ln : {true, false}) {
         CheckNormBackwardPaths<bf16, bf16>(rows, C, ln);
@@ -1131,16 +1134,6 @@ TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyOddShapes) {
   CheckCrossEntropyShape<T>(2, 3, 3, 0);
 }
 
-// Restores the previous kernel selection when it goes out of scope.
-class LegacyCrossEntropyScope {
- public:
-  explicit LegacyCrossEntropyScope(bool legacy) : prev_(SetLegacySoftmaxCrossEntropy(legacy)) {}
-  ~LegacyCrossEntropyScope() { SetLegacySoftmaxCrossEntropy(prev_); }
-
- private:
-  bool prev_;
-};
-
 // The single-read kernel (row staged in shared memory: 16-byte aligned rows
 // of at most 112 KB) and its fallback, the two-pass kernel, each also with
 // the legacy switch on: GPT-2's padded vocabulary (bf16 staged; fp32, 201 KB,
@@ -1151,7 +1144,7 @@ TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyFastAndLegacyPaths) {
   using T = TypeParam;
   for (bool legacy : {false, true}) {
     SCOPED_TRACE(legacy ? "legacy kernel" : "default kernel");
-    LegacyCrossEntropyScope scope(legacy);
+    LegacyKernelScope scope(SetLegacySoftmaxCrossEntropy, legacy);
     CheckCrossEntropyShape<T>(2, 50257, 50304, 0);  // GPT-2
     CheckCrossEntropyShape<T>(1, 70001, 70008, 0);  // > 112 KB in bf16
     CheckCrossEntropyShape<T>(33, 1003, 1008, 0);   // straddling vector, odd rows
