@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# One GPU session's worth of checks in a single call (device time is scarce and
+# every machine start costs minutes), built from run.sh's modes:
+#
+#   1. run.sh --tests-only   every GPU test (kernels not yet run on a GPU in
+#                            their own processes); if WgmmaProductLayouts says
+#                            the GPU reads a layout with LBO/SBO exchanged,
+#                            once more with LLMT_WGMMA_SWAP set accordingly;
+#   2. run.sh --ab           every attention kernel alone, then GPT-2 end to
+#                            end per variant (LLMT_AB_VARIANTS), default engine
+#                            twice;
+#   3. run.sh --bench-only   GPT-2 124M and Llama ~350M vs PyTorch with the
+#                            winners: per group (forward attention, backward
+#                            attention, GEMM autotuning, classifier chunks) the
+#                            variant that beat the default engine by >=
+#                            LLMT_WIN_MIN (default 1.01x) in step 2 -- wgmma
+#                            variants only if their tests passed in step 1 --
+#                            combined (none: the default engine);
+#   4. run.sh --profile      GPU time per op group with the same settings.
+#
+#   bench/gpu/session.sh            (OUT=dir for the device tool's files)
+#
+# Whole script stays under LLMT_SESSION_S (default 560 s). $OUT gets four
+# files: session.txt (every summary table), tests.log, ab-attention.txt and
+# logs.tar.gz (every log).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
+
+TOTAL=${LLMT_SESSION_S:-560}
+MIN_GAIN=${LLMT_WIN_MIN:-1.01}
+S=$(mktemp -d /tmp/llmt-session.XXXXXX)
+START=$SECONDS
+left() { echo $((TOTAL - (SECONDS - START))); }
+note() { printf '\n##### %s (t=%ds)\n' "$*" "$((SECONDS - START))" | tee -a "$S/session.txt"; }
+
+finish() {
+  if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then
+    cp "$S/session.txt" "$OUT/"
+    [[ -f "$S/tests/tests.log" ]] && cp "$S/tests/tests.log" "$OUT/"
+    [[ -f "$S/ab/ab-attention.txt" ]] && cp "$S/ab/ab-attention.txt" "$OUT/"
+    tar -czf "$OUT/logs.tar.gz" -C "$S" . 2>/dev/null
+  fi
+}
+trap finish EXIT
+
+# ---- 1. tests -----------------------------------------------------------------
+note "1. GPU tests"
+LLMT_BENCH_LOGS=$S/tests LLMT_BENCH_BUDGET_S=150 timeout -k 5 160 \
+  bash bench/gpu/run.sh --tests-only >"$S/tests.out" 2>&1
+echo "run.sh --tests-only exit $?" >>"$S/session.txt"
+sed -n '/^test binary/,/^$/p' "$S/tests.out" >>"$S/session.txt"
+
+test_passed() { grep -qE "^$1 +PASS" "$S/$2"; }
+WG_OK=0
+test_passed cuda_kernels_test-new tests.out && test_passed cuda_model_test-wgmma tests.out && WG_OK=1
+# WgmmaProductLayouts says, per B layout that failed, whether the GPU reads it
+# with LBO and SBO exchanged ("with LBO/SBO swapped: 0 mismatches", then the
+# trace naming the layout): then the tests once more with the bring-up knob.
+SWAP=$(awk '/with LBO\/SBO swapped: 0 mismatches/ {f = 1; next}
+            f && /B K-major/ {s = s (s ? "," : "") "k"; f = 0}
+            f && /B MN-major/ {s = s (s ? "," : "") "mn"; f = 0}
+            END {print s}' "$S/tests/tests.log" 2>/dev/null)
+if ((WG_OK == 0)) && [[ -n $SWAP ]]; then
+  note "1b. GPU tests again with LLMT_WGMMA_SWAP=$SWAP"
+  LLMT_WGMMA_SWAP=$SWAP LLMT_BENCH_LOGS=$S/tests-swap LLMT_BENCH_BUDGET_S=150 timeout -k 5 160 \
+    bash bench/gpu/run.sh --tests-only >"$S/tests-swap.out" 2>&1
+  sed -n '/^test binary/,/^$/p' "$S/tests-swap.out" >>"$S/session.txt"
+  if test_passed cuda_kernels_test-new tests-swap.out &&
+     test_passed cuda_model_test-wgmma tests-swap.out; then
+    WG_OK=1
+    export LLMT_WGMMA_SWAP=$SWAP
+  fi
+fi
+echo "wgmma tests passed: $WG_OK (LLMT_WGMMA_SWAP=${LLMT_WGMMA_SWAP:-})" >>"$S/session.txt"
+
+# ---- 2. A/B ----------------------------------------------------------------
+note "2. A/B"
+lim=$(($(left) - 220))
+((lim > 200)) && lim=200
+if ((lim >= 60)); then
+  LLMT_BENCH_LOGS=$S/ab timeout -k 5 "$lim" bash bench/gpu/run.sh --ab >"$S/ab.out" 2>&1
+  echo "run.sh --ab exit $?" >>"$S/session.txt"
+  cat "$S/ab/ab.txt" >>"$S/session.txt" 2>/dev/null
+else
+  echo "skipped: ${lim}s left for it" >>"$S/session.txt"
+fi
+
+# ---- 3. the winners combined -------------------------------------------------
+# Variant name -> the environment it stands for (run.sh's default A/B list).
+declare -A ENV=(
+  [fwd-wg]="LLMT_ATTN_FWD=wgmma" [fwd-wg-n128]="LLMT_ATTN_FWD=wgmma-n128"
+  [fwd-wg-m128]="LLMT_ATTN_FWD=wgmma-m128" [fwd-m64]="LLMT_ATTN_FWD=m64"
+  [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
+  [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
+  [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
+  [xent512]="LLMT_XENT_CHUNK_ROWS=512")
+gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
+pick() {  # best variant of a group that beats the base by MIN_GAIN
+  local best="" bg=$MIN_GAIN v g
+  for v in "$@"; do
+    [[ $v == *wg* && $WG_OK != 1 ]] && continue
+    g=$(gain "$v")
+    [[ -n $g ]] && awk -v g="$g" -v b="$bg" 'BEGIN {exit !(g >= b)}' && { best=$v; bg=$g; }
+  done
+  echo "$best"
+}
+WIN=()
+for group in "fwd-wg fwd-wg-n128 fwd-wg-m128 fwd-m64 fwd-n128" "bwd-wg bwd-wg-ss" "inplace" \
+             "xent128 xent256 xent512"; do
+  # shellcheck disable=SC2086
+  w=$(pick $group)
+  [[ -n $w ]] && WIN+=("${ENV[$w]}")
+done
+note "3. winners: ${WIN[*]:-none}"
+# With no winner this measures the default engine vs PyTorch.
+budget=$(($(left) - 50))
+((budget > 330)) && budget=330
+if ((budget >= 120)); then
+  env "${WIN[@]}" LLMT_BENCH_LOGS=$S/bench LLMT_BENCH_BUDGET_S=$budget \
+    timeout -k 5 $((budget + 10)) bash bench/gpu/run.sh --bench-only >"$S/bench.out" 2>&1
+  echo "run.sh --bench-only exit $?" >>"$S/session.txt"
+  cat "$S/bench/summary.txt" >>"$S/session.txt" 2>/dev/null
+fi
+if (($(left) >= 45)); then
+  note "profile: ${WIN[*]:-default engine}"
+  env "${WIN[@]}" LLMT_BENCH_LOGS=$S/prof timeout -k 5 $(($(left) - 5)) \
+    bash bench/gpu/run.sh --profile >"$S/prof.out" 2>&1
+  echo "run.sh --profile exit $?" >>"$S/session.txt"
+fi
+note "done"
