@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/runtime.cuh"
 
 namespace {
@@ -154,20 +155,25 @@ int main(int argc, char** argv) {
     return rel;
   };
   const double fwd_flops = 2.0 * B * NH * double(T) * T * hd;  // 4 B NH T^2 hd / 2 (causal)
+  // The wgmma kernels run in both tile layouts (LLMT_WGMMA_LAYOUT's two
+  // values): swizzled is the default, "-blocked" the other.
+  namespace ki = kc::internal;
   struct Fwd {
     const char* name;
     kc::AttentionForwardVariant v;
+    ki::WgLayout layout;
   };
-  const Fwd fwds[] = {{"default", kc::AttentionForwardVariant::kDefault},
-                      {"m64", kc::AttentionForwardVariant::kM64},
-                      {"m64n128", kc::AttentionForwardVariant::kM64N128},
-                      {"wgmma", kc::AttentionForwardVariant::kWgmma},
-                      {"wgmma-n128", kc::AttentionForwardVariant::kWgmmaN128},
-                      {"wgmma-m128", kc::AttentionForwardVariant::kWgmmaM128}};
+  const Fwd fwds[] = {
+      {"default", kc::AttentionForwardVariant::kDefault, ki::WgLayout::kSwizzled},
+      {"m64", kc::AttentionForwardVariant::kM64, ki::WgLayout::kSwizzled},
+      {"m64n128", kc::AttentionForwardVariant::kM64N128, ki::WgLayout::kSwizzled},
+      {"wgmma", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kSwizzled},
+      {"wgmma-blocked", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kBlocked}};
   std::printf("\n%-22s %9s %9s %14s\n", "forward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_out;
   for (const Fwd& f : fwds) {
     kc::SetAttentionForwardVariant(f.v);
+    ki::SetWgmmaLayout(f.layout);
     auto run = [&] {
       kc::AttentionForward(out.as<kc::bf16>(), lse.as<float>(), qkv.as<kc::bf16>(), B, T, NH,
                            NKV, hd, stream);
@@ -187,11 +193,14 @@ int main(int argc, char** argv) {
   struct Bwd {
     const char* name;
     bool wgmma, wgmma_ss, ds;
+    ki::WgLayout layout;
   };
-  const Bwd bwds[] = {{"default", false, false, false},
-                      {"wgmma", true, false, false},
-                      {"wgmma-ss", true, true, false},
-                      {"ds", false, false, true}};
+  const Bwd bwds[] = {{"default", false, false, false, ki::WgLayout::kSwizzled},
+                      {"wgmma", true, false, false, ki::WgLayout::kSwizzled},
+                      {"wgmma-ss", true, true, false, ki::WgLayout::kSwizzled},
+                      {"wgmma-blocked", true, false, false, ki::WgLayout::kBlocked},
+                      {"wgmma-ss-blocked", true, true, false, ki::WgLayout::kBlocked},
+                      {"ds", false, false, true, ki::WgLayout::kSwizzled}};
   std::printf("\n%-22s %9s %9s %14s\n", "backward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_d;
   for (const Bwd& b : bwds) {
@@ -200,6 +209,7 @@ int main(int argc, char** argv) {
     v.wgmma_ss = b.wgmma_ss;
     v.ds = b.ds;
     kc::SetAttentionBackwardVariant(v);
+    ki::SetWgmmaLayout(b.layout);
     const size_t scratch_bytes = kc::AttentionBackwardScratchBytes(B, T, NH);
     kc::DeviceBuffer scratch = Alloc("scratch", static_cast<int64_t>(scratch_bytes));
     auto run = [&] {

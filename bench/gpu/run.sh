@@ -24,10 +24,11 @@
 # --ab: first bench_attention (every attention kernel variant alone, with its
 #   deviation from the default's output), then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
-#   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is and the wgmma
-#   attention, both twice; the wgmma forward tilings and backward alone; the
-#   mma forward tilings; in-place GEMM autotuning; the classifier in row
-#   chunks, LLMT_XENT_CHUNK_ROWS), side by side in one call,
+#   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
+#   attention forward and backward, together and alone, and both on the
+#   blocked tile layout instead of the swizzled one; other options, e.g.
+#   LLMT_ATTN_FWD=m64|m64n128, LLMT_GEMM_AUTOTUNE=exact+inplace,
+#   LLMT_XENT_CHUNK_ROWS=256, by naming them), side by side in one call,
 #   so a switch can be judged in one GPU session.
 # Exit status: 0 when every test passed and every benchmark gave a result
 # (the throughput targets are reported, not enforced), 1 otherwise, 2 on usage.
@@ -175,8 +176,8 @@ fi
 # ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
 if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
-  # the kernels written since the last GPU run against the default engine.
-  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss fwd-wg-n128:LLMT_ATTN_FWD=wgmma-n128 fwd-wg-m128:LLMT_ATTN_FWD=wgmma-m128 inplace:LLMT_GEMM_AUTOTUNE=exact+inplace fwd-m64:LLMT_ATTN_FWD=m64 fwd-n128:LLMT_ATTN_FWD=m64n128 xent128:LLMT_XENT_CHUNK_ROWS=128 xent256:LLMT_XENT_CHUNK_ROWS=256 xent512:LLMT_XENT_CHUNK_ROWS=512 base2 wg2:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"}
+  # the wgmma attention against the default engine.
+  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss wg-blocked:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma;LLMT_WGMMA_LAYOUT=blocked base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
@@ -235,9 +236,9 @@ if [[ $MODE != bench ]]; then
   [[ ${#tests[@]} -eq 0 ]] && { echo "no test binaries in $BUNDLE/bin/tests"; FAILED=1; }
   # The benchmarks need ~330 s, so tests get what is left of the budget.
   reserve=$([[ $MODE == tests ]] && echo 0 || echo 330)
-  # Kernels not yet run on a GPU get their own process: a fault there (a
-  # sticky CUDA error poisons the process) must not fail the established
-  # tests of the same binary. RUNS holds "binary|gtest filter|label|env"
+  # The A/B kernels (wgmma, the forward tilings) get their own process: a
+  # fault there (a sticky CUDA error poisons the process) must not fail the
+  # default kernels' tests of the same binary. RUNS holds "binary|gtest filter|label|env"
   # (env: VAR=VALUE;VAR=VALUE). The model's bf16 tests also run once with
   # the wgmma attention kernels (end to end against the fp32 loss curve).
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'

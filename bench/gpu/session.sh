@@ -2,10 +2,8 @@
 # One GPU session's worth of checks in a single call (device time is scarce and
 # every machine start costs minutes), built from run.sh's modes:
 #
-#   1. run.sh --tests-only   every GPU test (kernels not yet run on a GPU in
-#                            their own processes); if WgmmaProductLayouts says
-#                            the GPU reads a layout with LBO/SBO exchanged,
-#                            once more with LLMT_WGMMA_SWAP set accordingly;
+#   1. run.sh --tests-only   every GPU test (the A/B kernels' tests in their
+#                            own processes);
 #   2. run.sh --ab           every attention kernel alone, then GPT-2 end to
 #                            end per variant (LLMT_AB_VARIANTS), default engine
 #                            twice;
@@ -29,16 +27,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 TOTAL=${LLMT_SESSION_S:-560}
 MIN_GAIN=${LLMT_WIN_MIN:-1.01}
 S=$(mktemp -d /tmp/llmt-session.XXXXXX)
+# run.sh copies its own files into $OUT when set: here only finish() does.
+SESSION_OUT=${OUT:-}
+unset OUT
 START=$SECONDS
 left() { echo $((TOTAL - (SECONDS - START))); }
 note() { printf '\n##### %s (t=%ds)\n' "$*" "$((SECONDS - START))" | tee -a "$S/session.txt"; }
 
 finish() {
-  if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then
-    cp "$S/session.txt" "$OUT/"
-    [[ -f "$S/tests/tests.log" ]] && cp "$S/tests/tests.log" "$OUT/"
-    [[ -f "$S/ab/ab-attention.txt" ]] && cp "$S/ab/ab-attention.txt" "$OUT/"
-    tar -czf "$OUT/logs.tar.gz" -C "$S" . 2>/dev/null
+  local o=$SESSION_OUT
+  if [[ -n "$o" && -d "$o" ]]; then
+    cp "$S/session.txt" "$o/"
+    [[ -f "$S/tests/tests.log" ]] && cp "$S/tests/tests.log" "$o/"
+    [[ -f "$S/ab/ab-attention.txt" ]] && cp "$S/ab/ab-attention.txt" "$o/"
+    tar -czf "$o/logs.tar.gz" -C "$S" . 2>/dev/null
   fi
 }
 trap finish EXIT
@@ -50,28 +52,10 @@ LLMT_BENCH_LOGS=$S/tests LLMT_BENCH_BUDGET_S=150 timeout -k 5 160 \
 echo "run.sh --tests-only exit $?" >>"$S/session.txt"
 sed -n '/^test binary/,/^$/p' "$S/tests.out" >>"$S/session.txt"
 
-test_passed() { grep -qE "^$1 +PASS" "$S/$2"; }
+test_passed() { grep -qE "^$1 +PASS" "$S/tests.out"; }
 WG_OK=0
-test_passed cuda_kernels_test-new tests.out && test_passed cuda_model_test-wgmma tests.out && WG_OK=1
-# WgmmaProductLayouts says, per B layout that failed, whether the GPU reads it
-# with LBO and SBO exchanged ("with LBO/SBO swapped: 0 mismatches", then the
-# trace naming the layout): then the tests once more with the bring-up knob.
-SWAP=$(awk '/with LBO\/SBO swapped: 0 mismatches/ {f = 1; next}
-            f && /B K-major/ {s = s (s ? "," : "") "k"; f = 0}
-            f && /B MN-major/ {s = s (s ? "," : "") "mn"; f = 0}
-            END {print s}' "$S/tests/tests.log" 2>/dev/null)
-if ((WG_OK == 0)) && [[ -n $SWAP ]]; then
-  note "1b. GPU tests again with LLMT_WGMMA_SWAP=$SWAP"
-  LLMT_WGMMA_SWAP=$SWAP LLMT_BENCH_LOGS=$S/tests-swap LLMT_BENCH_BUDGET_S=150 timeout -k 5 160 \
-    bash bench/gpu/run.sh --tests-only >"$S/tests-swap.out" 2>&1
-  sed -n '/^test binary/,/^$/p' "$S/tests-swap.out" >>"$S/session.txt"
-  if test_passed cuda_kernels_test-new tests-swap.out &&
-     test_passed cuda_model_test-wgmma tests-swap.out; then
-    WG_OK=1
-    export LLMT_WGMMA_SWAP=$SWAP
-  fi
-fi
-echo "wgmma tests passed: $WG_OK (LLMT_WGMMA_SWAP=${LLMT_WGMMA_SWAP:-})" >>"$S/session.txt"
+test_passed cuda_kernels_test-new && test_passed cuda_model_test-wgmma && WG_OK=1
+echo "wgmma tests passed: $WG_OK" >>"$S/session.txt"
 
 # ---- 2. A/B ----------------------------------------------------------------
 note "2. A/B"
@@ -88,8 +72,7 @@ fi
 # ---- 3. the winners combined -------------------------------------------------
 # Variant name -> the environment it stands for (run.sh's default A/B list).
 declare -A ENV=(
-  [fwd-wg]="LLMT_ATTN_FWD=wgmma" [fwd-wg-n128]="LLMT_ATTN_FWD=wgmma-n128"
-  [fwd-wg-m128]="LLMT_ATTN_FWD=wgmma-m128" [fwd-m64]="LLMT_ATTN_FWD=m64"
+  [fwd-wg]="LLMT_ATTN_FWD=wgmma" [fwd-m64]="LLMT_ATTN_FWD=m64"
   [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
   [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
   [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
@@ -105,7 +88,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
   echo "$best"
 }
 WIN=()
-for group in "fwd-wg fwd-wg-n128 fwd-wg-m128 fwd-m64 fwd-n128" "bwd-wg bwd-wg-ss" "inplace" \
+for group in "fwd-wg fwd-m64 fwd-n128" "bwd-wg bwd-wg-ss" "inplace" \
              "xent128 xent256 xent512"; do
   # shellcheck disable=SC2086
   w=$(pick $group)

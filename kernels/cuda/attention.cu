@@ -92,9 +92,7 @@ AttentionForwardVariant& ForwardVariant() {
     static const std::pair<const char*, AttentionForwardVariant> kNames[] = {
         {"m64", AttentionForwardVariant::kM64},
         {"m64n128", AttentionForwardVariant::kM64N128},
-        {"wgmma", AttentionForwardVariant::kWgmma},
-        {"wgmma-n128", AttentionForwardVariant::kWgmmaN128},
-        {"wgmma-m128", AttentionForwardVariant::kWgmmaM128}};
+        {"wgmma", AttentionForwardVariant::kWgmma}};
     for (const auto& [name, variant] : kNames) {
       if (s == name) {
         LLMT_LOG(Info) << "cuda attention forward variant: " << s << " (LLMT_ATTN_FWD)";
@@ -102,15 +100,12 @@ AttentionForwardVariant& ForwardVariant() {
       }
     }
     Fatal("LLMT_ATTN_FWD: unknown variant '" + s +
-          "' (expected m64, m64n128, wgmma, wgmma-n128, wgmma-m128, or default)");
+          "' (expected m64, m64n128, wgmma, or default)");
   }();
   return v;
 }
 
-bool IsWgmma(AttentionForwardVariant v) {
-  return v == AttentionForwardVariant::kWgmma || v == AttentionForwardVariant::kWgmmaN128 ||
-         v == AttentionForwardVariant::kWgmmaM128;
-}
+bool IsWgmma(AttentionForwardVariant v) { return v == AttentionForwardVariant::kWgmma; }
 
 // Whether a requested wgmma variant can run here; warns once per process
 // when it cannot (then the mma kernels run).
@@ -438,7 +433,7 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
       case AttentionImpl::kMma: {
         const AttentionForwardVariant v = ForwardVariant();
         if (IsWgmma(v) && WgmmaUsable()) {
-          internal::FlashForwardWgmma(out, lse, qkv, d, v, stream);
+          internal::FlashForwardWgmma(out, lse, qkv, d, stream);
           return;
         }
         internal::FlashForwardMma(out, lse, qkv, d, v, stream);

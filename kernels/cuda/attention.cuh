@@ -106,23 +106,22 @@ struct AttentionBackwardVariant {
 void SetAttentionBackwardVariant(AttentionBackwardVariant v);
 AttentionBackwardVariant GetAttentionBackwardVariant();
 
-// Alternative tilings of the mma forward at head dim 64, for A/B timing on a
-// GPU (written after the last GPU run: not yet timed there):
-//   kM64:     64-row query blocks (one 16-row m-tile per warp) instead of
-//             128: fewer registers, more blocks per SM.
+// Alternative forward kernels for A/B timing. All pass the GPU tests on an
+// H100 and all are slower there than the default at the GPT-2 124M shape
+// (B 64, T 1024, 12 heads of 64; bench_attention, 2026-11-27: default 0.55
+// ms, m64 0.59, m64n128 0.74, wgmma 0.93):
+//   kM64:     head dim 64: 64-row query blocks (one 16-row m-tile per warp)
+//             instead of 128: fewer registers, more blocks per SM.
 //   kM64N128: the same with 128-key tiles instead of 64: half the per-tile
 //             online-softmax rescales, reductions and barriers.
-//   kWgmma, kWgmmaN128, kWgmmaM128 (head dims 64 and 128, sm_90a only):
-//             the forward on Hopper warpgroup MMA (attention_wgmma.cu) with
-//             64-row blocks and 64-key tiles, 64-row blocks and 128-key
-//             tiles, or 128-row blocks and 64-key tiles. On a device other
-//             than compute capability 9.0 they fall back to the default (with
-//             a warning). Written without a GPU: checked on the CPU emulator
-//             only until an H100 run says otherwise.
-// From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "wgmma-n128",
-// "wgmma-m128", "" or "default"; any other value is a fatal error. Set
-// overrides it (process-wide, for tests).
-enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma, kWgmmaN128, kWgmmaM128 };
+//   kWgmma:   head dims 64 and 128, sm_90a only: Hopper warpgroup MMA
+//             (attention_wgmma.cu), 64-row blocks, 128-key tiles at head dim
+//             64 and 64-key tiles at 128. On a device other than compute
+//             capability 9.0 it falls back to the default (with a warning).
+// From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "" or
+// "default"; any other value is a fatal error. Set overrides it
+// (process-wide, for tests).
+enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma };
 void SetAttentionForwardVariant(AttentionForwardVariant v);
 AttentionForwardVariant GetAttentionForwardVariant();
 

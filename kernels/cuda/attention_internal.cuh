@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/wgmma_layout.h"
 
 namespace llmt::kernels::cuda::internal {
 
@@ -17,10 +18,6 @@ struct AttnDims {
   int64_t C;    // out row stride: NH * hd
   int group;    // NH / NKV query heads per key/value head
   float scale;  // 1 / sqrt(hd)
-  // wgmma kernels only (set by FlashForwardWgmma/FlashBackwardWgmma): bit 0
-  // exchanges LBO and SBO in K-major descriptors, bit 1 in MN-major ones
-  // (WgmmaSwapMask()).
-  int wgmma_swap = 0;
 };
 
 // Tensor-core flash attention for bf16, hd 64 or 128, pointers 16-byte
@@ -28,29 +25,33 @@ struct AttnDims {
 // and the portable WMMA version (attention_tc.cu).
 void FlashForwardMma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                      AttentionForwardVariant variant, cudaStream_t stream);
-// The wgmma forward (attention_wgmma.cu), hd 64 or 128, for the kWgmma*
-// variants; only where WgmmaAvailable() (the current device is sm_90).
+// The tile layout of the wgmma kernels: LLMT_WGMMA_LAYOUT ("swizzled", the
+// default, or "blocked"; read once, fatal on other values); Set overrides
+// it (process-wide, for tests).
+WgLayout GetWgmmaLayout();
+void SetWgmmaLayout(WgLayout layout);
+// Whether the wgmma kernels (attention_wgmma.cu) may run with the current
+// layout: the current device is compute capability 9.0 and passed a
+// one-time self-check of that layout (per device and layout).
 bool WgmmaAvailable();
-// A hardware bring-up knob, LLMT_WGMMA_SWAP ("k", "mn", "k,mn"; read once):
-// exchanges the descriptors' LBO and SBO for the named B layouts in the
-// kernels and in the self-check alike, in case a GPU reads the no-swizzle
-// layouts the other way round from the PTX ISA's text (WgmmaProductLayouts
-// says whether it does). Unset: the ISA's reading. Fatal on other values.
-int WgmmaSwapMask();
 // The wgmma backward (dK/dV, then dQ), hd 64 or 128, for variant.wgmma; Dsum
 // as for FlashBackwardMma. a_smem (variant.wgmma_ss; always at hd 128): the
 // fixed A operands are read from shared memory instead of registers.
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, const AttnDims& d, bool a_smem, cudaStream_t stream);
-// D [64][64] fp32 = A [64][16] B [16][64] (row-major bf16, device) with one
-// wgmma, B staged K-major or MN-major in the kernels' blocked layout: a
-// layout check for tests. swap_strides exchanges the descriptor's LBO and
-// SBO (the PTX ISA's convention is the unswapped one; the swapped form only
-// diagnoses a GPU that disagrees).
-void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, bool swap_strides,
-                  cudaStream_t stream);
+// D [64][N] fp32 = A [64][16] B [16][N] (row-major bf16, device) with one
+// wgmma through the attention kernels' descriptor code, B staged in a tile
+// of `layout` as its second k-chunk (so the chunk's start offset counts):
+// K-major (N = 64, a [64][64] tile, B^T in columns 16..31) or MN-major
+// (N = 128, a [32][128] tile, B in rows 16..31: two 64-column regions, so
+// the swizzled layout's LBO counts). A layout check for tests and the
+// self-check. swap_strides exchanges the descriptor's LBO and SBO (a
+// diagnosis: does the device read the layout the other way round?).
+void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, WgLayout layout,
+                  bool swap_strides, cudaStream_t stream);
+// The wgmma forward (attention_wgmma.cu), hd 64 or 128, for kWgmma.
 void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
-                       AttentionForwardVariant variant, cudaStream_t stream);
+                       cudaStream_t stream);
 // ds (variant.ds only): scratch for the dS tiles of ds_batch batch elements
 // (DsBatchBytes each); the backward runs in chunks of that many.
 void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,

@@ -6,7 +6,8 @@
 // per-warp mma.sync tiles. The operand that streams (K for Q K^T, V for P V)
 // is read by the tensor cores directly from shared memory, once per
 // warpgroup; under mma.sync each warp reads it through ldmatrix into its own
-// registers, and those shared-memory reads are what bound the mma kernels.
+// registers (the shared-memory traffic we expected to bound the mma kernels;
+// the H100 timings below say something else dominates here).
 //
 // Block: one warpgroup (4 warps, 128 threads) owning kMt 64-row query
 // m-tiles; warp w owns rows 16 w .. 16 w + 15 of each (the wgmma layout), so
@@ -18,10 +19,12 @@
 // an m-tile whose rows all precede the key tile skips its products, which is
 // uniform over the warpgroup as wgmma requires.
 //
-// Written without access to a GPU: it runs on the CPU emulator (which
-// implements wgmma from the PTX ISA's layouts), not yet on an H100; it is
-// selected only by LLMT_ATTN_FWD=wgmma* / LLMT_ATTN_BWD=wgmma on a
-// compute-capability-9.0 device.
+// Written on the CPU emulator (which implements wgmma from the PTX ISA's
+// layouts), then run on an H100 (2026-11-27): correct (bit-identical to the
+// mma kernels at the GPT-2 shape), but slower than them -- every product
+// waits for the previous one, and there is no swizzle, TMA or warp
+// specialisation yet (docs/cuda.md). Selected only by LLMT_ATTN_FWD=wgmma /
+// LLMT_ATTN_BWD=wgmma* on a compute-capability-9.0 device.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -41,21 +44,32 @@ namespace {
 constexpr int kWgThreads = 128;
 
 // Starts copying rows [row0, row0 + ROWS) x HD of a strided global bf16
-// matrix (src points at the head's column 0) into a blocked tile [ROWS][HD]
-// (mma_util.cuh). Copy e goes to bytes [16 e, 16 e + 16): consecutive threads
-// fill consecutive 16-byte rows of a core matrix, and a warp reads 8 rows x
-// 64 contiguous bytes from global memory. Rows >= T become zeros. Does not
-// commit.
-template <int HD, int ROWS>
-__device__ __forceinline__ void LoadBlockedAsync(bf16* dst, const bf16* src, int64_t ld, int row0,
-                                                 int T) {
-  constexpr int kBlocksPerRow = HD / 8;
+// matrix (src points at the head's column 0) into a [ROWS][HD] tile in
+// layout L (mma_util.cuh). Rows >= T become zeros. Does not commit.
+// Blocked: copy e goes to bytes [16 e, 16 e + 16), consecutive threads fill
+// consecutive 16-byte rows of a core matrix, and a warp reads 8 rows x 64
+// contiguous bytes from global memory. Swizzled: consecutive threads copy
+// consecutive 16-byte chunks of a row (a 128-byte row lands in one 128-byte
+// row of banks, permuted).
+template <int HD, int ROWS, WgLayout LY>
+__device__ __forceinline__ void LoadTileAsync(bf16* dst, const bf16* src, int64_t ld, int row0,
+                                              int T) {
+  constexpr int kChunksPerRow = HD / 8;
 #pragma unroll
-  for (int e = threadIdx.x; e < ROWS * kBlocksPerRow; e += kWgThreads) {
-    const int blk = e >> 3;
-    const int r = (blk / kBlocksPerRow) * 8 + (e & 7), c = (blk % kBlocksPerRow) * 8;
+  for (int e = threadIdx.x; e < ROWS * kChunksPerRow; e += kWgThreads) {
+    int r, c, at;
+    if constexpr (LY == WgLayout::kBlocked) {
+      const int blk = e >> 3;
+      r = (blk / kChunksPerRow) * 8 + (e & 7);
+      c = (blk % kChunksPerRow) * 8;
+      at = e * 8;
+    } else {
+      r = e / kChunksPerRow;
+      c = (e % kChunksPerRow) * 8;
+      at = TileOffset<LY>(r, c, ROWS, HD);
+    }
     const bool ok = row0 + r < T;
-    CpAsync16(dst + e * 8, src + static_cast<int64_t>(ok ? row0 + r : 0) * ld + c, ok);
+    CpAsync16(dst + at, src + static_cast<int64_t>(ok ? row0 + r : 0) * ld + c, ok);
   }
 }
 
@@ -69,35 +83,34 @@ __device__ __forceinline__ void WaitTileForWgmma() {
 }
 
 // A fragments (16 x 16 each, k-chunks 0..NKC-1) of this warp's 16 rows
-// row0.. of a blocked [rows][HD] tile.
-template <int HD, int NKC>
-__device__ __forceinline__ void LoadBlockedFragments(uint32_t (&frag)[NKC][4], const bf16* tile,
-                                                     int row0, int lane) {
+// row0.. of a [ROWS][HD] tile in layout L.
+template <int HD, int ROWS, WgLayout LY, int NKC>
+__device__ __forceinline__ void LoadTileFragments(uint32_t (&frag)[NKC][4], const bf16* tile,
+                                                  int row0, int lane) {
 #pragma unroll
   for (int kc = 0; kc < NKC; ++kc) {
-    LdMatrixX4(frag[kc], tile + BlockedOffset(row0 + (lane & 15), kc * 16 + (lane >> 4) * 8, HD));
+    LdMatrixX4(frag[kc],
+               tile + TileOffset<LY>(row0 + (lane & 15), kc * 16 + (lane >> 4) * 8, ROWS, HD));
   }
 }
 
-// The two product shapes of flash attention on blocked tiles (mma_util.cuh),
-// issued for the warpgroup (the caller fences, commits and waits):
+// The two product shapes of flash attention on tiles in layout L
+// (mma_util.cuh), issued for the warpgroup (the caller fences, commits and
+// waits):
 //
 // acc [64 x N] (=, +=) A [64 x HD] B^T with B a [N][HD] tile read K-major
 // (Q K^T, K Q^T, dO V^T, V dO^T): A is this thread's register fragments
 // (`reg`, one per 16-wide k-chunk) or, with A_SMEM, the [64][HD] tile `a_tile`
 // read by the tensor cores. The first k-chunk overwrites acc.
-// `swap` is AttnDims::wgmma_swap (bring-up knob, normally 0).
-template <int HD, int N, bool A_SMEM>
+template <int HD, int N, bool A_SMEM, WgLayout LY>
 __device__ __forceinline__ void IssueRowProduct(float (&acc)[N / 8][4],
                                                 const uint32_t (&reg)[A_SMEM ? 1 : HD / 16][4],
-                                                const bf16* a_tile, const bf16* b_tile, int swap) {
-  const bool s = swap & 1;
-  const uint32_t lbo = s ? HD * 16 : 128, sbo = s ? 128 : HD * 16;  // K-major
+                                                const bf16* a_tile, const bf16* b_tile) {
 #pragma unroll
   for (int kc = 0; kc < HD / 16; ++kc) {
-    const uint64_t b = WgmmaDesc(b_tile + kc * 2 * 64, lbo, sbo);
+    const uint64_t b = KMajorDesc<LY>(b_tile, kc, N, HD);
     if constexpr (A_SMEM) {
-      WgmmaSS<N, 0>(acc, WgmmaDesc(a_tile + kc * 2 * 64, lbo, sbo), b, kc > 0);
+      WgmmaSS<N, 0>(acc, KMajorDesc<LY>(a_tile, kc, 64, HD), b, kc > 0);
     } else {
       Wgmma<N, 0>(acc, reg[kc], b, kc > 0);
     }
@@ -106,34 +119,38 @@ __device__ __forceinline__ void IssueRowProduct(float (&acc)[N / 8][4],
 // acc [64 x HD] += A [64 x KN] B with B a [KN][HD] tile read MN-major (P V,
 // P^T dO, dS^T Q, dS K) and A register fragments (`frag`, from an
 // accumulator through AccToA).
-template <int HD, int KN>
+template <int HD, int KN, WgLayout LY>
 __device__ __forceinline__ void IssueColProduct(float (&acc)[HD / 8][4],
                                                 const uint32_t (&frag)[KN / 16][4],
-                                                const bf16* b_tile, int swap) {
-  const bool s = swap & 2;
-  const uint32_t lbo = s ? 128 : HD * 16, sbo = s ? HD * 16 : 128;  // MN-major
+                                                const bf16* b_tile) {
 #pragma unroll
   for (int kc = 0; kc < KN / 16; ++kc) {
-    Wgmma<HD, 1>(acc, frag[kc], WgmmaDesc(b_tile + kc * 16 * HD, lbo, sbo), true);
+    Wgmma<HD, 1>(acc, frag[kc], MnMajorDesc<LY>(b_tile, kc, KN, HD), true);
   }
 }
 
-// kMt 64-row m-tiles per block, key/value tiles of kN rows.
-template <int HD, int MT, int NK>
+// kMt 64-row m-tiles per block, key/value tiles of kN rows, tiles in layout
+// L (swizzled tiles need 1024-byte alignment: kSmemAlignSlack more bytes).
+template <int HD, int MT, int NK, WgLayout LY>
 struct WgFwdTiling {
   static constexpr int kMt = MT, kN = NK, kRows = 64 * MT;
-  static constexpr size_t smem = (size_t{kRows} + 4 * size_t{NK}) * HD * sizeof(bf16);
+  static constexpr WgLayout kLayout = LY;
+  static constexpr size_t smem = (size_t{kRows} + 4 * size_t{NK}) * HD * sizeof(bf16) +
+                                 (LY == WgLayout::kSwizzled ? kSmemAlignSlack : 0);
   static_assert(NK == 64 || NK == 128, "the S product is one wgmma n64 or n128");
+  static_assert(NK != HD, "S and O products of one shape ran wrong on an H100 (WgForwardHd)");
 };
 
 template <int HD, typename FT>
 __global__ void __launch_bounds__(kWgThreads)
     FlashFwdWgmmaKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
   constexpr int kN = FT::kN, kMt = FT::kMt, kRows = FT::kRows;
-  LLMT_DYNAMIC_SMEM(smem);
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kRows][HD] blocked
-  bf16* Ks = Qs + kRows * HD;                // [2][kN][HD] blocked
-  bf16* Vs = Ks + 2 * kN * HD;               // [2][kN][HD] blocked
+  constexpr WgLayout LY = FT::kLayout;
+  LLMT_DYNAMIC_SMEM(smem_raw);
+  unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kRows][HD]
+  bf16* Ks = Qs + kRows * HD;                // [2][kN][HD]
+  bf16* Vs = Ks + 2 * kN * HD;               // [2][kN][HD]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // longest rows first
   const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
@@ -143,9 +160,9 @@ __global__ void __launch_bounds__(kWgThreads)
   const int n_tiles = DivUp(min(q0 + kRows, d.T), kN);
   const float sl2 = d.scale * kLog2e;
 
-  LoadBlockedAsync<HD, kRows>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
-  LoadBlockedAsync<HD, kN>(Ks, kbase, d.ld, 0, d.T);
-  LoadBlockedAsync<HD, kN>(Vs, vbase, d.ld, 0, d.T);
+  LoadTileAsync<HD, kRows, LY>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  LoadTileAsync<HD, kN, LY>(Ks, kbase, d.ld, 0, d.T);
+  LoadTileAsync<HD, kN, LY>(Vs, vbase, d.ld, 0, d.T);
   CpAsyncCommit();
 
   uint32_t qa[kMt][HD / 16][4];
@@ -166,13 +183,13 @@ __global__ void __launch_bounds__(kWgThreads)
     if (it == 0) {
 #pragma unroll
       for (int mt = 0; mt < kMt; ++mt) {
-        LoadBlockedFragments<HD>(qa[mt], Qs, mt * 64 + warp * 16, lane);
+        LoadTileFragments<HD, kRows, LY>(qa[mt], Qs, mt * 64 + warp * 16, lane);
       }
     }
     if (it + 1 < n_tiles) {
       const int nb = (it + 1) & 1;
-      LoadBlockedAsync<HD, kN>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
-      LoadBlockedAsync<HD, kN>(Vs + nb * kN * HD, vbase, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN, LY>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN, LY>(Vs + nb * kN * HD, vbase, d.ld, (it + 1) * kN, d.T);
       CpAsyncCommit();
     }
     const int j0 = it * kN;
@@ -190,7 +207,7 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
-      if (live[mt]) IssueRowProduct<HD, kN, false>(s[mt], qa[mt], nullptr, Kb, d.wgmma_swap);
+      if (live[mt]) IssueRowProduct<HD, kN, false, LY>(s[mt], qa[mt], nullptr, Kb);
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -228,7 +245,7 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
-      if (live[mt]) IssueColProduct<HD, kN>(o[mt], pa[mt], Vb, d.wgmma_swap);
+      if (live[mt]) IssueColProduct<HD, kN, LY>(o[mt], pa[mt], Vb);
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -253,22 +270,18 @@ void LaunchWgFwd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cuda
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdWgmmaKernel", stream);
 }
 
-template <int HD>
-void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
-                 AttentionForwardVariant v, cudaStream_t stream) {
-  switch (v) {
-    case AttentionForwardVariant::kWgmmaN128:
-      LaunchWgFwd<HD, WgFwdTiling<HD, 1, 128>>(out, lse, qkv, d, stream);
-      return;
-    case AttentionForwardVariant::kWgmmaM128:
-      // Two m-tiles at head dim 128 would spill (255 registers + 344 bytes
-      // of stack): one instead.
-      LaunchWgFwd<HD, WgFwdTiling<HD, HD == 64 ? 2 : 1, 64>>(out, lse, qkv, d, stream);
-      return;
-    default:
-      LaunchWgFwd<HD, WgFwdTiling<HD, 1, 64>>(out, lse, qkv, d, stream);
-      return;
-  }
+// The S = Q K^T and O += P V products have different wgmma shapes here
+// (n128 and n64 at head dim 64, n64 and n128 at 128): on an H100
+// (2026-11-27) every tiling whose two products had the same shape -- 64-key
+// tiles at head dim 64 (one or two m-tiles per block), 128-key tiles at 128
+// -- computed wrong outputs (relative L2 0.2-0.5) whenever a block walked
+// more than one key tile, while these two matched the CPU on every test
+// shape and the mma kernels bit for bit. The emulator runs all of them
+// correctly; the cause is not found (the backward, n64 throughout at head
+// dim 64, is right on the H100).
+template <int HD, WgLayout LY>
+void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
+  LaunchWgFwd<HD, WgFwdTiling<HD, 1, HD == 64 ? 128 : 64, LY>>(out, lse, qkv, d, stream);
 }
 
 // ---- backward ------------------------------------------------------------------------
@@ -282,13 +295,14 @@ void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
 // (64) registers.
 constexpr int kBwdN = 64;  // keys per dK/dV block, queries per dQ block, tile rows
 
-template <int HD>
+template <int HD, WgLayout LY>
 struct WgBwdSmem {
   static constexpr size_t kTileBytes = size_t{kBwdN} * HD * sizeof(bf16);
+  static constexpr size_t kSlack = LY == WgLayout::kSwizzled ? kSmemAlignSlack : 0;
   // dK/dV: K, V; Q and dO double-buffered; lse and Dsum double-buffered.
-  static constexpr size_t kDkv = 6 * kTileBytes + 4 * kBwdN * sizeof(float);
+  static constexpr size_t kDkv = 6 * kTileBytes + 4 * kBwdN * sizeof(float) + kSlack;
   // dQ: Q, dO; K and V double-buffered.
-  static constexpr size_t kDq = 6 * kTileBytes;
+  static constexpr size_t kDq = 6 * kTileBytes + kSlack;
 };
 
 // Block: keys [k0, k0 + 64) of one (batch, kv head); warp w owns keys
@@ -300,13 +314,14 @@ struct WgBwdSmem {
 //   dV += P^T dO, dK += dS^T Q         (Q, dO read MN-major)
 // Queries >= T are zero rows with lse = Dsum = 0: P^T = 1 there, but dO = 0
 // makes their dV terms and dS^T exactly zero.
-template <int HD, bool A_SMEM>
+template <int HD, bool A_SMEM, WgLayout LY>
 __global__ void __launch_bounds__(kWgThreads)
     FlashBwdDkvWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                            const float* Dsum, AttnDims d) {
   constexpr int kN = kBwdN;
-  LLMT_DYNAMIC_SMEM(smem);
-  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [kN][HD] blocked
+  LLMT_DYNAMIC_SMEM(smem_raw);
+  unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [kN][HD]
   bf16* Vs = Ks + kN * HD;
   bf16* Qs = Vs + kN * HD;        // [2][kN][HD]
   bf16* dOs = Qs + 2 * kN * HD;   // [2][kN][HD]
@@ -328,16 +343,16 @@ __global__ void __launch_bounds__(kWgThreads)
   auto issue = [&](int it) {
     const int h = kvh * d.group + it / n_qt, i0 = k0 + (it % n_qt) * kN, nb = it & 1;
     const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
-    LoadBlockedAsync<HD, kN>(Qs + nb * kN * HD, base + static_cast<int64_t>(h) * HD, d.ld, i0,
+    LoadTileAsync<HD, kN, LY>(Qs + nb * kN * HD, base + static_cast<int64_t>(h) * HD, d.ld, i0,
                              d.T);
-    LoadBlockedAsync<HD, kN>(dOs + nb * kN * HD, obase + static_cast<int64_t>(h) * HD, d.C, i0,
+    LoadTileAsync<HD, kN, LY>(dOs + nb * kN * HD, obase + static_cast<int64_t>(h) * HD, d.C, i0,
                              d.T);
     LoadRowStatsAsync<kWgThreads>(Lsm + nb * kN, lse + bh * d.T, i0, kN, d.T);
     LoadRowStatsAsync<kWgThreads>(Dsm + nb * kN, Dsum + bh * d.T, i0, kN, d.T);
     CpAsyncCommit();
   };
-  LoadBlockedAsync<HD, kN>(Ks, base + kcol, d.ld, k0, d.T);
-  LoadBlockedAsync<HD, kN>(Vs, base + vcol, d.ld, k0, d.T);
+  LoadTileAsync<HD, kN, LY>(Ks, base + kcol, d.ld, k0, d.T);
+  LoadTileAsync<HD, kN, LY>(Vs, base + vcol, d.ld, k0, d.T);
   issue(0);  // same group as K, V
 
   float dk[HD / 8][4], dv[HD / 8][4];
@@ -353,8 +368,8 @@ __global__ void __launch_bounds__(kWgThreads)
   for (int it = 0; it < n_it; ++it) {
     WaitTileForWgmma();  // step it is visible; everyone is done with step it - 1's buffer
     if (!kASmem && it == 0) {
-      LoadBlockedFragments<HD>(kreg, Ks, warp * 16, lane);
-      LoadBlockedFragments<HD>(vreg, Vs, warp * 16, lane);
+      LoadTileFragments<HD, kN, LY>(kreg, Ks, warp * 16, lane);
+      LoadTileFragments<HD, kN, LY>(vreg, Vs, warp * 16, lane);
     }
     if (it + 1 < n_it) issue(it + 1);
     const int i0 = k0 + (it % n_qt) * kN, nb = it & 1;
@@ -366,8 +381,8 @@ __global__ void __launch_bounds__(kWgThreads)
     // S^T, dP^T [64 keys x 64 queries]: B(k = dim, n = query) = Q, dO [query][dim].
     float st[kN / 8][4], dpt[kN / 8][4];
     WgmmaFence();
-    IssueRowProduct<HD, kN, kASmem>(st, kreg, Ks, Qb, d.wgmma_swap);
-    IssueRowProduct<HD, kN, kASmem>(dpt, vreg, Vs, dOb, d.wgmma_swap);
+    IssueRowProduct<HD, kN, kASmem, LY>(st, kreg, Ks, Qb);
+    IssueRowProduct<HD, kN, kASmem, LY>(dpt, vreg, Vs, dOb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(st);
@@ -402,8 +417,8 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFenceOperand(dv);
     WgmmaFenceOperand(dk);
     WgmmaFence();
-    IssueColProduct<HD, kN>(dv, pa, dOb, d.wgmma_swap);
-    IssueColProduct<HD, kN>(dk, sa, Qb, d.wgmma_swap);
+    IssueColProduct<HD, kN, LY>(dv, pa, dOb);
+    IssueColProduct<HD, kN, LY>(dk, sa, Qb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(dv);
@@ -420,13 +435,14 @@ __global__ void __launch_bounds__(kWgThreads)
 //   S = Q K^T, dP = dO V^T             (Q, dO register A fragments; K, V K-major B)
 //   dS = exp(scale S - lse) (dP - Dsum), causal mask by value
 //   dQ += dS K                         (K read MN-major)
-template <int HD, bool A_SMEM>
+template <int HD, bool A_SMEM, WgLayout LY>
 __global__ void __launch_bounds__(kWgThreads)
     FlashBwdDqWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                           const float* Dsum, AttnDims d) {
   constexpr int kN = kBwdN;
-  LLMT_DYNAMIC_SMEM(smem);
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kN][HD] blocked
+  LLMT_DYNAMIC_SMEM(smem_raw);
+  unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kN][HD]
   bf16* dOs = Qs + kN * HD;
   bf16* Ks = dOs + kN * HD;      // [2][kN][HD]
   bf16* Vs = Ks + 2 * kN * HD;   // [2][kN][HD]
@@ -440,12 +456,12 @@ __global__ void __launch_bounds__(kWgThreads)
   const int n_tiles = DivUp(min(q0 + kN, d.T), kN);
   const float sl2 = d.scale * kLog2e;
 
-  LoadBlockedAsync<HD, kN>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
-  LoadBlockedAsync<HD, kN>(
+  LoadTileAsync<HD, kN, LY>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  LoadTileAsync<HD, kN, LY>(
       dOs, dout + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD, d.C, q0,
       d.T);
-  LoadBlockedAsync<HD, kN>(Ks, kbase, d.ld, 0, d.T);
-  LoadBlockedAsync<HD, kN>(Vs, vbase, d.ld, 0, d.T);
+  LoadTileAsync<HD, kN, LY>(Ks, kbase, d.ld, 0, d.T);
+  LoadTileAsync<HD, kN, LY>(Vs, vbase, d.ld, 0, d.T);
   CpAsyncCommit();
   float L[2], D[2];  // this thread's rows g and g + 8: lse (log2 units) and Dsum
 #pragma unroll
@@ -464,13 +480,13 @@ __global__ void __launch_bounds__(kWgThreads)
   for (int it = 0; it < n_tiles; ++it) {
     WaitTileForWgmma();  // tile it is visible; everyone is done with tile it - 1's buffer
     if (!kASmem && it == 0) {
-      LoadBlockedFragments<HD>(qreg, Qs, warp * 16, lane);
-      LoadBlockedFragments<HD>(oreg, dOs, warp * 16, lane);
+      LoadTileFragments<HD, kN, LY>(qreg, Qs, warp * 16, lane);
+      LoadTileFragments<HD, kN, LY>(oreg, dOs, warp * 16, lane);
     }
     if (it + 1 < n_tiles) {
       const int nb = (it + 1) & 1;
-      LoadBlockedAsync<HD, kN>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
-      LoadBlockedAsync<HD, kN>(Vs + nb * kN * HD, vbase, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN, LY>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN, LY>(Vs + nb * kN * HD, vbase, d.ld, (it + 1) * kN, d.T);
       CpAsyncCommit();
     }
     const int j0 = it * kN;
@@ -480,8 +496,8 @@ __global__ void __launch_bounds__(kWgThreads)
     // S, dP [64 queries x 64 keys]: B(k = dim, n = key) = K, V [key][dim], K-major.
     float s[kN / 8][4], dp[kN / 8][4];
     WgmmaFence();
-    IssueRowProduct<HD, kN, kASmem>(s, qreg, Qs, Kb, d.wgmma_swap);
-    IssueRowProduct<HD, kN, kASmem>(dp, oreg, dOs, Vb, d.wgmma_swap);
+    IssueRowProduct<HD, kN, kASmem, LY>(s, qreg, Qs, Kb);
+    IssueRowProduct<HD, kN, kASmem, LY>(dp, oreg, dOs, Vb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(s);
@@ -505,7 +521,7 @@ __global__ void __launch_bounds__(kWgThreads)
     // dQ += dS K: B(k = key, n = dim) = K[key][dim], MN-major.
     WgmmaFenceOperand(dq);
     WgmmaFence();
-    IssueColProduct<HD, kN>(dq, sa, Kb, d.wgmma_swap);
+    IssueColProduct<HD, kN, LY>(dq, sa, Kb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(dq);
@@ -514,31 +530,43 @@ __global__ void __launch_bounds__(kWgThreads)
   StoreAcc<HD>(dbase, d.ld, wrow0 + g, d.T, d.scale, dq, t);
 }
 
-// Covers every byte either reading of the 16 x 64 tile's descriptor can
-// touch (at most 7 x 1024 + 254 bytes).
-constexpr int kWgmmaProductSmem = 16 * 1024;
+// The product kernel's tile (8 KB) sits at the start of this many zeroed
+// bytes, which cover every byte either reading (LBO/SBO as meant or
+// exchanged) of either layout can touch, so that a device reading a
+// descriptor another way gets wrong values, not a fault that would poison
+// the process.
+constexpr int kWgmmaProductSmem = 40 * 1024;
 
-// One m64n64k16 product through the same descriptor construction the
-// attention kernels use: A [64][16] and B [16][64] (k, n) row-major in
-// global memory, D [64][64] fp32. B is staged in a blocked tile read K-major
-// (tile rows = n) or MN-major (tile rows = k). A test of the layout
-// conventions on the GPU itself, so that a failure of the attention kernels
-// can be told apart from a wrong descriptor.
+// D [64][8 NC] (row-major) from this thread's accumulator tiles.
+template <int NC>
+__device__ __forceinline__ void StoreProduct(float* d_out, const float (&acc)[NC][4], int r0,
+                                             int t) {
+  for (int c = 0; c < NC; ++c) {
+    for (int i = 0; i < 4; ++i) {
+      d_out[(r0 + 8 * (i >> 1)) * 8 * NC + 8 * c + 2 * t + (i & 1)] = acc[c][i];
+    }
+  }
+}
+
+// One m64nNk16 product through the attention kernels' descriptor code (see
+// WgmmaProduct): A [64][16] and B [16][N] (k, n) row-major in global
+// memory, D [64][N] fp32, N = 64 (K-major) or 128 (MN-major).
+template <WgLayout LY>
 __global__ void __launch_bounds__(kWgThreads)
-    WgmmaProductKernel(float* d_out, const bf16* a, const bf16* b, int mn_major, uint32_t lbo,
-                       uint32_t sbo) {
-  LLMT_DYNAMIC_SMEM(smem);
-  bf16* Bs = reinterpret_cast<bf16*>(smem);  // 16 x 64 elements, blocked
-  // The tile sits at the start of kWgmmaProductSmem zeroed bytes, so that a
-  // device reading the descriptor another way stays inside the allocation
-  // (wrong values, not a fault that would poison the process).
+    WgmmaProductKernel(float* d_out, const bf16* a, const bf16* b, int mn_major, int swap) {
+  LLMT_DYNAMIC_SMEM(smem_raw);
+  unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
+  bf16* tile = reinterpret_cast<bf16*>(smem);
   for (int e = threadIdx.x; e < kWgmmaProductSmem / 2; e += kWgThreads) {
-    Bs[e] = __float2bfloat16(0.f);
+    tile[e] = __float2bfloat16(0.f);
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < 16 * 64; e += kWgThreads) {
-    const int k = e / 64, n = e % 64;
-    Bs[mn_major ? BlockedOffset(k, n, 64) : BlockedOffset(n, k, 16)] = b[e];
+  const int N = mn_major ? 128 : 64;
+  for (int e = threadIdx.x; e < 16 * N; e += kWgThreads) {
+    const int k = e / N, n = e % N;
+    // Second k-chunk: K-major [64][64] tile (rows n, columns 16 + k);
+    // MN-major [32][128] tile (rows 16 + k, columns n).
+    tile[mn_major ? TileOffset<LY>(16 + k, n, 32, 128) : TileOffset<LY>(n, 16 + k, 64, 64)] = b[e];
   }
   FenceProxyAsyncShared();
   __syncthreads();
@@ -552,33 +580,59 @@ __global__ void __launch_bounds__(kWgThreads)
   const int r0 = warp * 16 + g;
   const uint32_t af[4] = {pair(r0, 2 * t), pair(r0 + 8, 2 * t), pair(r0, 2 * t + 8),
                           pair(r0 + 8, 2 * t + 8)};
-  float acc[8][4];
   WgmmaFence();
   if (mn_major) {
-    Wgmma<64, 1>(acc, af, WgmmaDesc(Bs, lbo, sbo), false);
+    float acc[16][4];
+    Wgmma<128, 1>(acc, af, MnMajorDesc<LY>(tile, 1, 32, 128, swap != 0), false);
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperand(acc);
+    StoreProduct(d_out, acc, r0, t);
   } else {
-    Wgmma<64, 0>(acc, af, WgmmaDesc(Bs, lbo, sbo), false);
-  }
-  WgmmaCommit();
-  WgmmaWait<0>();
-  WgmmaFenceOperand(acc);
-  for (int c = 0; c < 8; ++c) {
-    for (int i = 0; i < 4; ++i) {
-      d_out[(r0 + 8 * (i >> 1)) * 64 + 8 * c + 2 * t + (i & 1)] = acc[c][i];
-    }
+    float acc[8][4];
+    Wgmma<64, 0>(acc, af, KMajorDesc<LY>(tile, 1, 64, 64, swap != 0), false);
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperand(acc);
+    StoreProduct(d_out, acc, r0, t);
   }
 }
 
+// LLMT_WGMMA_LAYOUT, read once (SetWgmmaLayout overrides it).
+WgLayout& LayoutSetting() {
+  static WgLayout layout = [] {
+    const char* env = std::getenv("LLMT_WGMMA_LAYOUT");
+    const std::string v = env == nullptr ? "" : env;
+    if (v.empty() || v == "swizzled") return WgLayout::kSwizzled;
+    if (v == "blocked") {
+      LLMT_LOG(Info) << "cuda attention: wgmma tiles in the blocked layout (LLMT_WGMMA_LAYOUT)";
+      return WgLayout::kBlocked;
+    }
+    Fatal("LLMT_WGMMA_LAYOUT: unknown value '" + v + "' (expected swizzled or blocked)");
+  }();
+  return layout;
+}
+
+const char* LayoutName(WgLayout l) { return l == WgLayout::kSwizzled ? "swizzled" : "blocked"; }
+
 }  // namespace
 
-void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, bool swap_strides,
-                  cudaStream_t stream) {
-  // The blocked tile's strides (see mma_util.cuh): K-major 16 columns (k),
-  // MN-major 64 columns (n).
-  uint32_t lbo = mn_major ? 64 * 16 : 128, sbo = mn_major ? 128 : 16 * 16;
-  if (swap_strides) std::swap(lbo, sbo);
-  Launch(WgmmaProductKernel, dim3(1), kWgThreads, kWgmmaProductSmem, stream, d, a, b,
-         mn_major ? 1 : 0, lbo, sbo);
+WgLayout GetWgmmaLayout() { return LayoutSetting(); }
+void SetWgmmaLayout(WgLayout layout) { LayoutSetting() = layout; }
+
+void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, WgLayout layout,
+                  bool swap_strides, cudaStream_t stream) {
+  const int m = mn_major ? 1 : 0, sw = swap_strides ? 1 : 0;
+  const size_t smem = kWgmmaProductSmem + kSmemAlignSlack;
+  if (layout == WgLayout::kSwizzled) {
+    AllowSmem(WgmmaProductKernel<WgLayout::kSwizzled>, smem, "WgmmaProductKernel");
+    Launch(WgmmaProductKernel<WgLayout::kSwizzled>, dim3(1), kWgThreads, smem, stream, d, a, b, m,
+           sw);
+  } else {
+    AllowSmem(WgmmaProductKernel<WgLayout::kBlocked>, smem, "WgmmaProductKernel");
+    Launch(WgmmaProductKernel<WgLayout::kBlocked>, dim3(1), kWgThreads, smem, stream, d, a, b, m,
+           sw);
+  }
   LLMT_CUDA_CHECK_LAUNCH("WgmmaProductKernel", stream);
 }
 
@@ -589,9 +643,7 @@ namespace {
 // naming the failing layout, when the device disagrees or a call fails; the
 // attention kernels build their descriptors exactly as WgmmaProduct does, so
 // a failure here means they would compute garbage.
-bool WgmmaSelfCheck() {
-  std::vector<uint16_t> a(64 * 16), b(16 * 64);
-  std::vector<float> af(a.size()), bf(b.size());
+bool WgmmaSelfCheck(WgLayout layout) {
   auto bits = [](float f) {
     uint32_t u;
     std::memcpy(&u, &f, 4);
@@ -606,26 +658,28 @@ bool WgmmaSelfCheck() {
     h ^= h >> 13;
     return static_cast<float>(static_cast<int>(h % range) - range / 2);
   };
+  std::vector<uint16_t> a(64 * 16), b(16 * 128);
+  std::vector<float> af(a.size()), bf(b.size());
   for (size_t i = 0; i < a.size(); ++i) a[i] = bits(af[i] = value(i, 0x9e3779b9u, 5));  // -2..2
   for (size_t i = 0; i < b.size(); ++i) b[i] = bits(bf[i] = value(i, 0x85ebca6bu, 7));  // -3..3
-  std::vector<float> want(64 * 64, 0.f), got(64 * 64);
-  for (int i = 0; i < 64; ++i) {
-    for (int j = 0; j < 64; ++j) {
-      for (int k = 0; k < 16; ++k) want[i * 64 + j] += af[i * 16 + k] * bf[k * 64 + j];
-    }
-  }
   void *da = nullptr, *db = nullptr, *dd = nullptr;
   bool ok = cudaMalloc(&da, a.size() * 2) == cudaSuccess &&
             cudaMalloc(&db, b.size() * 2) == cudaSuccess &&
-            cudaMalloc(&dd, got.size() * 4) == cudaSuccess &&
+            cudaMalloc(&dd, 64 * 128 * 4) == cudaSuccess &&
             cudaMemcpy(da, a.data(), a.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess &&
             cudaMemcpy(db, b.data(), b.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess;
   std::string failed;
   for (const bool mn_major : {false, true}) {
     if (!ok) break;
-    const bool swap = (WgmmaSwapMask() & (mn_major ? 2 : 1)) != 0;
+    const int N = mn_major ? 128 : 64;  // B is b's first 16 x N values, row-major
+    std::vector<float> want(64 * N, 0.f), got(64 * N);
+    for (int i = 0; i < 64; ++i) {
+      for (int j = 0; j < N; ++j) {
+        for (int k = 0; k < 16; ++k) want[i * N + j] += af[i * 16 + k] * bf[k * N + j];
+      }
+    }
     WgmmaProduct(static_cast<float*>(dd), static_cast<const bf16*>(da),
-                 static_cast<const bf16*>(db), mn_major, swap, nullptr);
+                 static_cast<const bf16*>(db), mn_major, layout, /*swap_strides=*/false, nullptr);
     ok = cudaMemcpy(got.data(), dd, got.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess;
     if (ok && got != want) failed += mn_major ? " MN-major" : " K-major";
   }
@@ -636,7 +690,8 @@ bool WgmmaSelfCheck() {
   cudaFree(db);
   cudaFree(dd);
   if (!failed.empty()) {
-    LLMT_LOG(Warning) << "cuda attention: the wgmma self-check failed for B" << failed
+    LLMT_LOG(Warning) << "cuda attention: the wgmma self-check failed for the "
+                      << LayoutName(layout) << " layout, B" << failed
                       << "; the wgmma variants fall back to the mma kernels";
   }
   return failed.empty();
@@ -647,25 +702,27 @@ bool WgmmaSelfCheck() {
 bool WgmmaAvailable() {
   // The wgmma code exists only as sm_90a SASS: compute capability 9.0
   // exactly, and the device must agree with our reading of the operand
-  // layouts (checked once per device, on first use).
-  static int cached[64] = {};  // 0 unknown, 1 yes, 2 no
+  // layouts (checked once per device and layout, on first use).
+  static int cached[64][2] = {};  // 0 unknown, 1 yes, 2 no
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (cached[dev] == 0) {
+  const WgLayout layout = GetWgmmaLayout();
+  int& c = cached[dev][layout == WgLayout::kSwizzled ? 1 : 0];
+  if (c == 0) {
     cudaDeviceProp prop{};
     const bool sm90 = cudaGetDeviceProperties(&prop, dev) == cudaSuccess && prop.major == 9 &&
                       prop.minor == 0;
-    cached[dev] = sm90 && WgmmaSelfCheck() ? 1 : 2;
+    c = sm90 && WgmmaSelfCheck(layout) ? 1 : 2;
   }
-  return cached[dev] == 1;
+  return c == 1;
 }
 
-template <int HD, bool A_SMEM>
+template <int HD, bool A_SMEM, WgLayout LY>
 void WgBackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                   const float* Dsum, const AttnDims& d, cudaStream_t stream) {
-  using S = WgBwdSmem<HD>;
-  const auto dkv = FlashBwdDkvWgmmaKernel<HD, A_SMEM>;
-  const auto dq = FlashBwdDqWgmmaKernel<HD, A_SMEM>;
+  using S = WgBwdSmem<HD, LY>;
+  const auto dkv = FlashBwdDkvWgmmaKernel<HD, A_SMEM, LY>;
+  const auto dq = FlashBwdDqWgmmaKernel<HD, A_SMEM, LY>;
   AllowSmem(dkv, S::kDkv, "FlashBwdDkvWgmmaKernel");
   const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kBwdN));
   Launch(dkv, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads, S::kDkv, stream, dqkv,
@@ -677,53 +734,39 @@ void WgBackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* ls
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqWgmmaKernel", stream);
 }
 
-int WgmmaSwapMask() {
-  static const int mask = [] {
-    const char* env = std::getenv("LLMT_WGMMA_SWAP");
-    const std::string v = env == nullptr ? "" : env;
-    int m = 0;
-    if (v == "k") {
-      m = 1;
-    } else if (v == "mn") {
-      m = 2;
-    } else if (v == "k,mn" || v == "mn,k") {
-      m = 3;
-    } else if (!v.empty()) {
-      Fatal("LLMT_WGMMA_SWAP: unknown value '" + v + "' (expected k, mn or k,mn)");
-    }
-    if (m != 0) {
-      LLMT_LOG(Warning) << "cuda attention: wgmma descriptors with LBO/SBO exchanged for "
-                        << v << " (LLMT_WGMMA_SWAP, a bring-up knob)";
-    }
-    return m;
-  }();
-  return mask;
-}
-
-void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                        const float* Dsum, const AttnDims& dims, bool a_smem,
-                        cudaStream_t stream) {
-  AttnDims d = dims;
-  d.wgmma_swap = WgmmaSwapMask();
+template <WgLayout LY>
+void WgBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                const float* Dsum, const AttnDims& d, bool a_smem, cudaStream_t stream) {
   if (d.hd == 64 && a_smem) {
-    WgBackwardHd<64, true>(dqkv, dout, qkv, lse, Dsum, d, stream);
+    WgBackwardHd<64, true, LY>(dqkv, dout, qkv, lse, Dsum, d, stream);
   } else if (d.hd == 64) {
-    WgBackwardHd<64, false>(dqkv, dout, qkv, lse, Dsum, d, stream);
+    WgBackwardHd<64, false, LY>(dqkv, dout, qkv, lse, Dsum, d, stream);
   } else if (d.hd == 128) {
-    WgBackwardHd<128, true>(dqkv, dout, qkv, lse, Dsum, d, stream);
+    WgBackwardHd<128, true, LY>(dqkv, dout, qkv, lse, Dsum, d, stream);
   } else {
     Fatal("FlashBackwardWgmma: unsupported head dim " + std::to_string(d.hd));
   }
 }
 
-void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& dims,
-                       AttentionForwardVariant variant, cudaStream_t stream) {
-  AttnDims d = dims;
-  d.wgmma_swap = WgmmaSwapMask();
+void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                        const float* Dsum, const AttnDims& d, bool a_smem,
+                        cudaStream_t stream) {
+  if (GetWgmmaLayout() == WgLayout::kSwizzled) {
+    WgBackward<WgLayout::kSwizzled>(dqkv, dout, qkv, lse, Dsum, d, a_smem, stream);
+  } else {
+    WgBackward<WgLayout::kBlocked>(dqkv, dout, qkv, lse, Dsum, d, a_smem, stream);
+  }
+}
+
+void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                       cudaStream_t stream) {
+  const bool sw = GetWgmmaLayout() == WgLayout::kSwizzled;
   if (d.hd == 64) {
-    WgForwardHd<64>(out, lse, qkv, d, variant, stream);
+    sw ? WgForwardHd<64, WgLayout::kSwizzled>(out, lse, qkv, d, stream)
+       : WgForwardHd<64, WgLayout::kBlocked>(out, lse, qkv, d, stream);
   } else if (d.hd == 128) {
-    WgForwardHd<128>(out, lse, qkv, d, variant, stream);
+    sw ? WgForwardHd<128, WgLayout::kSwizzled>(out, lse, qkv, d, stream)
+       : WgForwardHd<128, WgLayout::kBlocked>(out, lse, qkv, d, stream);
   } else {
     Fatal("FlashForwardWgmma: unsupported head dim " + std::to_string(d.hd));
   }

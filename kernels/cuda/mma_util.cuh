@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/wgmma_layout.h"
 
 namespace llmt::kernels::cuda::internal {
 
@@ -243,21 +244,37 @@ __device__ __forceinline__ void StoreForwardRows(bf16* out, int64_t ld, float* l
 // fragment code and swaps only its products; B is read by the tensor cores
 // straight from shared memory, once per warpgroup instead of once per warp.
 //
-// B layout: the no-swizzle canonical layout of the PTX ISA -- 8 x 8 bf16
-// "core matrices", each 8 rows of 16 contiguous bytes (128 bytes). Tiles here
-// are stored "blocked": element (r, c) of a [rows][cols] tile at
-// ((r / 8) * (cols / 8) + c / 8) * 64 + (r % 8) * 8 + c % 8. Reading such a
-// tile as B:
-//  - rows = n, columns = k (K-major, trans_b = 0: K for Q K^T):
-//    LBO (next 8 k) = 128 bytes, SBO (next 8 n) = cols * 16 bytes;
-//  - rows = k, columns = n (MN-major, trans_b = 1: V for P V):
-//    SBO (next 8 n) = 128 bytes, LBO (next 8 k) = cols * 16 bytes.
-// Core matrices are contiguous 128-byte rows of banks, so the tensor cores
-// read them without bank conflicts, and ldmatrix reads rows of them too.
+// Operand tiles: [rows][cols] bf16 (cols = 64 or 128, rows a multiple of 8)
+// in shared memory, in one of two canonical layouts of the PTX ISA, each
+// readable K-major (the tile's rows are the product's n or m, its columns k:
+// K in Q K^T, trans_b = 0) and MN-major (its rows are k, its columns n: V in
+// P V, imm-trans-b = 1) from one copy:
+//  - kBlocked, no swizzle: 8 x 8 "core matrices" of 128 contiguous bytes,
+//    element (r, c) at ((r / 8) (cols / 8) + c / 8) 64 + (r % 8) 8 + c % 8.
+//    K-major: LBO (next 8 k) 128 bytes, SBO (next 8 n) cols x 16 bytes;
+//    MN-major: SBO (next 8 n) 128 bytes, LBO (next 8 k) cols x 16 bytes.
+//  - kSwizzled, 128-byte swizzle: 64-column regions of rows x 128 bytes, the
+//    16-byte chunk j of row r stored at chunk j ^ (r % 8) -- the XOR is on
+//    shared-memory address bits 4-6 with bits 7-9, so every tile (and
+//    region) must start 1024-byte aligned. K-major: SBO (next 8 n) 1024
+//    bytes, LBO unused, k-chunk kc starts (kc % 4) x 32 bytes into region
+//    kc / 4; MN-major: SBO (next 8 k) 1024 bytes, LBO (next 64 n) the region
+//    size, rows x 128 bytes.
+// On an H100 the attention kernels on blocked tiles ran at ~115 TFLOP/s,
+// forward and backward alike -- about 1/8 of the tensor cores' rate, which
+// points at bank conflicts in the tensor cores' reads (the 8 core matrices
+// of a 16-byte column sit 128+ bytes apart, in the same 4 banks); the
+// swizzled layout is the one the hardware is built to read at full rate.
+// (WgLayout is in wgmma_layout.h.)
 
-// Offset of element (r, c) in a blocked tile with `cols` columns.
-__device__ __forceinline__ int BlockedOffset(int r, int c, int cols) {
-  return ((r >> 3) * (cols >> 3) + (c >> 3)) * 64 + (r & 7) * 8 + (c & 7);
+// Offset of element (r, c) in a [rows][cols] tile.
+template <WgLayout L>
+__device__ __forceinline__ int TileOffset(int r, int c, int rows, int cols) {
+  if constexpr (L == WgLayout::kBlocked) {
+    return ((r >> 3) * (cols >> 3) + (c >> 3)) * 64 + (r & 7) * 8 + (c & 7);
+  } else {
+    return ((c >> 6) * rows + r) * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
+  }
 }
 
 __device__ __forceinline__ uint32_t SmemAddress(const void* p) {
@@ -268,12 +285,51 @@ __device__ __forceinline__ uint32_t SmemAddress(const void* p) {
 #endif
 }
 
-// Matrix descriptor, no swizzle, base offset 0.
+// Matrix descriptor, base offset 0; swizzle128 sets the 128-byte swizzle
+// mode (layout type 1 in bits 62-63).
 __device__ __forceinline__ uint64_t WgmmaDesc(const void* tile, uint32_t lbo_bytes,
-                                              uint32_t sbo_bytes) {
+                                              uint32_t sbo_bytes, bool swizzle128 = false) {
   return static_cast<uint64_t>((SmemAddress(tile) & 0x3FFFF) >> 4) |
          static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16 |
-         static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32;
+         static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32 |
+         (swizzle128 ? uint64_t{1} << 62 : uint64_t{0});
+}
+
+// Descriptor of k-chunk kc (16 wide) of a [rows][cols] tile read K-major
+// (rows = the product's n, or m for an A operand) or MN-major (rows = k).
+// swap exchanges LBO and SBO (a diagnosis for WgmmaProductLayouts only).
+template <WgLayout L>
+__device__ __forceinline__ uint64_t KMajorDesc(const bf16* tile, int kc, int rows, int cols,
+                                               bool swap = false) {
+  uint32_t lbo = L == WgLayout::kBlocked ? 128 : 16;
+  uint32_t sbo = L == WgLayout::kBlocked ? cols * 16 : 1024;
+  if (swap) {
+    const uint32_t t = lbo;
+    lbo = sbo;
+    sbo = t;
+  }
+  const int off = L == WgLayout::kBlocked ? kc * 2 * 64 : (kc >> 2) * rows * 64 + (kc & 3) * 16;
+  return WgmmaDesc(tile + off, lbo, sbo, L == WgLayout::kSwizzled);
+}
+template <WgLayout L>
+__device__ __forceinline__ uint64_t MnMajorDesc(const bf16* tile, int kc, int rows, int cols,
+                                                bool swap = false) {
+  uint32_t lbo = L == WgLayout::kBlocked ? cols * 16 : rows * 128;
+  uint32_t sbo = L == WgLayout::kBlocked ? 128 : 1024;
+  if (swap) {
+    const uint32_t t = lbo;
+    lbo = sbo;
+    sbo = t;
+  }
+  const int off = L == WgLayout::kBlocked ? kc * 16 * cols : kc * 16 * 64;
+  return WgmmaDesc(tile + off, lbo, sbo, L == WgLayout::kSwizzled);
+}
+
+// The dynamic shared memory rounded up to the next 1024-byte shared address
+// (swizzled tiles need it; launches ask for kSmemAlignSlack more bytes).
+constexpr size_t kSmemAlignSlack = 1024;
+__device__ __forceinline__ unsigned char* AlignSmem1024(unsigned char* smem) {
+  return smem + ((1024 - (SmemAddress(smem) & 1023)) & 1023);
 }
 
 // Orders this thread's earlier register writes (accumulators, A fragments)

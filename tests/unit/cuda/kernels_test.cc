@@ -732,93 +732,120 @@ TEST_P(AttentionTest, Bf16MmaMatchesCpu) {
     }
   }
 }
+// Runs `body` once per wgmma tile layout (internal::SetWgmmaLayout), with
+// the layout's name in the failure trace; restores the setting.
+template <typename F>
+void ForEachWgmmaLayout(F body) {
+  const internal::WgLayout saved = internal::GetWgmmaLayout();
+  for (const auto layout : {internal::WgLayout::kSwizzled, internal::WgLayout::kBlocked}) {
+    SCOPED_TRACE(layout == internal::WgLayout::kSwizzled ? "wgmma tiles swizzled"
+                                                         : "wgmma tiles blocked");
+    internal::SetWgmmaLayout(layout);
+    body();
+  }
+  internal::SetWgmmaLayout(saved);
+}
+
 // The forward variants (LLMT_ATTN_FWD) on every shape: m64 (64-row blocks)
 // and m64n128 (64-row blocks, 128-key tiles) at head dim 64, other head dims
-// running the default; and the wgmma forwards (Hopper warpgroup MMA; on the
-// emulator, which implements wgmma, and on sm_90 GPUs -- elsewhere they fall
-// back to the default) at head dims 64 and 128. Same tolerances; the
-// backward runs from their lse.
+// running the default; and the wgmma forward (Hopper warpgroup MMA; on the
+// emulator, which implements wgmma, and on sm_90 GPUs -- elsewhere it falls
+// back to the default) at head dims 64 and 128, in both tile layouts. Same
+// tolerances; the backward runs from their lse.
 TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
   const std::pair<AttentionForwardVariant, const char*> variants[] = {
       {AttentionForwardVariant::kM64, "m64"},
-      {AttentionForwardVariant::kM64N128, "m64n128"},
-      {AttentionForwardVariant::kWgmma, "wgmma"},
-      {AttentionForwardVariant::kWgmmaN128, "wgmma-n128"},
-      {AttentionForwardVariant::kWgmmaM128, "wgmma-m128"}};
+      {AttentionForwardVariant::kM64N128, "m64n128"}};
   for (const auto& [v, name] : variants) {
     SCOPED_TRACE(std::string("forward ") + name);
     SetAttentionForwardVariant(v);
     CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
   }
+  ForEachWgmmaLayout([&] {
+    SCOPED_TRACE("forward wgmma");
+    SetAttentionForwardVariant(AttentionForwardVariant::kWgmma);
+    CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
+  });
   SetAttentionForwardVariant(saved);
 }
 // The wgmma backward (LLMT_ATTN_BWD=wgmma; head dim 64 on sm_90 and the
 // emulator, the mma kernels elsewhere) on every shape, after the default and
-// after the wgmma forward: same tolerances, reproducible run to run.
+// after the wgmma forward, in both tile layouts: same tolerances,
+// reproducible run to run.
 TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
-  for (const bool ss : {false, true}) {
-    AttentionBackwardVariant v;
-    v.wgmma = true;
-    v.wgmma_ss = ss;  // wgmma-ss: K, V / Q, dO from shared memory at hd 64 too
-    for (const auto fwd : {AttentionForwardVariant::kDefault, AttentionForwardVariant::kWgmma}) {
-      SCOPED_TRACE(std::string(ss ? "wgmma-ss" : "wgmma") +
-                   (fwd == AttentionForwardVariant::kWgmma ? " after the wgmma forward"
-                                                           : " after the default forward"));
-      SetAttentionForwardVariant(fwd);
-      CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v);
+  ForEachWgmmaLayout([&] {
+    for (const bool ss : {false, true}) {
+      AttentionBackwardVariant v;
+      v.wgmma = true;
+      v.wgmma_ss = ss;  // wgmma-ss: K, V / Q, dO from shared memory at hd 64 too
+      for (const auto fwd :
+           {AttentionForwardVariant::kDefault, AttentionForwardVariant::kWgmma}) {
+        SCOPED_TRACE(std::string(ss ? "wgmma-ss" : "wgmma") +
+                     (fwd == AttentionForwardVariant::kWgmma ? " after the wgmma forward"
+                                                             : " after the default forward"));
+        SetAttentionForwardVariant(fwd);
+        CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v);
+      }
     }
-  }
+  });
   SetAttentionForwardVariant(saved);
 }
 
-// One wgmma (Hopper warpgroup MMA, m64n64k16) with B read K-major and
-// MN-major from the blocked shared-memory layout the wgmma attention kernels
-// use, against the CPU product of the same bf16 values: tells a wrong
-// descriptor convention apart from a kernel bug. 16-term fp32 dot products:
-// |got - want| <= 1e-5 (1 + |want|).
+// One wgmma (Hopper warpgroup MMA) per tile layout with B read K-major
+// (m64n64k16) and MN-major (m64n128k16), staged as the second k-chunk of a
+// tile as the attention kernels do, against the CPU product of the same
+// bf16 values: tells a wrong descriptor convention apart from a kernel bug.
+// 16-term fp32 dot products: |got - want| <= 1e-5 (1 + |want|).
 // On an sm_90 device (and the emulator) the library's own self-check must
-// pass too: it decides whether LLMT_ATTN_FWD/BWD=wgmma run wgmma at all, so
-// a failure there would otherwise only show as the mma kernels' timings.
+// pass too, for both layouts: it decides whether LLMT_ATTN_FWD/BWD=wgmma run
+// wgmma at all, so a failure there would otherwise only show as the mma
+// kernels' timings.
 TEST_F(GpuTest, WgmmaProductLayouts) {
   const auto info = GetDeviceInfo(0);
   ASSERT_TRUE(info.ok()) << info.status();
   if (info->cc_major != 9 || info->cc_minor != 0) {
     GTEST_SKIP() << "wgmma needs a compute-capability-9.0 device, this is " << info->ToString();
   }
-  EXPECT_TRUE(internal::WgmmaAvailable()) << "the wgmma self-check failed (see the log)";
-  const FVec a = RoundBf16(Randn(64 * 16, 5)), b = RoundBf16(Randn(16 * 64, 6));
-  FVec want(64 * 64, 0.f);
-  for (int i = 0; i < 64; ++i) {
-    for (int j = 0; j < 64; ++j) {
-      for (int k = 0; k < 16; ++k) want[i * 64 + j] += a[i * 16 + k] * b[k * 64 + j];
-    }
-  }
+  ForEachWgmmaLayout([] {
+    EXPECT_TRUE(internal::WgmmaAvailable()) << "the wgmma self-check failed (see the log)";
+  });
+  const FVec a = RoundBf16(Randn(64 * 16, 5)), b = RoundBf16(Randn(16 * 128, 6));
   Dev<bf16> da(a), db(b);
-  auto mismatches = [&](bool mn_major, bool swap) {
-    Dev<float> dd(64 * 64);
-    internal::WgmmaProduct(dd, da, db, mn_major, swap, nullptr);
-    const FVec got = dd.Download();
-    std::vector<std::string> bad;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (!(std::fabs(got[i] - want[i]) <= 1e-5f * (1.f + std::fabs(want[i])))) {
-        bad.push_back("D[" + std::to_string(i / 64) + "][" + std::to_string(i % 64) +
-                      "] = " + std::to_string(got[i]) + ", want " + std::to_string(want[i]));
+  for (const auto layout : {internal::WgLayout::kSwizzled, internal::WgLayout::kBlocked}) {
+    for (const bool mn_major : {false, true}) {
+      SCOPED_TRACE(std::string(layout == internal::WgLayout::kSwizzled ? "swizzled" : "blocked") +
+                   (mn_major ? ", B MN-major (n128)" : ", B K-major (n64)"));
+      const int N = mn_major ? 128 : 64;  // B is b's first 16 x N values, row-major
+      FVec want(64 * N, 0.f);
+      for (int i = 0; i < 64; ++i) {
+        for (int j = 0; j < N; ++j) {
+          for (int k = 0; k < 16; ++k) want[i * N + j] += a[i * 16 + k] * b[k * N + j];
+        }
       }
-    }
-    return bad;
-  };
-  for (const bool mn_major : {false, true}) {
-    SCOPED_TRACE(mn_major ? "B MN-major" : "B K-major");
-    const std::vector<std::string> bad = mismatches(mn_major, false);
-    for (size_t i = 0; i < std::min<size_t>(bad.size(), 5); ++i) ADD_FAILURE() << bad[i];
-    EXPECT_EQ(bad.size(), 0u);
-    // On a failure, say whether the GPU reads the layout with LBO and SBO
-    // exchanged (the one convention the PTX ISA's text leaves room to misread).
-    if (!bad.empty()) {
-      ADD_FAILURE() << "with LBO/SBO swapped: " << mismatches(mn_major, true).size()
-                    << " mismatches of 4096";
+      auto mismatches = [&](bool swap) {
+        Dev<float> dd(64 * N);
+        internal::WgmmaProduct(dd, da, db, mn_major, layout, swap, nullptr);
+        const FVec got = dd.Download();
+        std::vector<std::string> bad;
+        for (size_t i = 0; i < got.size(); ++i) {
+          if (!(std::fabs(got[i] - want[i]) <= 1e-5f * (1.f + std::fabs(want[i])))) {
+            bad.push_back("D[" + std::to_string(i / N) + "][" + std::to_string(i % N) +
+                          "] = " + std::to_string(got[i]) + ", want " + std::to_string(want[i]));
+          }
+        }
+        return bad;
+      };
+      const std::vector<std::string> bad = mismatches(false);
+      for (size_t i = 0; i < std::min<size_t>(bad.size(), 5); ++i) ADD_FAILURE() << bad[i];
+      EXPECT_EQ(bad.size(), 0u);
+      // On a failure, say whether the GPU reads the layout with LBO and SBO
+      // exchanged (the convention the PTX ISA's text leaves room to misread).
+      if (!bad.empty()) {
+        ADD_FAILURE() << "with LBO/SBO swapped: " << mismatches(true).size() << " mismatches of "
+                      << 64 * N;
+      }
     }
   }
 }

@@ -190,11 +190,19 @@ TYPED_TEST(MatmulTest, AutotuneExactIsBitIdentical) {
   EXPECT_TRUE(SameBits(off.resid, exact_all.resid)) << "residual GEMM, tuned in place";
   EXPECT_TRUE(SameBits(off.dweight, exact_all.dweight)) << "dweight GEMM, tuned in place";
   EXPECT_TRUE(SameBits(off.plain, exact_all.plain)) << "bias GEMM";
+  // kAny may pick an algorithm that sums in another order (split-K, other
+  // tiles): in fp32 that moves single elements whose 3072-term sums cancel
+  // (seen on an H100: the DGELU GEMM off by 1.3e-5 at -0.13), so the
+  // per-element bound is 1e-4, and the whole output must stay within 1e-5
+  // relative L2 (fp32 reordering: a few 1e-6 at most; a wrong tile or
+  // epilogue: 1e-3 and more).
+  Tol reorder = GemmTol<T>();
+  if constexpr (std::is_same_v<T, float>) reorder = {1e-4, 1e-4, 1e-5};
   const Out any = run(Blas::Autotune::kAny, /*in_place=*/true);
-  ExpectClose(any.plain, off.plain, GemmTol<T>(), "autotune any: bias GEMM");
-  ExpectClose(any.dinp, off.dinp, GemmTol<T>(), "autotune any: DGELU GEMM");
-  ExpectClose(any.resid, off.resid, GemmTol<T>(), "autotune any: residual GEMM");
-  ExpectClose(any.dweight, off.dweight, GemmTol<T>(), "autotune any: dweight GEMM");
+  ExpectClose(any.plain, off.plain, reorder, "autotune any: bias GEMM");
+  ExpectClose(any.dinp, off.dinp, reorder, "autotune any: DGELU GEMM");
+  ExpectClose(any.resid, off.resid, reorder, "autotune any: residual GEMM");
+  ExpectClose(any.dweight, off.dweight, reorder, "autotune any: dweight GEMM");
 }
 
 // Backward for both layouts: dinp overwrite and accumulate, dweight and dbias

@@ -250,18 +250,25 @@ void CpAsyncWait(int n) {
   v.resize(keep);
 }
 
+// Dynamic shared memory starts at this shared-window address: 128-byte
+// aligned (what the kernels declare) but not 1024-byte aligned, so a kernel
+// that uses the 128-byte swizzle without aligning its tiles fails here too.
+constexpr uint32_t kSmemWindowBase = 0x480;
+
 uint32_t SmemOffset(const void* p) {
   const unsigned char* c = static_cast<const unsigned char*>(p);
   if (g_smem == nullptr || c < g_smem || c >= g_smem + g_smem_bytes) {
     Fail("shared-memory address of a pointer outside dynamic shared memory");
   }
-  return static_cast<uint32_t>(c - g_smem);
+  return kSmemWindowBase + static_cast<uint32_t>(c - g_smem);
 }
 
 namespace {
 void CheckDesc(uint64_t desc) {
-  if ((desc >> 62) != 0) Fail("wgmma: the emulator supports only the no-swizzle layout");
-  if (((desc >> 49) & 7) != 0) Fail("wgmma: base offset must be 0 without swizzling");
+  if ((desc >> 62) > 1) {
+    Fail("wgmma: the emulator supports the no-swizzle and 128-byte swizzle layouts only");
+  }
+  if (((desc >> 49) & 7) != 0) Fail("wgmma: base offset must be 0 (1024-byte aligned tiles)");
 }
 void PushWgmma(const PendingWgmma& w) {
   if (g_warpgroups.empty()) Fail("wgmma in a block that is not whole warpgroups (128 threads)");
@@ -292,16 +299,25 @@ void WgmmaFence() { g_cur->wgmma_fenced = true; }
 void WgmmaCommit() { ++g_cur->wgmma_open_group; }
 
 namespace {
-// B element (k, n) of a no-swizzle canonical bf16 layout (see cuda_emu.h).
+// B element (k, n) of a canonical bf16 layout (see cuda_emu.h).
 float WgmmaB(uint64_t desc, int trans_b, int k, int n) {
   const size_t start = (desc & 0x3FFF) << 4;
   const size_t lbo = ((desc >> 16) & 0x3FFF) << 4;
   const size_t sbo = ((desc >> 32) & 0x3FFF) << 4;
-  const size_t off = trans_b == 0 ? (n % 8) * 16 + (n / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo
-                                  : (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo;
-  if (start + off + 2 > g_smem_bytes) Fail("wgmma: operand element outside dynamic shared memory");
+  size_t addr;
+  if ((desc >> 62) == 0) {  // no swizzle
+    addr = start + (trans_b == 0 ? (n % 8) * 16 + (n / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo
+                                 : (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo);
+  } else {  // 128-byte swizzle: address bits 4-6 ^= bits 7-9
+    addr = start + (trans_b == 0 ? (n % 8) * 128 + (n / 8) * sbo + k * 2
+                                 : (n % 64) * 2 + (n / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo);
+    addr ^= ((addr >> 7) & 7) << 4;
+  }
+  if (addr < kSmemWindowBase || addr - kSmemWindowBase + 2 > g_smem_bytes) {
+    Fail("wgmma: operand element outside dynamic shared memory");
+  }
   uint16_t v;
-  std::memcpy(&v, g_smem + start + off, 2);
+  std::memcpy(&v, g_smem + (addr - kSmemWindowBase), 2);
   return __bfloat162float(__ushort_as_bfloat16(v));
 }
 }  // namespace

@@ -231,7 +231,7 @@ inline void EmuCpAsync(void* dst, const void* src, int bytes, int src_bytes) {
 // ---- wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 (sm_90a) ------------------------
 // The subset kernels/cuda uses: A (64 x 16) from registers (or shared memory,
 // EmuWgmmaSS below), B (16 x N) from shared memory through a matrix
-// descriptor in the no-swizzle canonical layout, fp32 accumulators
+// descriptor (no swizzle or 128-byte swizzle, below), fp32 accumulators
 // D (64 x N) = A B + (scale-d ? D : 0). A warpgroup is 4 consecutive
 // warps (threads 128 w .. 128 w + 127); warp i of it owns rows 16 i .. 16 i + 15
 // with the m16n8k16 fragment layouts (g = lane >> 2, t = lane % 4):
@@ -239,10 +239,17 @@ inline void EmuCpAsync(void* dst, const void* src, int bytes, int src_bytes) {
 //   D: d[4c + 2r + j] = (g + 8r, 8c + 2t + j) for n-chunk c = 0 .. N/8 - 1
 // Descriptor (PTX ISA "Matrix Descriptor Format"): bits 0-13 start address
 // >> 4, 16-29 leading-dimension byte offset (LBO) >> 4, 32-45 stride byte
-// offset (SBO) >> 4, 49-51 base offset, 62-63 swizzle (only 0 = none here).
-// Element (k, n) of B is at start + (canonical layouts, bf16, T = 8):
-//   K-major  (trans_b = 0): (n % 8) * 16 + (n / 8) * SBO + (k % 8) * 2 + (k / 8) * LBO
-//   MN-major (trans_b = 1): (n % 8) * 2 + (n / 8) * SBO + (k % 8) * 16 + (k / 8) * LBO
+// offset (SBO) >> 4, 49-51 base offset (must be 0 here), 62-63 layout type
+// (0 = no swizzle, 1 = 128-byte swizzle; the others are not modelled).
+// Element (k, n) of B is at shared address start + (canonical layouts,
+// bf16, 8 elements = 16 bytes per row of a core matrix):
+//   no swizzle, K-major  (trans_b = 0): (n % 8) 16 + (n / 8) SBO + (k % 8) 2 + (k / 8) LBO
+//   no swizzle, MN-major (trans_b = 1): (n % 8) 2 + (n / 8) SBO + (k % 8) 16 + (k / 8) LBO
+//   128B swizzle, K-major:  (n % 8) 128 + (n / 8) SBO + k 2            (LBO unused)
+//   128B swizzle, MN-major: (n % 64) 2 + (n / 64) LBO + (k % 8) 128 + (k / 8) SBO
+// and with the swizzle, address bits 4-6 are then XORed with bits 7-9 (so
+// the pattern follows absolute addresses: tiles must be 1024-byte aligned;
+// the emulated dynamic shared memory starts at a shared address that is not).
 // Asynchrony is modelled at its latest: issuing records the operation (A's
 // values are taken then), and it is carried out when the issuing warpgroup
 // waits for its group (wgmma.wait_group), reading B from shared memory and
@@ -258,8 +265,8 @@ inline void EmuWgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, int
   ::llmt::emu::WgmmaIssue(d, n, a, desc, trans_b, accumulate);
 }
 // The SS form: A (64 x 16) from shared memory too, K-major only (imm-trans-a
-// 0): element (m, k) at start + (m % 8) * 16 + (m / 8) * SBO + (k % 8) * 2 +
-// (k / 8) * LBO of its own descriptor.
+// 0): element (m, k) where a K-major B's (k, n = m) would be under its own
+// descriptor.
 inline void EmuWgmmaSS(float* d, int n, uint64_t desc_a, uint64_t desc_b, int trans_b,
                        bool accumulate) {
   ::llmt::emu::WgmmaIssueSS(d, n, desc_a, desc_b, trans_b, accumulate);
