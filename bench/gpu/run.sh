@@ -239,8 +239,9 @@ if [[ $MODE != bench ]]; then
   # The A/B kernels (wgmma, the forward tilings) get their own process: a
   # fault there (a sticky CUDA error poisons the process) must not fail the
   # default kernels' tests of the same binary. RUNS holds "binary|gtest filter|label|env"
-  # (env: VAR=VALUE;VAR=VALUE). The model's bf16 tests also run once with
-  # the wgmma attention kernels (end to end against the fp32 loss curve).
+  # (env: VAR=VALUE;VAR=VALUE). The model and training tests also run once
+  # with the wgmma attention kernels, as if they were the default (what a
+  # change of the default needs).
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
   RUNS=()
   for t in "${tests[@]}"; do
@@ -250,7 +251,10 @@ if [[ $MODE != bench ]]; then
                "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new|") ;;
       cuda_model_test)
         RUNS+=("$t|*|cuda_model_test|"
-               "$t|*Bf16*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;
+               "$t|*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;
+      cuda_train_test)
+        RUNS+=("$t|*|cuda_train_test|"
+               "$t|*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac
   done

@@ -54,7 +54,8 @@ sed -n '/^test binary/,/^$/p' "$S/tests.out" >>"$S/session.txt"
 
 test_passed() { grep -qE "^$1 +PASS" "$S/tests.out"; }
 WG_OK=0
-test_passed cuda_kernels_test-new && test_passed cuda_model_test-wgmma && WG_OK=1
+test_passed cuda_kernels_test-new && test_passed cuda_model_test-wgmma &&
+  test_passed cuda_train_test-wgmma && WG_OK=1
 echo "wgmma tests passed: $WG_OK" >>"$S/session.txt"
 
 # ---- 2. A/B ----------------------------------------------------------------

@@ -138,7 +138,7 @@ struct WgFwdTiling {
   static constexpr size_t smem = (size_t{kRows} + 4 * size_t{NK}) * HD * sizeof(bf16) +
                                  (LY == WgLayout::kSwizzled ? kSmemAlignSlack : 0);
   static_assert(NK == 64 || NK == 128, "the S product is one wgmma n64 or n128");
-  static_assert(NK != HD, "S and O products of one shape ran wrong on an H100 (WgForwardHd)");
+  static_assert(NK != HD, "equal-shape S and O products: see WgForwardHd");
 };
 
 template <int HD, typename FT>
@@ -178,14 +178,19 @@ __global__ void __launch_bounds__(kWgThreads)
     l[mt][0] = l[mt][1] = 0.f;
   }
 
-  for (int it = 0; it < n_tiles; ++it) {
-    WaitTileForWgmma();  // tile it is visible; everyone is done with tile it - 1's buffer
-    if (it == 0) {
+  // Q's fragments are loaded before the loop, not under `it == 0` inside it:
+  // with them defined there, ptxas (CUDA 13.0) gave the P fragments of some
+  // tilings the Q fragments' registers, so every key tile after the first
+  // multiplied by P instead of Q (seen in the SASS of the tilings that ran
+  // wrong on an H100; see WgForwardHd).
+  WaitTileForWgmma();  // Q and tile 0 are visible
 #pragma unroll
-      for (int mt = 0; mt < kMt; ++mt) {
-        LoadTileFragments<HD, kRows, LY>(qa[mt], Qs, mt * 64 + warp * 16, lane);
-      }
-    }
+  for (int mt = 0; mt < kMt; ++mt) {
+    LoadTileFragments<HD, kRows, LY>(qa[mt], Qs, mt * 64 + warp * 16, lane);
+  }
+  for (int it = 0; it < n_tiles; ++it) {
+    // Tile it is visible; everyone is done with tile it - 1's buffer.
+    if (it > 0) WaitTileForWgmma();
     if (it + 1 < n_tiles) {
       const int nb = (it + 1) & 1;
       LoadTileAsync<HD, kN, LY>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
@@ -270,15 +275,18 @@ void LaunchWgFwd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cuda
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdWgmmaKernel", stream);
 }
 
-// The S = Q K^T and O += P V products have different wgmma shapes here
-// (n128 and n64 at head dim 64, n64 and n128 at 128): on an H100
-// (2026-11-27) every tiling whose two products had the same shape -- 64-key
-// tiles at head dim 64 (one or two m-tiles per block), 128-key tiles at 128
-// -- computed wrong outputs (relative L2 0.2-0.5) whenever a block walked
-// more than one key tile, while these two matched the CPU on every test
-// shape and the mma kernels bit for bit. The emulator runs all of them
-// correctly; the cause is not found (the backward, n64 throughout at head
-// dim 64, is right on the H100).
+// Tilings run on an H100 (2026-11-27): these two (128-key tiles at head dim
+// 64, 64-key tiles at 128) match the CPU on every test shape and the mma
+// kernels bit for bit. Those whose S = Q K^T and O += P V products had the
+// same wgmma shape (64-key tiles at head dim 64, one or two m-tiles per
+// block; 128-key tiles at 128) computed wrong outputs (relative L2 0.2-0.5)
+// whenever a block walked more than one key tile, while the emulator ran
+// them right. Their SASS (cuobjdump on the H100) shows why: ptxas gave the
+// P fragments the registers of the Q fragments, which the kernel then
+// loaded under `it == 0` inside the loop, so tile 2 on multiplied P by K.
+// The kernels now load such fragments before the loop; the equal-shape
+// tilings stay out (static_assert in WgFwdTiling) until a GPU run shows the
+// hoisted code right for them too.
 template <int HD, WgLayout LY>
 void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
   LaunchWgFwd<HD, WgFwdTiling<HD, 1, HD == 64 ? 128 : 64, LY>>(out, lse, qkv, d, stream);
@@ -364,13 +372,15 @@ __global__ void __launch_bounds__(kWgThreads)
   constexpr bool kASmem = A_SMEM;  // K, V read by the tensor cores (SS form)
   constexpr int kRegK = kASmem ? 1 : HD / 16;
   uint32_t kreg[kRegK][4], vreg[kRegK][4];
+  WaitTileForWgmma();  // K, V and step 0 are visible
+  if constexpr (!kASmem) {  // before the loop: see FlashFwdWgmmaKernel
+    LoadTileFragments<HD, kN, LY>(kreg, Ks, warp * 16, lane);
+    LoadTileFragments<HD, kN, LY>(vreg, Vs, warp * 16, lane);
+  }
 
   for (int it = 0; it < n_it; ++it) {
-    WaitTileForWgmma();  // step it is visible; everyone is done with step it - 1's buffer
-    if (!kASmem && it == 0) {
-      LoadTileFragments<HD, kN, LY>(kreg, Ks, warp * 16, lane);
-      LoadTileFragments<HD, kN, LY>(vreg, Vs, warp * 16, lane);
-    }
+    // Step it is visible; everyone is done with step it - 1's buffer.
+    if (it > 0) WaitTileForWgmma();
     if (it + 1 < n_it) issue(it + 1);
     const int i0 = k0 + (it % n_qt) * kN, nb = it & 1;
     const bf16* Qb = Qs + nb * kN * HD;
@@ -476,13 +486,15 @@ __global__ void __launch_bounds__(kWgThreads)
   constexpr bool kASmem = A_SMEM;  // Q, dO read by the tensor cores (SS form)
   constexpr int kRegQ = kASmem ? 1 : HD / 16;
   uint32_t qreg[kRegQ][4], oreg[kRegQ][4];
+  WaitTileForWgmma();  // Q, dO and tile 0 are visible
+  if constexpr (!kASmem) {  // before the loop: see FlashFwdWgmmaKernel
+    LoadTileFragments<HD, kN, LY>(qreg, Qs, warp * 16, lane);
+    LoadTileFragments<HD, kN, LY>(oreg, dOs, warp * 16, lane);
+  }
 
   for (int it = 0; it < n_tiles; ++it) {
-    WaitTileForWgmma();  // tile it is visible; everyone is done with tile it - 1's buffer
-    if (!kASmem && it == 0) {
-      LoadTileFragments<HD, kN, LY>(qreg, Qs, warp * 16, lane);
-      LoadTileFragments<HD, kN, LY>(oreg, dOs, warp * 16, lane);
-    }
+    // Tile it is visible; everyone is done with tile it - 1's buffer.
+    if (it > 0) WaitTileForWgmma();
     if (it + 1 < n_tiles) {
       const int nb = (it + 1) & 1;
       LoadTileAsync<HD, kN, LY>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
