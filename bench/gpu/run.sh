@@ -26,7 +26,8 @@
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
 #   attention forward and backward, together and alone, and both on the
-#   blocked tile layout instead of the swizzled one; other options, e.g.
+#   blocked tile layout instead of the swizzled one; the bias gradients from
+#   the weight-gradient GEMMs' epilogue; other options, e.g.
 #   LLMT_ATTN_FWD=m64|m64n128, LLMT_GEMM_AUTOTUNE=exact+inplace,
 #   LLMT_XENT_CHUNK_ROWS=256, by naming them), side by side in one call,
 #   so a switch can be judged in one GPU session.
@@ -176,8 +177,9 @@ fi
 # ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
 if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
-  # the wgmma attention against the default engine.
-  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss wg-blocked:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma;LLMT_WGMMA_LAYOUT=blocked base2"}
+  # the wgmma attention and the fused bias gradient against the default
+  # engine.
+  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss wg-blocked:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma;LLMT_WGMMA_LAYOUT=blocked bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
@@ -241,7 +243,8 @@ if [[ $MODE != bench ]]; then
   # default kernels' tests of the same binary. RUNS holds "binary|gtest filter|label|env"
   # (env: VAR=VALUE;VAR=VALUE). The model and training tests also run once
   # with the wgmma attention kernels, as if they were the default (what a
-  # change of the default needs).
+  # change of the default needs), and the model tests with the bias
+  # gradients from the GEMM epilogue.
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
   RUNS=()
   for t in "${tests[@]}"; do
@@ -251,7 +254,8 @@ if [[ $MODE != bench ]]; then
                "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new|") ;;
       cuda_model_test)
         RUNS+=("$t|*|cuda_model_test|"
-               "$t|*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;
+               "$t|*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
+               "$t|*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue") ;;
       cuda_train_test)
         RUNS+=("$t|*|cuda_train_test|"
                "$t|*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;

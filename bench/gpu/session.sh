@@ -8,12 +8,13 @@
 #                            end per variant (LLMT_AB_VARIANTS), default engine
 #                            twice;
 #   3. run.sh --bench-only   GPT-2 124M and Llama ~350M vs PyTorch with the
-#                            winners: per group (forward attention, backward
-#                            attention, GEMM autotuning, classifier chunks) the
-#                            variant that beat the default engine by >=
-#                            LLMT_WIN_MIN (default 1.01x) in step 2 -- wgmma
-#                            variants only if their tests passed in step 1 --
-#                            combined (none: the default engine);
+#                            winners combined: per group (forward attention,
+#                            backward attention, GEMM autotuning, classifier
+#                            chunks, bias-gradient epilogue) the variant that
+#                            beat the default engine by >= LLMT_WIN_MIN
+#                            (default 1.01x) in step 2 -- wgmma and
+#                            bias-gradient variants only if their tests passed
+#                            in step 1 (none: the default engine);
 #   4. run.sh --profile      GPU time per op group with the same settings.
 #
 #   bench/gpu/session.sh            (OUT=dir for the device tool's files)
@@ -57,6 +58,9 @@ WG_OK=0
 test_passed cuda_kernels_test-new && test_passed cuda_model_test-wgmma &&
   test_passed cuda_train_test-wgmma && WG_OK=1
 echo "wgmma tests passed: $WG_OK" >>"$S/session.txt"
+BG_OK=0
+test_passed cuda_matmul_test && test_passed cuda_model_test-bgrad && BG_OK=1
+echo "bias-gradient epilogue tests passed: $BG_OK" >>"$S/session.txt"
 
 # ---- 2. A/B ----------------------------------------------------------------
 note "2. A/B"
@@ -77,12 +81,13 @@ declare -A ENV=(
   [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
   [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
   [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
-  [xent512]="LLMT_XENT_CHUNK_ROWS=512")
+  [xent512]="LLMT_XENT_CHUNK_ROWS=512" [bgrad]="LLMT_BIAS_GRAD=epilogue")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
 pick() {  # best variant of a group that beats the base by MIN_GAIN
   local best="" bg=$MIN_GAIN v g
   for v in "$@"; do
     [[ $v == *wg* && $WG_OK != 1 ]] && continue
+    [[ $v == bgrad && $BG_OK != 1 ]] && continue
     g=$(gain "$v")
     [[ -n $g ]] && awk -v g="$g" -v b="$bg" 'BEGIN {exit !(g >= b)}' && { best=$v; bg=$g; }
   done
@@ -90,7 +95,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
 }
 WIN=()
 for group in "fwd-wg fwd-m64 fwd-n128" "bwd-wg bwd-wg-ss" "inplace" \
-             "xent128 xent256 xent512"; do
+             "xent128 xent256 xent512" "bgrad"; do
   # shellcheck disable=SC2086
   w=$(pick $group)
   [[ -n $w ]] && WIN+=("${ENV[$w]}")

@@ -352,9 +352,9 @@ __global__ void __launch_bounds__(kWgThreads)
     const int h = kvh * d.group + it / n_qt, i0 = k0 + (it % n_qt) * kN, nb = it & 1;
     const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
     LoadTileAsync<HD, kN, LY>(Qs + nb * kN * HD, base + static_cast<int64_t>(h) * HD, d.ld, i0,
-                             d.T);
+                              d.T);
     LoadTileAsync<HD, kN, LY>(dOs + nb * kN * HD, obase + static_cast<int64_t>(h) * HD, d.C, i0,
-                             d.T);
+                              d.T);
     LoadRowStatsAsync<kWgThreads>(Lsm + nb * kN, lse + bh * d.T, i0, kN, d.T);
     LoadRowStatsAsync<kWgThreads>(Dsm + nb * kN, Dsum + bh * d.T, i0, kN, d.T);
     CpAsyncCommit();
@@ -549,10 +549,13 @@ __global__ void __launch_bounds__(kWgThreads)
 // the process.
 constexpr int kWgmmaProductSmem = 40 * 1024;
 
-// D [64][8 NC] (row-major) from this thread's accumulator tiles.
+// Commits and waits for the issued product, then stores D [64][8 NC]
+// (row-major) from this thread's accumulator tiles.
 template <int NC>
-__device__ __forceinline__ void StoreProduct(float* d_out, const float (&acc)[NC][4], int r0,
-                                             int t) {
+__device__ __forceinline__ void FinishProduct(float* d_out, float (&acc)[NC][4], int r0, int t) {
+  WgmmaCommit();
+  WgmmaWait<0>();
+  WgmmaFenceOperand(acc);
   for (int c = 0; c < NC; ++c) {
     for (int i = 0; i < 4; ++i) {
       d_out[(r0 + 8 * (i >> 1)) * 8 * NC + 8 * c + 2 * t + (i & 1)] = acc[c][i];
@@ -596,17 +599,11 @@ __global__ void __launch_bounds__(kWgThreads)
   if (mn_major) {
     float acc[16][4];
     Wgmma<128, 1>(acc, af, MnMajorDesc<LY>(tile, 1, 32, 128, swap != 0), false);
-    WgmmaCommit();
-    WgmmaWait<0>();
-    WgmmaFenceOperand(acc);
-    StoreProduct(d_out, acc, r0, t);
+    FinishProduct(d_out, acc, r0, t);
   } else {
     float acc[8][4];
     Wgmma<64, 0>(acc, af, KMajorDesc<LY>(tile, 1, 64, 64, swap != 0), false);
-    WgmmaCommit();
-    WgmmaWait<0>();
-    WgmmaFenceOperand(acc);
-    StoreProduct(d_out, acc, r0, t);
+    FinishProduct(d_out, acc, r0, t);
   }
 }
 

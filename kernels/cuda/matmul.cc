@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -28,7 +29,9 @@
 namespace llmt::kernels::cuda {
 namespace {
 
-enum class Epi { kNone, kBias, kGelu, kGeluBias, kDGelu };
+// kBgradA / kBgradB are named as cuBLASLt sees the operands (its A is our B,
+// see ToColumnMajor): kBgradA sums our B, kBgradB our A.
+enum class Epi { kNone, kBias, kGelu, kGeluBias, kDGelu, kBgradA, kBgradB };
 
 const char* EpiName(Epi e) {
   switch (e) {
@@ -42,6 +45,10 @@ const char* EpiName(Epi e) {
       return "gelu_aux_bias";
     case Epi::kDGelu:
       return "dgelu";
+    case Epi::kBgradA:
+      return "bgrada";
+    case Epi::kBgradB:
+      return "bgradb";
   }
   return "?";
 }
@@ -58,11 +65,16 @@ cublasLtEpilogue_t LtEpilogue(Epi e) {
       return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
     case Epi::kDGelu:
       return CUBLASLT_EPILOGUE_DGELU;
+    case Epi::kBgradA:
+      return CUBLASLT_EPILOGUE_BGRADA;
+    case Epi::kBgradB:
+      return CUBLASLT_EPILOGUE_BGRADB;
   }
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
 
 Epi EpilogueOf(const GemmOp& op) {
+  if (op.bgrad != nullptr) return op.bgrad_of_a ? Epi::kBgradB : Epi::kBgradA;
   if (op.dgelu) return Epi::kDGelu;
   if (op.gelu) return op.bias != nullptr ? Epi::kGeluBias : Epi::kGelu;
   if (op.bias != nullptr) return Epi::kBias;
@@ -158,6 +170,8 @@ struct Blas::Impl {
   bool fuse_epilogues = true;
   Blas::Autotune autotune = Blas::Autotune::kOff;
   bool tune_in_place = false;
+  bool fuse_bias_grad = false;
+  DeviceBuffer bias_grad_scratch;  // MatmulBackward's epilogue output (fp32)
   DeviceBuffer fingerprint;  // kExact's scratch (internal::kFingerprintWords)
   int64_t fallbacks = 0;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
@@ -187,6 +201,14 @@ absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env) {
       "': expected 0/off, exact, or 1/any, the last two optionally followed by +inplace"));
 }
 
+absl::StatusOr<bool> ParseBiasGrad(const char* env) {
+  const std::string mode = env == nullptr ? "" : env;
+  if (mode.empty() || mode == "kernel") return false;
+  if (mode == "epilogue") return true;
+  return absl::InvalidArgumentError(
+      absl::StrCat("LLMT_BIAS_GRAD='", mode, "': expected epilogue or kernel"));
+}
+
 absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   auto impl = std::make_unique<Impl>();
   const cublasStatus_t st = cublasLtCreate(&impl->handle);
@@ -202,6 +224,9 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   if (!tune.ok()) return tune.status();
   impl->autotune = tune->first;
   impl->tune_in_place = tune->second;
+  auto fuse_bias_grad = ParseBiasGrad(std::getenv("LLMT_BIAS_GRAD"));
+  if (!fuse_bias_grad.ok()) return fuse_bias_grad.status();
+  impl->fuse_bias_grad = *fuse_bias_grad;
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
 }
 
@@ -216,6 +241,8 @@ void Blas::set_autotune(Autotune mode) { impl_->autotune = mode; }
 Blas::Autotune Blas::autotune() const { return impl_->autotune; }
 void Blas::set_autotune_in_place(bool on) { impl_->tune_in_place = on; }
 bool Blas::autotune_in_place() const { return impl_->tune_in_place; }
+void Blas::set_fuse_bias_grad(bool on) { impl_->fuse_bias_grad = on; }
+bool Blas::fuse_bias_grad() const { return impl_->fuse_bias_grad; }
 int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
 int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
 
@@ -241,6 +268,12 @@ void Validate(const GemmOp& op) {
     fail("gelu/dgelu need aux with ldaux >= N");
   }
   if (op.dgelu && (op.beta != 0.f || op.bias != nullptr)) fail("dgelu takes no beta*C or bias");
+  if (op.bgrad != nullptr) {
+    if (op.gelu || op.dgelu || op.bias != nullptr) fail("bgrad takes no other epilogue");
+    if (op.bgrad_of_a ? !op.trans_a : op.trans_b) {
+      fail("bgrad sums an operand stored with k as its rows (A transposed or B not)");
+    }
+  }
   if (op.C == nullptr && op.beta != 0.f) fail("beta != 0 needs C");
 }
 
@@ -286,6 +319,11 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
     const int64_t ldaux = op.ldaux;
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ldaux, sizeof(ldaux)));
+  }
+  if (epi == Epi::kBgradA || epi == Epi::kBgradB) {
+    const cudaDataType_t bias_type = CUDA_R_32F;  // fp32 sums whatever the operands
+    LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
   }
   LLMT_CUBLAS_CHECK(
       cublasLtMatrixLayoutCreate(&plan->a, LtType(op.b_type), lt.a.rows, lt.a.cols, lt.a.ld));
@@ -475,8 +513,9 @@ void AutotuneInPlace(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi,
 bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   Plan* plan = GetPlan(impl, op, epi);
   if (!plan->found) return false;
-  if (epi == Epi::kBias || epi == Epi::kGeluBias) {
-    const void* bias = op.bias;
+  if (epi == Epi::kBias || epi == Epi::kGeluBias || epi == Epi::kBgradA ||
+      epi == Epi::kBgradB) {
+    const void* bias = epi == Epi::kBgradA || epi == Epi::kBgradB ? op.bgrad : op.bias;
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &bias, sizeof(bias)));
   }
@@ -490,7 +529,11 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   // (beta != 0 with C == D: residual adds, weight-gradient +=); those are
   // tuned only with tune_in_place, on a scratch copy of the output.
   const bool in_place = op.beta != 0.f && lt.c.ptr == op.D;
-  if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1) {
+  // Bias-gradient epilogues are not tuned: their second output is not
+  // fingerprinted, so kExact could not vouch for it.
+  const bool bgrad = epi == Epi::kBgradA || epi == Epi::kBgradB;
+  if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1 &&
+      !bgrad) {
     if (!in_place) {
       Autotune(impl, *plan, op, epi, lt, [] {}, stream);
     } else if (impl.tune_in_place) {
@@ -566,6 +609,7 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
   plain.bias = nullptr;
   plain.gelu = plain.dgelu = false;
   plain.aux = nullptr;
+  plain.bgrad = nullptr;
   auto run_plain = [&](const GemmOp& p) {
     if (!RunLt(impl, p, Epi::kNone, stream)) {
       Fatal(absl::StrCat("cuBLASLt has no algorithm for ", Describe(p)));
@@ -578,6 +622,25 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
                          Describe(op)));
     }
   };
+  if (epi == Epi::kBgradA || epi == Epi::kBgradB) {
+    // The GEMM, then the summed operand's column sums (k is its rows).
+    run_plain(plain);
+    const bool a = op.bgrad_of_a;
+    const int64_t n = a ? op.M : op.N, ld = a ? op.lda : op.ldb;
+    if (ld != n) {
+      Fatal(absl::StrCat("cuda::Gemm fallback: the bias-gradient operand must be dense for ",
+                         Describe(op)));
+    }
+    float* bgrad = static_cast<float*>(op.bgrad);
+    LLMT_CUDA_CHECK(cudaMemsetAsync(bgrad, 0, static_cast<size_t>(n) * sizeof(float), stream));
+    const void* src = a ? op.A : op.B;
+    if (op.a_type == DType::kF32) {
+      BiasBackward(bgrad, static_cast<const float*>(src), op.K, n, 1.f, stream);
+    } else {
+      BiasBackward(bgrad, static_cast<const bf16*>(src), op.K, n, 1.f, stream);
+    }
+    return;
+  }
   if (epi == Epi::kDGelu) {
     // D = alpha AB, then D = gelu'(aux) * D in place.
     need_dense(op.ldd, "D");
@@ -726,6 +789,18 @@ void Forward(Blas& blas, T* out, const T* inp, const T* weight, const T* bias, i
        stream);
 }
 
+// The fp32 scratch for a fused bias gradient of N columns (grown on
+// demand), or null when it cannot be had (then the kernel path runs).
+float* BiasGradScratch(Blas::Impl& impl, int64_t N) {
+  const int64_t bytes = N * static_cast<int64_t>(sizeof(float));
+  if (impl.bias_grad_scratch.bytes() < bytes) {
+    auto buf = DeviceBuffer::Allocate("bias_grad_scratch", bytes);
+    if (!buf.ok()) return nullptr;
+    impl.bias_grad_scratch = std::move(*buf);
+  }
+  return static_cast<float*>(impl.bias_grad_scratch.data());
+}
+
 template <typename T, typename G>
 void Backward(Blas& blas, T* dinp, G* dweight, G* dbias, const T* dout, const T* inp,
               const T* weight, int64_t M, int64_t K, int64_t N, WeightLayout layout, float alpha,
@@ -736,6 +811,24 @@ void Backward(Blas& blas, T* dinp, G* dweight, G* dbias, const T* dout, const T*
          MatmulBackwardDinpOp(dinp, dout, weight, M, K, N, layout, alpha, accumulate_dinp, gelu_pre,
                               t),
          stream);
+  }
+  // With fuse_bias_grad the weight-gradient GEMM also sums dout's columns
+  // (the bias gradient) in its epilogue, into fp32 scratch that is then
+  // added to dbias: one pass over dout fewer. Only for fp32 gradients (the
+  // add reads fp32) and alpha = 1 (whether cuBLASLt scales the sums by
+  // alpha is not documented, and the model always passes 1).
+  if constexpr (std::is_same_v<G, float>) {
+    if (dweight != nullptr && dbias != nullptr && alpha == 1.f && blas.fuse_bias_grad()) {
+      if (float* scratch = BiasGradScratch(blas.impl(), N)) {
+        GemmOp op =
+            MatmulBackwardDweightOp(dweight, DType::kF32, dout, inp, M, K, N, layout, alpha, t);
+        op.bgrad = scratch;
+        op.bgrad_of_a = layout == WeightLayout::kOutIn;  // dW^T = dout^T inp: dout is A
+        Gemm(blas, op, stream);
+        BiasBackward(dbias, scratch, 1, N, alpha, stream);  // dbias += the sums
+        return;
+      }
+    }
   }
   if (dweight != nullptr) {
     Gemm(blas,

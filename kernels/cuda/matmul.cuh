@@ -86,6 +86,15 @@ class Blas {
   void set_autotune_in_place(bool on);
   bool autotune_in_place() const;
 
+  // Bias gradients of MatmulBackward from the weight-gradient GEMM's
+  // epilogue (cuBLASLt BGRADA/BGRADB, into a small fp32 scratch, then added
+  // to dbias) instead of a separate pass over dout. Default off, or on with
+  // LLMT_BIAS_GRAD=epilogue ("kernel" or unset: off; anything else makes
+  // Create fail). Used for fp32 gradients and alpha = 1 only. An A/B option:
+  // not yet run on a GPU.
+  void set_fuse_bias_grad(bool on);
+  bool fuse_bias_grad() const;
+
   // Plans cached so far, and GEMMs that had to fall back from a fused
   // epilogue because cuBLASLt offered no algorithm for it.
   int64_t num_plans() const;
@@ -124,6 +133,13 @@ struct GemmOp {
   bool dgelu = false;
   void* aux = nullptr;  // [M, N] with leading dimension ldaux
   int64_t ldaux = 0;
+  // Bias-gradient epilogue: bgrad (fp32, overwritten) = the sums over k of
+  // op(B), one per column n ([N]), or with bgrad_of_a of op(A), one per row
+  // m ([M]); unscaled by alpha. The summed operand must be stored with k as
+  // its rows (B not transposed, or A transposed): that is how a weight
+  // gradient's dout is posed, and what the fallback's column sum reads.
+  void* bgrad = nullptr;
+  bool bgrad_of_a = false;
 };
 
 // How a row-major GemmOp is posed to (column-major) cuBLASLt: its operand
@@ -146,6 +162,10 @@ LtProblem ToColumnMajor(const GemmOp& op);
 // LLMT_GEMM_AUTOTUNE's value (nullptr = unset) -> (mode, tune in place); see
 // Blas::Autotune. Errors name the variable and the accepted values.
 absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env);
+// LLMT_BIAS_GRAD's value (nullptr = unset) -> whether MatmulBackward fuses
+// the bias gradient into the weight-gradient GEMM (Blas::set_fuse_bias_grad).
+// Errors name the variable and the accepted values.
+absl::StatusOr<bool> ParseBiasGrad(const char* env);
 
 // Runs `op` in one cuBLASLt call. Returns false, having run nothing, when
 // cuBLASLt has no algorithm for it (typically a fused epilogue unsupported for

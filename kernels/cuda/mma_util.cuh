@@ -260,11 +260,11 @@ __device__ __forceinline__ void StoreForwardRows(bf16* out, int64_t ld, float* l
 //    bytes, LBO unused, k-chunk kc starts (kc % 4) x 32 bytes into region
 //    kc / 4; MN-major: SBO (next 8 k) 1024 bytes, LBO (next 64 n) the region
 //    size, rows x 128 bytes.
-// On an H100 the attention kernels on blocked tiles ran at ~115 TFLOP/s,
-// forward and backward alike -- about 1/8 of the tensor cores' rate, which
-// points at bank conflicts in the tensor cores' reads (the 8 core matrices
-// of a 16-byte column sit 128+ bytes apart, in the same 4 banks); the
-// swizzled layout is the one the hardware is built to read at full rate.
+// On an H100 the attention kernels ran at ~115 TFLOP/s on blocked tiles,
+// forward and backward alike, and 1.3-1.8x faster on swizzled ones (GPT-2
+// shape: forward 0.94 -> 0.52 ms, backward 2.23 -> 1.76): the tensor cores
+// read the blocked layout with bank conflicts, we take it (the 8 core
+// matrices of a 16-byte column sit 128+ bytes apart, in the same 4 banks).
 // (WgLayout is in wgmma_layout.h.)
 
 // Offset of element (r, c) in a [rows][cols] tile.

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -848,6 +849,26 @@ TEST_F(GpuTest, WgmmaProductLayouts) {
       }
     }
   }
+}
+
+// The attention switches read their environment variables once, on first
+// use; an unknown value stops the process with a message naming the
+// variable and the value. (Threadsafe death tests re-run this binary, so
+// the child reads the variables afresh whatever this process read.)
+TEST(AttentionSwitches, UnknownValuesAreFatalAndNamed) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        setenv("LLMT_WGMMA_LAYOUT", "diagonal", 1);
+        internal::GetWgmmaLayout();
+      },
+      "LLMT_WGMMA_LAYOUT: unknown value 'diagonal'");
+  EXPECT_DEATH(
+      {
+        setenv("LLMT_ATTN_FWD", "wgmma-n128", 1);
+        GetAttentionForwardVariant();
+      },
+      "LLMT_ATTN_FWD: unknown variant 'wgmma-n128'");
 }
 
 // The ds variant (dS stored by the dK/dV kernel, dQ = dS K from it) at head

@@ -49,6 +49,64 @@ float At(const LtMatrix& x, uint64_t r, uint64_t c) {
   return static_cast<const float*>(x.ptr)[r + c * static_cast<uint64_t>(x.ld)];
 }
 
+// LLMT_BIAS_GRAD: unset, "" or "kernel" = off, "epilogue" = on; anything
+// else an error naming the variable and the value.
+TEST(GemmBiasGradEnv, Parses) {
+  for (const char* off : {static_cast<const char*>(nullptr), "", "kernel"}) {
+    auto p = ParseBiasGrad(off);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_FALSE(*p);
+  }
+  auto on = ParseBiasGrad("epilogue");
+  ASSERT_TRUE(on.ok()) << on.status();
+  EXPECT_TRUE(*on);
+  for (const char* bad : {"1", "fused", "Epilogue"}) {
+    auto p = ParseBiasGrad(bad);
+    ASSERT_FALSE(p.ok()) << bad;
+    EXPECT_NE(p.status().message().find("LLMT_BIAS_GRAD"), std::string::npos);
+    EXPECT_NE(p.status().message().find(bad), std::string::npos) << p.status();
+  }
+}
+
+// The bias-gradient epilogue of MatmulBackward's weight-gradient GEMM asks
+// cuBLASLt for BGRADA when bgrad_of_a is false (its A -- our B -- summed over
+// k: one value per row of its column-major D, m values) and for BGRADB when
+// it is true (its B -- our A -- summed over k: n values). Under those
+// documented semantics, posed through ToColumnMajor, the sums must be
+// dout's column sums in both weight layouts.
+TEST(GemmLayout, BiasGradientEpilogueSumsDoutColumns) {
+  const int64_t M = 7, K = 5, N = 6;  // dout rows, input features, output features
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> dout(M * N), inp(M * K), dw(K * N);
+  for (float& v : dout) v = u(rng);
+  for (float& v : inp) v = u(rng);
+  std::vector<double> want(N, 0.0);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) want[n] += dout[m * N + n];
+  }
+  for (const WeightLayout layout : {WeightLayout::kInOut, WeightLayout::kOutIn}) {
+    SCOPED_TRACE(layout == WeightLayout::kInOut ? "kInOut" : "kOutIn");
+    GemmOp op = MatmulBackwardDweightOp(dw.data(), DType::kF32, dout.data(), inp.data(), M, K, N,
+                                        layout, 1.f, DType::kF32);
+    op.bgrad_of_a = layout == WeightLayout::kOutIn;  // as MatmulBackward sets it
+    const LtProblem p = ToColumnMajor(op);
+    const bool of_b = op.bgrad_of_a;  // BGRADB: cuBLASLt's B; BGRADA: its A
+    const LtMatrix& x = of_b ? p.b : p.a;
+    const uint64_t len = of_b ? p.n : p.m;
+    ASSERT_EQ(len, static_cast<uint64_t>(N));
+    for (uint64_t i = 0; i < len; ++i) {
+      double sum = 0;
+      for (uint64_t kk = 0; kk < p.k; ++kk) {
+        // op(A) is m x k, op(B) is k x n.
+        sum += of_b ? (x.transposed ? At(x, i, kk) : At(x, kk, i))
+                    : (x.transposed ? At(x, kk, i) : At(x, i, kk));
+      }
+      EXPECT_NEAR(sum, want[i], 1e-5) << "bias gradient " << i;
+    }
+  }
+}
+
 // cublasLtMatmul's definition: D = alpha op(A) op(B) + beta C, D m x n.
 void ReferenceLt(const LtProblem& p, float alpha, float beta) {
   // Shapes must be consistent with m, n, k and the transposes.
