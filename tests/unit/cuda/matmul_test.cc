@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "kernels/activation.h"
 #include "kernels/matmul.h"
@@ -311,28 +312,21 @@ TEST(MatmulBiasGradTest, EpilogueMatchesCpu) {
                           layout, 1.f);
       cpu::MatmulBackward(nullptr, dw.data(), db.data(), dy2.data(), x2.data(), w.data(), M, K, N,
                           layout, 1.f);
-      {  // fp32
-        Dev<float> gx1(x1), gx2(x2), gdy1(dy1), gdy2(dy2), gw(w);
+      // fp32 activations, then bf16 ones (the mixed overload); fp32 gradients.
+      auto check = [&](auto activation, const std::string& what) {
+        using A = decltype(activation);
+        Dev<A> gx1(x1), gx2(x2), gdy1(dy1), gdy2(dy2), gw(w);
         Dev<float> gdw(FVec(size_t(N) * K, 0.f)), gdb(FVec(N, 0.f));
         for (int mb = 0; mb < 2; ++mb) {
-          MatmulBackward(**blas, static_cast<float*>(nullptr), gdw.get(), gdb.get(),
+          MatmulBackward(**blas, static_cast<A*>(nullptr), gdw.get(), gdb.get(),
                          mb == 0 ? gdy1.get() : gdy2.get(), mb == 0 ? gx1.get() : gx2.get(),
                          gw.get(), M, K, N, layout, 1.f, false, nullptr, nullptr);
         }
-        ExpectClose(gdw.Download(), dw, tol, "dweight fp32");
-        ExpectClose(gdb.Download(), db, tol, "dbias fp32");
-      }
-      {  // bf16 activations, fp32 gradients
-        Dev<bf16> gx1(x1), gx2(x2), gdy1(dy1), gdy2(dy2), gw(w);
-        Dev<float> gdw(FVec(size_t(N) * K, 0.f)), gdb(FVec(N, 0.f));
-        for (int mb = 0; mb < 2; ++mb) {
-          MatmulBackward(**blas, static_cast<bf16*>(nullptr), gdw.get(), gdb.get(),
-                         mb == 0 ? gdy1.get() : gdy2.get(), mb == 0 ? gx1.get() : gx2.get(),
-                         gw.get(), M, K, N, layout, 1.f, false, nullptr, nullptr);
-        }
-        ExpectClose(gdw.Download(), dw, tol, "dweight mixed");
-        ExpectClose(gdb.Download(), db, tol, "dbias mixed");
-      }
+        ExpectClose(gdw.Download(), dw, tol, "dweight " + what);
+        ExpectClose(gdb.Download(), db, tol, "dbias " + what);
+      };
+      check(float{}, "fp32");
+      check(bf16{}, "mixed");
       {  // Gemm's bgrad: the unscaled column sums of dout, whatever alpha
         FVec want(N, 0.f);
         for (int m = 0; m < M; ++m) {
