@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
       {"m64", kc::AttentionForwardVariant::kM64, ki::WgLayout::kSwizzled},
       {"m64n128", kc::AttentionForwardVariant::kM64N128, ki::WgLayout::kSwizzled},
       {"wgmma", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kSwizzled},
+      {"wgmma-pipe", kc::AttentionForwardVariant::kWgmmaPipe, ki::WgLayout::kSwizzled},
       {"wgmma-blocked", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kBlocked}};
   std::printf("\n%-22s %9s %9s %14s\n", "forward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_out;

@@ -25,9 +25,9 @@
 #   deviation from the default's output), then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
-#   attention forward and backward, together and alone, and both on the
-#   blocked tile layout instead of the swizzled one; the bias gradients from
-#   the weight-gradient GEMMs' epilogue; other options, e.g.
+#   attention forward (also pipelined) and backward, together and alone, and
+#   both on the blocked tile layout instead of the swizzled one; the bias
+#   gradients from the weight-gradient GEMMs' epilogue; other options, e.g.
 #   LLMT_ATTN_FWD=m64|m64n128, LLMT_GEMM_AUTOTUNE=exact+inplace,
 #   LLMT_XENT_CHUNK_ROWS=256, by naming them), side by side in one call,
 #   so a switch can be judged in one GPU session.
@@ -179,7 +179,7 @@ if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the wgmma attention and the fused bias gradient against the default
   # engine.
-  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss wg-blocked:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma;LLMT_WGMMA_LAYOUT=blocked bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss wg-blocked:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma;LLMT_WGMMA_LAYOUT=blocked bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"

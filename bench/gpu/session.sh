@@ -77,7 +77,8 @@ fi
 # ---- 3. the winners combined -------------------------------------------------
 # Variant name -> the environment it stands for (run.sh's default A/B list).
 declare -A ENV=(
-  [fwd-wg]="LLMT_ATTN_FWD=wgmma" [fwd-m64]="LLMT_ATTN_FWD=m64"
+  [fwd-wg]="LLMT_ATTN_FWD=wgmma" [fwd-wg-pipe]="LLMT_ATTN_FWD=wgmma-pipe"
+  [fwd-m64]="LLMT_ATTN_FWD=m64"
   [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
   [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
   [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
@@ -94,7 +95,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
   echo "$best"
 }
 WIN=()
-for group in "fwd-wg fwd-m64 fwd-n128" "bwd-wg bwd-wg-ss" "inplace" \
+for group in "fwd-wg fwd-wg-pipe fwd-m64 fwd-n128" "bwd-wg bwd-wg-ss" "inplace" \
              "xent128 xent256 xent512" "bgrad"; do
   # shellcheck disable=SC2086
   w=$(pick $group)

@@ -92,7 +92,8 @@ AttentionForwardVariant& ForwardVariant() {
     static const std::pair<const char*, AttentionForwardVariant> kNames[] = {
         {"m64", AttentionForwardVariant::kM64},
         {"m64n128", AttentionForwardVariant::kM64N128},
-        {"wgmma", AttentionForwardVariant::kWgmma}};
+        {"wgmma", AttentionForwardVariant::kWgmma},
+        {"wgmma-pipe", AttentionForwardVariant::kWgmmaPipe}};
     for (const auto& [name, variant] : kNames) {
       if (s == name) {
         LLMT_LOG(Info) << "cuda attention forward variant: " << s << " (LLMT_ATTN_FWD)";
@@ -100,12 +101,14 @@ AttentionForwardVariant& ForwardVariant() {
       }
     }
     Fatal("LLMT_ATTN_FWD: unknown variant '" + s +
-          "' (expected m64, m64n128, wgmma, or default)");
+          "' (expected m64, m64n128, wgmma, wgmma-pipe, or default)");
   }();
   return v;
 }
 
-bool IsWgmma(AttentionForwardVariant v) { return v == AttentionForwardVariant::kWgmma; }
+bool IsWgmma(AttentionForwardVariant v) {
+  return v == AttentionForwardVariant::kWgmma || v == AttentionForwardVariant::kWgmmaPipe;
+}
 
 // Whether a requested wgmma variant can run here; warns once per process
 // when it cannot (then the mma kernels run).
@@ -433,7 +436,8 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
       case AttentionImpl::kMma: {
         const AttentionForwardVariant v = ForwardVariant();
         if (IsWgmma(v) && WgmmaUsable()) {
-          internal::FlashForwardWgmma(out, lse, qkv, d, stream);
+          internal::FlashForwardWgmma(out, lse, qkv, d, v == AttentionForwardVariant::kWgmmaPipe,
+                                      stream);
           return;
         }
         internal::FlashForwardMma(out, lse, qkv, d, v, stream);

@@ -106,10 +106,9 @@ struct AttentionBackwardVariant {
 void SetAttentionBackwardVariant(AttentionBackwardVariant v);
 AttentionBackwardVariant GetAttentionBackwardVariant();
 
-// Alternative forward kernels for A/B timing. All pass the GPU tests on an
-// H100 and all are slower there than the default at the GPT-2 124M shape
-// (B 64, T 1024, 12 heads of 64; bench_attention, 2026-11-27: default 0.55
-// ms, m64 0.59, m64n128 0.74, wgmma 0.93):
+// Alternative forward kernels for A/B timing. On an H100 at the GPT-2 124M
+// shape (B 64, T 1024, 12 heads of 64; bench_attention, 2026-11-27): default
+// 0.54 ms, m64 0.59, m64n128 0.73, wgmma 0.52 (blocked tiles: 0.94):
 //   kM64:     head dim 64: 64-row query blocks (one 16-row m-tile per warp)
 //             instead of 128: fewer registers, more blocks per SM.
 //   kM64N128: the same with 128-key tiles instead of 64: half the per-tile
@@ -118,10 +117,13 @@ AttentionBackwardVariant GetAttentionBackwardVariant();
 //             (attention_wgmma.cu), 64-row blocks, 128-key tiles at head dim
 //             64 and 64-key tiles at 128. On a device other than compute
 //             capability 9.0 it falls back to the default (with a warning).
-// From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "" or
-// "default"; any other value is a fatal error. Set overrides it
+//             (0.52 ms on 128-byte-swizzled tiles: faster than the default.)
+//   kWgmmaPipe: the same with the next tile's Q K^T and softmax overlapped
+//             with this tile's P V (not yet run on a GPU).
+// From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "wgmma-pipe",
+// "" or "default"; any other value is a fatal error. Set overrides it
 // (process-wide, for tests).
-enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma };
+enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma, kWgmmaPipe };
 void SetAttentionForwardVariant(AttentionForwardVariant v);
 AttentionForwardVariant GetAttentionForwardVariant();
 

@@ -266,6 +266,143 @@ __global__ void __launch_bounds__(kWgThreads)
   }
 }
 
+// Causal mask of key tile `tile` (kN keys) for this warp's rows of a 64-row
+// block starting at q0, then the online-softmax step; corr for O's rescale.
+template <int kN>
+__device__ __forceinline__ void MaskAndSoftmax(float (&s)[kN / 8][4], int tile, int wrow0, int g,
+                                               int t, float (&m)[2], float (&l)[2], float sl2,
+                                               float (&corr)[2]) {
+  const int j0 = tile * kN;
+  if (j0 + kN - 1 > wrow0) {
+#pragma unroll
+    for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int j = j0 + nt * 8 + 2 * t + (i & 1);
+        const int q = wrow0 + g + 8 * (i >> 1);
+        if (j > q) s[nt][i] = -INFINITY;
+      }
+    }
+  }
+  OnlineSoftmaxScores<kN / 8>(s, m, l, sl2, corr);
+}
+
+// The forward with its products overlapped with the softmax
+// (LLMT_ATTN_FWD=wgmma-pipe; FlashAttention-3's intra-warpgroup pipelining):
+// each step issues S_{j+1} = Q K_{j+1}^T and then O += P_j V_j, waits only
+// for S_{j+1}, masks it and runs its softmax while P_j V_j is still in
+// flight, then waits for that and rescales O. The tiles as in
+// FlashFwdWgmmaKernel (one 64-row m-tile, kN keys: S and O products of
+// different shapes); K is loaded two tiles ahead and V one (K_{j+2} into
+// K_j's buffer, V_{j+1} into V_{j-1}'s, both free after the step's barrier),
+// so the same shared memory suffices. P_{j+1} stays fp32 in S's registers
+// until P_j V_j is done, then becomes the next A fragments.
+template <int HD, WgLayout LY>
+__global__ void __launch_bounds__(kWgThreads)
+    FlashFwdWgmmaPipeKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
+  constexpr int kN = HD == 64 ? 128 : 64, kRows = 64;
+  LLMT_DYNAMIC_SMEM(smem_raw);
+  unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kRows][HD]
+  bf16* Ks = Qs + kRows * HD;                // [2][kN][HD]
+  bf16* Vs = Ks + 2 * kN * HD;               // [2][kN][HD]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // longest rows first
+  const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
+  const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+  const bf16* kbase = base + static_cast<int64_t>(d.NH + kvh) * HD;
+  const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
+  const int n_tiles = DivUp(min(q0 + kRows, d.T), kN);
+  const int wrow0 = q0 + warp * 16;  // this warp's first row
+  const float sl2 = d.scale * kLog2e;
+  auto load_k = [&](int tile) {
+    LoadTileAsync<HD, kN, LY>(Ks + (tile & 1) * kN * HD, kbase, d.ld, tile * kN, d.T);
+  };
+  auto load_v = [&](int tile) {
+    LoadTileAsync<HD, kN, LY>(Vs + (tile & 1) * kN * HD, vbase, d.ld, tile * kN, d.T);
+  };
+
+  LoadTileAsync<HD, kRows, LY>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  load_k(0);
+  if (n_tiles > 1) load_k(1);
+  load_v(0);
+  CpAsyncCommit();
+  float o[HD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2];
+  uint32_t qa[HD / 16][4];  // before the loop: see FlashFwdWgmmaKernel
+  WaitTileForWgmma();       // Q, K_0, K_1, V_0 are visible
+  LoadTileFragments<HD, kRows, LY>(qa, Qs, warp * 16, lane);
+
+  // S_0 and its softmax (O is still zero: no rescale).
+  float s[kN / 8][4];
+  WgmmaFence();
+  IssueRowProduct<HD, kN, false, LY>(s, qa, nullptr, Ks);
+  WgmmaCommit();
+  WgmmaWait<0>();
+  WgmmaFenceOperand(s);
+  MaskAndSoftmax<kN>(s, 0, wrow0, g, t, m, l, sl2, corr);
+  uint32_t pa[kN / 16][4];
+#pragma unroll
+  for (int kc = 0; kc < kN / 16; ++kc) AccToA(pa[kc], s[2 * kc], s[2 * kc + 1]);
+
+  // Every step but the last issues both products, unconditionally: with the
+  // S product under a condition, ptxas cannot tell which group wait_group 1
+  // retires and serialises the products (C7514).
+  for (int j = 0; j + 1 < n_tiles; ++j) {
+    // K_{j+1} and V_j are visible; everyone is done with K_j (S_j) and
+    // V_{j-1} (P_{j-1} V_{j-1}), whose buffers the next copies take.
+    WaitTileForWgmma();
+    if (j + 2 < n_tiles) load_k(j + 2);
+    load_v(j + 1);
+    CpAsyncCommit();
+    // Each product its own batch (fence, issue, commit).
+    WgmmaFenceOperand(s);
+    WgmmaFence();
+    IssueRowProduct<HD, kN, false, LY>(s, qa, nullptr, Ks + ((j + 1) & 1) * kN * HD);
+    WgmmaCommit();
+    WgmmaFenceOperand(s);
+    WgmmaFenceOperand(o);
+    WgmmaFence();
+    IssueColProduct<HD, kN, LY>(o, pa, Vs + (j & 1) * kN * HD);
+    WgmmaCommit();
+    WgmmaFenceOperand(o);
+    WgmmaWait<1>();  // S_{j+1} done; P_j V_j may still run
+    WgmmaFenceOperand(s);
+    MaskAndSoftmax<kN>(s, j + 1, wrow0, g, t, m, l, sl2, corr);
+    WgmmaWait<0>();
+    WgmmaFenceOperand(o);
+    RescaleAcc<HD>(o, corr);
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) AccToA(pa[kc], s[2 * kc], s[2 * kc + 1]);
+  }
+  // The last tile's P V.
+  WaitTileForWgmma();  // V_{n-1} is visible
+  WgmmaFenceOperand(o);
+  WgmmaFence();
+  IssueColProduct<HD, kN, LY>(o, pa, Vs + ((n_tiles - 1) & 1) * kN * HD);
+  WgmmaCommit();
+  WgmmaWait<0>();
+  WgmmaFenceOperand(o);
+
+  StoreForwardRows<HD>(out + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD,
+                       d.C, lse + static_cast<int64_t>(bh) * d.T, wrow0 + g, d.T, d.scale, o, m,
+                       l, t);
+}
+
+template <int HD, WgLayout LY>
+void LaunchWgFwdPipe(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                     cudaStream_t stream) {
+  using FT = WgFwdTiling<HD, 1, HD == 64 ? 128 : 64, LY>;  // the same tiles and memory
+  const auto kernel = FlashFwdWgmmaPipeKernel<HD, LY>;
+  AllowSmem(kernel, FT::smem, "FlashFwdWgmmaPipeKernel");
+  const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, FT::kRows)),
+                  static_cast<unsigned>(d.B * d.NH));
+  Launch(kernel, grid, kWgThreads, FT::smem, stream, out, lse, qkv, d);
+  LLMT_CUDA_CHECK_LAUNCH("FlashFwdWgmmaPipeKernel", stream);
+}
+
 template <int HD, typename FT>
 void LaunchWgFwd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
   AllowSmem(FlashFwdWgmmaKernel<HD, FT>, FT::smem, "FlashFwdWgmmaKernel");
@@ -767,17 +904,26 @@ void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const flo
   }
 }
 
-void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
-                       cudaStream_t stream) {
-  const bool sw = GetWgmmaLayout() == WgLayout::kSwizzled;
+template <WgLayout LY>
+void WgForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, bool pipelined,
+               cudaStream_t stream) {
   if (d.hd == 64) {
-    sw ? WgForwardHd<64, WgLayout::kSwizzled>(out, lse, qkv, d, stream)
-       : WgForwardHd<64, WgLayout::kBlocked>(out, lse, qkv, d, stream);
+    pipelined ? LaunchWgFwdPipe<64, LY>(out, lse, qkv, d, stream)
+              : WgForwardHd<64, LY>(out, lse, qkv, d, stream);
   } else if (d.hd == 128) {
-    sw ? WgForwardHd<128, WgLayout::kSwizzled>(out, lse, qkv, d, stream)
-       : WgForwardHd<128, WgLayout::kBlocked>(out, lse, qkv, d, stream);
+    pipelined ? LaunchWgFwdPipe<128, LY>(out, lse, qkv, d, stream)
+              : WgForwardHd<128, LY>(out, lse, qkv, d, stream);
   } else {
     Fatal("FlashForwardWgmma: unsupported head dim " + std::to_string(d.hd));
+  }
+}
+
+void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, bool pipelined,
+                       cudaStream_t stream) {
+  if (GetWgmmaLayout() == WgLayout::kSwizzled) {
+    WgForward<WgLayout::kSwizzled>(out, lse, qkv, d, pipelined, stream);
+  } else {
+    WgForward<WgLayout::kBlocked>(out, lse, qkv, d, pipelined, stream);
   }
 }
 

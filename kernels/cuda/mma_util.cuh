@@ -167,20 +167,20 @@ __device__ __forceinline__ void StoreAcc(bf16* dst, int64_t ld, int row_lo, int 
 // One key tile's online-softmax step for a thread's rows g (elements 0, 1)
 // and g + 8 (2, 3) of a 16-row m-tile, after masking: the running max m (raw
 // score units) advances, the scores s become probabilities (exp2, log2(e)
-// folded into sl2), the partial row sums l and the output accumulator o are
-// rescaled by the change of max. l is kept per thread (its own columns) and
-// summed over the quad at the end; the correction is uniform over the quad,
-// so that is exact.
-template <int NT, int HD>
-__device__ __forceinline__ void OnlineSoftmax(float (&s)[NT][4], float (&o)[HD / 8][4],
-                                              float (&m)[2], float (&l)[2], float sl2) {
+// folded into sl2), and the partial row sums l are rescaled by the change of
+// max, which `corr` returns (per row) for the output accumulator. l is kept
+// per thread (its own columns) and summed over the quad at the end; the
+// correction is uniform over the quad, so that is exact.
+template <int NT>
+__device__ __forceinline__ void OnlineSoftmaxScores(float (&s)[NT][4], float (&m)[2],
+                                                    float (&l)[2], float sl2, float (&corr)[2]) {
   float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
     mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
   }
-  float corr[2], ms[2], psum[2] = {0.f, 0.f};
+  float ms[2], psum[2] = {0.f, 0.f};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float m_new = fmaxf(m[r], QuadMax(mx[r]));
@@ -201,6 +201,11 @@ __device__ __forceinline__ void OnlineSoftmax(float (&s)[NT][4], float (&o)[HD /
   }
   l[0] = l[0] * corr[0] + psum[0];
   l[1] = l[1] * corr[1] + psum[1];
+}
+
+// The output accumulator's rescale by OnlineSoftmaxScores' corr.
+template <int HD>
+__device__ __forceinline__ void RescaleAcc(float (&o)[HD / 8][4], const float (&corr)[2]) {
 #pragma unroll
   for (int nd = 0; nd < HD / 8; ++nd) {
     o[nd][0] *= corr[0];
@@ -208,6 +213,15 @@ __device__ __forceinline__ void OnlineSoftmax(float (&s)[NT][4], float (&o)[HD /
     o[nd][2] *= corr[1];
     o[nd][3] *= corr[1];
   }
+}
+
+// Both at once: the step of a kernel whose P V product is not in flight.
+template <int NT, int HD>
+__device__ __forceinline__ void OnlineSoftmax(float (&s)[NT][4], float (&o)[HD / 8][4],
+                                              float (&m)[2], float (&l)[2], float sl2) {
+  float corr[2];
+  OnlineSoftmaxScores<NT>(s, m, l, sl2, corr);
+  RescaleAcc<HD>(o, corr);
 }
 
 // The forward's epilogue for a thread's rows `row` and row + 8 of a 16-row

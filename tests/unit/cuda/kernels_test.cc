@@ -749,10 +749,10 @@ void ForEachWgmmaLayout(F body) {
 
 // The forward variants (LLMT_ATTN_FWD) on every shape: m64 (64-row blocks)
 // and m64n128 (64-row blocks, 128-key tiles) at head dim 64, other head dims
-// running the default; and the wgmma forward (Hopper warpgroup MMA; on the
-// emulator, which implements wgmma, and on sm_90 GPUs -- elsewhere it falls
-// back to the default) at head dims 64 and 128, in both tile layouts. Same
-// tolerances; the backward runs from their lse.
+// running the default; and the wgmma forwards, plain and pipelined (Hopper
+// warpgroup MMA; on the emulator, which implements wgmma, and on sm_90 GPUs
+// -- elsewhere they fall back to the default) at head dims 64 and 128, in
+// both tile layouts. Same tolerances; the backward runs from their lse.
 TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
   const std::pair<AttentionForwardVariant, const char*> variants[] = {
@@ -764,9 +764,11 @@ TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
     CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
   }
   ForEachWgmmaLayout([&] {
-    SCOPED_TRACE("forward wgmma");
-    SetAttentionForwardVariant(AttentionForwardVariant::kWgmma);
-    CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
+    for (const auto v : {AttentionForwardVariant::kWgmma, AttentionForwardVariant::kWgmmaPipe}) {
+      SCOPED_TRACE(v == AttentionForwardVariant::kWgmma ? "forward wgmma" : "forward wgmma-pipe");
+      SetAttentionForwardVariant(v);
+      CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
+    }
   });
   SetAttentionForwardVariant(saved);
 }
