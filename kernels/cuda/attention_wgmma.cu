@@ -141,6 +141,29 @@ struct WgFwdTiling {
   static_assert(NK != HD, "equal-shape S and O products: see WgForwardHd");
 };
 
+// Causal mask of key tile `tile` (kN keys) for this warp's 16 rows from
+// wrow0, where the tile crosses their diagonal (key j visible to query q
+// when j <= q; keys >= T are zeros, only visible to rows >= T), then the
+// online-softmax step; corr for O's rescale.
+template <int kN>
+__device__ __forceinline__ void MaskAndSoftmax(float (&s)[kN / 8][4], int tile, int wrow0, int g,
+                                               int t, float (&m)[2], float (&l)[2], float sl2,
+                                               float (&corr)[2]) {
+  const int j0 = tile * kN;
+  if (j0 + kN - 1 > wrow0) {
+#pragma unroll
+    for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int j = j0 + nt * 8 + 2 * t + (i & 1);
+        const int q = wrow0 + g + 8 * (i >> 1);
+        if (j > q) s[nt][i] = -INFINITY;
+      }
+    }
+  }
+  OnlineSoftmaxScores<kN / 8>(s, m, l, sl2, corr);
+}
+
 template <int HD, typename FT>
 __global__ void __launch_bounds__(kWgThreads)
     FlashFwdWgmmaKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
@@ -223,21 +246,9 @@ __global__ void __launch_bounds__(kWgThreads)
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
       if (!live[mt]) continue;
-      const int wrow0 = q0 + mt * 64 + warp * 16;  // this warp's first row in the m-tile
-      // Causal mask where the tile crosses the warp's diagonal (key j visible
-      // to query q when j <= q; keys >= T are zeros, only visible to rows >= T).
-      if (j0 + kN - 1 > wrow0) {
-#pragma unroll
-        for (int nt = 0; nt < kN / 8; ++nt) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int j = j0 + nt * 8 + 2 * t + (i & 1);
-            const int q = wrow0 + g + 8 * (i >> 1);
-            if (j > q) s[mt][nt][i] = -INFINITY;
-          }
-        }
-      }
-      OnlineSoftmax<kN / 8, HD>(s[mt], o[mt], m[mt], l[mt], sl2);
+      float corr[2];
+      MaskAndSoftmax<kN>(s[mt], it, q0 + mt * 64 + warp * 16, g, t, m[mt], l[mt], sl2, corr);
+      RescaleAcc<HD>(o[mt], corr);
       // All A fragments of P before the fence, so that no register an
       // in-flight wgmma reads is rewritten (ptxas would serialise them).
 #pragma unroll
@@ -264,27 +275,6 @@ __global__ void __launch_bounds__(kWgThreads)
     StoreForwardRows<HD>(obase, d.C, lse + static_cast<int64_t>(bh) * d.T,
                          q0 + mt * 64 + warp * 16 + g, d.T, d.scale, o[mt], m[mt], l[mt], t);
   }
-}
-
-// Causal mask of key tile `tile` (kN keys) for this warp's rows of a 64-row
-// block starting at q0, then the online-softmax step; corr for O's rescale.
-template <int kN>
-__device__ __forceinline__ void MaskAndSoftmax(float (&s)[kN / 8][4], int tile, int wrow0, int g,
-                                               int t, float (&m)[2], float (&l)[2], float sl2,
-                                               float (&corr)[2]) {
-  const int j0 = tile * kN;
-  if (j0 + kN - 1 > wrow0) {
-#pragma unroll
-    for (int nt = 0; nt < kN / 8; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int j = j0 + nt * 8 + 2 * t + (i & 1);
-        const int q = wrow0 + g + 8 * (i >> 1);
-        if (j > q) s[nt][i] = -INFINITY;
-      }
-    }
-  }
-  OnlineSoftmaxScores<kN / 8>(s, m, l, sl2, corr);
 }
 
 // The forward with its products overlapped with the softmax
