@@ -141,6 +141,36 @@ struct WgFwdTiling {
   static_assert(NK != HD, "equal-shape S and O products: see WgForwardHd");
 };
 
+// A wgmma forward block: its shared tiles -- Q [kRows][HD], then K and V
+// double-buffered, [2][kN][HD] each, 1024-byte aligned for swizzled tiles --
+// and its place in the packed qkv: query rows q0.. (blocks counted from the
+// end, longest rows first) of head h of batch b (blockIdx.y = b NH + h); q,
+// k and v point at the batch's row 0 in the head's Q, K and V columns; the
+// first n_tiles key tiles reach the block's last row.
+template <int HD, int kRows, int kN, WgLayout LY>
+struct WgFwdBlock {
+  bf16 *Qs, *Ks, *Vs;
+  int q0, bh, b, h, n_tiles;
+  const bf16 *q, *k, *v;
+  __device__ __forceinline__ WgFwdBlock(unsigned char* smem_raw, const bf16* qkv,
+                                        const AttnDims& d) {
+    unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
+    Qs = reinterpret_cast<bf16*>(smem);
+    Ks = Qs + kRows * HD;
+    Vs = Ks + 2 * kN * HD;
+    q0 = (gridDim.x - 1 - blockIdx.x) * kRows;
+    bh = blockIdx.y;
+    b = bh / d.NH;
+    h = bh % d.NH;
+    const int kvh = h / d.group;
+    const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
+    q = base + static_cast<int64_t>(h) * HD;
+    k = base + static_cast<int64_t>(d.NH + kvh) * HD;
+    v = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
+    n_tiles = DivUp(min(q0 + kRows, d.T), kN);
+  }
+};
+
 // Causal mask of key tile `tile` (kN keys) for this warp's 16 rows from
 // wrow0, where the tile crosses their diagonal (key j visible to query q
 // when j <= q; keys >= T are zeros, only visible to rows >= T), then the
@@ -170,22 +200,13 @@ __global__ void __launch_bounds__(kWgThreads)
   constexpr int kN = FT::kN, kMt = FT::kMt, kRows = FT::kRows;
   constexpr WgLayout LY = FT::kLayout;
   LLMT_DYNAMIC_SMEM(smem_raw);
-  unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kRows][HD]
-  bf16* Ks = Qs + kRows * HD;                // [2][kN][HD]
-  bf16* Vs = Ks + 2 * kN * HD;               // [2][kN][HD]
+  const WgFwdBlock<HD, kRows, kN, LY> blk(smem_raw, qkv, d);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // longest rows first
-  const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
-  const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
-  const bf16* kbase = base + static_cast<int64_t>(d.NH + kvh) * HD;
-  const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
-  const int n_tiles = DivUp(min(q0 + kRows, d.T), kN);
   const float sl2 = d.scale * kLog2e;
 
-  LoadTileAsync<HD, kRows, LY>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
-  LoadTileAsync<HD, kN, LY>(Ks, kbase, d.ld, 0, d.T);
-  LoadTileAsync<HD, kN, LY>(Vs, vbase, d.ld, 0, d.T);
+  LoadTileAsync<HD, kRows, LY>(blk.Qs, blk.q, d.ld, blk.q0, d.T);
+  LoadTileAsync<HD, kN, LY>(blk.Ks, blk.k, d.ld, 0, d.T);
+  LoadTileAsync<HD, kN, LY>(blk.Vs, blk.v, d.ld, 0, d.T);
   CpAsyncCommit();
 
   uint32_t qa[kMt][HD / 16][4];
@@ -209,25 +230,25 @@ __global__ void __launch_bounds__(kWgThreads)
   WaitTileForWgmma();  // Q and tile 0 are visible
 #pragma unroll
   for (int mt = 0; mt < kMt; ++mt) {
-    LoadTileFragments<HD, kRows, LY>(qa[mt], Qs, mt * 64 + warp * 16, lane);
+    LoadTileFragments<HD, kRows, LY>(qa[mt], blk.Qs, mt * 64 + warp * 16, lane);
   }
-  for (int it = 0; it < n_tiles; ++it) {
+  for (int it = 0; it < blk.n_tiles; ++it) {
     // Tile it is visible; everyone is done with tile it - 1's buffer.
     if (it > 0) WaitTileForWgmma();
-    if (it + 1 < n_tiles) {
+    if (it + 1 < blk.n_tiles) {
       const int nb = (it + 1) & 1;
-      LoadTileAsync<HD, kN, LY>(Ks + nb * kN * HD, kbase, d.ld, (it + 1) * kN, d.T);
-      LoadTileAsync<HD, kN, LY>(Vs + nb * kN * HD, vbase, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN, LY>(blk.Ks + nb * kN * HD, blk.k, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN, LY>(blk.Vs + nb * kN * HD, blk.v, d.ld, (it + 1) * kN, d.T);
       CpAsyncCommit();
     }
     const int j0 = it * kN;
-    const bf16* Kb = Ks + (it & 1) * kN * HD;
-    const bf16* Vb = Vs + (it & 1) * kN * HD;
+    const bf16* Kb = blk.Ks + (it & 1) * kN * HD;
+    const bf16* Vb = blk.Vs + (it & 1) * kN * HD;
     // m-tile mt has a visible key in this tile unless all its rows precede
     // j0 (never the case for the first m-tile: tiles end at the block's rows).
     bool live[kMt];
 #pragma unroll
-    for (int mt = 0; mt < kMt; ++mt) live[mt] = mt == 0 || j0 <= q0 + mt * 64 + 63;
+    for (int mt = 0; mt < kMt; ++mt) live[mt] = mt == 0 || j0 <= blk.q0 + mt * 64 + 63;
 
     // S [64 x kN] per m-tile = Q K^T: B(k = dim, n = key) = K[key][dim],
     // K-major. The first k-chunk overwrites S (no zeroing).
@@ -247,7 +268,8 @@ __global__ void __launch_bounds__(kWgThreads)
     for (int mt = 0; mt < kMt; ++mt) {
       if (!live[mt]) continue;
       float corr[2];
-      MaskAndSoftmax<kN>(s[mt], it, q0 + mt * 64 + warp * 16, g, t, m[mt], l[mt], sl2, corr);
+      MaskAndSoftmax<kN>(s[mt], it, blk.q0 + mt * 64 + warp * 16, g, t, m[mt], l[mt], sl2,
+                         corr);
       RescaleAcc<HD>(o[mt], corr);
       // All A fragments of P before the fence, so that no register an
       // in-flight wgmma reads is rewritten (ptxas would serialise them).
@@ -269,11 +291,12 @@ __global__ void __launch_bounds__(kWgThreads)
     for (int mt = 0; mt < kMt; ++mt) WgmmaFenceOperand(o[mt]);
   }
 
-  bf16* obase = out + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD;
+  bf16* obase =
+      out + static_cast<int64_t>(blk.b) * d.T * d.C + static_cast<int64_t>(blk.h) * HD;
 #pragma unroll
   for (int mt = 0; mt < kMt; ++mt) {
-    StoreForwardRows<HD>(obase, d.C, lse + static_cast<int64_t>(bh) * d.T,
-                         q0 + mt * 64 + warp * 16 + g, d.T, d.scale, o[mt], m[mt], l[mt], t);
+    StoreForwardRows<HD>(obase, d.C, lse + static_cast<int64_t>(blk.bh) * d.T,
+                         blk.q0 + mt * 64 + warp * 16 + g, d.T, d.scale, o[mt], m[mt], l[mt], t);
   }
 }
 
@@ -292,29 +315,20 @@ __global__ void __launch_bounds__(kWgThreads)
     FlashFwdWgmmaPipeKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
   constexpr int kN = HD == 64 ? 128 : 64, kRows = 64;
   LLMT_DYNAMIC_SMEM(smem_raw);
-  unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [kRows][HD]
-  bf16* Ks = Qs + kRows * HD;                // [2][kN][HD]
-  bf16* Vs = Ks + 2 * kN * HD;               // [2][kN][HD]
+  const WgFwdBlock<HD, kRows, kN, LY> blk(smem_raw, qkv, d);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kRows;  // longest rows first
-  const int bh = blockIdx.y, b = bh / d.NH, h = bh % d.NH, kvh = h / d.group;
-  const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
-  const bf16* kbase = base + static_cast<int64_t>(d.NH + kvh) * HD;
-  const bf16* vbase = base + static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
-  const int n_tiles = DivUp(min(q0 + kRows, d.T), kN);
-  const int wrow0 = q0 + warp * 16;  // this warp's first row
+  const int wrow0 = blk.q0 + warp * 16;  // this warp's first row
   const float sl2 = d.scale * kLog2e;
   auto load_k = [&](int tile) {
-    LoadTileAsync<HD, kN, LY>(Ks + (tile & 1) * kN * HD, kbase, d.ld, tile * kN, d.T);
+    LoadTileAsync<HD, kN, LY>(blk.Ks + (tile & 1) * kN * HD, blk.k, d.ld, tile * kN, d.T);
   };
   auto load_v = [&](int tile) {
-    LoadTileAsync<HD, kN, LY>(Vs + (tile & 1) * kN * HD, vbase, d.ld, tile * kN, d.T);
+    LoadTileAsync<HD, kN, LY>(blk.Vs + (tile & 1) * kN * HD, blk.v, d.ld, tile * kN, d.T);
   };
 
-  LoadTileAsync<HD, kRows, LY>(Qs, base + static_cast<int64_t>(h) * HD, d.ld, q0, d.T);
+  LoadTileAsync<HD, kRows, LY>(blk.Qs, blk.q, d.ld, blk.q0, d.T);
   load_k(0);
-  if (n_tiles > 1) load_k(1);
+  if (blk.n_tiles > 1) load_k(1);
   load_v(0);
   CpAsyncCommit();
   float o[HD / 8][4];
@@ -323,12 +337,12 @@ __global__ void __launch_bounds__(kWgThreads)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2];
   uint32_t qa[HD / 16][4];  // before the loop: see FlashFwdWgmmaKernel
   WaitTileForWgmma();       // Q, K_0, K_1, V_0 are visible
-  LoadTileFragments<HD, kRows, LY>(qa, Qs, warp * 16, lane);
+  LoadTileFragments<HD, kRows, LY>(qa, blk.Qs, warp * 16, lane);
 
   // S_0 and its softmax (O is still zero: no rescale).
   float s[kN / 8][4];
   WgmmaFence();
-  IssueRowProduct<HD, kN, false, LY>(s, qa, nullptr, Ks);
+  IssueRowProduct<HD, kN, false, LY>(s, qa, nullptr, blk.Ks);
   WgmmaCommit();
   WgmmaWait<0>();
   WgmmaFenceOperand(s);
@@ -340,22 +354,22 @@ __global__ void __launch_bounds__(kWgThreads)
   // Every step but the last issues both products, unconditionally: with the
   // S product under a condition, ptxas cannot tell which group wait_group 1
   // retires and serialises the products (C7514).
-  for (int j = 0; j + 1 < n_tiles; ++j) {
+  for (int j = 0; j + 1 < blk.n_tiles; ++j) {
     // K_{j+1} and V_j are visible; everyone is done with K_j (S_j) and
     // V_{j-1} (P_{j-1} V_{j-1}), whose buffers the next copies take.
     WaitTileForWgmma();
-    if (j + 2 < n_tiles) load_k(j + 2);
+    if (j + 2 < blk.n_tiles) load_k(j + 2);
     load_v(j + 1);
     CpAsyncCommit();
     // Each product its own batch (fence, issue, commit).
     WgmmaFenceOperand(s);
     WgmmaFence();
-    IssueRowProduct<HD, kN, false, LY>(s, qa, nullptr, Ks + ((j + 1) & 1) * kN * HD);
+    IssueRowProduct<HD, kN, false, LY>(s, qa, nullptr, blk.Ks + ((j + 1) & 1) * kN * HD);
     WgmmaCommit();
     WgmmaFenceOperand(s);
     WgmmaFenceOperand(o);
     WgmmaFence();
-    IssueColProduct<HD, kN, LY>(o, pa, Vs + (j & 1) * kN * HD);
+    IssueColProduct<HD, kN, LY>(o, pa, blk.Vs + (j & 1) * kN * HD);
     WgmmaCommit();
     WgmmaFenceOperand(o);
     WgmmaWait<1>();  // S_{j+1} done; P_j V_j may still run
@@ -371,14 +385,14 @@ __global__ void __launch_bounds__(kWgThreads)
   WaitTileForWgmma();  // V_{n-1} is visible
   WgmmaFenceOperand(o);
   WgmmaFence();
-  IssueColProduct<HD, kN, LY>(o, pa, Vs + ((n_tiles - 1) & 1) * kN * HD);
+  IssueColProduct<HD, kN, LY>(o, pa, blk.Vs + ((blk.n_tiles - 1) & 1) * kN * HD);
   WgmmaCommit();
   WgmmaWait<0>();
   WgmmaFenceOperand(o);
 
-  StoreForwardRows<HD>(out + static_cast<int64_t>(b) * d.T * d.C + static_cast<int64_t>(h) * HD,
-                       d.C, lse + static_cast<int64_t>(bh) * d.T, wrow0 + g, d.T, d.scale, o, m,
-                       l, t);
+  StoreForwardRows<HD>(
+      out + static_cast<int64_t>(blk.b) * d.T * d.C + static_cast<int64_t>(blk.h) * HD, d.C,
+      lse + static_cast<int64_t>(blk.bh) * d.T, wrow0 + g, d.T, d.scale, o, m, l, t);
 }
 
 template <int HD, WgLayout LY>
