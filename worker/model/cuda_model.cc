@@ -695,34 +695,25 @@ void CudaModelImpl<T>::Classifier(int64_t N, float grad_scale, bool with_targets
   op.D = logits_;
   op.d_type = dt;
   op.ldd = Vp_;
-  const int64_t chunk = opts_.xent_chunk_rows;
-  if (with_targets && chunk > 0 && chunk < N) {
-    // Chunk by chunk: each chunk's logits (chunk x Vp) are rewritten as
-    // dlogits while still in L2, instead of a second trip through DRAM.
-    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
-      const int64_t rows = std::min(chunk, N - r0);
-      cu::GemmOp c = op;
-      c.M = rows;
-      c.A = lnf_ + r0 * C_;
-      c.D = logits_ + r0 * Vp_;
-      {
-        auto timed = timer_->Time("classifier_gemm");
-        cu::Gemm(*blas_, c, s());
-      }
+  // With xent_chunk_rows, chunk by chunk: each chunk's logits (chunk x Vp)
+  // are rewritten as dlogits while still in L2, instead of a second trip
+  // through DRAM. Otherwise (and without targets) one chunk of all N rows.
+  const int64_t chunk =
+      with_targets && opts_.xent_chunk_rows > 0 ? std::min(opts_.xent_chunk_rows, N) : N;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+    const int64_t rows = std::min(chunk, N - r0);
+    cu::GemmOp c = op;
+    c.M = rows;
+    c.A = lnf_ + r0 * C_;
+    c.D = logits_ + r0 * Vp_;
+    {
+      auto timed = timer_->Time("classifier_gemm");
+      cu::Gemm(*blas_, c, s());
+    }
+    if (with_targets) {
       auto timed = timer_->Time("softmax_xent");
       cu::SoftmaxCrossEntropy(logits_ + r0 * Vp_, targets_ + r0, rows, V_, Vp_, grad_scale,
                               row_losses_ + r0, s());
-    }
-    return;
-  }
-  {
-    auto timed = timer_->Time("classifier_gemm");
-    cu::Gemm(*blas_, op, s());
-  }
-  if (with_targets) {
-    {
-      auto timed = timer_->Time("softmax_xent");
-      cu::SoftmaxCrossEntropy(logits_, targets_, N, V_, Vp_, grad_scale, row_losses_, s());
     }
   }
 }
