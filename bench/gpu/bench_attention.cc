@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/runtime.cuh"
 
@@ -169,7 +170,16 @@ int main(int argc, char** argv) {
       {"m64n128", kc::AttentionForwardVariant::kM64N128, ki::WgLayout::kSwizzled},
       {"wgmma", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kSwizzled},
       {"wgmma-pipe", kc::AttentionForwardVariant::kWgmmaPipe, ki::WgLayout::kSwizzled},
-      {"wgmma-blocked", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kBlocked}};
+      {"wgmma-blocked", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kBlocked},
+      {"cudnn", kc::AttentionForwardVariant::kCudnn, ki::WgLayout::kSwizzled}};
+  // cuDNN variants that fell back to the own kernels say so (and why: the
+  // log's warning).
+  auto note = [](const char* name, int64_t before) {
+    if (std::string(name) == "cudnn" && kc::cudnn::Executions() == before) {
+      std::printf("  (cuDNN did not run: the own kernels were timed; %s)\n",
+                  kc::cudnn::Describe().c_str());
+    }
+  };
   std::printf("\n%-22s %9s %9s %14s\n", "forward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_out;
   for (const Fwd& f : fwds) {
@@ -179,12 +189,14 @@ int main(int argc, char** argv) {
       kc::AttentionForward(out.as<kc::bf16>(), lse.as<float>(), qkv.as<kc::bf16>(), B, T, NH,
                            NKV, hd, stream);
     };
+    const int64_t cudnn_before = kc::cudnn::Executions();
     const double ms = MedianMs(run, iters, stream);
     Check(cudaGetLastError(), f.name);
     const std::vector<float> got = Download(out, out_n);
     if (ref_out.empty()) ref_out = got;
     std::printf("%-22s %9.3f %9.1f %14.2e\n", f.name, ms, fwd_flops / ms / 1e9,
                 judge(RelL2(got, ref_out)));
+    note(f.name, cudnn_before);
   }
 
   // The backward from the default forward's out and lse.
@@ -193,15 +205,16 @@ int main(int argc, char** argv) {
                        stream);
   struct Bwd {
     const char* name;
-    bool wgmma, wgmma_ss, ds;
+    bool wgmma, wgmma_ss, ds, cudnn;
     ki::WgLayout layout;
   };
-  const Bwd bwds[] = {{"default", false, false, false, ki::WgLayout::kSwizzled},
-                      {"wgmma", true, false, false, ki::WgLayout::kSwizzled},
-                      {"wgmma-ss", true, true, false, ki::WgLayout::kSwizzled},
-                      {"wgmma-blocked", true, false, false, ki::WgLayout::kBlocked},
-                      {"wgmma-ss-blocked", true, true, false, ki::WgLayout::kBlocked},
-                      {"ds", false, false, true, ki::WgLayout::kSwizzled}};
+  const Bwd bwds[] = {{"default", false, false, false, false, ki::WgLayout::kSwizzled},
+                      {"wgmma", true, false, false, false, ki::WgLayout::kSwizzled},
+                      {"wgmma-ss", true, true, false, false, ki::WgLayout::kSwizzled},
+                      {"wgmma-blocked", true, false, false, false, ki::WgLayout::kBlocked},
+                      {"wgmma-ss-blocked", true, true, false, false, ki::WgLayout::kBlocked},
+                      {"ds", false, false, true, false, ki::WgLayout::kSwizzled},
+                      {"cudnn", false, false, false, true, ki::WgLayout::kSwizzled}};
   std::printf("\n%-22s %9s %9s %14s\n", "backward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_d;
   for (const Bwd& b : bwds) {
@@ -209,6 +222,7 @@ int main(int argc, char** argv) {
     v.wgmma = b.wgmma;
     v.wgmma_ss = b.wgmma_ss;
     v.ds = b.ds;
+    v.cudnn = b.cudnn;
     kc::SetAttentionBackwardVariant(v);
     ki::SetWgmmaLayout(b.layout);
     const size_t scratch_bytes = kc::AttentionBackwardScratchBytes(B, T, NH);
@@ -218,12 +232,14 @@ int main(int argc, char** argv) {
                             out.as<kc::bf16>(), lse.as<float>(), B, T, NH, NKV, hd,
                             scratch.data(), scratch_bytes, stream);
     };
+    const int64_t cudnn_before = kc::cudnn::Executions();
     const double ms = MedianMs(run, iters, stream);
     Check(cudaGetLastError(), b.name);
     const std::vector<float> got = Download(dqkv, qkv_n);
     if (ref_d.empty()) ref_d = got;
     std::printf("%-22s %9.3f %9.1f %14.2e\n", b.name, ms, 2.5 * fwd_flops / ms / 1e9,
                 judge(RelL2(got, ref_d)));
+    note(b.name, cudnn_before);
   }
   if (too_far > 0) {
     std::printf("\n%d variant(s) deviate from the default by more than %g (relative L2)\n",

@@ -25,9 +25,10 @@
 #   deviation from the default's output), then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
-#   attention forward (also pipelined) and backward, together and alone, and
-#   both on the blocked tile layout instead of the swizzled one; the bias
-#   gradients from the weight-gradient GEMMs' epilogue; other options, e.g.
+#   attention forward (also pipelined) and backward, together and alone;
+#   cuDNN's attention forward and backward, each alone; the bias gradients
+#   from the weight-gradient GEMMs' epilogue; other options, e.g.
+#   LLMT_ATTN_BWD=wgmma-ss, LLMT_WGMMA_LAYOUT=blocked,
 #   LLMT_ATTN_FWD=m64|m64n128, LLMT_GEMM_AUTOTUNE=exact+inplace,
 #   LLMT_XENT_CHUNK_ROWS=256, by naming them), side by side in one call,
 #   so a switch can be judged in one GPU session.
@@ -179,7 +180,7 @@ if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the wgmma attention and the fused bias gradient against the default
   # engine.
-  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bwd-wg:LLMT_ATTN_BWD=wgmma bwd-wg-ss:LLMT_ATTN_BWD=wgmma-ss wg-blocked:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma;LLMT_WGMMA_LAYOUT=blocked bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bwd-wg:LLMT_ATTN_BWD=wgmma fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
@@ -238,24 +239,28 @@ if [[ $MODE != bench ]]; then
   [[ ${#tests[@]} -eq 0 ]] && { echo "no test binaries in $BUNDLE/bin/tests"; FAILED=1; }
   # The benchmarks need ~330 s, so tests get what is left of the budget.
   reserve=$([[ $MODE == tests ]] && echo 0 || echo 330)
-  # The A/B kernels (wgmma, the forward tilings) get their own process: a
-  # fault there (a sticky CUDA error poisons the process) must not fail the
-  # default kernels' tests of the same binary. RUNS holds "binary|gtest filter|label|env"
-  # (env: VAR=VALUE;VAR=VALUE). The model and training tests also run once
-  # with the wgmma attention kernels, as if they were the default (what a
-  # change of the default needs), and the model tests with the bias
-  # gradients from the GEMM epilogue.
+  # The A/B kernels (wgmma, the forward tilings, cuDNN's attention) get their
+  # own processes: a fault there (a sticky CUDA error poisons the process)
+  # must not fail the default kernels' tests of the same binary. RUNS holds
+  # "binary|gtest filter|label|env" (env: VAR=VALUE;VAR=VALUE). The model and
+  # training tests also run once with the wgmma attention kernels, as if they
+  # were the default (what a change of the default needs), and the model
+  # tests with the bias gradients from the GEMM epilogue and with cuDNN's
+  # attention. cuda_kernels_test-cudnn requires cuDNN to have run
+  # (LLMT_REQUIRE_CUDNN=1): libcudnn comes from PyTorch's wheels (PIP_LIBS).
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
   RUNS=()
   for t in "${tests[@]}"; do
     case $(basename "$t") in
       cuda_kernels_test)
-        RUNS+=("$t|-$NEW_KERNEL_TESTS|cuda_kernels_test|"
-               "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new|") ;;
+        RUNS+=("$t|-$NEW_KERNEL_TESTS:*Cudnn*|cuda_kernels_test|"
+               "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new|"
+               "$t|*Cudnn*|cuda_kernels_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_model_test)
         RUNS+=("$t|*|cuda_model_test|"
                "$t|*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
-               "$t|*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue") ;;
+               "$t|*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
+               "$t|*|cuda_model_test-cudnn|LLMT_ATTN_FWD=cudnn;LLMT_ATTN_BWD=cudnn") ;;
       cuda_train_test)
         RUNS+=("$t|*|cuda_train_test|"
                "$t|*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;

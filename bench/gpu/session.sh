@@ -12,7 +12,7 @@
 #                            backward attention, GEMM autotuning, classifier
 #                            chunks, bias-gradient epilogue) the variant that
 #                            beat the default engine by >= LLMT_WIN_MIN
-#                            (default 1.01x) in step 2 -- wgmma and
+#                            (default 1.01x) in step 2 -- wgmma, cuDNN and
 #                            bias-gradient variants only if their tests passed
 #                            in step 1 (none: the default engine);
 #   4. run.sh --profile      GPU time per op group with the same settings.
@@ -48,7 +48,7 @@ trap finish EXIT
 
 # ---- 1. tests -----------------------------------------------------------------
 note "1. GPU tests"
-LLMT_BENCH_LOGS=$S/tests LLMT_BENCH_BUDGET_S=150 timeout -k 5 160 \
+LLMT_BENCH_LOGS=$S/tests LLMT_BENCH_BUDGET_S=190 timeout -k 5 200 \
   bash bench/gpu/run.sh --tests-only >"$S/tests.out" 2>&1
 echo "run.sh --tests-only exit $?" >>"$S/session.txt"
 sed -n '/^test binary/,/^$/p' "$S/tests.out" >>"$S/session.txt"
@@ -61,6 +61,9 @@ echo "wgmma tests passed: $WG_OK" >>"$S/session.txt"
 BG_OK=0
 test_passed cuda_matmul_test && test_passed cuda_model_test-bgrad && BG_OK=1
 echo "bias-gradient epilogue tests passed: $BG_OK" >>"$S/session.txt"
+CD_OK=0
+test_passed cuda_kernels_test-cudnn && test_passed cuda_model_test-cudnn && CD_OK=1
+echo "cuDNN attention tests passed: $CD_OK" >>"$S/session.txt"
 
 # ---- 2. A/B ----------------------------------------------------------------
 note "2. A/B"
@@ -82,20 +85,22 @@ declare -A ENV=(
   [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
   [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
   [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
-  [xent512]="LLMT_XENT_CHUNK_ROWS=512" [bgrad]="LLMT_BIAS_GRAD=epilogue")
+  [xent512]="LLMT_XENT_CHUNK_ROWS=512" [bgrad]="LLMT_BIAS_GRAD=epilogue"
+  [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
 pick() {  # best variant of a group that beats the base by MIN_GAIN
   local best="" bg=$MIN_GAIN v g
   for v in "$@"; do
     [[ $v == *wg* && $WG_OK != 1 ]] && continue
     [[ $v == bgrad && $BG_OK != 1 ]] && continue
+    [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
     g=$(gain "$v")
     [[ -n $g ]] && awk -v g="$g" -v b="$bg" 'BEGIN {exit !(g >= b)}' && { best=$v; bg=$g; }
   done
   echo "$best"
 }
 WIN=()
-for group in "fwd-wg fwd-wg-pipe fwd-m64 fwd-n128" "bwd-wg bwd-wg-ss" "inplace" \
+for group in "fwd-wg fwd-wg-pipe fwd-m64 fwd-n128 fwd-cudnn" "bwd-wg bwd-wg-ss bwd-cudnn" "inplace" \
              "xent128 xent256 xent512" "bgrad"; do
   # shellcheck disable=SC2086
   w=$(pick $group)

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include "common/log.h"
@@ -58,10 +60,12 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
       v.wgmma = true;
     } else if (name == "wgmma-ss") {
       v.wgmma = v.wgmma_ss = true;
+    } else if (name == "cudnn") {
+      v.cudnn = true;
     } else if (!name.empty() && name != "default") {
       Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
-            "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, wgmma-ss, or "
-            "default)");
+            "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, wgmma-ss, cudnn, "
+            "or default)");
     }
     pos = end + 1;
   }
@@ -72,10 +76,11 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
 AttentionBackwardVariant& BackwardVariant() {
   static AttentionBackwardVariant v = [] {
     const AttentionBackwardVariant parsed = ParseBackwardVariant(std::getenv("LLMT_ATTN_BWD"));
-    if (parsed.dq64 || parsed.dkdv8 || parsed.ds || parsed.wgmma) {
+    if (parsed.dq64 || parsed.dkdv8 || parsed.ds || parsed.wgmma || parsed.cudnn) {
       LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
                      << (parsed.dkdv8 ? " dkdv8" : "") << (parsed.ds ? " ds" : "")
                      << (parsed.wgmma ? (parsed.wgmma_ss ? " wgmma-ss" : " wgmma") : "")
+                     << (parsed.cudnn ? " cudnn" : "")
                      << " (LLMT_ATTN_BWD)";
     }
     return parsed;
@@ -93,7 +98,8 @@ AttentionForwardVariant& ForwardVariant() {
         {"m64", AttentionForwardVariant::kM64},
         {"m64n128", AttentionForwardVariant::kM64N128},
         {"wgmma", AttentionForwardVariant::kWgmma},
-        {"wgmma-pipe", AttentionForwardVariant::kWgmmaPipe}};
+        {"wgmma-pipe", AttentionForwardVariant::kWgmmaPipe},
+        {"cudnn", AttentionForwardVariant::kCudnn}};
     for (const auto& [name, variant] : kNames) {
       if (s == name) {
         LLMT_LOG(Info) << "cuda attention forward variant: " << s << " (LLMT_ATTN_FWD)";
@@ -101,7 +107,7 @@ AttentionForwardVariant& ForwardVariant() {
       }
     }
     Fatal("LLMT_ATTN_FWD: unknown variant '" + s +
-          "' (expected m64, m64n128, wgmma, wgmma-pipe, or default)");
+          "' (expected m64, m64n128, wgmma, wgmma-pipe, cudnn, or default)");
   }();
   return v;
 }
@@ -121,6 +127,18 @@ bool WgmmaUsable() {
                          "device (and a passing self-check); using the mma kernels";
   }
   return false;
+}
+
+// A requested cuDNN attention did not run: warns once per distinct reason
+// (the own kernels run instead).
+void WarnCudnnFallback(const char* what, const std::string& why) {
+  static std::mutex mu;
+  static std::set<std::string> seen;
+  std::lock_guard<std::mutex> lock(mu);
+  if (seen.insert(std::string(what) + ": " + why).second) {
+    LLMT_LOG(Warning) << "cuda attention: cuDNN " << what << " not used: " << why
+                      << "; running the own kernels";
+  }
 }
 
 // Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
@@ -435,6 +453,11 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
     switch (TensorCoreImpl(hd, out, qkv, nullptr)) {
       case AttentionImpl::kMma: {
         const AttentionForwardVariant v = ForwardVariant();
+        if (v == AttentionForwardVariant::kCudnn) {
+          std::string why;
+          if (internal::CudnnFlashForward(out, lse, qkv, d, stream, &why)) return;
+          WarnCudnnFallback("forward", why);
+        }
         if (IsWgmma(v) && WgmmaUsable()) {
           internal::FlashForwardWgmma(out, lse, qkv, d, v == AttentionForwardVariant::kWgmmaPipe,
                                       stream);
@@ -481,6 +504,14 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
   CheckScratch("AttentionBackward", scratch, scratch_bytes,
                AttentionBackwardScratchBytes(B, T_, NH));
   float* Dsum = static_cast<float*>(scratch);
+  if constexpr (std::is_same_v<T, bf16>) {
+    // cuDNN computes Dsum itself.
+    if (BackwardVariant().cudnn && TensorCoreImpl(hd, dqkv, dout, qkv) == AttentionImpl::kMma) {
+      std::string why;
+      if (internal::CudnnFlashBackward(dqkv, dout, qkv, out, lse, Dsum, d, stream, &why)) return;
+      WarnCudnnFallback("backward", why);
+    }
+  }
   const int64_t rows = static_cast<int64_t>(B) * NH * T_;
   internal::Launch(FlashBwdPreprocess<T>, GridFor(rows, 8), 256, 0, stream, Dsum, dout, out, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdPreprocess", stream);

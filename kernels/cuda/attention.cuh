@@ -88,6 +88,11 @@ AttentionImpl GetAttentionImpl();
 //   wgmma-ss: wgmma with the fixed A operands (K, V; Q, dO) read from shared
 //          memory at head dim 64 too (as always at 128): fewer registers, so
 //          possibly more blocks per SM.
+//   cudnn: (bf16, head dims 64 and 128, T a multiple of 128; overrides the
+//          others) cuDNN's fused flash-attention backward (attention_cudnn.h:
+//          libcudnn.so.9 loaded at run time). Where cuDNN is missing or
+//          declines the problem, the own kernels run (a warning names why).
+//          Not deterministic run to run (cuDNN sums dQ with atomics).
 // The default comes from the environment variable LLMT_ATTN_BWD, read once on
 // first use: a comma-separated list of the names above ("" or "default" =
 // none); an unknown name is a fatal error, so a typo cannot silently time
@@ -101,6 +106,7 @@ struct AttentionBackwardVariant {
   bool ds = false;
   bool wgmma = false;
   bool wgmma_ss = false;
+  bool cudnn = false;
   size_t ds_max_bytes = size_t{512} << 20;
 };
 void SetAttentionBackwardVariant(AttentionBackwardVariant v);
@@ -120,10 +126,13 @@ AttentionBackwardVariant GetAttentionBackwardVariant();
 //             (0.52 ms on 128-byte-swizzled tiles: faster than the default.)
 //   kWgmmaPipe: the same with the next tile's Q K^T and softmax overlapped
 //             with this tile's P V (not yet run on a GPU).
+//   kCudnn:   cuDNN's fused flash-attention forward (as the backward's
+//             "cudnn" above; its lse is the own kernels', so either backward
+//             can follow it). Not yet run on a GPU.
 // From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "wgmma-pipe",
-// "" or "default"; any other value is a fatal error. Set overrides it
-// (process-wide, for tests).
-enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma, kWgmmaPipe };
+// "cudnn", "" or "default"; any other value is a fatal error. Set overrides
+// it (process-wide, for tests).
+enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma, kWgmmaPipe, kCudnn };
 void SetAttentionForwardVariant(AttentionForwardVariant v);
 AttentionForwardVariant GetAttentionForwardVariant();
 

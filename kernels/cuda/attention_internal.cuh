@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/common.cuh"
@@ -66,6 +67,19 @@ inline size_t DsBatchBytes(int T, int NH) {
   const size_t n = static_cast<size_t>((T + kDsTile - 1) / kDsTile);
   return size_t(NH) * (n * (n + 1) / 2) * kDsTile * kDsTile * sizeof(bf16);
 }
+// cuDNN's fused flash attention (attention_cudnn.cc, attention_cudnn.h),
+// bf16: LLMT_ATTN_FWD=cudnn / LLMT_ATTN_BWD=cudnn. Each returns false with
+// *why set, having done nothing, when cuDNN cannot run the problem here (no
+// libcudnn, an unsupported shape, no engine); the caller then runs its own
+// kernels. The backward computes Dsum [B, NH, T] = rowsum(dout * out) into
+// the caller's scratch itself. Not deterministic run to run: cuDNN adds the
+// dQ partial sums with atomics.
+bool CudnnFlashForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                       cudaStream_t stream, std::string* why);
+bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                        const float* lse, float* Dsum, const AttnDims& d, cudaStream_t stream,
+                        std::string* why);
+
 bool FlashTcSupports(int hd);
 void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream);
 // Dsum [B, NH, T] = rowsum(dout * out), computed by the caller.
