@@ -175,7 +175,7 @@ int main(int argc, char** argv) {
   // cuDNN variants that fell back to the own kernels say so (and why: the
   // log's warning).
   auto note = [](const char* name, int64_t before) {
-    if (std::string(name) == "cudnn" && kc::cudnn::Executions() == before) {
+    if (std::string(name).rfind("cudnn", 0) == 0 && kc::cudnn::Executions() == before) {
       std::printf("  (cuDNN did not run: the own kernels were timed; %s)\n",
                   kc::cudnn::Describe().c_str());
     }
@@ -205,16 +205,19 @@ int main(int argc, char** argv) {
                        stream);
   struct Bwd {
     const char* name;
-    bool wgmma, wgmma_ss, ds, cudnn;
+    bool wgmma, wgmma_ss, ds, cudnn, cudnn_det;
     ki::WgLayout layout;
   };
-  const Bwd bwds[] = {{"default", false, false, false, false, ki::WgLayout::kSwizzled},
-                      {"wgmma", true, false, false, false, ki::WgLayout::kSwizzled},
-                      {"wgmma-ss", true, true, false, false, ki::WgLayout::kSwizzled},
-                      {"wgmma-blocked", true, false, false, false, ki::WgLayout::kBlocked},
-                      {"wgmma-ss-blocked", true, true, false, false, ki::WgLayout::kBlocked},
-                      {"ds", false, false, true, false, ki::WgLayout::kSwizzled},
-                      {"cudnn", false, false, false, true, ki::WgLayout::kSwizzled}};
+  constexpr auto kSw = ki::WgLayout::kSwizzled;
+  const Bwd bwds[] = {{"default", false, false, false, false, false, kSw},
+                      {"wgmma", true, false, false, false, false, kSw},
+                      {"wgmma-ss", true, true, false, false, false, kSw},
+                      {"wgmma-blocked", true, false, false, false, false, ki::WgLayout::kBlocked},
+                      {"wgmma-ss-blocked", true, true, false, false, false,
+                       ki::WgLayout::kBlocked},
+                      {"ds", false, false, true, false, false, kSw},
+                      {"cudnn", false, false, false, true, false, kSw},
+                      {"cudnn-det", false, false, false, true, true, kSw}};
   std::printf("\n%-22s %9s %9s %14s\n", "backward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_d;
   for (const Bwd& b : bwds) {
@@ -223,6 +226,7 @@ int main(int argc, char** argv) {
     v.wgmma_ss = b.wgmma_ss;
     v.ds = b.ds;
     v.cudnn = b.cudnn;
+    v.cudnn_det = b.cudnn_det;
     kc::SetAttentionBackwardVariant(v);
     ki::SetWgmmaLayout(b.layout);
     const size_t scratch_bytes = kc::AttentionBackwardScratchBytes(B, T, NH);

@@ -26,8 +26,9 @@
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
 #   attention forward (also pipelined) and backward, together and alone;
-#   cuDNN's attention forward and backward, each alone; the bias gradients
-#   from the weight-gradient GEMMs' epilogue; other options, e.g.
+#   cuDNN's attention forward and backward (also deterministic), each alone;
+#   the bias gradients from the weight-gradient GEMMs' epilogue; other
+#   options, e.g.
 #   LLMT_ATTN_BWD=wgmma-ss, LLMT_WGMMA_LAYOUT=blocked,
 #   LLMT_ATTN_FWD=m64|m64n128, LLMT_GEMM_AUTOTUNE=exact+inplace,
 #   LLMT_XENT_CHUNK_ROWS=256, by naming them), side by side in one call,
@@ -180,7 +181,7 @@ if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the wgmma attention and the fused bias gradient against the default
   # engine.
-  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bwd-wg:LLMT_ATTN_BWD=wgmma fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bwd-wg:LLMT_ATTN_BWD=wgmma fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
@@ -247,7 +248,8 @@ if [[ $MODE != bench ]]; then
   # were the default (what a change of the default needs), and the model
   # tests with the bias gradients from the GEMM epilogue and with cuDNN's
   # attention. cuda_kernels_test-cudnn requires cuDNN to have run
-  # (LLMT_REQUIRE_CUDNN=1): libcudnn comes from PyTorch's wheels (PIP_LIBS).
+  # (LLMT_REQUIRE_CUDNN=1; libcudnn comes from PyTorch's wheels, PIP_LIBS)
+  # and logs cuDNN's own error messages, the diagnosis if it declines.
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
   RUNS=()
   for t in "${tests[@]}"; do
@@ -255,7 +257,7 @@ if [[ $MODE != bench ]]; then
       cuda_kernels_test)
         RUNS+=("$t|-$NEW_KERNEL_TESTS:*Cudnn*|cuda_kernels_test|"
                "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new|"
-               "$t|*Cudnn*|cuda_kernels_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
+               "$t|*Cudnn*|cuda_kernels_test-cudnn|LLMT_REQUIRE_CUDNN=1;CUDNN_LOGERR_DBG=1;CUDNN_LOGDEST_DBG=stderr") ;;
       cuda_model_test)
         RUNS+=("$t|*|cuda_model_test|"
                "$t|*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"

@@ -86,7 +86,8 @@ declare -A ENV=(
   [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
   [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
   [xent512]="LLMT_XENT_CHUNK_ROWS=512" [bgrad]="LLMT_BIAS_GRAD=epilogue"
-  [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn")
+  [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn"
+  [bwd-cudnn-det]="LLMT_ATTN_BWD=cudnn-det")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
 pick() {  # best variant of a group that beats the base by MIN_GAIN
   local best="" bg=$MIN_GAIN v g
@@ -100,7 +101,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
   echo "$best"
 }
 WIN=()
-for group in "fwd-wg fwd-wg-pipe fwd-m64 fwd-n128 fwd-cudnn" "bwd-wg bwd-wg-ss bwd-cudnn" "inplace" \
+for group in "fwd-wg fwd-wg-pipe fwd-m64 fwd-n128 fwd-cudnn" "bwd-wg bwd-wg-ss bwd-cudnn bwd-cudnn-det" "inplace" \
              "xent128 xent256 xent512" "bgrad"; do
   # shellcheck disable=SC2086
   w=$(pick $group)

@@ -62,10 +62,12 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
       v.wgmma = v.wgmma_ss = true;
     } else if (name == "cudnn") {
       v.cudnn = true;
+    } else if (name == "cudnn-det") {
+      v.cudnn = v.cudnn_det = true;
     } else if (!name.empty() && name != "default") {
       Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
             "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, wgmma-ss, cudnn, "
-            "or default)");
+            "cudnn-det, or default)");
     }
     pos = end + 1;
   }
@@ -80,7 +82,7 @@ AttentionBackwardVariant& BackwardVariant() {
       LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
                      << (parsed.dkdv8 ? " dkdv8" : "") << (parsed.ds ? " ds" : "")
                      << (parsed.wgmma ? (parsed.wgmma_ss ? " wgmma-ss" : " wgmma") : "")
-                     << (parsed.cudnn ? " cudnn" : "")
+                     << (parsed.cudnn ? (parsed.cudnn_det ? " cudnn-det" : " cudnn") : "")
                      << " (LLMT_ATTN_BWD)";
     }
     return parsed;
@@ -506,9 +508,13 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
   float* Dsum = static_cast<float*>(scratch);
   if constexpr (std::is_same_v<T, bf16>) {
     // cuDNN computes Dsum itself.
-    if (BackwardVariant().cudnn && TensorCoreImpl(hd, dqkv, dout, qkv) == AttentionImpl::kMma) {
+    const AttentionBackwardVariant v = BackwardVariant();
+    if (v.cudnn && TensorCoreImpl(hd, dqkv, dout, qkv) == AttentionImpl::kMma) {
       std::string why;
-      if (internal::CudnnFlashBackward(dqkv, dout, qkv, out, lse, Dsum, d, stream, &why)) return;
+      if (internal::CudnnFlashBackward(dqkv, dout, qkv, out, lse, Dsum, d, v.cudnn_det, stream,
+                                       &why)) {
+        return;
+      }
       WarnCudnnFallback("backward", why);
     }
   }

@@ -93,6 +93,8 @@ AttentionImpl GetAttentionImpl();
 //          libcudnn.so.9 loaded at run time). Where cuDNN is missing or
 //          declines the problem, the own kernels run (a warning names why).
 //          Not deterministic run to run (cuDNN sums dQ with atomics).
+//   cudnn-det: cudnn on cuDNN's deterministic (dP-workspace) engines:
+//          bit-identical run to run; a workspace of ~ B NH T^2 bf16.
 // The default comes from the environment variable LLMT_ATTN_BWD, read once on
 // first use: a comma-separated list of the names above ("" or "default" =
 // none); an unknown name is a fatal error, so a typo cannot silently time
@@ -107,6 +109,7 @@ struct AttentionBackwardVariant {
   bool wgmma = false;
   bool wgmma_ss = false;
   bool cudnn = false;
+  bool cudnn_det = false;  // with cudnn
   size_t ds_max_bytes = size_t{512} << 20;
 };
 void SetAttentionBackwardVariant(AttentionBackwardVariant v);

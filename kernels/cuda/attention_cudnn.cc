@@ -415,8 +415,9 @@ void KvHeadProduct(GraphBuilder& g, const Layout& L, const char* name,
 //   P  = exp(scale * Q K^T - lse), causal            (recomputed)
 //   dV = P^T dO
 //   dS = scale * P * (dO V^T - softmax_sum)
-//   dK = dS^T Q,  dQ = dS K (accumulated in fp32 memory, then converted)
-void BuildBackward(GraphBuilder& g, const Layout& L) {
+//   dK = dS^T Q,  dQ = dS K (accumulated in fp32 memory, then converted; or,
+//                             deterministic, written directly)
+void BuildBackward(GraphBuilder& g, const Layout& L, bool deterministic) {
   auto q = g.Tensor("Q", L.QkvDim(L.NH), L.QkvStride(), kBf16, kQ, false);
   auto kt = g.Tensor("K^T", L.QkvDimT(L.NKV), L.QkvStrideT(), kBf16, kK, false);
   auto vt = g.Tensor("V^T", L.QkvDimT(L.NKV), L.QkvStrideT(), kBf16, kV, false);
@@ -472,6 +473,10 @@ void BuildBackward(GraphBuilder& g, const Layout& L) {
   // dQ = dS K, into an fp32 accumulator in memory, then to bf16.
   auto k = g.Virtual("K", L.QkvDim(L.NKV), L.QkvStride(), kF32);
   g.Reshape("reshape K", kt, k);
+  if (deterministic) {
+    g.Matmul("matmul dS K", dss, k, dq);
+    return;
+  }
   auto dq_acc = g.Tensor("dQ_accum", L.ODim(), L.FullStride(), kF32, kDQAccum, false);
   g.Matmul("matmul dS K", dss, k, dq_acc);
   g.Pw("dQ", CUDNN_POINTWISE_IDENTITY, dq_acc, nullptr, dq);
@@ -480,7 +485,7 @@ void BuildBackward(GraphBuilder& g, const Layout& L) {
 void Build(GraphBuilder& g, const AttnProblem& p) {
   const Layout L(p);
   if (p.backward) {
-    BuildBackward(g, L);
+    BuildBackward(g, L, p.deterministic);
   } else {
     BuildForward(g, L);
   }
@@ -491,7 +496,7 @@ void Build(GraphBuilder& g, const AttnProblem& p) {
 // from.
 struct Plan {
   std::vector<std::unique_ptr<Desc>> keep;
-  Desc graph, heur;
+  Desc graph;
   std::unique_ptr<Desc> plan;
   std::vector<std::unique_ptr<Desc>> configs;
   int64_t workspace = 0;
@@ -504,7 +509,7 @@ struct DeviceState {
   std::string handle_error;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  std::map<std::tuple<bool, int, int, int, int, int>, std::unique_ptr<Plan>> plans;
+  std::map<std::tuple<bool, bool, int, int, int, int, int>, std::unique_ptr<Plan>> plans;
 };
 
 std::mutex g_mu;
@@ -514,6 +519,58 @@ std::map<int, DeviceState>& Devices() {
   return *d;
 }
 
+// "forward (B 64, T 1024, heads 12/12, hd 64)".
+std::string Name(const AttnProblem& p) {
+  return std::string(p.backward ? "backward" : "forward") + " (B " + std::to_string(p.B) +
+         ", T " + std::to_string(p.T) + ", heads " + std::to_string(p.NH) + "/" +
+         std::to_string(p.NKV) + ", hd " + std::to_string(p.hd) +
+         (p.backward && p.deterministic ? ", deterministic)" : ")");
+}
+
+// Engine configs for the finalized graph from heuristics `mode` (created
+// into plan->configs, which owns them). Returns "" or what failed.
+std::string Configs(Plan* plan, cudnnBackendHeurMode_t mode,
+                    std::vector<cudnnBackendDescriptor_t>* cfgs) {
+  const Api& api = GetApi();
+  Desc heur;
+  auto failed = [](const char* what, cudnnStatus_t st) {
+    return std::string(what) + " failed: " + StatusText(st);
+  };
+  cudnnStatus_t st = api.CreateDescriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, heur.out());
+  if (st != CUDNN_STATUS_SUCCESS) return failed("creating the heuristics", st);
+  cudnnBackendDescriptor_t graph = plan->graph.get();
+  st = api.SetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
+                        CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
+  if (st != CUDNN_STATUS_SUCCESS) return failed("setting the heuristics' graph", st);
+  st = api.SetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+  if (st != CUDNN_STATUS_SUCCESS) return failed("setting the heuristics' mode", st);
+  st = api.Finalize(heur.get());
+  if (st != CUDNN_STATUS_SUCCESS) return failed("finalizing the heuristics", st);
+  int64_t count = 0;
+  st = api.GetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                        0, &count, nullptr);
+  if (st != CUDNN_STATUS_SUCCESS) return failed("counting the engine configs", st);
+  const size_t first = plan->configs.size();
+  for (int64_t i = 0; i < count; ++i) {
+    plan->configs.push_back(std::make_unique<Desc>());
+    st = api.CreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, plan->configs.back()->out());
+    if (st != CUDNN_STATUS_SUCCESS) return failed("creating an engine config", st);
+  }
+  std::vector<cudnnBackendDescriptor_t> got_cfgs;
+  for (size_t i = first; i < plan->configs.size(); ++i) got_cfgs.push_back(plan->configs[i]->get());
+  int64_t got = 0;
+  if (count > 0) {
+    st = api.GetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                          CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, got_cfgs.data());
+    if (st != CUDNN_STATUS_SUCCESS) return failed("reading the engine configs", st);
+  }
+  got_cfgs.resize(static_cast<size_t>(std::max<int64_t>(0, std::min(got, count))));
+  *cfgs = std::move(got_cfgs);
+  return "";
+}
+
+// Builds the problem's graph and an executable plan from the first engine
+// config (heuristics mode A, then the fallback list) that finalizes.
 std::unique_ptr<Plan> MakePlan(cudnnHandle_t handle, const AttnProblem& p) {
   auto plan = std::make_unique<Plan>();
   const Api& api = GetApi();
@@ -525,9 +582,9 @@ std::unique_ptr<Plan> MakePlan(cudnnHandle_t handle, const AttnProblem& p) {
   }
   g.Release(&plan->keep);
   const std::vector<cudnnBackendDescriptor_t>& ops = g.ops();
+  const std::string name = "cuDNN attention " + Name(p);
   auto fail = [&](const std::string& what, cudnnStatus_t st) {
-    plan->error = "cuDNN attention " + std::string(p.backward ? "backward" : "forward") + ": " +
-                  what + " failed: " + StatusText(st);
+    plan->error = name + ": " + what + " failed: " + StatusText(st);
     return std::move(plan);
   };
   cudnnStatus_t st = api.CreateDescriptor(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR,
@@ -543,74 +600,46 @@ std::unique_ptr<Plan> MakePlan(cudnnHandle_t handle, const AttnProblem& p) {
   st = api.Finalize(plan->graph.get());
   if (st != CUDNN_STATUS_SUCCESS) return fail("finalizing the operation graph", st);
 
-  st = api.CreateDescriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, plan->heur.out());
-  if (st != CUDNN_STATUS_SUCCESS) return fail("creating the heuristics", st);
-  cudnnBackendDescriptor_t graph = plan->graph.get();
-  st = api.SetAttribute(plan->heur.get(), CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
-                        CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
-  if (st != CUDNN_STATUS_SUCCESS) return fail("setting the heuristics' graph", st);
-  const cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
-  st = api.SetAttribute(plan->heur.get(), CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1,
-                        &mode);
-  if (st != CUDNN_STATUS_SUCCESS) return fail("setting the heuristics' mode", st);
-  st = api.Finalize(plan->heur.get());
-  if (st != CUDNN_STATUS_SUCCESS) return fail("finalizing the heuristics", st);
-  int64_t count = 0;
-  st = api.GetAttribute(plan->heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                        CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr);
-  if (st != CUDNN_STATUS_SUCCESS) return fail("counting the heuristics' engine configs", st);
-  if (count <= 0) {
-    plan->error = std::string("cuDNN attention ") + (p.backward ? "backward" : "forward") +
-                  ": no engine supports this graph (B " + std::to_string(p.B) + ", T " +
-                  std::to_string(p.T) + ", heads " + std::to_string(p.NH) + "/" +
-                  std::to_string(p.NKV) + ", hd " + std::to_string(p.hd) + ")";
-    return plan;
-  }
-  std::vector<cudnnBackendDescriptor_t> cfgs;
-  for (int64_t i = 0; i < count; ++i) {
-    plan->configs.push_back(std::make_unique<Desc>());
-    st = api.CreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, plan->configs.back()->out());
-    if (st != CUDNN_STATUS_SUCCESS) return fail("creating an engine config", st);
-    cfgs.push_back(plan->configs.back()->get());
-  }
-  int64_t got = 0;
-  st = api.GetAttribute(plan->heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                        CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs.data());
-  if (st != CUDNN_STATUS_SUCCESS) return fail("reading the heuristics' engine configs", st);
-  // The first config (in heuristic order) that makes an executable plan.
   std::string tried;
-  for (int64_t i = 0; i < got; ++i) {
-    auto candidate = std::make_unique<Desc>();
-    if (api.CreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, candidate->out()) !=
-        CUDNN_STATUS_SUCCESS) {
+  for (const auto& [mode, mode_name] :
+       {std::pair{CUDNN_HEUR_MODE_A, "A"}, std::pair{CUDNN_HEUR_MODE_FALLBACK, "fallback"}}) {
+    std::vector<cudnnBackendDescriptor_t> cfgs;
+    const std::string err = Configs(plan.get(), mode, &cfgs);
+    if (!err.empty()) {
+      tried += std::string(" [heuristics ") + mode_name + ": " + err + "]";
       continue;
     }
-    cudnnBackendDescriptor_t cfg = cfgs[static_cast<size_t>(i)];
-    st = api.SetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
-                          &handle);
-    if (st == CUDNN_STATUS_SUCCESS) {
-      st = api.SetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                            CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg);
+    if (cfgs.empty()) tried += std::string(" [heuristics ") + mode_name + ": no engine configs]";
+    for (size_t i = 0; i < cfgs.size(); ++i) {
+      auto candidate = std::make_unique<Desc>();
+      st = api.CreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, candidate->out());
+      cudnnBackendDescriptor_t cfg = cfgs[i];
+      if (st == CUDNN_STATUS_SUCCESS) {
+        st = api.SetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
+                              CUDNN_TYPE_HANDLE, 1, &handle);
+      }
+      if (st == CUDNN_STATUS_SUCCESS) {
+        st = api.SetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                              CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg);
+      }
+      if (st == CUDNN_STATUS_SUCCESS) st = api.Finalize(candidate->get());
+      if (st != CUDNN_STATUS_SUCCESS) {
+        tried += std::string(" [heuristics ") + mode_name + " config " + std::to_string(i) +
+                 ": " + StatusText(st) + "]";
+        continue;
+      }
+      int64_t ws = 0, n = 0;
+      st = api.GetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                            CUDNN_TYPE_INT64, 1, &n, &ws);
+      if (st != CUDNN_STATUS_SUCCESS) return fail("reading the plan's workspace size", st);
+      plan->plan = std::move(candidate);
+      plan->workspace = ws;
+      LLMT_LOG(Info) << name << ": heuristics " << mode_name << " config " << i << " of "
+                     << cfgs.size() << ", workspace " << ws << " bytes";
+      return plan;
     }
-    if (st == CUDNN_STATUS_SUCCESS) st = api.Finalize(candidate->get());
-    if (st != CUDNN_STATUS_SUCCESS) {
-      tried += " [config " + std::to_string(i) + ": " + StatusText(st) + "]";
-      continue;
-    }
-    int64_t ws = 0, n = 0;
-    st = api.GetAttribute(candidate->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                          CUDNN_TYPE_INT64, 1, &n, &ws);
-    if (st != CUDNN_STATUS_SUCCESS) return fail("reading the plan's workspace size", st);
-    plan->plan = std::move(candidate);
-    plan->workspace = ws;
-    LLMT_LOG(Info) << "cuDNN attention " << (p.backward ? "backward" : "forward") << " (B " << p.B
-                   << ", T " << p.T << ", heads " << p.NH << "/" << p.NKV << ", hd " << p.hd
-                   << "): engine config " << i << " of " << got << ", workspace " << ws
-                   << " bytes";
-    return plan;
   }
-  plan->error = std::string("cuDNN attention ") + (p.backward ? "backward" : "forward") +
-                ": none of the " + std::to_string(got) + " engine configs finalized:" + tried;
+  plan->error = name + ": no engine config made a plan:" + tried;
   return plan;
 }
 
@@ -637,7 +666,7 @@ DeviceState* Device(std::string* why) {
 
 // The problem's plan (built on first use), or nullptr and *why.
 Plan* GetPlan(DeviceState& s, const AttnProblem& p, std::string* why) {
-  const auto key = std::make_tuple(p.backward, p.B, p.T, p.NH, p.NKV, p.hd);
+  const auto key = std::make_tuple(p.backward, p.deterministic, p.B, p.T, p.NH, p.NKV, p.hd);
   auto it = s.plans.find(key);
   if (it == s.plans.end()) it = s.plans.emplace(key, MakePlan(s.handle, p)).first;
   if (!it->second->error.empty()) {
@@ -648,10 +677,14 @@ Plan* GetPlan(DeviceState& s, const AttnProblem& p, std::string* why) {
 }
 
 // Device memory of at least `bytes` for this device's plans (grown, never
-// shrunk; cudaFree waits for the device, so the old buffer is not in use).
+// shrunk).
 char* Workspace(DeviceState& s, size_t bytes) {
   if (bytes > s.workspace_bytes) {
-    if (s.workspace != nullptr) LLMT_CUDA_CHECK(cudaFree(s.workspace));
+    // The old buffer may still be in use by queued work on any stream.
+    if (s.workspace != nullptr) {
+      LLMT_CUDA_CHECK(cudaDeviceSynchronize());
+      LLMT_CUDA_CHECK(cudaFree(s.workspace));
+    }
     s.workspace = nullptr;
     s.workspace_bytes = 0;
     const cudaError_t err = cudaMalloc(&s.workspace, bytes);
@@ -702,7 +735,7 @@ float NegInf() {
                                   : -std::numeric_limits<float>::infinity();
 }
 
-AttnProblem ProblemOf(const internal::AttnDims& d, bool backward) {
+AttnProblem ProblemOf(const internal::AttnDims& d, bool backward, bool deterministic) {
   AttnProblem p;
   p.B = d.B;
   p.T = d.T;
@@ -710,6 +743,7 @@ AttnProblem ProblemOf(const internal::AttnDims& d, bool backward) {
   p.NKV = d.NKV;
   p.hd = d.hd;
   p.backward = backward;
+  p.deterministic = deterministic;
   return p;
 }
 
@@ -770,7 +804,7 @@ bool CudnnFlashForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d
                        cudaStream_t stream, std::string* why) {
   using namespace cudnn;  // NOLINT: this file's own namespace
   if (!LoadError().empty()) return *why = LoadError(), false;
-  const AttnProblem p = ProblemOf(d, false);
+  const AttnProblem p = ProblemOf(d, false, false);
   if (std::string u = Unsupported(p); !u.empty()) return *why = u, false;
   if (!Aligned16(out, qkv)) return *why = "qkv/out not 16-byte aligned", false;
   std::lock_guard<std::mutex> lock(g_mu);
@@ -789,11 +823,11 @@ bool CudnnFlashForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d
 }
 
 bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
-                        const float* lse, float* Dsum, const AttnDims& d, cudaStream_t stream,
-                        std::string* why) {
+                        const float* lse, float* Dsum, const AttnDims& d, bool deterministic,
+                        cudaStream_t stream, std::string* why) {
   using namespace cudnn;  // NOLINT: this file's own namespace
   if (!LoadError().empty()) return *why = LoadError(), false;
-  const AttnProblem p = ProblemOf(d, true);
+  const AttnProblem p = ProblemOf(d, true, deterministic);
   if (std::string u = Unsupported(p); !u.empty()) return *why = u, false;
   if (!Aligned16(dqkv, dout, qkv, out)) {
     return *why = "qkv/dqkv/out/dout not 16-byte aligned", false;
@@ -803,33 +837,38 @@ bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf1
   if (s == nullptr) return false;
   Plan* plan = GetPlan(*s, p, why);
   if (plan == nullptr) return false;
-  // Workspace: the plan's, then the fp32 dQ accumulator [B, NH, T, hd].
+  // Workspace: the plan's, then (not deterministic) the fp32 dQ
+  // accumulator [B, NH, T, hd].
   const size_t plan_ws = Align256(static_cast<size_t>(plan->workspace));
-  const size_t acc_bytes = static_cast<size_t>(d.B) * d.NH * d.T * d.hd * sizeof(float);
-  char* ws = Workspace(*s, plan_ws + acc_bytes);
-  char* acc = ws + plan_ws;
-  // Before cuDNN 9.6 the accumulator must start at zero (the frontend
-  // cleared it); later versions clear it themselves.
-  if (GetApi().version < 90600) LLMT_CUDA_CHECK(cudaMemsetAsync(acc, 0, acc_bytes, stream));
+  const size_t acc_bytes =
+      deterministic ? 0 : static_cast<size_t>(d.B) * d.NH * d.T * d.hd * sizeof(float);
+  char* ws = Workspace(*s, std::max<size_t>(plan_ws + acc_bytes, 1));
   float scale = d.scale, neg_inf = NegInf(), one = 1.f;
   const int64_t kv = static_cast<int64_t>(d.NKV) * d.hd;
   bf16* q = const_cast<bf16*>(qkv);
-  const std::vector<int64_t> uids = {kQ,  kK,  kV,  kO,         kDO,     kStats, kDQ,    kDK,
-                                     kDV, kSoftmaxSum, kDQAccum, kScale, kNegInf, kOne};
-  const std::vector<void*> ptrs = {q,
-                                   q + d.C,
-                                   q + d.C + kv,
-                                   const_cast<bf16*>(out),
-                                   const_cast<bf16*>(dout),
-                                   const_cast<float*>(lse),
-                                   dqkv,
-                                   dqkv + d.C,
-                                   dqkv + d.C + kv,
-                                   Dsum,
-                                   acc,
-                                   &scale,
-                                   &neg_inf,
-                                   &one};
+  std::vector<int64_t> uids = {kQ, kK,  kV,  kO,          kDO,    kStats,  kDQ,
+                               kDK, kDV, kSoftmaxSum, kScale, kNegInf, kOne};
+  std::vector<void*> ptrs = {q,
+                             q + d.C,
+                             q + d.C + kv,
+                             const_cast<bf16*>(out),
+                             const_cast<bf16*>(dout),
+                             const_cast<float*>(lse),
+                             dqkv,
+                             dqkv + d.C,
+                             dqkv + d.C + kv,
+                             Dsum,
+                             &scale,
+                             &neg_inf,
+                             &one};
+  if (!deterministic) {
+    char* acc = ws + plan_ws;
+    // Before cuDNN 9.6 the accumulator must start at zero (the frontend
+    // cleared it); later versions clear it themselves.
+    if (GetApi().version < 90600) LLMT_CUDA_CHECK(cudaMemsetAsync(acc, 0, acc_bytes, stream));
+    uids.push_back(kDQAccum);
+    ptrs.push_back(acc);
+  }
   Execute(*s, *plan, uids, ptrs, ws, stream, "backward");
   return true;
 }
@@ -860,7 +899,7 @@ bool CudnnFlashForward(bf16*, float*, const bf16*, const AttnDims&, cudaStream_t
   return false;
 }
 bool CudnnFlashBackward(bf16*, const bf16*, const bf16*, const bf16*, const float*, float*,
-                        const AttnDims&, cudaStream_t, std::string* why) {
+                        const AttnDims&, bool, cudaStream_t, std::string* why) {
   *why = cudnn::LoadError();
   return false;
 }

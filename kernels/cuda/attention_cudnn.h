@@ -27,10 +27,15 @@
 namespace llmt::kernels::cuda::cudnn {
 
 // One attention problem: batch, sequence, query heads, key/value heads, head
-// dim, and whether it is the backward graph.
+// dim, and which graph.
 struct AttnProblem {
   int B = 0, T = 0, NH = 0, NKV = 0, hd = 0;
   bool backward = false;
+  // Backward only: dQ = dS K written straight to dQ instead of summed into
+  // an fp32 accumulator with atomics -- the graph cuDNN's frontend builds
+  // for its deterministic mode, which cuDNN runs on its dP-workspace engines
+  // (deterministic; workspace ~ B NH T^2 bf16: 1.6 GB at GPT-2's batch 64).
+  bool deterministic = false;
 };
 
 // Loads libcudnn (once per process). Empty when loaded, else why not (the

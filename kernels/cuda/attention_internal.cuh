@@ -72,13 +72,14 @@ inline size_t DsBatchBytes(int T, int NH) {
 // *why set, having done nothing, when cuDNN cannot run the problem here (no
 // libcudnn, an unsupported shape, no engine); the caller then runs its own
 // kernels. The backward computes Dsum [B, NH, T] = rowsum(dout * out) into
-// the caller's scratch itself. Not deterministic run to run: cuDNN adds the
-// dQ partial sums with atomics.
+// the caller's scratch itself. Not deterministic run to run (cuDNN adds the
+// dQ partial sums with atomics) unless `deterministic` (cuDNN's dP-workspace
+// engines: dQ = dS K straight to dQ; a workspace of ~ B NH T^2 bf16).
 bool CudnnFlashForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                        cudaStream_t stream, std::string* why);
 bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
-                        const float* lse, float* Dsum, const AttnDims& d, cudaStream_t stream,
-                        std::string* why);
+                        const float* lse, float* Dsum, const AttnDims& d, bool deterministic,
+                        cudaStream_t stream, std::string* why);
 
 bool FlashTcSupports(int hd);
 void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream);

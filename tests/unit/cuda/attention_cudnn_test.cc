@@ -14,7 +14,8 @@
 namespace llmt::kernels::cuda::cudnn {
 namespace {
 
-AttnProblem Problem(int B, int T, int NH, int NKV, int hd, bool backward) {
+AttnProblem Problem(int B, int T, int NH, int NKV, int hd, bool backward,
+                    bool deterministic = false) {
   AttnProblem p;
   p.B = B;
   p.T = T;
@@ -22,6 +23,7 @@ AttnProblem Problem(int B, int T, int NH, int NKV, int hd, bool backward) {
   p.NKV = NKV;
   p.hd = hd;
   p.backward = backward;
+  p.deterministic = deterministic;
   return p;
 }
 
@@ -40,7 +42,8 @@ TEST(CudnnAttention, UnsupportedShapesAreNamed) {
 // select), max, subtract, exp, sum, log, lse, divide, P V = 14 operations.
 // Backward: dO*O, its row sum, softmax_sum, Q K^T, scale, - lse, the mask (4),
 // exp, P^T, P^T dO, dO V^T, - softmax_sum, * P, scale, dS^T, dS^T Q, K, dS K,
-// dQ = 22 operations, plus a reduction per GQA product (dV, dK). With cuDNN
+// dQ = 22 operations, plus a reduction per GQA product (dV, dK); the
+// deterministic backward writes dS K straight to dQ (one fewer). With cuDNN
 // >= 9.8 the operation graph is finalized too (without a handle).
 TEST(CudnnAttention, GraphDescriptorsFinalizeInLibcudnn) {
   if (!LoadError().empty()) GTEST_SKIP() << "no cuDNN here: " << LoadError();
@@ -53,9 +56,12 @@ TEST(CudnnAttention, GraphDescriptorsFinalizeInLibcudnn) {
       {Problem(4, 1024, 12, 12, 64, false), 14}, {Problem(2, 256, 16, 8, 128, false), 14},
       {Problem(4, 1024, 12, 12, 64, true), 22},  {Problem(2, 256, 16, 8, 128, true), 24},
       {Problem(1, 128, 4, 1, 64, true), 24},
+      {Problem(4, 1024, 12, 12, 64, true, true), 21},
+      {Problem(2, 256, 16, 8, 128, true, true), 23},
   };
   for (const Case& c : cases) {
-    SCOPED_TRACE(std::string(c.p.backward ? "backward" : "forward") + " heads " +
+    SCOPED_TRACE(std::string(c.p.backward ? "backward" : "forward") +
+                 (c.p.deterministic ? " deterministic" : "") + " heads " +
                  std::to_string(c.p.NH) + "/" + std::to_string(c.p.NKV) + " hd " +
                  std::to_string(c.p.hd));
     int n_ops = -1;

@@ -801,11 +801,12 @@ TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
   SetAttentionForwardVariant(saved);
 }
 
-// cuDNN's fused attention (LLMT_ATTN_FWD=cudnn, LLMT_ATTN_BWD=cudnn): the
-// cuDNN forward with the own backward, the own forward with the cuDNN
-// backward (the two share the lse), and both, against the CPU with the own
-// kernels' tolerances; the backward is close but not bit-identical run to
-// run (cuDNN sums dQ with atomics). Where libcudnn or a GPU is missing (the
+// cuDNN's fused attention (LLMT_ATTN_FWD=cudnn, LLMT_ATTN_BWD=cudnn and
+// cudnn-det): the cuDNN forward with the own backward, the own forward with
+// the cuDNN backward (the two share the lse), both, and both with the
+// deterministic backward, against the CPU with the own kernels' tolerances;
+// the plain cuDNN backward is close but not bit-identical run to run (cuDNN
+// sums dQ with atomics), the deterministic one must be bit-identical. Where libcudnn or a GPU is missing (the
 // emulator) the own kernels run instead and must pass the same checks; with
 // LLMT_REQUIRE_CUDNN=1 (bench/gpu/run.sh) every call must have run cuDNN.
 class CudnnAttentionTest : public AttentionTest {};
@@ -817,15 +818,23 @@ TEST_P(CudnnAttentionTest, Bf16MatchesCpu) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
   const int64_t before = cudnn::Executions();
   int expected = 0;  // graphs cuDNN runs: 1 per forward, 2 per CheckAttention backward
-  for (const auto& [fwd, bwd] : {std::pair{true, false}, {false, true}, {true, true}}) {
-    SCOPED_TRACE(std::string("cuDNN forward ") + (fwd ? "on" : "off") + ", backward " +
-                 (bwd ? "on" : "off"));
-    SetAttentionForwardVariant(fwd ? AttentionForwardVariant::kCudnn
-                                   : AttentionForwardVariant::kDefault);
+  struct Combo {
+    bool fwd, bwd, det;
+  };
+  for (const Combo c : {Combo{true, true, false}, Combo{true, false, false},
+                        Combo{false, true, false}, Combo{true, true, true}}) {
+    SCOPED_TRACE(std::string("cuDNN forward ") + (c.fwd ? "on" : "off") + ", backward " +
+                 (c.bwd ? (c.det ? "deterministic" : "on") : "off"));
+    SetAttentionForwardVariant(c.fwd ? AttentionForwardVariant::kCudnn
+                                     : AttentionForwardVariant::kDefault);
     AttentionBackwardVariant v;
-    v.cudnn = bwd;
-    CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v, /*reproducible=*/!bwd);
-    expected += (fwd ? 1 : 0) + (bwd ? 2 : 0);
+    v.cudnn = c.bwd;
+    v.cudnn_det = c.det;
+    CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v,
+                         /*reproducible=*/!c.bwd || c.det);
+    expected += (c.fwd ? 1 : 0) + (c.bwd ? 2 : 0);
+    // Without cuDNN every combination is the same fallback: checked once.
+    if (!require && cudnn::Executions() == before) break;
   }
   SetAttentionForwardVariant(saved);
   const int64_t ran = cudnn::Executions() - before;
