@@ -611,6 +611,16 @@ bool AttentionSupportsHeadDim(int hd) {
   return hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 80 || hd == 96 || hd == 128;
 }
 
+AttentionPrepared PrepareAttention(int B, int T, int NH, int NKV, int hd) {
+  AttentionPrepared r;
+  const bool fwd = ForwardVariant() == AttentionForwardVariant::kCudnn;
+  const AttentionBackwardVariant v = BackwardVariant();
+  if (!fwd && !v.cudnn) return r;
+  r.bytes = internal::CudnnPrepare(MakeDims(B, T, NH, NKV, hd), fwd, v.cudnn, v.cudnn_det,
+                                   &r.error);
+  return r;
+}
+
 void SetAttentionImpl(AttentionImpl impl) { g_impl = impl; }
 AttentionImpl GetAttentionImpl() { return g_impl; }
 void SetAttentionBackwardVariant(AttentionBackwardVariant v) { BackwardVariant() = v; }

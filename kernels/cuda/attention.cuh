@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/cuda/common.cuh"
 
@@ -138,6 +139,19 @@ AttentionBackwardVariant GetAttentionBackwardVariant();
 enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma, kWgmmaPipe, kCudnn };
 void SetAttentionForwardVariant(AttentionForwardVariant v);
 AttentionForwardVariant GetAttentionForwardVariant();
+
+// Readies the selected bf16 attention variants for problems of this shape
+// ahead of the first step: with LLMT_ATTN_FWD/BWD=cudnn*, builds cuDNN's
+// plans and allocates their workspace, which would otherwise happen inside
+// the first call -- so an out-of-memory shows at model creation, not
+// mid-step. `bytes`: the device memory that workspace holds (0 when only the
+// own kernels run, or cuDNN cannot take the problem: the calls then fall
+// back with a warning). `error`: set when the allocation fails.
+struct AttentionPrepared {
+  size_t bytes = 0;
+  std::string error;
+};
+AttentionPrepared PrepareAttention(int B, int T, int NH, int NKV, int hd);
 
 // RoPE tables cos/sin [T, hd/2] (device, fp32) for positions 0..T-1:
 // angle(t, i) = t * theta^(-2i/hd), computed in double like the CPU backend.

@@ -678,24 +678,41 @@ Plan* GetPlan(DeviceState& s, const AttnProblem& p, std::string* why) {
 
 // Device memory of at least `bytes` for this device's plans (grown, never
 // shrunk).
-char* Workspace(DeviceState& s, size_t bytes) {
-  if (bytes > s.workspace_bytes) {
-    // The old buffer may still be in use by queued work on any stream.
-    if (s.workspace != nullptr) {
-      LLMT_CUDA_CHECK(cudaDeviceSynchronize());
-      LLMT_CUDA_CHECK(cudaFree(s.workspace));
-    }
-    s.workspace = nullptr;
-    s.workspace_bytes = 0;
-    const cudaError_t err = cudaMalloc(&s.workspace, bytes);
-    if (err != cudaSuccess) {
-      Fatal("cuDNN attention workspace: cannot allocate " + std::to_string(bytes) +
-            " bytes: " + CudaErrorString(err));
-    }
-    s.workspace_bytes = bytes;
-    LLMT_LOG(Info) << "cuDNN attention workspace: " << (bytes >> 20) << " MiB";
+// Returns "" or why the allocation failed (then there is no workspace).
+std::string GrowWorkspace(DeviceState& s, size_t bytes) {
+  if (bytes <= s.workspace_bytes) return "";
+  // The old buffer may still be in use by queued work on any stream.
+  if (s.workspace != nullptr) {
+    LLMT_CUDA_CHECK(cudaDeviceSynchronize());
+    LLMT_CUDA_CHECK(cudaFree(s.workspace));
   }
+  s.workspace = nullptr;
+  s.workspace_bytes = 0;
+  const cudaError_t err = cudaMalloc(&s.workspace, bytes);
+  if (err != cudaSuccess) {
+    s.workspace = nullptr;
+    (void)cudaGetLastError();  // not sticky: clear it for the caller
+    return "cuDNN attention workspace: cannot allocate " + std::to_string(bytes) +
+           " bytes: " + CudaErrorString(err);
+  }
+  s.workspace_bytes = bytes;
+  LLMT_LOG(Info) << "cuDNN attention workspace: " << (bytes >> 20) << " MiB";
+  return "";
+}
+char* Workspace(DeviceState& s, size_t bytes) {
+  if (std::string e = GrowWorkspace(s, bytes); !e.empty()) Fatal(e);
   return static_cast<char*>(s.workspace);
+}
+
+// The backward's workspace: the plan's, then (not deterministic) the fp32 dQ
+// accumulator [B, NH, T, hd] at AccumulatorOffset.
+size_t AccumulatorOffset(const Plan& plan) {
+  return (static_cast<size_t>(plan.workspace) + 255) / 256 * 256;
+}
+size_t BackwardBytes(const Plan& plan, const internal::AttnDims& d, bool deterministic) {
+  const size_t acc =
+      deterministic ? 0 : static_cast<size_t>(d.B) * d.NH * d.T * d.hd * sizeof(float);
+  return std::max<size_t>(AccumulatorOffset(plan) + acc, 1);
 }
 
 // Binds the memory and runs the plan on `stream`; fatal on failure (a
@@ -746,8 +763,6 @@ AttnProblem ProblemOf(const internal::AttnDims& d, bool backward, bool determini
   p.deterministic = deterministic;
   return p;
 }
-
-size_t Align256(size_t n) { return (n + 255) / 256 * 256; }
 
 // cuDNN's tensors are declared 16-byte aligned.
 bool Aligned16(const void* a, const void* b, const void* c = nullptr, const void* e = nullptr) {
@@ -822,6 +837,30 @@ bool CudnnFlashForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d
   return true;
 }
 
+size_t CudnnPrepare(const AttnDims& d, bool fwd, bool bwd, bool deterministic,
+                    std::string* error) {
+  using namespace cudnn;  // NOLINT: this file's own namespace
+  if (!LoadError().empty()) return 0;
+  std::lock_guard<std::mutex> lock(g_mu);
+  std::string why;  // the calls will warn with it
+  DeviceState* s = Device(&why);
+  if (s == nullptr) return 0;
+  size_t bytes = 0;
+  if (fwd && Unsupported(ProblemOf(d, false, false)).empty()) {
+    if (Plan* plan = GetPlan(*s, ProblemOf(d, false, false), &why); plan != nullptr) {
+      bytes = std::max<size_t>(static_cast<size_t>(std::max<int64_t>(plan->workspace, 1)), bytes);
+    }
+  }
+  if (bwd && Unsupported(ProblemOf(d, true, deterministic)).empty()) {
+    if (Plan* plan = GetPlan(*s, ProblemOf(d, true, deterministic), &why); plan != nullptr) {
+      bytes = std::max(BackwardBytes(*plan, d, deterministic), bytes);
+    }
+  }
+  if (bytes == 0) return 0;
+  *error = GrowWorkspace(*s, bytes);
+  return error->empty() ? s->workspace_bytes : 0;
+}
+
 bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                         const float* lse, float* Dsum, const AttnDims& d, bool deterministic,
                         cudaStream_t stream, std::string* why) {
@@ -837,12 +876,8 @@ bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf1
   if (s == nullptr) return false;
   Plan* plan = GetPlan(*s, p, why);
   if (plan == nullptr) return false;
-  // Workspace: the plan's, then (not deterministic) the fp32 dQ
-  // accumulator [B, NH, T, hd].
-  const size_t plan_ws = Align256(static_cast<size_t>(plan->workspace));
-  const size_t acc_bytes =
-      deterministic ? 0 : static_cast<size_t>(d.B) * d.NH * d.T * d.hd * sizeof(float);
-  char* ws = Workspace(*s, std::max<size_t>(plan_ws + acc_bytes, 1));
+  const size_t bytes = BackwardBytes(*plan, d, deterministic);
+  char* ws = Workspace(*s, bytes);
   float scale = d.scale, neg_inf = NegInf(), one = 1.f;
   const int64_t kv = static_cast<int64_t>(d.NKV) * d.hd;
   bf16* q = const_cast<bf16*>(qkv);
@@ -862,10 +897,12 @@ bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf1
                              &neg_inf,
                              &one};
   if (!deterministic) {
-    char* acc = ws + plan_ws;
+    char* acc = ws + AccumulatorOffset(*plan);
     // Before cuDNN 9.6 the accumulator must start at zero (the frontend
     // cleared it); later versions clear it themselves.
-    if (GetApi().version < 90600) LLMT_CUDA_CHECK(cudaMemsetAsync(acc, 0, acc_bytes, stream));
+    if (GetApi().version < 90600) {
+      LLMT_CUDA_CHECK(cudaMemsetAsync(acc, 0, bytes - AccumulatorOffset(*plan), stream));
+    }
     uids.push_back(kDQAccum);
     ptrs.push_back(acc);
   }
@@ -898,6 +935,8 @@ bool CudnnFlashForward(bf16*, float*, const bf16*, const AttnDims&, cudaStream_t
   *why = cudnn::LoadError();
   return false;
 }
+size_t CudnnPrepare(const AttnDims&, bool, bool, bool, std::string*) { return 0; }
+
 bool CudnnFlashBackward(bf16*, const bf16*, const bf16*, const bf16*, const float*, float*,
                         const AttnDims&, bool, cudaStream_t, std::string* why) {
   *why = cudnn::LoadError();

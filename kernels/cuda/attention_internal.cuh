@@ -81,6 +81,13 @@ bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf1
                         const float* lse, float* Dsum, const AttnDims& d, bool deterministic,
                         cudaStream_t stream, std::string* why);
 
+// Builds the plans of the cuDNN forward (`fwd`) and backward (`bwd`,
+// `deterministic`) for d's shape and grows the workspace to hold them.
+// Returns the workspace's bytes (0 when cuDNN cannot take the problem), or
+// sets *error when the allocation fails.
+size_t CudnnPrepare(const AttnDims& d, bool fwd, bool bwd, bool deterministic,
+                    std::string* error);
+
 bool FlashTcSupports(int hd);
 void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream);
 // Dsum [B, NH, T] = rowsum(dout * out), computed by the caller.

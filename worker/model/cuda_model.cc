@@ -446,6 +446,19 @@ absl::Status CudaModelImpl<T>::Init() {
   RETURN_IF_ERROR(
       Alloc(&scratch_, "workspace", "kernel scratch", static_cast<int64_t>(scratch_bytes_)));
   RETURN_IF_ERROR(Alloc(&misc_, "workspace", "tokens, RoPE tables, loss slots", misc_bytes));
+  if (kBf16) {
+    // cuDNN's attention (LLMT_ATTN_FWD/BWD=cudnn*) plans and allocates its
+    // workspace now, so that out-of-memory shows here and not mid-step.
+    const cu::AttentionPrepared ap = cu::PrepareAttention(B_, T_, NH_, NKV_, hd_);
+    if (!ap.error.empty()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "out of GPU memory for batch ", B_, " x ", T_, ": ", ap.error,
+          " (unset LLMT_ATTN_FWD/LLMT_ATTN_BWD or lower train.batch_size). Allocated so far:\n",
+          report_.Format()));
+    }
+    if (ap.bytes > 0) report_.Add("workspace", "cuDNN attention workspace",
+                                  static_cast<int64_t>(ap.bytes));
+  }
 
   char* base = arena_.as<char>();
   int64_t off = 0;

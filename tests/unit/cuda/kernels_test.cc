@@ -816,6 +816,21 @@ TEST_P(CudnnAttentionTest, Bf16MatchesCpu) {
   const bool require = req != nullptr && std::string(req) == "1";
   std::cout << "cuDNN: " << cudnn::Describe() << "\n";
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
+  const AttentionBackwardVariant saved_bwd = GetAttentionBackwardVariant();
+  // What the model does at creation: plans and workspace before the first
+  // call (0 bytes where cuDNN cannot run; then the calls fall back).
+  {
+    const AttnShape& sh = GetParam();
+    SetAttentionForwardVariant(AttentionForwardVariant::kCudnn);
+    AttentionBackwardVariant v;
+    v.cudnn = true;
+    SetAttentionBackwardVariant(v);
+    const AttentionPrepared ap = PrepareAttention(sh.B, sh.T, sh.NH, sh.NKV, sh.hd);
+    EXPECT_EQ(ap.error, "");
+    // The backward's fp32 dQ accumulator alone is B NH T hd floats.
+    if (require) EXPECT_GE(ap.bytes, size_t(sh.B) * sh.NH * sh.T * sh.hd * 4);
+    SetAttentionBackwardVariant(saved_bwd);
+  }
   const int64_t before = cudnn::Executions();
   int expected = 0;  // graphs cuDNN runs: 1 per forward, 2 per CheckAttention backward
   struct Combo {
