@@ -828,7 +828,9 @@ TEST_P(CudnnAttentionTest, Bf16MatchesCpu) {
     const AttentionPrepared ap = PrepareAttention(sh.B, sh.T, sh.NH, sh.NKV, sh.hd);
     EXPECT_EQ(ap.error, "");
     // The backward's fp32 dQ accumulator alone is B NH T hd floats.
-    if (require) EXPECT_GE(ap.bytes, size_t(sh.B) * sh.NH * sh.T * sh.hd * 4);
+    if (require) {
+      EXPECT_GE(ap.bytes, size_t(sh.B) * sh.NH * sh.T * sh.hd * 4);
+    }
     SetAttentionBackwardVariant(saved_bwd);
   }
   const int64_t before = cudnn::Executions();
