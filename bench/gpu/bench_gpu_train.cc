@@ -46,6 +46,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/runtime.cuh"
 #include "worker/model/cuda_model.h"
 #include "worker/model/model.h"
@@ -354,6 +355,12 @@ int Run(const Options& o) {
   if (nonfinite_norms > 0) {
     std::printf("warning: %d steps had a non-finite gradient norm (update applied unclipped)\n",
                 nonfinite_norms);
+  }
+  // With LLMT_ATTN_FWD/BWD=cudnn*: did cuDNN run, or the own kernels instead
+  // (the log's warning says why)?
+  if (const int64_t n = llmt::kernels::cuda::cudnn::Executions(); n > 0) {
+    std::printf("cuDNN attention: %lld graph executions (%s)\n", static_cast<long long>(n),
+                llmt::kernels::cuda::cudnn::Describe().c_str());
   }
   std::printf(
       "RESULT name=%s impl=llmt batch=%d seq=%d params=%lld tokens_per_s=%.1f mfu=%.4f "
