@@ -274,7 +274,10 @@ if [[ $MODE != bench ]]; then
     [[ -x "$t" ]] || continue
     envs=()
     [[ -n $runenv ]] && IFS=';' read -r -a envs <<<"$runenv"
-    lim=$(allow 120 "$reserve")
+    # cuDNN's test runs in seconds when it works; a hang must not eat the session.
+    cap=120
+    [[ $name == *-cudnn ]] && cap=60
+    lim=$(allow "$cap" "$reserve")
     if ((lim == 0)); then
       TEST_ROWS+=("$name|SKIPPED (out of time)|")
       FAILED=1
