@@ -246,11 +246,11 @@ if [[ $MODE != bench ]]; then
   # "binary|gtest filter|label|env" (env: VAR=VALUE;VAR=VALUE). The model and
   # training tests also run once with the wgmma attention kernels, as if they
   # were the default (what a change of the default needs), and the model
-  # tests with the bias gradients from the GEMM epilogue (the model tests'
-  # sequences, 32 and 300, are not cuDNN attention shapes).
-  # cuda_kernels_test-cudnn requires cuDNN to have run
-  # (LLMT_REQUIRE_CUDNN=1; libcudnn comes from PyTorch's wheels, PIP_LIBS)
-  # and logs cuDNN's own error messages, the diagnosis if it declines.
+  # tests with the bias gradients from the GEMM epilogue. The cuDNN attention
+  # tests (kernels; the model's loss curve) run apart and require cuDNN to
+  # have run (LLMT_REQUIRE_CUDNN=1; libcudnn comes from PyTorch's wheels,
+  # PIP_LIBS); the kernel test logs cuDNN's own errors, the diagnosis if it
+  # declines.
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
   RUNS=()
   for t in "${tests[@]}"; do
@@ -260,9 +260,10 @@ if [[ $MODE != bench ]]; then
                "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new|"
                "$t|*Cudnn*|cuda_kernels_test-cudnn|LLMT_REQUIRE_CUDNN=1;CUDNN_LOGERR_DBG=1;CUDNN_LOGDEST_DBG=stderr") ;;
       cuda_model_test)
-        RUNS+=("$t|*|cuda_model_test|"
-               "$t|*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
-               "$t|*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue") ;;
+        RUNS+=("$t|-*Cudnn*|cuda_model_test|"
+               "$t|-*Cudnn*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
+               "$t|-*Cudnn*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
+               "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
         RUNS+=("$t|*|cuda_train_test|"
                "$t|*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;

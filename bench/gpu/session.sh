@@ -62,7 +62,7 @@ BG_OK=0
 test_passed cuda_matmul_test && test_passed cuda_model_test-bgrad && BG_OK=1
 echo "bias-gradient epilogue tests passed: $BG_OK" >>"$S/session.txt"
 CD_OK=0
-test_passed cuda_kernels_test-cudnn && CD_OK=1
+test_passed cuda_kernels_test-cudnn && test_passed cuda_model_test-cudnn && CD_OK=1
 echo "cuDNN attention tests passed: $CD_OK" >>"$S/session.txt"
 
 # ---- 2. A/B ----------------------------------------------------------------

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/runtime.cuh"
 #include "worker/model/cuda_model.h"
 #include "worker/model/model.h"
@@ -459,6 +461,63 @@ TEST(CudaModel, Bf16TracksFp32LossCurve) {
       // documented bound for mixed precision tracking fp32.
       EXPECT_LE(std::fabs(l16[s] - l32[s]) / l32[s], 0.01)
           << fam << " step " << s + 1 << ": bf16 " << l16[s] << " fp32 " << l32[s];
+    }
+  }
+}
+
+// cuDNN's fused attention inside the model (LLMT_ATTN_FWD=cudnn with
+// LLMT_ATTN_BWD=cudnn, and with cudnn-det) on 256-token sequences (a cuDNN
+// shape; the test above uses 300): 50 bf16 steps track the fp32 curve (SIMT
+// attention) within 1%, and the plans and workspace were made at creation
+// (the memory report names the workspace). Where cuDNN cannot run (no
+// libcudnn, the emulator) the own kernels do, and only the curve is checked;
+// bench/gpu/run.sh sets LLMT_REQUIRE_CUDNN=1, which makes that a failure.
+TEST(CudaModel, CudnnAttentionTracksFp32LossCurve) {
+  REQUIRE_GPU();
+  namespace kc = ::llmt::kernels::cuda;
+  const char* req = std::getenv("LLMT_REQUIRE_CUDNN");
+  const bool require = req != nullptr && std::string(req) == "1";
+  const kc::AttentionForwardVariant saved_fwd = kc::GetAttentionForwardVariant();
+  const kc::AttentionBackwardVariant saved_bwd = kc::GetAttentionBackwardVariant();
+  constexpr int B = 8, T = 256, kSteps = 50;
+  for (const bool det : {false, true}) {
+    for (const ModelConfig& cfg : {Gpt2Hd64(), LlamaHd64()}) {
+      const std::string fam = std::string(cfg.family == Family::kGpt2 ? "gpt2" : "llama") +
+                              (det ? ", cudnn-det" : ", cudnn");
+      auto f32 = MakeGpu(cfg, B, T, Precision::kFp32);
+      ASSERT_NE(f32, nullptr);
+      const auto l32 = TrainLosses(*f32, B, T, kSteps);
+      kc::SetAttentionForwardVariant(kc::AttentionForwardVariant::kCudnn);
+      kc::AttentionBackwardVariant v;
+      v.cudnn = true;
+      v.cudnn_det = det;
+      kc::SetAttentionBackwardVariant(v);
+      const int64_t before = kc::cudnn::Executions();
+      auto b16 = MakeGpu(cfg, B, T, Precision::kBf16);
+      ASSERT_NE(b16, nullptr);
+      const auto l16 = TrainLosses(*b16, B, T, kSteps);
+      const int64_t ran = kc::cudnn::Executions() - before;
+      kc::SetAttentionForwardVariant(saved_fwd);
+      kc::SetAttentionBackwardVariant(saved_bwd);
+      ASSERT_EQ(l32.size(), static_cast<size_t>(kSteps));
+      ASSERT_EQ(l16.size(), static_cast<size_t>(kSteps));
+      EXPECT_LT(MeanOfLast(l32, 5), 0.9 * l32[0]) << fam << ": fp32 loss did not fall";
+      double worst = 0;
+      for (int s = 0; s < kSteps; ++s) {
+        worst = std::max(worst, std::fabs(l16[s] - l32[s]) / l32[s]);
+        EXPECT_LE(std::fabs(l16[s] - l32[s]) / l32[s], 0.01)
+            << fam << " step " << s + 1 << ": bf16 " << l16[s] << " fp32 " << l32[s];
+      }
+      std::printf("%s: fp32 loss %.4f -> %.4f, bf16 %.4f -> %.4f, max relative difference "
+                  "%.2e, cuDNN graphs run %lld\n",
+                  fam.c_str(), l32[0], l32.back(), l16[0], l16.back(), worst,
+                  static_cast<long long>(ran));
+      if (require) {
+        // Every layer's forward and backward in every step.
+        EXPECT_EQ(ran, int64_t{2} * cfg.n_layer * kSteps) << fam << ": " << kc::cudnn::Describe();
+        EXPECT_NE(b16->MemoryReport().find("cuDNN attention workspace"), std::string::npos)
+            << b16->MemoryReport();
+      }
     }
   }
 }
