@@ -364,6 +364,17 @@ cudnnBackendDescriptor_t CausalMask(GraphBuilder& g, const Layout& L, cudnnBacke
   return masked;
 }
 
+// scale * Q K^T [B, NH, T, T] (fp32, virtual): both graphs start so.
+cudnnBackendDescriptor_t ScaledScores(GraphBuilder& g, const Layout& L,
+                                      cudnnBackendDescriptor_t q, cudnnBackendDescriptor_t kt,
+                                      cudnnBackendDescriptor_t scale) {
+  auto s = g.Virtual("S", L.SDim(), L.SStride(), kF32);
+  g.Matmul("matmul Q K^T", q, kt, s);
+  auto ss = g.Virtual("S*scale", L.SDim(), L.SStride(), kF32);
+  g.Pw("mul S scale", CUDNN_POINTWISE_MUL, s, scale, ss);
+  return ss;
+}
+
 // Forward: S = scale * Q K^T, causal mask, softmax with its statistics
 // (max, sum of exponentials, lse = max + log(sum)), O = P V with P in bf16.
 void BuildForward(GraphBuilder& g, const Layout& L) {
@@ -375,11 +386,7 @@ void BuildForward(GraphBuilder& g, const Layout& L) {
   auto scale = g.Scalar("scale", kScale);
   auto neg_inf = g.Scalar("-inf", kNegInf);
 
-  auto s = g.Virtual("S", L.SDim(), L.SStride(), kF32);
-  g.Matmul("bmm1 Q K^T", q, kt, s);
-  auto ss = g.Virtual("S*scale", L.SDim(), L.SStride(), kF32);
-  g.Pw("attn_scale", CUDNN_POINTWISE_MUL, s, scale, ss);
-  auto masked = CausalMask(g, L, ss, neg_inf);
+  auto masked = CausalMask(g, L, ScaledScores(g, L, q, kt, scale), neg_inf);
   auto max = g.Virtual("row_max", L.RowDim(), L.RowStride(), kF32);
   g.Reduction("softmax max", CUDNN_REDUCE_TENSOR_MAX, masked, max);
   auto sub = g.Virtual("S-max", L.SDim(), L.SStride(), kF32);
@@ -440,12 +447,8 @@ void BuildBackward(GraphBuilder& g, const Layout& L, bool deterministic) {
   g.Pw("softmax_sum", CUDNN_POINTWISE_MUL, rsum, one, softmax_sum);
 
   // P.
-  auto s = g.Virtual("S", L.SDim(), L.SStride(), kF32);
-  g.Matmul("matmul Q K^T", q, kt, s);
-  auto ss = g.Virtual("S*scale", L.SDim(), L.SStride(), kF32);
-  g.Pw("mul S scale", CUDNN_POINTWISE_MUL, s, scale, ss);
   auto sm = g.Virtual("S-lse", L.SDim(), L.SStride(), kF32);
-  g.Pw("sub S lse", CUDNN_POINTWISE_SUB, ss, stats, sm);
+  g.Pw("sub S lse", CUDNN_POINTWISE_SUB, ScaledScores(g, L, q, kt, scale), stats, sm);
   auto masked = CausalMask(g, L, sm, neg_inf);
   auto p = g.Virtual("P", L.SDim(), L.SStride(), kF32);
   g.Pw("exp", CUDNN_POINTWISE_EXP, masked, nullptr, p);
