@@ -25,8 +25,8 @@
 #   deviation from the default's output), then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
-#   attention forward (also pipelined) and backward, together and alone;
-#   cuDNN's attention forward and backward (also deterministic), each alone;
+#   attention forward (also pipelined) and backward, each alone; cuDNN's
+#   attention forward and backward (also deterministic), each alone;
 #   the bias gradients from the weight-gradient GEMMs' epilogue; other
 #   options, e.g.
 #   LLMT_ATTN_BWD=wgmma-ss, LLMT_WGMMA_LAYOUT=blocked,
@@ -181,7 +181,7 @@ if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the wgmma attention and the fused bias gradient against the default
   # engine.
-  variants=${LLMT_AB_VARIANTS:-"base wg:LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma fwd-wg:LLMT_ATTN_FWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bwd-wg:LLMT_ATTN_BWD=wgmma fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+  variants=${LLMT_AB_VARIANTS:-"base fwd-wg:LLMT_ATTN_FWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bwd-wg:LLMT_ATTN_BWD=wgmma fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
