@@ -68,9 +68,10 @@ echo "cuDNN attention tests passed: $CD_OK" >>"$S/session.txt"
 # ---- 2. A/B ----------------------------------------------------------------
 note "2. A/B"
 lim=$(($(left) - 220))
-((lim > 200)) && lim=200
+((lim > 260)) && lim=260
 if ((lim >= 60)); then
-  LLMT_BENCH_LOGS=$S/ab timeout -k 5 "$lim" bash bench/gpu/run.sh --ab >"$S/ab.out" 2>&1
+  LLMT_BENCH_LOGS=$S/ab LLMT_BENCH_BUDGET_S=$((lim - 5)) timeout -k 5 "$lim" \
+    bash bench/gpu/run.sh --ab >"$S/ab.out" 2>&1
   echo "run.sh --ab exit $?" >>"$S/session.txt"
   cat "$S/ab/ab.txt" >>"$S/session.txt" 2>/dev/null
 else
