@@ -223,12 +223,12 @@ if [[ $MODE == ab ]]; then
     IFS='|' read -r n t _ _ <<<"$r"
     [[ $n == base* && -n $t ]] && echo "$t"
   done | awk '{s += $1; k++} END {if (k) printf "%.1f", s / k}')
-  printf '\n%-12s %12s %8s %8s %10s\n' variant "tokens/s" MFU "vs base" "last loss"
+  printf '\n%-14s %12s %8s %8s %10s\n' variant "tokens/s" MFU "vs base" "last loss"
   for r in "${AB_ROWS[@]}"; do
     IFS='|' read -r n t m l <<<"$r"
     rel=-
     [[ -n $t && -n $base ]] && rel=$(awk -v t="$t" -v b="$base" 'BEGIN {printf "%.3f", t / b}')
-    printf '%-12s %12s %8s %8s %10s\n' "$n" "${t:--}" "$(pct "$m")" "$rel" "${l:--}"
+    printf '%-14s %12s %8s %8s %10s\n' "$n" "${t:--}" "$(pct "$m")" "$rel" "${l:--}"
   done | tee "$LOGS/ab.txt"
   if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then  # three files: tables and one log archive
     cp "$LOGS"/ab*.txt "$OUT/" 2>/dev/null
