@@ -679,9 +679,8 @@ Plan* GetPlan(DeviceState& s, const AttnProblem& p, std::string* why) {
   return it->second.get();
 }
 
-// Device memory of at least `bytes` for this device's plans (grown, never
-// shrunk).
-// Returns "" or why the allocation failed (then there is no workspace).
+// Grows the device's workspace (never shrinks it) to at least `bytes` for
+// its plans. Returns "" or why the allocation failed (then there is none).
 std::string GrowWorkspace(DeviceState& s, size_t bytes) {
   if (bytes <= s.workspace_bytes) return "";
   // The old buffer may still be in use by queued work on any stream.
@@ -702,6 +701,7 @@ std::string GrowWorkspace(DeviceState& s, size_t bytes) {
   LLMT_LOG(Info) << "cuDNN attention workspace: " << (bytes >> 20) << " MiB";
   return "";
 }
+// The same inside a call, where failing is fatal.
 char* Workspace(DeviceState& s, size_t bytes) {
   if (std::string e = GrowWorkspace(s, bytes); !e.empty()) Fatal(e);
   return static_cast<char*>(s.workspace);
