@@ -255,7 +255,8 @@ if [[ $MODE != bench ]]; then
   # training tests also run once with the wgmma attention kernels, as if they
   # were the default (what a change of the default needs), and the model
   # tests with the bias gradients from the GEMM epilogue. The cuDNN attention
-  # tests (kernels; the model's loss curve) run apart and require cuDNN to
+  # tests (kernels; the model's loss curve; bit-identical resume with the
+  # deterministic cuDNN backward) run apart and require cuDNN to
   # have run (LLMT_REQUIRE_CUDNN=1; libcudnn comes from PyTorch's wheels,
   # PIP_LIBS); the kernel test logs cuDNN's own errors, the diagnosis if it
   # declines.
@@ -273,8 +274,9 @@ if [[ $MODE != bench ]]; then
                "$t|-*Cudnn*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
-        RUNS+=("$t|*|cuda_train_test|"
-               "$t|*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma") ;;
+        RUNS+=("$t|-*Cudnn*|cuda_train_test|"
+               "$t|-*Cudnn*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
+               "$t|*Cudnn*|cuda_train_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac
   done
@@ -286,6 +288,7 @@ if [[ $MODE != bench ]]; then
     # cuDNN's test runs in seconds when it works; a hang must not eat the session.
     cap=120
     [[ $name == *-cudnn ]] && cap=60
+    [[ $name == cuda_train_test-cudnn ]] && cap=90
     lim=$(allow "$cap" "$reserve")
     if ((lim == 0)); then
       TEST_ROWS+=("$name|SKIPPED (out of time)|")

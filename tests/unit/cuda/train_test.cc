@@ -46,6 +46,7 @@ using ::llmt::testing::ReadFileOrEmpty;
 using ::llmt::testing::RunCommand;
 using ::llmt::testing::RunResult;
 using ::testing::HasSubstr;
+using ::testing::Not;
 namespace fs = std::filesystem;
 
 #define REQUIRE_GPU()                                                        \
@@ -96,6 +97,8 @@ struct SpecOpts {
   std::string device = "cuda";
   std::string precision = "bf16";
   int max_steps = 30;
+  int seq_len = 32;
+  int max_seq_len = 64;
   int eval_every = 10;
   int ckpt_every = 10;
   // constant: the learning rate of step s does not depend on max_steps, so a
@@ -108,9 +111,11 @@ std::string SpecYaml(const SpecOpts& o, const std::string& data_dir) {
   std::ostringstream s;
   s << "name: cuda-train\n"
     << "model:\n  family: " << o.family << "\n  d_model: 128\n  n_layer: 2\n  n_head: 2\n"
-    << (o.family == "llama" ? "  n_kv_head: 1\n" : "") << "  max_seq_len: 64\n"
+    << (o.family == "llama" ? "  n_kv_head: 1\n" : "") << "  max_seq_len: " << o.max_seq_len
+    << "\n"
     << "data:\n  dir: " << data_dir << "\n"
-    << "train:\n  batch_size: 4\n  seq_len: 32\n  grad_accum_steps: 2\n  max_steps: " << o.max_steps
+    << "train:\n  batch_size: 4\n  seq_len: " << o.seq_len
+    << "\n  grad_accum_steps: 2\n  max_steps: " << o.max_steps
     << "\n  seed: 5\n  threads: 2\n  device: " << o.device << "\n  precision: " << o.precision << "\n"
     << "optim:\n  lr: 3.0e-3\n  weight_decay: 0.1\n  grad_clip: 1.0\n"
     << "schedule:\n  kind: " << o.schedule << "\n  warmup_steps: 5\n"
@@ -458,6 +463,52 @@ TEST_P(CudaTrain, NcclWorldSizeOneThroughCliMatchesLocal) {
     EXPECT_LE(std::fabs(b.loss[i] - a.loss[i]) / a.loss[i], 1e-6)
         << "step " << i + 1 << ": nccl " << b.loss[i] << " local " << a.loss[i];
   }
+}
+
+// (i) cuDNN's attention with its deterministic backward (LLMT_ATTN_FWD=cudnn,
+// LLMT_ATTN_BWD=cudnn-det) keeps (b)'s guarantee at T 128 (a cuDNN shape):
+// 20 steps straight and 10 + resume give the same bits, so it could be the
+// default without giving up bit-identical resume. With LLMT_REQUIRE_CUDNN=1
+// (bench/gpu/run.sh) every run must have planned cuDNN's forward and
+// backward and never fallen back; elsewhere the own kernels may run.
+TEST_P(CudaTrain, CudnnDeterministicResumeIsBitIdentical) {
+  REQUIRE_GPU();
+  const std::string fam = GetParam();
+  const char* req = std::getenv("LLMT_REQUIRE_CUDNN");
+  const bool require = req != nullptr && std::string(req) == "1";
+  SpecOpts o;
+  o.family = fam;
+  o.max_steps = 20;
+  o.seq_len = 128;
+  o.max_seq_len = 128;
+  const std::string spec = WriteSpec("cudnn-resume-" + fam, o);
+  auto train = [&](const std::string& out, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {"/usr/bin/env",  "LLMT_ATTN_FWD=cudnn",
+                                     "LLMT_ATTN_BWD=cudnn-det", LlmtBinary(), "train", spec,
+                                     "--out", out, "--progress", "lines"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    RunResult r = RunCommand(argv, 600);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    if (require) {
+      EXPECT_THAT(r.output, HasSubstr("cuDNN attention forward (")) << r.output;
+      EXPECT_THAT(r.output, HasSubstr("cuDNN attention backward (")) << r.output;
+      EXPECT_THAT(r.output, Not(HasSubstr("not used"))) << r.output;
+    }
+    return r;
+  };
+  const std::string straight = Out("cudnn-resume-straight-" + fam);
+  const std::string split = Out("cudnn-resume-split-" + fam);
+  train(straight, {});
+  train(split, {"--set", "train.max_steps=10"});
+  ASSERT_TRUE(fs::exists(CkptDir(split, 10)));
+  EXPECT_THAT(train(split, {"--resume", "auto"}).output, HasSubstr("resumed from"));
+  ExpectSameTensors(CkptDir(straight, 20) + "/model.safetensors",
+                    CkptDir(split, 20) + "/model.safetensors");
+  Metrics a = ReadMetrics(straight), b = ReadMetrics(split);
+  ASSERT_EQ(a.loss.size(), 20u);
+  ASSERT_EQ(b.loss.size(), 20u);
+  EXPECT_LT(a.loss[19], a.loss[0]) << "did not train";
+  for (size_t i = 0; i < 20; ++i) EXPECT_EQ(a.loss[i], b.loss[i]) << "step " << i + 1;
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, CudaTrain, ::testing::Values("gpt2", "llama"),
