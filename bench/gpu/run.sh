@@ -285,10 +285,12 @@ if [[ $MODE != bench ]]; then
     [[ -x "$t" ]] || continue
     envs=()
     [[ -n $runenv ]] && IFS=';' read -r -a envs <<<"$runenv"
-    # cuDNN's test runs in seconds when it works; a hang must not eat the session.
+    # cuDNN's runs take seconds when it works (plans are built on first use:
+    # their caps do not shrink with the budget); a hang must not eat the
+    # session.
     cap=120
-    [[ $name == *-cudnn ]] && cap=60
-    [[ $name == cuda_train_test-cudnn ]] && cap=90
+    [[ $name == *-cudnn ]] && cap=$((60 * 470 / BUDGET))
+    [[ $name == cuda_train_test-cudnn ]] && cap=$((90 * 470 / BUDGET))
     lim=$(allow "$cap" "$reserve")
     if ((lim == 0)); then
       TEST_ROWS+=("$name|SKIPPED (out of time)|")
