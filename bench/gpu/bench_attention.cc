@@ -9,9 +9,13 @@
 //
 //   bench_attention [--batch 64] [--seq 1024] [--heads 12] [--kv-heads 12]
 //                   [--hd 64] [--iters 20] [--device 0] [--max-rel-l2 X]
+//                   [--cudnn yes|no|only]
 //
 // --max-rel-l2: exit 1 when a variant's deviation exceeds X (the emulated
 // build runs this way as a smoke test, tests/unit/cuda/CMakeLists.txt).
+// --cudnn: with or without the cuDNN rows, or only them (and the default, the
+// reference): run.sh times cuDNN in its own process, so that a failure there
+// cannot take the own kernels' rows with it.
 //
 // Variants the device cannot run (the wgmma ones off sm_90) fall back to the
 // default inside the library, which logs a warning; their rows then time the
@@ -117,6 +121,7 @@ double MedianMs(F&& fn, int iters, cudaStream_t stream) {
 int main(int argc, char** argv) {
   int B = 64, T = 1024, NH = 12, NKV = 12, hd = 64, iters = 20, device = 0;
   double max_rel = -1;  // < 0: report only
+  std::string cudnn_rows = "yes";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> const char* {
@@ -132,9 +137,19 @@ int main(int argc, char** argv) {
     else if (a == "--iters") iters = next();
     else if (a == "--device") device = next();
     else if (a == "--max-rel-l2") max_rel = std::atof(value());
+    else if (a == "--cudnn") cudnn_rows = value();
     else Die("unknown argument " + a + " (see the comment at the top of bench_attention.cc)");
   }
   if (B < 1 || T < 1 || NH < 1 || NKV < 1 || NH % NKV != 0 || iters < 1) Die("bad shape");
+  if (cudnn_rows != "yes" && cudnn_rows != "no" && cudnn_rows != "only") {
+    Die("--cudnn: expected yes, no or only, got '" + cudnn_rows + "'");
+  }
+  // Whether the row named `name` runs under --cudnn (the default row always).
+  auto wanted = [&](const std::string& name) {
+    const bool is_cudnn = name.rfind("cudnn", 0) == 0;
+    if (name == "default") return true;
+    return cudnn_rows == "yes" || (cudnn_rows == "no") != is_cudnn;
+  };
   if (!kc::HaveGpu()) Die("no CUDA device");
   if (auto st = kc::SetDevice(device); !st.ok()) Die(st.ToString());
   auto info = kc::GetDeviceInfo(device);
@@ -183,6 +198,7 @@ int main(int argc, char** argv) {
   std::printf("\n%-22s %9s %9s %14s\n", "forward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_out;
   for (const Fwd& f : fwds) {
+    if (!wanted(f.name)) continue;
     kc::SetAttentionForwardVariant(f.v);
     ki::SetWgmmaLayout(f.layout);
     auto run = [&] {
@@ -221,6 +237,7 @@ int main(int argc, char** argv) {
   std::printf("\n%-22s %9s %9s %14s\n", "backward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_d;
   for (const Bwd& b : bwds) {
+    if (!wanted(b.name)) continue;
     kc::AttentionBackwardVariant v;
     v.wgmma = b.wgmma;
     v.wgmma_ss = b.wgmma_ss;

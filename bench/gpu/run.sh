@@ -186,8 +186,13 @@ if [[ $MODE == ab ]]; then
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
-    bundled timeout 120 "$BUNDLE/bin/bench_attention" 2>&1 | tee "$LOGS/ab-attention.txt"
+    bundled timeout 120 "$BUNDLE/bin/bench_attention" --cudnn no 2>&1 |
+      tee "$LOGS/ab-attention.txt"
     ((PIPESTATUS[0] == 0)) || attn_ok=0
+    # cuDNN's rows apart: its failure must not cost the own kernels' rows.
+    say "cuDNN attention alone (same shape)"
+    bundled timeout 90 "$BUNDLE/bin/bench_attention" --cudnn only 2>&1 |
+      tee -a "$LOGS/ab-attention.txt"
     # PyTorch's SDPA on the same shape, for reference (torch_ops.py's first rows).
     echo "PyTorch (torch_ops.py):" >>"$LOGS/ab-attention.txt"
     timeout 120 "$PY" "$ROOT/bench/gpu/torch_ops.py" --batch 64 --attention-only 2>&1 |
