@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per-op reference timings in PyTorch for the GPT-2 124M step shapes, to set
 beside `LLMT_CUDA_PROFILE=1 bench_gpu_train` (which prints llmt's GPU time per
-op group): attention (SDPA flash) forward and backward, the block GEMMs, the
+op group): attention (SDPA) forward and backward -- PyTorch's pick, then each
+of the flash, cuDNN and memory-efficient backends alone -- the block GEMMs, the
 classifier GEMM, LayerNorm and GELU. Prints one line per op: median ms over
 repeats, and TFLOP/s for the GEMMs and attention.
 
@@ -55,6 +56,25 @@ def main():
         o.backward(g)
     ms_fb = timeit(fb)
     print(f"  attention_bwd        {ms_fb - ms:8.3f} ms  {2.5 * att_flops / (ms_fb - ms) / 1e9:7.1f} TFLOP/s")
+    # Each SDPA backend on its own (the default row above is whichever PyTorch
+    # picks): cuDNN's row says what llmt's LLMT_ATTN_FWD/BWD=cudnn can reach.
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backends = [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+                    ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    except ImportError as e:  # older PyTorch
+        backends = []
+        print(f"  (per-backend rows skipped: {e})")
+    for name, be in backends:
+        try:
+            with sdpa_kernel([be]):
+                f_ms = timeit(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+                fb_ms = timeit(fb)
+            print(f"  attention_fwd_{name:<10}{f_ms:8.3f} ms  {att_flops / f_ms / 1e9:7.1f} TFLOP/s")
+            print(f"  attention_bwd_{name:<10}{fb_ms - f_ms:8.3f} ms  "
+                  f"{2.5 * att_flops / (fb_ms - f_ms) / 1e9:7.1f} TFLOP/s")
+        except Exception as e:  # a backend that cannot take this shape here
+            print(f"  attention_{name}: not available ({str(e).splitlines()[0][:120]})")
     if a.attention_only:
         return
 
