@@ -57,7 +57,7 @@ STEPS=${LLMT_BENCH_STEPS:-30}
 WARMUP=${LLMT_BENCH_WARMUP:-5}
 PY=${PYTHON:-python3}
 BUNDLE=${LLMT_GPU_BUNDLE:-$ROOT/.gpu-bundle}
-LOGS=${LLMT_BENCH_LOGS:-$(mktemp -d /tmp/llmt-gpu-bench.XXXXXX)}
+LOGS=${LLMT_BENCH_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/llmt-gpu-bench.XXXXXX")}
 mkdir -p "$LOGS"
 # Everything printed also lands in run.log.
 exec > >(tee "$LOGS/run.log") 2>&1

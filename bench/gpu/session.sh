@@ -27,7 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 
 TOTAL=${LLMT_SESSION_S:-560}
 MIN_GAIN=${LLMT_WIN_MIN:-1.01}
-S=$(mktemp -d /tmp/llmt-session.XXXXXX)
+S=$(mktemp -d "${TMPDIR:-/tmp}/llmt-session.XXXXXX")
 # run.sh copies its own files into $OUT when set: here only finish() does.
 SESSION_OUT=${OUT:-}
 unset OUT

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# bench/gpu/session.sh (and the run.sh modes it calls) end to end with fakes
+# for everything the GPU machine provides -- nvidia-smi, the carried bundle's
+# binaries, PyTorch's scripts -- so that a mistake in the scripts shows here,
+# not in a scarce GPU session. Checks: the test table and the cuDNN/wgmma
+# gates, the A/B table, the winners the session combines (and that they reach
+# the benchmark run), the summary, and the files handed back in $OUT; then
+# the same with a failing cuDNN test (no cuDNN winner) and with an A/B budget
+# too small for every variant (the table still prints).
+#
+#   tests/unit/cuda/gpu_session_test.sh [repo root]
+set -uo pipefail
+ROOT=$(cd "${1:-$(dirname "${BASH_SOURCE[0]}")/../../..}" && pwd)
+W=$(mktemp -d /tmp/llmt-session-test.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+FAIL=0
+check() {  # DESCRIPTION FILE REGEX
+  if grep -qE -- "$3" "$2"; then
+    echo "ok: $1"
+  else
+    echo "FAILED: $1 (no /$3/ in $2)"
+    FAIL=1
+  fi
+}
+
+mkdir -p "$W/fakebin" "$W/bundle/bin/tests" "$W/bundle/lib"
+cat >"$W/fakebin/nvidia-smi" <<'EOF'
+#!/bin/sh
+echo "GPU 0: Fake H100 (UUID: GPU-0)"
+EOF
+# tokens/s by attention variant: the cuDNN forward and the deterministic cuDNN
+# backward win, the wgmma forward loses; every call's settings are recorded.
+cat >"$W/bundle/bin/bench_gpu_train" <<'EOF'
+#!/bin/bash
+model=gpt2-124m batch=64
+while (($#)); do case $1 in --model) model=$2; shift ;; --batch) [[ $2 != 0 ]] && batch=$2; shift ;; esac; shift; done
+tps=500000
+[[ ${LLMT_ATTN_FWD:-} == cudnn ]] && tps=$((tps + 20000))
+[[ ${LLMT_ATTN_BWD:-} == cudnn-det ]] && tps=$((tps + 40000))
+[[ ${LLMT_ATTN_BWD:-} == cudnn ]] && tps=$((tps + 30000))
+[[ ${LLMT_ATTN_FWD:-} == wgmma ]] && tps=$((tps - 10000))
+echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
+echo "RESULT name=$model impl=llmt batch=$batch seq=1024 params=1 tokens_per_s=$tps.0 mfu=0.40 step_ms=100 first_loss=10.9 last_loss=9.5"
+EOF
+cat >"$W/bundle/bin/bench_attention" <<'EOF'
+#!/bin/bash
+echo "forward ms (fake) $*"
+EOF
+# gtest binaries: pass, except the cuDNN runs when FAIL_CUDNN is set.
+for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_train_test; do
+  cat >"$W/bundle/bin/tests/$t" <<'EOF'
+#!/bin/bash
+if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]]; then
+  echo "[  FAILED  ] 1 test, listed below:"; exit 1
+fi
+echo "[  PASSED  ] 3 tests."
+EOF
+done
+# PyTorch: torch_ref.py prints its RESULT; torch_ops.py some rows; the
+# library-path probe (python -) nothing.
+cat >"$W/fakepy" <<'EOF'
+#!/bin/bash
+case "${1:-}" in
+  -) cat >/dev/null ;;
+  */torch_ref.py) echo "RESULT impl=torch tokens_per_s=480000.0 mfu=0.39 accum=1" ;;
+  */torch_ops.py) echo "  attention_fwd 0.3 ms" ;;
+esac
+EOF
+chmod +x "$W/fakebin/nvidia-smi" "$W/bundle/bin/"* "$W/bundle/bin/tests/"* "$W/fakepy"
+
+run_session() {  # NAME [VAR=VALUE ...]
+  local name=$1
+  shift
+  mkdir -p "$W/$name/out"
+  : >"$W/$name/calls"
+  (cd "$ROOT" && env TMPDIR="$W" PATH="$W/fakebin:$PATH" PYTHON="$W/fakepy" \
+    LLMT_GPU_BUNDLE="$W/bundle" OUT="$W/$name/out" CALLS="$W/$name/calls" LLMT_BENCH_STEPS=2 LLMT_BENCH_WARMUP=1 "$@" \
+    timeout 300 bash bench/gpu/session.sh >"$W/$name/session.out" 2>&1)
+  echo "session $name: exit $?"
+}
+
+# 1. Everything passes: the cuDNN variants win their groups.
+run_session ok LLMT_SESSION_S=450
+S=$W/ok/out/session.txt
+check "session.txt handed back" "$S" "##### done"
+check "cuDNN runs in the test table" "$S" "^cuda_kernels_test-cudnn +PASS"
+check "cuDNN model and training runs" "$S" "^cuda_train_test-cudnn +PASS"
+check "cuDNN gate open" "$S" "cuDNN attention tests passed: 1"
+check "A/B row for the deterministic cuDNN backward" "$S" "^bwd-cudnn-det +540000.0 .* 1\.080"
+check "A/B second base row" "$S" "^base2 +500000.0"
+check "winners: cuDNN forward and deterministic backward" "$S" \
+  "winners: LLMT_ATTN_FWD=cudnn LLMT_ATTN_BWD=cudnn-det"
+check "the benchmark ran with the winners" "$W/ok/calls" "^llama-350m fwd=cudnn bwd=cudnn-det profile=$"
+check "the profile ran with the winners" "$W/ok/calls" "^gpt2-124m fwd=cudnn bwd=cudnn-det profile=1$"
+check "summary ratio" "$S" "gpt2-124m +64 +560000.0 .* 1\.17x"
+for f in session.txt tests.log ab-attention.txt logs.tar.gz; do
+  [[ -s "$W/ok/out/$f" ]] && echo "ok: \$OUT/$f" || { echo "FAILED: no \$OUT/$f"; FAIL=1; }
+done
+check "cuDNN's attention rows timed apart" "$W/ok/out/ab-attention.txt" "--cudnn only"
+
+# 2. The cuDNN tests fail: no cuDNN winner, the rest as before.
+run_session nocudnn LLMT_SESSION_S=450 FAIL_CUDNN=1
+S=$W/nocudnn/out/session.txt
+check "cuDNN gate closed" "$S" "cuDNN attention tests passed: 0"
+check "failing cuDNN run reported" "$S" "^cuda_kernels_test-cudnn +FAIL"
+check "no winner without passing tests" "$S" "winners: none"
+
+# 3. An A/B budget too small for every variant: skipped rows, table printed.
+mkdir -p "$W/ab"
+(cd "$ROOT" && env PATH="$W/fakebin:$PATH" PYTHON="$W/fakepy" LLMT_GPU_BUNDLE="$W/bundle" \
+  CALLS="$W/ab/calls" LLMT_BENCH_LOGS="$W/ab/logs" LLMT_BENCH_BUDGET_S=20 \
+  LLMT_AB_VARIANTS="base slow:SLEEP=1 base2" timeout 120 bash bench/gpu/run.sh --ab \
+  >"$W/ab/out" 2>&1)
+check "A/B table with a tiny budget" "$W/ab/out" "^base2 "
+check "A/B variants skipped when out of time" "$W/ab/out" "skipped: out of time"
+
+((FAIL == 0)) && echo "PASS" || { echo "see $W (kept)"; trap - EXIT; }
+exit "$FAIL"
