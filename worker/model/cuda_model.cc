@@ -456,8 +456,9 @@ absl::Status CudaModelImpl<T>::Init() {
           " (unset LLMT_ATTN_FWD/LLMT_ATTN_BWD or lower train.batch_size). Allocated so far:\n",
           report_.Format()));
     }
-    if (ap.bytes > 0) report_.Add("workspace", "cuDNN attention workspace",
-                                  static_cast<int64_t>(ap.bytes));
+    if (ap.bytes > 0) {
+      report_.Add("workspace", "cuDNN attention workspace", static_cast<int64_t>(ap.bytes));
+    }
   }
 
   char* base = arena_.as<char>();

@@ -806,9 +806,10 @@ TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
 // the cuDNN backward (the two share the lse), both, and both with the
 // deterministic backward, against the CPU with the own kernels' tolerances;
 // the plain cuDNN backward is close but not bit-identical run to run (cuDNN
-// sums dQ with atomics), the deterministic one must be bit-identical. Where libcudnn or a GPU is missing (the
-// emulator) the own kernels run instead and must pass the same checks; with
-// LLMT_REQUIRE_CUDNN=1 (bench/gpu/run.sh) every call must have run cuDNN.
+// sums dQ with atomics), the deterministic one must be bit-identical. Where
+// libcudnn or a GPU is missing (the emulator) the own kernels run instead and
+// must pass the same checks; with LLMT_REQUIRE_CUDNN=1 (bench/gpu/run.sh)
+// every call must have run cuDNN.
 class CudnnAttentionTest : public AttentionTest {};
 
 TEST_P(CudnnAttentionTest, Bf16MatchesCpu) {
