@@ -707,14 +707,15 @@ char* Workspace(DeviceState& s, size_t bytes) {
   return static_cast<char*>(s.workspace);
 }
 
-// The backward's workspace: the plan's, then (not deterministic) the fp32 dQ
-// accumulator [B, NH, T, hd] at AccumulatorOffset.
+// A call's workspace: the plan's, then (the non-deterministic backward) the
+// fp32 dQ accumulator [B, NH, T, hd] at AccumulatorOffset.
 size_t AccumulatorOffset(const Plan& plan) {
   return (static_cast<size_t>(plan.workspace) + 255) / 256 * 256;
 }
-size_t BackwardBytes(const Plan& plan, const internal::AttnDims& d, bool deterministic) {
-  const size_t acc =
-      deterministic ? 0 : static_cast<size_t>(d.B) * d.NH * d.T * d.hd * sizeof(float);
+size_t WorkspaceBytes(const Plan& plan, const AttnProblem& p) {
+  const size_t acc = p.backward && !p.deterministic
+                         ? static_cast<size_t>(p.B) * p.NH * p.T * p.hd * sizeof(float)
+                         : 0;
   return std::max<size_t>(AccumulatorOffset(plan) + acc, 1);
 }
 
@@ -765,6 +766,15 @@ AttnProblem ProblemOf(const internal::AttnDims& d, bool backward, bool determini
   p.backward = backward;
   p.deterministic = deterministic;
   return p;
+}
+
+// With g_mu held: p's plan (built on first use) and its device's state, or
+// nullptr and *why when cuDNN cannot run p here.
+Plan* Planned(const AttnProblem& p, DeviceState** state, std::string* why) {
+  if (!LoadError().empty()) return *why = LoadError(), nullptr;
+  if (std::string u = Unsupported(p); !u.empty()) return *why = u, nullptr;
+  *state = Device(why);
+  return *state == nullptr ? nullptr : GetPlan(**state, p, why);
 }
 
 // cuDNN's tensors are declared 16-byte aligned.
@@ -821,16 +831,13 @@ namespace internal {
 bool CudnnFlashForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                        cudaStream_t stream, std::string* why) {
   using namespace cudnn;  // NOLINT: this file's own namespace
-  if (!LoadError().empty()) return *why = LoadError(), false;
-  const AttnProblem p = ProblemOf(d, false, false);
-  if (std::string u = Unsupported(p); !u.empty()) return *why = u, false;
   if (!Aligned16(out, qkv)) return *why = "qkv/out not 16-byte aligned", false;
+  const AttnProblem p = ProblemOf(d, false, false);
   std::lock_guard<std::mutex> lock(g_mu);
-  DeviceState* s = Device(why);
-  if (s == nullptr) return false;
-  Plan* plan = GetPlan(*s, p, why);
+  DeviceState* s = nullptr;
+  Plan* plan = Planned(p, &s, why);
   if (plan == nullptr) return false;
-  char* ws = Workspace(*s, static_cast<size_t>(std::max<int64_t>(plan->workspace, 1)));
+  char* ws = Workspace(*s, WorkspaceBytes(*plan, p));
   float scale = d.scale, neg_inf = NegInf();
   const int64_t kv = static_cast<int64_t>(d.NKV) * d.hd;
   bf16* q = const_cast<bf16*>(qkv);
@@ -843,20 +850,14 @@ bool CudnnFlashForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d
 size_t CudnnPrepare(const AttnDims& d, bool fwd, bool bwd, bool deterministic,
                     std::string* error) {
   using namespace cudnn;  // NOLINT: this file's own namespace
-  if (!LoadError().empty()) return 0;
   std::lock_guard<std::mutex> lock(g_mu);
-  std::string why;  // the calls will warn with it
-  DeviceState* s = Device(&why);
-  if (s == nullptr) return 0;
+  DeviceState* s = nullptr;
   size_t bytes = 0;
-  if (fwd && Unsupported(ProblemOf(d, false, false)).empty()) {
-    if (Plan* plan = GetPlan(*s, ProblemOf(d, false, false), &why); plan != nullptr) {
-      bytes = std::max<size_t>(static_cast<size_t>(std::max<int64_t>(plan->workspace, 1)), bytes);
-    }
-  }
-  if (bwd && Unsupported(ProblemOf(d, true, deterministic)).empty()) {
-    if (Plan* plan = GetPlan(*s, ProblemOf(d, true, deterministic), &why); plan != nullptr) {
-      bytes = std::max(BackwardBytes(*plan, d, deterministic), bytes);
+  for (const auto& [wanted, p] : {std::pair{fwd, ProblemOf(d, false, false)},
+                                  std::pair{bwd, ProblemOf(d, true, deterministic)}}) {
+    std::string why;  // the calls will warn with it
+    if (Plan* plan = wanted ? Planned(p, &s, &why) : nullptr; plan != nullptr) {
+      bytes = std::max(WorkspaceBytes(*plan, p), bytes);
     }
   }
   if (bytes == 0) return 0;
@@ -868,18 +869,15 @@ bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf1
                         const float* lse, float* Dsum, const AttnDims& d, bool deterministic,
                         cudaStream_t stream, std::string* why) {
   using namespace cudnn;  // NOLINT: this file's own namespace
-  if (!LoadError().empty()) return *why = LoadError(), false;
-  const AttnProblem p = ProblemOf(d, true, deterministic);
-  if (std::string u = Unsupported(p); !u.empty()) return *why = u, false;
   if (!Aligned16(dqkv, dout, qkv, out)) {
     return *why = "qkv/dqkv/out/dout not 16-byte aligned", false;
   }
+  const AttnProblem p = ProblemOf(d, true, deterministic);
   std::lock_guard<std::mutex> lock(g_mu);
-  DeviceState* s = Device(why);
-  if (s == nullptr) return false;
-  Plan* plan = GetPlan(*s, p, why);
+  DeviceState* s = nullptr;
+  Plan* plan = Planned(p, &s, why);
   if (plan == nullptr) return false;
-  const size_t bytes = BackwardBytes(*plan, d, deterministic);
+  const size_t bytes = WorkspaceBytes(*plan, p);
   char* ws = Workspace(*s, bytes);
   float scale = d.scale, neg_inf = NegInf(), one = 1.f;
   const int64_t kv = static_cast<int64_t>(d.NKV) * d.hd;

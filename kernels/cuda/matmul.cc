@@ -73,6 +73,8 @@ cublasLtEpilogue_t LtEpilogue(Epi e) {
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
 
+bool IsBgrad(Epi e) { return e == Epi::kBgradA || e == Epi::kBgradB; }
+
 Epi EpilogueOf(const GemmOp& op) {
   if (op.bgrad != nullptr) return op.bgrad_of_a ? Epi::kBgradB : Epi::kBgradA;
   if (op.dgelu) return Epi::kDGelu;
@@ -320,7 +322,7 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ldaux, sizeof(ldaux)));
   }
-  if (epi == Epi::kBgradA || epi == Epi::kBgradB) {
+  if (IsBgrad(epi)) {
     const cudaDataType_t bias_type = CUDA_R_32F;  // fp32 sums whatever the operands
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
@@ -513,9 +515,8 @@ void AutotuneInPlace(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi,
 bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   Plan* plan = GetPlan(impl, op, epi);
   if (!plan->found) return false;
-  if (epi == Epi::kBias || epi == Epi::kGeluBias || epi == Epi::kBgradA ||
-      epi == Epi::kBgradB) {
-    const void* bias = epi == Epi::kBgradA || epi == Epi::kBgradB ? op.bgrad : op.bias;
+  if (epi == Epi::kBias || epi == Epi::kGeluBias || IsBgrad(epi)) {
+    const void* bias = IsBgrad(epi) ? op.bgrad : op.bias;
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &bias, sizeof(bias)));
   }
@@ -531,9 +532,8 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   const bool in_place = op.beta != 0.f && lt.c.ptr == op.D;
   // Bias-gradient epilogues are not tuned: their second output is not
   // fingerprinted, so kExact could not vouch for it.
-  const bool bgrad = epi == Epi::kBgradA || epi == Epi::kBgradB;
   if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1 &&
-      !bgrad) {
+      !IsBgrad(epi)) {
     if (!in_place) {
       Autotune(impl, *plan, op, epi, lt, [] {}, stream);
     } else if (impl.tune_in_place) {
@@ -622,7 +622,7 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
                          Describe(op)));
     }
   };
-  if (epi == Epi::kBgradA || epi == Epi::kBgradB) {
+  if (IsBgrad(epi)) {
     // The GEMM, then the summed operand's column sums (k is its rows).
     run_plain(plain);
     const bool a = op.bgrad_of_a;
