@@ -7,24 +7,27 @@
 // is read by the tensor cores directly from shared memory, once per
 // warpgroup; under mma.sync each warp reads it through ldmatrix into its own
 // registers (the shared-memory traffic we expected to bound the mma kernels;
-// the H100 timings below say something else dominates here).
+// the H100 timings below say it was not the main cost).
 //
 // Block: one warpgroup (4 warps, 128 threads) owning kMt 64-row query
 // m-tiles; warp w owns rows 16 w .. 16 w + 15 of each (the wgmma layout), so
 // the per-thread fragment arithmetic is the mma kernel's. K and V tiles of kN
-// keys are double-buffered with cp.async in the "blocked" layout wgmma reads
-// (mma_util.cuh); Q is loaded once and kept as A fragments in registers.
+// keys are double-buffered with cp.async in a layout wgmma reads
+// (mma_util.cuh: 128-byte swizzled, the default, or "blocked",
+// LLMT_WGMMA_LAYOUT); Q is loaded once and kept as A fragments in registers.
 //
 // Causal masking as in the mma kernel (only on tiles crossing the diagonal);
 // an m-tile whose rows all precede the key tile skips its products, which is
 // uniform over the warpgroup as wgmma requires.
 //
 // Written on the CPU emulator (which implements wgmma from the PTX ISA's
-// layouts), then run on an H100 (2026-11-27): correct (bit-identical to the
-// mma kernels at the GPT-2 shape), but slower than them -- every product
-// waits for the previous one, and there is no swizzle, TMA or warp
-// specialisation yet (docs/cuda.md). Selected only by LLMT_ATTN_FWD=wgmma /
-// LLMT_ATTN_BWD=wgmma* on a compute-capability-9.0 device.
+// layouts), then run on an H100 (2026-11-27): the backward bit-identical to
+// the mma kernels; on swizzled tiles the forward 0.52 ms vs the mma kernel's
+// 0.54 at the GPT-2 shape and the backward on par (1.76 vs 1.72) -- every
+// product still waits for the previous one (except in wgmma-pipe, not yet
+// run on a GPU), and there is no TMA or warp specialisation (docs/cuda.md).
+// Selected only by LLMT_ATTN_FWD=wgmma / wgmma-pipe / LLMT_ATTN_BWD=wgmma*
+// on a compute-capability-9.0 device.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
