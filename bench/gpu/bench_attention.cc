@@ -221,19 +221,20 @@ int main(int argc, char** argv) {
                        stream);
   struct Bwd {
     const char* name;
-    bool wgmma, wgmma_ss, ds, cudnn, cudnn_det;
+    bool wgmma, wgmma_ss, wgmma_fused, ds, cudnn, cudnn_det;
     ki::WgLayout layout;
   };
   constexpr auto kSw = ki::WgLayout::kSwizzled;
-  const Bwd bwds[] = {{"default", false, false, false, false, false, kSw},
-                      {"wgmma", true, false, false, false, false, kSw},
-                      {"wgmma-ss", true, true, false, false, false, kSw},
-                      {"wgmma-blocked", true, false, false, false, false, ki::WgLayout::kBlocked},
-                      {"wgmma-ss-blocked", true, true, false, false, false,
-                       ki::WgLayout::kBlocked},
-                      {"ds", false, false, true, false, false, kSw},
-                      {"cudnn", false, false, false, true, false, kSw},
-                      {"cudnn-det", false, false, false, true, true, kSw}};
+  const Bwd bwds[] = {
+      {"default", false, false, false, false, false, false, kSw},
+      {"wgmma", true, false, false, false, false, false, kSw},
+      {"wgmma-fused", true, false, true, false, false, false, kSw},
+      {"wgmma-ss", true, true, false, false, false, false, kSw},
+      {"wgmma-blocked", true, false, false, false, false, false, ki::WgLayout::kBlocked},
+      {"wgmma-ss-blocked", true, true, false, false, false, false, ki::WgLayout::kBlocked},
+      {"ds", false, false, false, true, false, false, kSw},
+      {"cudnn", false, false, false, false, true, false, kSw},
+      {"cudnn-det", false, false, false, false, true, true, kSw}};
   std::printf("\n%-22s %9s %9s %14s\n", "backward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_d;
   for (const Bwd& b : bwds) {
@@ -241,12 +242,13 @@ int main(int argc, char** argv) {
     kc::AttentionBackwardVariant v;
     v.wgmma = b.wgmma;
     v.wgmma_ss = b.wgmma_ss;
+    v.wgmma_fused = b.wgmma_fused;
     v.ds = b.ds;
     v.cudnn = b.cudnn;
     v.cudnn_det = b.cudnn_det;
     kc::SetAttentionBackwardVariant(v);
     ki::SetWgmmaLayout(b.layout);
-    const size_t scratch_bytes = kc::AttentionBackwardScratchBytes(B, T, NH);
+    const size_t scratch_bytes = kc::AttentionBackwardScratchBytes(B, T, NH, hd);
     kc::DeviceBuffer scratch = Alloc("scratch", static_cast<int64_t>(scratch_bytes));
     auto run = [&] {
       kc::AttentionBackward(dqkv.as<kc::bf16>(), dout.as<kc::bf16>(), qkv.as<kc::bf16>(),

@@ -25,7 +25,7 @@
 #   deviation from the default's output), then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
-#   attention forward (also pipelined) and backward, each alone; cuDNN's
+#   attention forward (also pipelined) and backward (also fused), each alone; cuDNN's
 #   attention forward and backward (also deterministic), each alone;
 #   the bias gradients from the weight-gradient GEMMs' epilogue; other
 #   options, e.g.
@@ -182,7 +182,7 @@ if [[ $MODE == ab ]]; then
   # the wgmma and cuDNN attention and the fused bias gradient against the
   # default engine, the least known first. Variants that no longer fit
   # LLMT_BENCH_BUDGET_S are skipped, so the table always comes out.
-  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
@@ -259,28 +259,34 @@ if [[ $MODE != bench ]]; then
   # "binary|gtest filter|label|env" (env: VAR=VALUE;VAR=VALUE). The model and
   # training tests also run once with the wgmma attention kernels, as if they
   # were the default (what a change of the default needs), and the model
-  # tests with the bias gradients from the GEMM epilogue. The cuDNN attention
+  # tests with the bias gradients from the GEMM epilogue. The fused wgmma
+  # backward (wgmma-fused: blocks wait on each other, a fault could trap) has
+  # its kernel, model and training runs apart too. The cuDNN attention
   # tests (kernels; the model's loss curve; bit-identical resume with the
   # deterministic cuDNN backward) run apart and require cuDNN to
   # have run (LLMT_REQUIRE_CUDNN=1; libcudnn comes from PyTorch's wheels,
   # PIP_LIBS); the kernel test logs cuDNN's own errors, the diagnosis if it
   # declines.
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
+  FUSED_ENV='LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma-fused'
   RUNS=()
   for t in "${tests[@]}"; do
     case $(basename "$t") in
       cuda_kernels_test)
         RUNS+=("$t|-$NEW_KERNEL_TESTS:*Cudnn*|cuda_kernels_test|"
-               "$t|$NEW_KERNEL_TESTS|cuda_kernels_test-new|"
+               "$t|$NEW_KERNEL_TESTS-*WgmmaFused*|cuda_kernels_test-new|"
+               "$t|*WgmmaFused*|cuda_kernels_test-wgfused|"
                "$t|*Cudnn*|cuda_kernels_test-cudnn|LLMT_REQUIRE_CUDNN=1;CUDNN_LOGERR_DBG=1;CUDNN_LOGDEST_DBG=stderr") ;;
       cuda_model_test)
         RUNS+=("$t|-*Cudnn*|cuda_model_test|"
                "$t|-*Cudnn*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
+               "$t|-*Cudnn*|cuda_model_test-wgfused|$FUSED_ENV"
                "$t|-*Cudnn*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
         RUNS+=("$t|-*Cudnn*|cuda_train_test|"
                "$t|-*Cudnn*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
+               "$t|-*Cudnn*|cuda_train_test-wgfused|$FUSED_ENV"
                "$t|*Cudnn*|cuda_train_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac

@@ -58,6 +58,10 @@ WG_OK=0
 test_passed cuda_kernels_test-new && test_passed cuda_model_test-wgmma &&
   test_passed cuda_train_test-wgmma && WG_OK=1
 echo "wgmma tests passed: $WG_OK" >>"$S/session.txt"
+WF_OK=0
+test_passed cuda_kernels_test-wgfused && test_passed cuda_model_test-wgfused &&
+  test_passed cuda_train_test-wgfused && WF_OK=1
+echo "wgmma-fused tests passed: $WF_OK" >>"$S/session.txt"
 BG_OK=0
 test_passed cuda_matmul_test && test_passed cuda_model_test-bgrad && BG_OK=1
 echo "bias-gradient epilogue tests passed: $BG_OK" >>"$S/session.txt"
@@ -84,6 +88,7 @@ declare -A ENV=(
   [fwd-wg]="LLMT_ATTN_FWD=wgmma" [fwd-wg-pipe]="LLMT_ATTN_FWD=wgmma-pipe"
   [fwd-m64]="LLMT_ATTN_FWD=m64"
   [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
+  [bwd-wg-fused]="LLMT_ATTN_BWD=wgmma-fused"
   [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
   [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
   [xent512]="LLMT_XENT_CHUNK_ROWS=512" [bgrad]="LLMT_BIAS_GRAD=epilogue"
@@ -94,6 +99,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
   local best="" bg=$MIN_GAIN v g
   for v in "$@"; do
     [[ $v == *wg* && $WG_OK != 1 ]] && continue
+    [[ $v == *wg-fused && $WF_OK != 1 ]] && continue
     [[ $v == bgrad && $BG_OK != 1 ]] && continue
     [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
     g=$(gain "$v")
@@ -102,7 +108,8 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
   echo "$best"
 }
 WIN=()
-for group in "fwd-wg fwd-wg-pipe fwd-m64 fwd-n128 fwd-cudnn" "bwd-wg bwd-wg-ss bwd-cudnn bwd-cudnn-det" "inplace" \
+for group in "fwd-wg fwd-wg-pipe fwd-m64 fwd-n128 fwd-cudnn" \
+             "bwd-wg bwd-wg-ss bwd-wg-fused bwd-cudnn bwd-cudnn-det" "inplace" \
              "xent128 xent256 xent512" "bgrad"; do
   # shellcheck disable=SC2086
   w=$(pick $group)

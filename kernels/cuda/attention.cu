@@ -60,14 +60,16 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
       v.wgmma = true;
     } else if (name == "wgmma-ss") {
       v.wgmma = v.wgmma_ss = true;
+    } else if (name == "wgmma-fused") {
+      v.wgmma = v.wgmma_fused = true;
     } else if (name == "cudnn") {
       v.cudnn = true;
     } else if (name == "cudnn-det") {
       v.cudnn = v.cudnn_det = true;
     } else if (!name.empty() && name != "default") {
       Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
-            "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, wgmma-ss, cudnn, "
-            "cudnn-det, or default)");
+            "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, wgmma-ss, wgmma-fused, "
+            "cudnn, cudnn-det, or default)");
     }
     pos = end + 1;
   }
@@ -81,7 +83,10 @@ AttentionBackwardVariant& BackwardVariant() {
     if (parsed.dq64 || parsed.dkdv8 || parsed.ds || parsed.wgmma || parsed.cudnn) {
       LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
                      << (parsed.dkdv8 ? " dkdv8" : "") << (parsed.ds ? " ds" : "")
-                     << (parsed.wgmma ? (parsed.wgmma_ss ? " wgmma-ss" : " wgmma") : "")
+                     << (parsed.wgmma ? (parsed.wgmma_ss      ? " wgmma-ss"
+                                         : parsed.wgmma_fused ? " wgmma-fused"
+                                                              : " wgmma")
+                                      : "")
                      << (parsed.cudnn ? (parsed.cudnn_det ? " cudnn-det" : " cudnn") : "")
                      << " (LLMT_ATTN_BWD)";
     }
@@ -485,7 +490,8 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
 
 // The ds variant's scratch: dS tiles after Dsum (256-byte aligned), for
 // the largest batch chunk whose tiles fit ds_max_bytes (at least one batch
-// element), chunks as even as possible.
+// element), chunks as even as possible. The wgmma-fused variant's: its dQ
+// accumulator and counters at the same offset.
 size_t DsOffset(int B, int T, int NH) {
   const size_t dsum = static_cast<size_t>(B) * NH * T * sizeof(float);
   return (dsum + 255) / 256 * 256;
@@ -499,12 +505,16 @@ int DsChunkBatch(int B, int T, int NH, const AttentionBackwardVariant& v) {
   return static_cast<int>((B + chunks - 1) / chunks);
 }
 
+bool UsesFusedScratch(const AttentionBackwardVariant& v, int hd) {
+  return v.wgmma && v.wgmma_fused && !v.wgmma_ss && hd == 64;
+}
+
 template <typename T>
 void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse, int B, int T_,
               int NH, int NKV, int hd, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
   const AttnDims d = MakeDims(B, T_, NH, NKV, hd);
   CheckScratch("AttentionBackward", scratch, scratch_bytes,
-               AttentionBackwardScratchBytes(B, T_, NH));
+               AttentionBackwardScratchBytes(B, T_, NH, hd));
   float* Dsum = static_cast<float*>(scratch);
   if constexpr (std::is_same_v<T, bf16>) {
     // cuDNN computes Dsum itself.
@@ -526,7 +536,15 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
       case AttentionImpl::kMma: {
         const AttentionBackwardVariant v = BackwardVariant();
         if (v.wgmma && WgmmaUsable()) {
-          internal::FlashBackwardWgmma(dqkv, dout, qkv, lse, Dsum, d, v.wgmma_ss, stream);
+          float* dq_acc = nullptr;
+          int* dq_count = nullptr;
+          if (UsesFusedScratch(v, hd)) {
+            char* at = static_cast<char*>(scratch) + DsOffset(B, T_, NH);
+            dq_acc = reinterpret_cast<float*>(at);
+            dq_count = reinterpret_cast<int*>(at + internal::WgFusedAccBytes(B, T_, NH));
+          }
+          internal::FlashBackwardWgmma(dqkv, dout, qkv, lse, Dsum, d, v.wgmma_ss, dq_acc,
+                                       dq_count, stream);
           return;
         }
         bf16* ds = v.ds ? reinterpret_cast<bf16*>(static_cast<char*>(scratch) + DsOffset(B, T_, NH))
@@ -628,11 +646,16 @@ AttentionBackwardVariant GetAttentionBackwardVariant() { return BackwardVariant(
 void SetAttentionForwardVariant(AttentionForwardVariant v) { ForwardVariant() = v; }
 AttentionForwardVariant GetAttentionForwardVariant() { return ForwardVariant(); }
 
-size_t AttentionBackwardScratchBytes(int B, int T, int NH) {
+size_t AttentionBackwardScratchBytes(int B, int T, int NH, int hd) {
   const AttentionBackwardVariant v = BackwardVariant();
-  if (!v.ds) return static_cast<size_t>(B) * NH * T * sizeof(float);
-  return DsOffset(B, T, NH) + static_cast<size_t>(DsChunkBatch(B, T, NH, v)) *
-                                  internal::DsBatchBytes(T, NH);
+  const bool fused = UsesFusedScratch(v, hd);
+  if (!v.ds && !fused) return static_cast<size_t>(B) * NH * T * sizeof(float);
+  const size_t ds =
+      static_cast<size_t>(DsChunkBatch(B, T, NH, v)) * internal::DsBatchBytes(T, NH);
+  const size_t dq = fused ? internal::WgFusedAccBytes(B, T, NH) +
+                                internal::WgFusedCountBytes(B, T, NH)
+                          : 0;
+  return DsOffset(B, T, NH) + std::max(ds, dq);
 }
 
 void AttentionForward(float* out, float* lse, const float* qkv, int B, int T, int NH, int NKV,

@@ -43,8 +43,9 @@ void AttentionForward(bf16* out, float* lse, const bf16* qkv, int B, int T, int 
                       cudaStream_t stream);
 
 // Scratch bytes AttentionBackward needs: rowsum(dout * out) (B*NH*T fp32),
-// and with the ds backward variant the dS tiles of a batch chunk.
-size_t AttentionBackwardScratchBytes(int B, int T, int NH);
+// with the ds backward variant the dS tiles of a batch chunk, and with
+// wgmma-fused (head dim 64) an fp32 dQ accumulator (B*NH*T*hd) and counters.
+size_t AttentionBackwardScratchBytes(int B, int T, int NH, int hd);
 
 // dqkv (same layout as qkv) is overwritten from dout [B, T, NH*hd], the
 // forward's inputs qkv, its output out and its lse.
@@ -89,6 +90,13 @@ AttentionImpl GetAttentionImpl();
 //   wgmma-ss: wgmma with the fixed A operands (K, V; Q, dO) read from shared
 //          memory at head dim 64 too (as always at 128): fewer registers, so
 //          possibly more blocks per SM.
+//   wgmma-fused: (head dim 64; implies wgmma, other head dims and wgmma-ss
+//          run it unfused) one kernel, five products: the dK/dV kernel also
+//          computes each dQ contribution dS K and adds it into an fp32
+//          accumulator in a fixed key-tile order (a counter per query tile;
+//          FlashAttention-2 adds them with atomics, in any order), so the
+//          dQ kernel's recomputation of S and dP goes. Still bit-identical
+//          run to run. Scratch: + B*NH*T*64 fp32. Not yet run on a GPU.
 //   cudnn: (bf16, head dims 64 and 128, T a multiple of 128; overrides the
 //          others) cuDNN's fused flash-attention backward (attention_cudnn.h:
 //          libcudnn.so.9 loaded at run time). Where cuDNN is missing or
@@ -109,6 +117,7 @@ struct AttentionBackwardVariant {
   bool ds = false;
   bool wgmma = false;
   bool wgmma_ss = false;
+  bool wgmma_fused = false;  // with wgmma
   bool cudnn = false;
   bool cudnn_det = false;  // with cudnn
   size_t ds_max_bytes = size_t{512} << 20;

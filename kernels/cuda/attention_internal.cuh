@@ -37,9 +37,20 @@ void SetWgmmaLayout(WgLayout layout);
 bool WgmmaAvailable();
 // The wgmma backward (dK/dV, then dQ), hd 64 or 128, for variant.wgmma; Dsum
 // as for FlashBackwardMma. a_smem (variant.wgmma_ss; always at hd 128): the
-// fixed A operands are read from shared memory instead of registers.
+// fixed A operands are read from shared memory instead of registers. With
+// dq_acc (variant.wgmma_fused; hd 64 without a_smem, otherwise ignored): one
+// fused kernel that adds the dQ contributions in a fixed order into dq_acc
+// (WgFusedAccBytes) with dq_count (WgFusedCountBytes; zeroed here) as
+// counters.
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                        const float* Dsum, const AttnDims& d, bool a_smem, cudaStream_t stream);
+                        const float* Dsum, const AttnDims& d, bool a_smem, float* dq_acc,
+                        int* dq_count, cudaStream_t stream);
+inline size_t WgFusedAccBytes(int B, int T, int NH) {
+  return static_cast<size_t>(B) * NH * T * 64 * sizeof(float);
+}
+inline size_t WgFusedCountBytes(int B, int T, int NH) {
+  return static_cast<size_t>(B) * NH * ((T + 63) / 64) * sizeof(int);
+}
 // D [64][N] fp32 = A [64][16] B [16][N] (row-major bf16, device) with one
 // wgmma through the attention kernels' descriptor code, B staged in a tile
 // of `layout` as its second k-chunk (so the chunk's start offset counts):

@@ -456,6 +456,123 @@ struct WgBwdSmem {
   // dQ: Q, dO; K and V double-buffered.
   static constexpr size_t kDq = 6 * kTileBytes + kSlack;
 };
+// The fused dK/dV/dQ kernel: dK/dV's, plus the dS tile [64 queries][64 keys].
+template <WgLayout LY>
+constexpr size_t kWgFusedSmem = WgBwdSmem<64, LY>::kDkv + size_t{kBwdN} * kBwdN * sizeof(bf16);
+
+// ---- ordered dQ accumulation (LLMT_ATTN_BWD=wgmma-fused) ----------------------------
+// Query tile m of a head gets dQ contributions dS K from the key tiles 0..m.
+// The fused kernel adds them into an fp32 accumulator in a fixed order --
+// key tile m (the diagonal) first, then m - 1, ..., 0 -- so the sum is
+// bit-identical run to run, unlike FlashAttention-2's atomics. A counter per
+// (batch, head, query tile) holds how many have been added; a block waits for
+// its turn, adds, and publishes count + 1. That order is the one the blocks
+// reach the tile in: key tile n meets query tile m at its (m - n)-th step,
+// one step after key tile n + 1 did, so in steady state nobody waits. The
+// blocks of a (batch, kv head) are launched highest key tile first, so a
+// block only ever waits for blocks launched before it: those are running or
+// done, and the wait cannot deadlock.
+//
+// Release/acquire at GPU scope: every thread's adds, a barrier, then thread
+// 0's fence and release store; the waiter's thread 0 acquire-loads the count,
+// then a barrier. The adds are reductions done in L2 (red), so the last
+// contributor (key tile 0) reads the sum from L2 (ld.global.cg: an L1 line
+// could be stale) and writes dQ as bf16 itself: no extra kernel converts it.
+
+// Spins until *count == want (thread 0 of the block). On the emulator, whose
+// blocks run one after another in launch order, the count must already be
+// there: a wait on a later block is a launch-order bug, reported as such.
+// On a GPU a wait that lasts seconds is a bug too: trap instead of hanging.
+__device__ __forceinline__ void WaitCount(const int* count, int want) {
+#ifdef LLMT_CUDA_EMULATION
+  if (*count != want) ::llmt::emu::Fail("wgmma-fused: a block waits for a later block's dQ");
+#else
+  for (long long spins = 0;; ++spins) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(count) : "memory");
+    if (v == want) return;
+    if (spins > (1ll << 22)) __trap();  // 0.3-4 s: 64 ns sleep + an L2 round trip
+    __nanosleep(64);
+  }
+#endif
+}
+__device__ __forceinline__ void PublishCount(int* count, int value) {
+#ifdef LLMT_CUDA_EMULATION
+  *count = value;
+#else
+  __threadfence();
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(count), "r"(value) : "memory");
+#endif
+}
+__device__ __forceinline__ float2 LoadThroughL2(const float2* p) {
+#ifdef LLMT_CUDA_EMULATION
+  return *p;
+#else
+  return __ldcg(p);
+#endif
+}
+// Adds a pair in L2 (red: no value comes back to the SM).
+__device__ __forceinline__ void RedAdd2(float2* p, float2 v) {
+#ifdef LLMT_CUDA_EMULATION
+  p->x += v.x;
+  p->y += v.y;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(v.x), "f"(v.y)
+               : "memory");
+#else
+  atomicAdd(&p->x, v.x);
+  atomicAdd(&p->y, v.y);
+#endif
+}
+
+// This block's dQ contribution `dq` (the rows of this thread: query tile
+// rows 16 warp + g and + 8, columns 8 nd + 2 t) for query tile m of head
+// (b, h), as key tile n (n <= m) of the fixed order above. `acc` is the
+// tile's [64][HD] fp32 accumulator rows, `dst` its bf16 dQ rows (row stride
+// ld, scaled by `scale` as the dQ kernel does), `count` its counter;
+// `valid_rows` = T - first row of the tile.
+template <int HD>
+__device__ __forceinline__ void AddDqInOrder(float (&dq)[HD / 8][4], float* acc, bf16* dst,
+                                             int64_t ld, int* count, int m, int n, int valid_rows,
+                                             float scale, int warp, int g, int t) {
+  const int order = m - n;  // contributions added before this one
+  if (threadIdx.x == 0 && order > 0) WaitCount(count, order);
+  __syncthreads();
+  const int r0 = warp * 16 + g;
+  if (n == 0) {  // the last: sum, scale, bf16
+    if (order > 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (r0 + 8 * r >= valid_rows) continue;
+#pragma unroll
+        for (int nd = 0; nd < HD / 8; ++nd) {
+          const float* at = acc + (r0 + 8 * r) * HD + 8 * nd + 2 * t;
+          const float2 a = LoadThroughL2(reinterpret_cast<const float2*>(at));
+          dq[nd][2 * r] += a.x;
+          dq[nd][2 * r + 1] += a.y;
+        }
+      }
+    }
+    StoreAcc<HD>(dst, ld, r0, valid_rows, scale, dq, t);
+    return;  // nobody waits on the last
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (r0 + 8 * r >= valid_rows) continue;
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd) {
+      float2* p = reinterpret_cast<float2*>(acc + (r0 + 8 * r) * HD + 8 * nd + 2 * t);
+      const float2 v = make_float2(dq[nd][2 * r], dq[nd][2 * r + 1]);
+      if (order == 0) {
+        *p = v;  // the first: no zeroing needed
+      } else {
+        RedAdd2(p, v);
+      }
+    }
+  }
+  __syncthreads();  // every thread's adds are issued before the release
+  if (threadIdx.x == 0) PublishCount(count, order + 1);
+}
 
 // Block: keys [k0, k0 + 64) of one (batch, kv head); warp w owns keys
 // k0 + 16 w .. + 15. For each query head of the group and each 64-query tile
@@ -466,10 +583,22 @@ struct WgBwdSmem {
 //   dV += P^T dO, dK += dS^T Q         (Q, dO read MN-major)
 // Queries >= T are zero rows with lse = Dsum = 0: P^T = 1 there, but dO = 0
 // makes their dV terms and dS^T exactly zero.
-template <int HD, bool A_SMEM, WgLayout LY>
+//
+// FUSED (LLMT_ATTN_BWD=wgmma-fused, head dim 64): the block also computes
+// this key tile's dQ contribution of every step, FlashAttention-2's fifth
+// product, instead of the dQ kernel recomputing S and dP (five products
+// instead of seven):
+//   dS [queries][keys] -> shared memory (bf16, the values dK uses)
+//   dQ_part = dS K                     (dS K-major A, K MN-major B: both read
+//                                       by the tensor cores)
+// and adds it into dq_acc in the fixed order of AddDqInOrder (dq_count: one
+// zeroed counter per (batch, head, query tile)). Blocks run highest key tile
+// first (see AddDqInOrder).
+template <int HD, bool A_SMEM, WgLayout LY, bool FUSED = false>
 __global__ void __launch_bounds__(kWgThreads)
     FlashBwdDkvWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                           const float* Dsum, AttnDims d) {
+                           const float* Dsum, AttnDims d, float* dq_acc, int* dq_count) {
+  static_assert(!FUSED || (HD == 64 && !A_SMEM), "wgmma-fused: head dim 64, register K and V");
   constexpr int kN = kBwdN;
   LLMT_DYNAMIC_SMEM(smem_raw);
   unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
@@ -477,10 +606,13 @@ __global__ void __launch_bounds__(kWgThreads)
   bf16* Vs = Ks + kN * HD;
   bf16* Qs = Vs + kN * HD;        // [2][kN][HD]
   bf16* dOs = Qs + 2 * kN * HD;   // [2][kN][HD]
-  float* Lsm = reinterpret_cast<float*>(dOs + 2 * kN * HD);  // [2][kN]
-  float* Dsm = Lsm + 2 * kN;                                  // [2][kN]
+  bf16* dSs = dOs + 2 * kN * HD;  // FUSED: [kN queries][kN keys]
+  float* Lsm = reinterpret_cast<float*>(dSs + (FUSED ? kN * kN : 0));  // [2][kN]
+  float* Dsm = Lsm + 2 * kN;                                          // [2][kN]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int k0 = blockIdx.x * kN;  // low key tiles see the most queries: first
+  // Low key tiles see the most queries: first; fused, last (AddDqInOrder).
+  const int k_tile = FUSED ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int k0 = k_tile * kN;
   const int bg = blockIdx.y, b = bg / d.NKV, kvh = bg % d.NKV;
   const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
   const bf16* obase = dout + static_cast<int64_t>(b) * d.T * d.C;
@@ -566,17 +698,52 @@ __global__ void __launch_bounds__(kWgThreads)
       AccToA(pa[kc], st[2 * kc], st[2 * kc + 1]);
       AccToA(sa[kc], dpt[2 * kc], dpt[2 * kc + 1]);
     }
+    if constexpr (FUSED) {
+      // dS = (dS^T)^T into the [query][key] tile, one bf16 at a time (the
+      // thread's pairs run along queries, the tile's rows): the rounding of
+      // AccToA, so dQ and dK use the same dS. The previous step's dQ product
+      // read this tile and is done (waited below).
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int q = nt * 8 + 2 * t + (i & 1), key = warp * 16 + g + 8 * (i >> 1);
+          dSs[TileOffset<LY>(q, key, kN, kN)] = __float2bfloat16(dpt[nt][i]);
+        }
+      }
+      FenceProxyAsyncShared();
+      __syncthreads();  // the whole tile, for the tensor cores
+    }
 
     // dV += P^T dO, dK += dS^T Q: B(k = query, n = dim) = dO, Q [query][dim], MN-major.
+    // Fused: dQ_part = dS K, B(k = key, n = dim) = K [key][dim], MN-major.
+    float dq[FUSED ? HD / 8 : 1][4];
     WgmmaFenceOperand(dv);
     WgmmaFenceOperand(dk);
     WgmmaFence();
     IssueColProduct<HD, kN, LY>(dv, pa, dOb);
     IssueColProduct<HD, kN, LY>(dk, sa, Qb);
+    if constexpr (FUSED) {
+#pragma unroll
+      for (int kc = 0; kc < kN / 16; ++kc) {
+        WgmmaSS<HD, 1>(dq, KMajorDesc<LY>(dSs, kc, kN, kN), MnMajorDesc<LY>(Ks, kc, kN, HD),
+                       kc > 0);
+      }
+    }
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(dv);
     WgmmaFenceOperand(dk);
+    if constexpr (FUSED) {
+      WgmmaFenceOperand(dq);
+      const int h = kvh * d.group + it / n_qt, m = i0 / kN;
+      const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
+      AddDqInOrder<HD>(dq, dq_acc + (bh * d.T + i0) * HD,
+                       dqkv + (static_cast<int64_t>(b) * d.T + i0) * d.ld +
+                           static_cast<int64_t>(h) * HD,
+                       d.ld, dq_count + bh * DivUp(d.T, kN) + m, m, k_tile, d.T - i0, d.scale,
+                       warp, g, t);
+    }
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld;
   // The scores were scale * q.k, so dK carries the scale.
@@ -879,7 +1046,7 @@ void WgBackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* ls
   AllowSmem(dkv, S::kDkv, "FlashBwdDkvWgmmaKernel");
   const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kBwdN));
   Launch(dkv, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads, S::kDkv, stream, dqkv,
-         dout, qkv, lse, Dsum, d);
+         dout, qkv, lse, Dsum, d, static_cast<float*>(nullptr), static_cast<int*>(nullptr));
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvWgmmaKernel", stream);
   AllowSmem(dq, S::kDq, "FlashBwdDqWgmmaKernel");
   Launch(dq, dim3(tiles, static_cast<unsigned>(d.B * d.NH)), kWgThreads, S::kDq, stream, dqkv,
@@ -887,10 +1054,28 @@ void WgBackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* ls
   LLMT_CUDA_CHECK_LAUNCH("FlashBwdDqWgmmaKernel", stream);
 }
 
+// The fused backward (one kernel; dq_acc [B NH T 64] fp32 and dq_count
+// [B NH ceil(T / 64)] int from the caller's scratch).
+template <WgLayout LY>
+void WgBackwardFused(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                     const float* Dsum, const AttnDims& d, float* dq_acc, int* dq_count,
+                     cudaStream_t stream) {
+  const auto kernel = FlashBwdDkvWgmmaKernel<64, false, LY, true>;
+  AllowSmem(kernel, kWgFusedSmem<LY>, "FlashBwdDkvWgmmaKernel<fused>");
+  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kBwdN));
+  LLMT_CUDA_CHECK(cudaMemsetAsync(dq_count, 0, WgFusedCountBytes(d.B, d.T, d.NH), stream));
+  Launch(kernel, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads, kWgFusedSmem<LY>,
+         stream, dqkv, dout, qkv, lse, Dsum, d, dq_acc, dq_count);
+  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvWgmmaKernel<fused>", stream);
+}
+
 template <WgLayout LY>
 void WgBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                const float* Dsum, const AttnDims& d, bool a_smem, cudaStream_t stream) {
-  if (d.hd == 64 && a_smem) {
+                const float* Dsum, const AttnDims& d, bool a_smem, float* dq_acc, int* dq_count,
+                cudaStream_t stream) {
+  if (d.hd == 64 && !a_smem && dq_acc != nullptr) {
+    WgBackwardFused<LY>(dqkv, dout, qkv, lse, Dsum, d, dq_acc, dq_count, stream);
+  } else if (d.hd == 64 && a_smem) {
     WgBackwardHd<64, true, LY>(dqkv, dout, qkv, lse, Dsum, d, stream);
   } else if (d.hd == 64) {
     WgBackwardHd<64, false, LY>(dqkv, dout, qkv, lse, Dsum, d, stream);
@@ -902,12 +1087,14 @@ void WgBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
 }
 
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                        const float* Dsum, const AttnDims& d, bool a_smem,
-                        cudaStream_t stream) {
+                        const float* Dsum, const AttnDims& d, bool a_smem, float* dq_acc,
+                        int* dq_count, cudaStream_t stream) {
   if (GetWgmmaLayout() == WgLayout::kSwizzled) {
-    WgBackward<WgLayout::kSwizzled>(dqkv, dout, qkv, lse, Dsum, d, a_smem, stream);
+    WgBackward<WgLayout::kSwizzled>(dqkv, dout, qkv, lse, Dsum, d, a_smem, dq_acc, dq_count,
+                                    stream);
   } else {
-    WgBackward<WgLayout::kBlocked>(dqkv, dout, qkv, lse, Dsum, d, a_smem, stream);
+    WgBackward<WgLayout::kBlocked>(dqkv, dout, qkv, lse, Dsum, d, a_smem, dq_acc, dq_count,
+                                   stream);
   }
 }
 

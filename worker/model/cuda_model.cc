@@ -394,7 +394,8 @@ absl::Status CudaModelImpl<T>::Init() {
   for (const Slice& sl : plan) arena_bytes += AlignUp(sl.bytes, kAlignBytes);
 
   scratch_bytes_ =
-      std::max({cu::NormBackwardScratchBytes(N, C_), cu::AttentionBackwardScratchBytes(B_, T_, NH_),
+      std::max({cu::NormBackwardScratchBytes(N, C_),
+                cu::AttentionBackwardScratchBytes(B_, T_, NH_, hd_),
                 cu::EmbeddingBackwardScratchBytes(B_, T_), cu::ReduceScratchBytes()});
   // misc: rope tables, token ids, loss slots, one scalar.
   const int64_t rope_bytes = gpt2() ? 0 : AlignUp(int64_t{T_} * hd_ / 2 * 4, kAlignBytes);

@@ -5,8 +5,9 @@
 # not in a scarce GPU session. Checks: the test table and the cuDNN/wgmma
 # gates, the A/B table, the winners the session combines (and that they reach
 # the benchmark run), the summary, and the files handed back in $OUT; then
-# the same with a failing cuDNN test (no cuDNN winner) and with an A/B budget
-# too small for every variant (the table still prints).
+# the same with a failing cuDNN test (no cuDNN winner: the fused wgmma
+# backward wins instead), with that failing too (no winner), and with an A/B
+# budget too small for every variant (the table still prints).
 #
 #   tests/unit/cuda/gpu_session_test.sh [repo root]
 set -uo pipefail
@@ -29,7 +30,8 @@ cat >"$W/fakebin/nvidia-smi" <<'EOF'
 echo "GPU 0: Fake H100 (UUID: GPU-0)"
 EOF
 # tokens/s by attention variant: the cuDNN forward and the deterministic cuDNN
-# backward win, the wgmma forward loses; every call's settings are recorded.
+# backward win, then the fused wgmma backward; the wgmma forward loses; every
+# call's settings are recorded.
 cat >"$W/bundle/bin/bench_gpu_train" <<'EOF'
 #!/bin/bash
 model=gpt2-124m batch=64
@@ -38,6 +40,7 @@ tps=500000
 [[ ${LLMT_ATTN_FWD:-} == cudnn ]] && tps=$((tps + 20000))
 [[ ${LLMT_ATTN_BWD:-} == cudnn-det ]] && tps=$((tps + 40000))
 [[ ${LLMT_ATTN_BWD:-} == cudnn ]] && tps=$((tps + 30000))
+[[ ${LLMT_ATTN_BWD:-} == wgmma-fused ]] && tps=$((tps + 25000))
 [[ ${LLMT_ATTN_FWD:-} == wgmma ]] && tps=$((tps - 10000))
 echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
 echo "RESULT name=$model impl=llmt batch=$batch seq=1024 params=1 tokens_per_s=$tps.0 mfu=0.40 step_ms=100 first_loss=10.9 last_loss=9.5"
@@ -46,11 +49,15 @@ cat >"$W/bundle/bin/bench_attention" <<'EOF'
 #!/bin/bash
 echo "forward ms (fake) $*"
 EOF
-# gtest binaries: pass, except the cuDNN runs when FAIL_CUDNN is set.
+# gtest binaries: pass, except the cuDNN runs when FAIL_CUDNN is set and the
+# fused wgmma backward's (kernel test by filter, model and training tests by
+# environment) when FAIL_WGFUSED is.
 for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_train_test; do
   cat >"$W/bundle/bin/tests/$t" <<'EOF'
 #!/bin/bash
-if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]]; then
+if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]] ||
+   [[ -n ${FAIL_WGFUSED:-} && ("$*" == *"filter=*WgmmaFused*"* ||
+                               ${LLMT_ATTN_BWD:-} == wgmma-fused) ]]; then
   echo "[  FAILED  ] 1 test, listed below:"; exit 1
 fi
 echo "[  PASSED  ] 3 tests."
@@ -87,6 +94,9 @@ check "cuDNN runs in the test table" "$S" "^cuda_kernels_test-cudnn +PASS"
 check "cuDNN model and training runs" "$S" "^cuda_train_test-cudnn +PASS"
 check "cuDNN gate open" "$S" "cuDNN attention tests passed: 1"
 check "A/B row for the deterministic cuDNN backward" "$S" "^bwd-cudnn-det +540000.0 .* 1\.080"
+check "A/B row for the fused wgmma backward" "$S" "^bwd-wg-fused +525000.0 .* 1\.050"
+check "fused wgmma runs in the test table" "$S" "^cuda_kernels_test-wgfused +PASS"
+check "fused wgmma training run" "$S" "^cuda_train_test-wgfused +PASS"
 check "A/B second base row" "$S" "^base2 +500000.0"
 check "winners: cuDNN forward and deterministic backward" "$S" \
   "winners: LLMT_ATTN_FWD=cudnn LLMT_ATTN_BWD=cudnn-det"
@@ -98,11 +108,21 @@ for f in session.txt tests.log ab-attention.txt logs.tar.gz; do
 done
 check "cuDNN's attention rows timed apart" "$W/ok/out/ab-attention.txt" "--cudnn only"
 
-# 2. The cuDNN tests fail: no cuDNN winner, the rest as before.
+# 2. The cuDNN tests fail: no cuDNN winner; the fused wgmma backward wins.
 run_session nocudnn LLMT_SESSION_S=450 FAIL_CUDNN=1
 S=$W/nocudnn/out/session.txt
 check "cuDNN gate closed" "$S" "cuDNN attention tests passed: 0"
 check "failing cuDNN run reported" "$S" "^cuda_kernels_test-cudnn +FAIL"
+check "fused wgmma gate open" "$S" "wgmma-fused tests passed: 1"
+check "the next backward wins" "$S" "winners: LLMT_ATTN_BWD=wgmma-fused \\("
+
+# 2b. Its tests fail too: no winner without passing tests (the other wgmma
+# runs still pass, so only the fused variant's own gate can stop it).
+run_session nofused LLMT_SESSION_S=450 FAIL_CUDNN=1 FAIL_WGFUSED=1
+S=$W/nofused/out/session.txt
+check "fused wgmma gate closed" "$S" "wgmma-fused tests passed: 0"
+check "wgmma gate still open" "$S" "wgmma tests passed: 1"
+check "failing fused wgmma run reported" "$S" "^cuda_kernels_test-wgfused +FAIL"
 check "no winner without passing tests" "$S" "winners: none"
 
 # 3. An A/B budget too small for every variant: skipped rows, table printed.

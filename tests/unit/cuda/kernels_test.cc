@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -671,7 +672,7 @@ void CheckAttention(const AttnShape& s, AttentionImpl impl, AttentionBackwardVar
   ExpectClose(got_out, out, TolFor<T>(out), "attention out");
   const double out_bound = std::is_same_v<T, float> ? 1e-5 : 1e-2;
   EXPECT_LT(testing::RelL2(got_out, out), out_bound) << "attention out relative L2 error";
-  auto scratch = Scratch(AttentionBackwardScratchBytes(s.B, s.T, s.NH));
+  auto scratch = Scratch(AttentionBackwardScratchBytes(s.B, s.T, s.NH, s.hd));
   FVec first;
   for (int run = 0; run < 2; ++run) {
     AttentionBackward(gdqkv.get(), gdout.get(), gqkv.get(), gout.get(), glse.get(), s.B, s.T, s.NH,
@@ -780,25 +781,37 @@ TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
 // The wgmma backward (LLMT_ATTN_BWD=wgmma; head dim 64 on sm_90 and the
 // emulator, the mma kernels elsewhere) on every shape, after the default and
 // after the wgmma forward, in both tile layouts: same tolerances,
-// reproducible run to run.
-TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
+// reproducible run to run. `names`: the variants (wgmma, wgmma-ss,
+// wgmma-fused).
+void CheckWgmmaBackward(const AttnShape& shape, std::initializer_list<const char*> names) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
   ForEachWgmmaLayout([&] {
-    for (const bool ss : {false, true}) {
+    for (const char* name : names) {
       AttentionBackwardVariant v;
       v.wgmma = true;
-      v.wgmma_ss = ss;  // wgmma-ss: K, V / Q, dO from shared memory at hd 64 too
+      v.wgmma_ss = std::string(name) == "wgmma-ss";  // K, V / Q, dO from shared memory
+      v.wgmma_fused = std::string(name) == "wgmma-fused";
       for (const auto fwd :
            {AttentionForwardVariant::kDefault, AttentionForwardVariant::kWgmma}) {
-        SCOPED_TRACE(std::string(ss ? "wgmma-ss" : "wgmma") +
+        SCOPED_TRACE(std::string(name) +
                      (fwd == AttentionForwardVariant::kWgmma ? " after the wgmma forward"
                                                              : " after the default forward"));
         SetAttentionForwardVariant(fwd);
-        CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v);
+        CheckAttention<bf16>(shape, AttentionImpl::kMma, v);
       }
     }
   });
   SetAttentionForwardVariant(saved);
+}
+TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
+  CheckWgmmaBackward(GetParam(), {"wgmma", "wgmma-ss"});
+}
+// wgmma-fused: one kernel, dQ added in a fixed order, so reproducible too.
+// On the emulator, whose blocks run in launch order, a block that would wait
+// for a later one aborts the test (a GPU could deadlock there). Its own test,
+// so that bench/gpu/run.sh can run it in a process of its own.
+TEST_P(AttentionTest, Bf16WgmmaFusedBackwardMatchesCpu) {
+  CheckWgmmaBackward(GetParam(), {"wgmma-fused"});
 }
 
 // cuDNN's fused attention (LLMT_ATTN_FWD=cudnn, LLMT_ATTN_BWD=cudnn and
