@@ -474,25 +474,36 @@ constexpr size_t kWgFusedSmem = WgBwdSmem<64, LY>::kDkv + size_t{kBwdN} * kBwdN 
 // done, and the wait cannot deadlock.
 //
 // Release/acquire at GPU scope: every thread's adds, a barrier, then thread
-// 0's fence and release store; the waiter's thread 0 acquire-loads the count,
-// then a barrier. The adds are reductions done in L2 (red), so the last
+// 0's release store (cumulative over the barrier, as CUTLASS's semaphore);
+// the waiter's thread 0 acquire-loads the count, then a barrier. That load is
+// issued right after the step's products, so its L2 round trip runs under
+// them and, when the turn has come (the usual case), costs no wait of its
+// own. The adds are reductions done in L2 (red), so the last
 // contributor (key tile 0) reads the sum from L2 (ld.global.cg: an L1 line
 // could be stale) and writes dQ as bf16 itself: no extra kernel converts it.
 
-// Spins until *count == want (thread 0 of the block). On the emulator, whose
-// blocks run one after another in launch order, the count must already be
-// there: a wait on a later block is a launch-order bug, reported as such.
-// On a GPU a wait that lasts seconds is a bug too: trap instead of hanging.
-__device__ __forceinline__ void WaitCount(const int* count, int want) {
+__device__ __forceinline__ int LoadCountAcquire(const int* count) {
 #ifdef LLMT_CUDA_EMULATION
-  if (*count != want) ::llmt::emu::Fail("wgmma-fused: a block waits for a later block's dQ");
+  return *count;
 #else
-  for (long long spins = 0;; ++spins) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(count) : "memory");
-    if (v == want) return;
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(count) : "memory");
+  return v;
+#endif
+}
+// Spins until *count == want (thread 0 of the block), `seen` being an
+// earlier acquire-load of it. On the emulator, whose blocks run one after
+// another in launch order, the count must already be there: a wait on a later
+// block is a launch-order bug, reported as such. On a GPU a wait that lasts
+// seconds is a bug too: trap instead of hanging.
+__device__ __forceinline__ void WaitCount(const int* count, int want, int seen) {
+#ifdef LLMT_CUDA_EMULATION
+  if (seen != want) ::llmt::emu::Fail("wgmma-fused: a block waits for a later block's dQ");
+#else
+  for (long long spins = 0; seen != want; ++spins) {
     if (spins > (1ll << 22)) __trap();  // 0.3-4 s: 64 ns sleep + an L2 round trip
     __nanosleep(64);
+    seen = LoadCountAcquire(count);
   }
 #endif
 }
@@ -500,7 +511,6 @@ __device__ __forceinline__ void PublishCount(int* count, int value) {
 #ifdef LLMT_CUDA_EMULATION
   *count = value;
 #else
-  __threadfence();
   asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(count), "r"(value) : "memory");
 #endif
 }
@@ -529,14 +539,16 @@ __device__ __forceinline__ void RedAdd2(float2* p, float2 v) {
 // rows 16 warp + g and + 8, columns 8 nd + 2 t) for query tile m of head
 // (b, h), as key tile n (n <= m) of the fixed order above. `acc` is the
 // tile's [64][HD] fp32 accumulator rows, `dst` its bf16 dQ rows (row stride
-// ld, scaled by `scale` as the dQ kernel does), `count` its counter;
-// `valid_rows` = T - first row of the tile.
+// ld, scaled by `scale` as the dQ kernel does), `count` its counter and
+// `seen` thread 0's acquire-load of it (when m > n); `valid_rows` = T - first
+// row of the tile.
 template <int HD>
 __device__ __forceinline__ void AddDqInOrder(float (&dq)[HD / 8][4], float* acc, bf16* dst,
-                                             int64_t ld, int* count, int m, int n, int valid_rows,
-                                             float scale, int warp, int g, int t) {
+                                             int64_t ld, int* count, int seen, int m, int n,
+                                             int valid_rows, float scale, int warp, int g,
+                                             int t) {
   const int order = m - n;  // contributions added before this one
-  if (threadIdx.x == 0 && order > 0) WaitCount(count, order);
+  if (threadIdx.x == 0 && order > 0) WaitCount(count, order, seen);
   __syncthreads();
   const int r0 = warp * 16 + g;
   if (n == 0) {  // the last: sum, scale, bf16
@@ -685,7 +697,7 @@ __global__ void __launch_bounds__(kWgThreads)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int i = 2 * r + j;
-          float p = exp2f(fmaf(st[nt][i], sl2, -L));
+          float p = Exp2Approx(fmaf(st[nt][i], sl2, -L));
           if (diag && i0 + c < wkey0 + g + 8 * r) p = 0.f;
           st[nt][i] = p;
           dpt[nt][i] = p * (dpt[nt][i] - D);
@@ -723,6 +735,8 @@ __global__ void __launch_bounds__(kWgThreads)
     WgmmaFence();
     IssueColProduct<HD, kN, LY>(dv, pa, dOb);
     IssueColProduct<HD, kN, LY>(dk, sa, Qb);
+    int* count = nullptr;  // fused: this step's dQ counter, its value as seen now
+    int seen = 0;
     if constexpr (FUSED) {
 #pragma unroll
       for (int kc = 0; kc < kN / 16; ++kc) {
@@ -731,18 +745,22 @@ __global__ void __launch_bounds__(kWgThreads)
       }
     }
     WgmmaCommit();
+    if constexpr (FUSED) {  // the counter's round trip under the products
+      const int64_t bh = static_cast<int64_t>(b) * d.NH + kvh * d.group + it / n_qt;
+      count = dq_count + bh * DivUp(d.T, kN) + i0 / kN;
+      if (threadIdx.x == 0 && i0 > k0) seen = LoadCountAcquire(count);
+    }
     WgmmaWait<0>();
     WgmmaFenceOperand(dv);
     WgmmaFenceOperand(dk);
     if constexpr (FUSED) {
       WgmmaFenceOperand(dq);
-      const int h = kvh * d.group + it / n_qt, m = i0 / kN;
+      const int h = kvh * d.group + it / n_qt;
       const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
       AddDqInOrder<HD>(dq, dq_acc + (bh * d.T + i0) * HD,
                        dqkv + (static_cast<int64_t>(b) * d.T + i0) * d.ld +
                            static_cast<int64_t>(h) * HD,
-                       d.ld, dq_count + bh * DivUp(d.T, kN) + m, m, k_tile, d.T - i0, d.scale,
-                       warp, g, t);
+                       d.ld, count, seen, i0 / kN, k_tile, d.T - i0, d.scale, warp, g, t);
     }
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld;
@@ -832,7 +850,7 @@ __global__ void __launch_bounds__(kWgThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int r = i >> 1;
-        float p = exp2f(fmaf(s[nt][i], sl2, -L[r]));
+        float p = Exp2Approx(fmaf(s[nt][i], sl2, -L[r]));
         if (diag && j0 + nt * 8 + 2 * t + (i & 1) > wrow0 + g + 8 * r) p = 0.f;
         s[nt][i] = p * (dp[nt][i] - D[r]);  // dS
       }
