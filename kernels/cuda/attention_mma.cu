@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(TL::kThreadsN)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
               const int i = 2 * r + j;
-              float p = exp2f(fmaf(st[mt][nt][i], sl2, -L));
+              float p = Exp2Approx(fmaf(st[mt][nt][i], sl2, -L));
               if (diag && i0 + c < mkey0 + g + 8 * r) p = 0.f;
               st[mt][nt][i] = p;
               dpt[mt][nt][i] = p * (dpt[mt][nt][i] - D);
@@ -623,7 +623,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const int r = i >> 1;
-            float p = exp2f(fmaf(s[mt][nt][i], sl2, -L[mt][r]));
+            float p = Exp2Approx(fmaf(s[mt][nt][i], sl2, -L[mt][r]));
             if (diag && j0 + kb + nt * 8 + 2 * t + (i & 1) > wrow0 + mt * 16 + g + 8 * r) p = 0.f;
             s[mt][nt][i] = p * (dp[mt][nt][i] - D[mt][r]);  // dS
           }

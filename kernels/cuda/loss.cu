@@ -9,6 +9,7 @@ namespace llmt::kernels::cuda {
 namespace {
 
 using internal::CeilDiv;
+using internal::Exp2Approx;
 using internal::FromF;
 using internal::ToF;
 
@@ -68,17 +69,6 @@ __device__ MaxSum BlockCombine(MaxSum x) {
 }
 
 constexpr float kLog2e = 1.4426950408889634f;
-
-// 2^x with the MUFU ex2 unit (what __expf uses after its multiply).
-__device__ __forceinline__ float Exp2Approx(float x) {
-#ifdef LLMT_CUDA_EMULATION
-  return exp2f(x);
-#else
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#endif
-}
 
 // exp(x - m), given mL = m * log2(e). bf16: one FFMA + ex2 (instead of
 // FADD, FMUL, ex2 of __expf(x - m)); the argument's extra rounding (~1e-6

@@ -187,14 +187,14 @@ __device__ __forceinline__ void OnlineSoftmaxScores(float (&s)[NT][4], float (&m
     // A row with no visible key yet keeps m = -inf; subtracting 0 then
     // gives p = 0 instead of NaN.
     ms[r] = m_new == -INFINITY ? 0.f : m_new * sl2;
-    corr[r] = exp2f(m[r] * sl2 - ms[r]);  // 0 for the initial -inf
+    corr[r] = Exp2Approx(m[r] * sl2 - ms[r]);  // 0 for the initial -inf
     m[r] = m_new;
   }
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float p = exp2f(fmaf(s[nt][i], sl2, -ms[i >> 1]));
+      const float p = Exp2Approx(fmaf(s[nt][i], sl2, -ms[i >> 1]));
       s[nt][i] = p;
       psum[i >> 1] += p;
     }
