@@ -41,7 +41,7 @@ bool WgmmaAvailable();
 // dq_acc (variant.wgmma_fused; hd 64 without a_smem, otherwise ignored): one
 // fused kernel that adds the dQ contributions in a fixed order into dq_acc
 // (WgFusedAccBytes) with dq_count (WgFusedCountBytes; zeroed here) as
-// counters.
+// counters (one per batch, head and 64-query tile, then the blocks' ticket).
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, const AttnDims& d, bool a_smem, float* dq_acc,
                         int* dq_count, cudaStream_t stream);
@@ -49,7 +49,7 @@ inline size_t WgFusedAccBytes(int B, int T, int NH) {
   return static_cast<size_t>(B) * NH * T * 64 * sizeof(float);
 }
 inline size_t WgFusedCountBytes(int B, int T, int NH) {
-  return static_cast<size_t>(B) * NH * ((T + 63) / 64) * sizeof(int);
+  return (static_cast<size_t>(B) * NH * ((T + 63) / 64) + 1) * sizeof(int);
 }
 // D [64][N] fp32 = A [64][16] B [16][N] (row-major bf16, device) with one
 // wgmma through the attention kernels' descriptor code, B staged in a tile

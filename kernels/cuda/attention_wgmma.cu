@@ -469,9 +469,11 @@ constexpr size_t kWgFusedSmem = WgBwdSmem<64, LY>::kDkv + size_t{kBwdN} * kBwdN 
 // its turn, adds, and publishes count + 1. That order is the one the blocks
 // reach the tile in: key tile n meets query tile m at its (m - n)-th step,
 // one step after key tile n + 1 did, so in steady state nobody waits. The
-// blocks of a (batch, kv head) are launched highest key tile first, so a
-// block only ever waits for blocks launched before it: those are running or
-// done, and the wait cannot deadlock.
+// blocks of a (batch, kv head) take their work highest key tile first, in
+// the order they start (a ticket from a global counter, as CUB's decoupled
+// look-back does, rather than blockIdx: CUDA does not promise to start
+// blocks in index order), so a block only ever waits for blocks that started
+// before it: those are running or done, and the wait cannot deadlock.
 //
 // Release/acquire at GPU scope: every thread's adds, a barrier, then thread
 // 0's release store (cumulative over the barrier, as CUTLASS's semaphore);
@@ -482,6 +484,20 @@ constexpr size_t kWgFusedSmem = WgBwdSmem<64, LY>::kDkv + size_t{kBwdN} * kBwdN 
 // contributor (key tile 0) reads the sum from L2 (ld.global.cg: an L1 line
 // could be stale) and writes dQ as bf16 itself: no extra kernel converts it.
 
+// The block's place in the grid by start order: ticket k -> (k % gridDim.x,
+// k / gridDim.x), from the counter `next` (zeroed before the launch).
+__device__ __forceinline__ int2 TakeTicket(int* next) {
+  __shared__ int ticket;
+  if (threadIdx.x == 0) {
+#ifdef LLMT_CUDA_EMULATION
+    ticket = (*next)++;
+#else
+    ticket = atomicAdd(next, 1);
+#endif
+  }
+  __syncthreads();
+  return make_int2(ticket % gridDim.x, ticket / gridDim.x);
+}
 __device__ __forceinline__ int LoadCountAcquire(const int* count) {
 #ifdef LLMT_CUDA_EMULATION
   return *count;
@@ -622,10 +638,13 @@ __global__ void __launch_bounds__(kWgThreads)
   float* Lsm = reinterpret_cast<float*>(dSs + (FUSED ? kN * kN : 0));  // [2][kN]
   float* Dsm = Lsm + 2 * kN;                                          // [2][kN]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  // Low key tiles see the most queries: first; fused, last (AddDqInOrder).
-  const int k_tile = FUSED ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  // Low key tiles see the most queries: first; fused, last, and in the
+  // order the blocks start (TakeTicket; see AddDqInOrder).
+  int2 blk = make_int2(blockIdx.x, blockIdx.y);
+  if constexpr (FUSED) blk = TakeTicket(dq_count + DivUp(d.T, kN) * d.B * d.NH);
+  const int k_tile = FUSED ? gridDim.x - 1 - blk.x : blk.x;
   const int k0 = k_tile * kN;
-  const int bg = blockIdx.y, b = bg / d.NKV, kvh = bg % d.NKV;
+  const int bg = blk.y, b = bg / d.NKV, kvh = bg % d.NKV;
   const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
   const bf16* obase = dout + static_cast<int64_t>(b) * d.T * d.C;
   const int64_t kcol = static_cast<int64_t>(d.NH + kvh) * HD;

@@ -423,9 +423,13 @@ void RunGrid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& bo
   g_warpgroups.assign(n % 128 == 0 ? n / 128 : 0, Warpgroup{});
   const uint3 saved_thread = threadIdx, saved_block = blockIdx;
 
-  for (unsigned z = 0; z < grid.z; ++z) {
-    for (unsigned y = 0; y < grid.y; ++y) {
-      for (unsigned x = 0; x < grid.x; ++x) {
+  // Highest block index first: CUDA promises no order in which blocks start,
+  // so a kernel whose blocks wait for each other must not lean on index order
+  // (the fused attention backward orders itself by tickets instead), and
+  // ascending order would hide that.
+  for (unsigned z = grid.z; z-- > 0;) {
+    for (unsigned y = grid.y; y-- > 0;) {
+      for (unsigned x = grid.x; x-- > 0;) {
         blockIdx = uint3{x, y, z};
         if (smem > 0) std::memset(g_smem, 0xFF, smem);
         g_block_barrier = Barrier{n, 0, 0};

@@ -7,7 +7,8 @@
 // __shared__ variables function-level statics, and provides the built-in
 // variables, barriers, warp shuffles and WMMA fragments:
 //
-//  * A launch runs the blocks of the grid one after another; the threads of a
+//  * A launch runs the blocks of the grid one after another, highest index
+//    first (CUDA promises no start order; see RunGrid); the threads of a
 //    block are fibers (ucontext) on the calling thread, so a static
 //    "__shared__" array is shared by exactly the threads of the running block.
 //    Each fiber runs until it waits at a barrier or finishes (round-robin).
