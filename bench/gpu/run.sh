@@ -25,7 +25,8 @@
 #   deviation from the default's output), then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
-#   attention forward (also pipelined) and backward (also fused), each alone; cuDNN's
+#   attention forward (also pipelined, also two warpgroups per block) and
+#   backward (also fused), each alone; cuDNN's
 #   attention forward and backward (also deterministic), each alone;
 #   the bias gradients from the weight-gradient GEMMs' epilogue; other
 #   options, e.g.
@@ -182,7 +183,7 @@ if [[ $MODE == ab ]]; then
   # the wgmma and cuDNN attention and the fused bias gradient against the
   # default engine, the least known first. Variants that no longer fit
   # LLMT_BENCH_BUDGET_S are skipped, so the table always comes out.
-  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused fwd-wg-2wg:LLMT_ATTN_FWD=wgmma-2wg fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"

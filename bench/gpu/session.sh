@@ -86,6 +86,7 @@ fi
 # Variant name -> the environment it stands for (run.sh's default A/B list).
 declare -A ENV=(
   [fwd-wg]="LLMT_ATTN_FWD=wgmma" [fwd-wg-pipe]="LLMT_ATTN_FWD=wgmma-pipe"
+  [fwd-wg-2wg]="LLMT_ATTN_FWD=wgmma-2wg"
   [fwd-m64]="LLMT_ATTN_FWD=m64"
   [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
   [bwd-wg-fused]="LLMT_ATTN_BWD=wgmma-fused"
@@ -108,7 +109,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
   echo "$best"
 }
 WIN=()
-for group in "fwd-wg fwd-wg-pipe fwd-m64 fwd-n128 fwd-cudnn" \
+for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-m64 fwd-n128 fwd-cudnn" \
              "bwd-wg bwd-wg-ss bwd-wg-fused bwd-cudnn bwd-cudnn-det" "inplace" \
              "xent128 xent256 xent512" "bgrad"; do
   # shellcheck disable=SC2086

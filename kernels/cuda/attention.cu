@@ -106,6 +106,7 @@ AttentionForwardVariant& ForwardVariant() {
         {"m64n128", AttentionForwardVariant::kM64N128},
         {"wgmma", AttentionForwardVariant::kWgmma},
         {"wgmma-pipe", AttentionForwardVariant::kWgmmaPipe},
+        {"wgmma-2wg", AttentionForwardVariant::kWgmma2Wg},
         {"cudnn", AttentionForwardVariant::kCudnn}};
     for (const auto& [name, variant] : kNames) {
       if (s == name) {
@@ -114,13 +115,14 @@ AttentionForwardVariant& ForwardVariant() {
       }
     }
     Fatal("LLMT_ATTN_FWD: unknown variant '" + s +
-          "' (expected m64, m64n128, wgmma, wgmma-pipe, cudnn, or default)");
+          "' (expected m64, m64n128, wgmma, wgmma-pipe, wgmma-2wg, cudnn, or default)");
   }();
   return v;
 }
 
 bool IsWgmma(AttentionForwardVariant v) {
-  return v == AttentionForwardVariant::kWgmma || v == AttentionForwardVariant::kWgmmaPipe;
+  return v == AttentionForwardVariant::kWgmma || v == AttentionForwardVariant::kWgmmaPipe ||
+         v == AttentionForwardVariant::kWgmma2Wg;
 }
 
 // Whether a requested wgmma variant can run here; warns once per process
@@ -466,8 +468,7 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
           WarnCudnnFallback("forward", why);
         }
         if (IsWgmma(v) && WgmmaUsable()) {
-          internal::FlashForwardWgmma(out, lse, qkv, d, v == AttentionForwardVariant::kWgmmaPipe,
-                                      stream);
+          internal::FlashForwardWgmma(out, lse, qkv, d, v, stream);
           return;
         }
         internal::FlashForwardMma(out, lse, qkv, d, v, stream);

@@ -139,13 +139,24 @@ AttentionBackwardVariant GetAttentionBackwardVariant();
 //             (0.52 ms on 128-byte-swizzled tiles: faster than the default.)
 //   kWgmmaPipe: the same with the next tile's Q K^T and softmax overlapped
 //             with this tile's P V (not yet run on a GPU).
+//   kWgmma2Wg: kWgmma with two warpgroups per block sharing every K and V
+//             tile: 128-row blocks, half the L2 -> shared traffic of K and V
+//             (not yet run on a GPU).
 //   kCudnn:   cuDNN's fused flash-attention forward (as the backward's
 //             "cudnn" above; its lse is the own kernels', so either backward
 //             can follow it). Not yet run on a GPU.
 // From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "wgmma-pipe",
-// "cudnn", "" or "default"; any other value is a fatal error. Set overrides
-// it (process-wide, for tests).
-enum class AttentionForwardVariant { kDefault, kM64, kM64N128, kWgmma, kWgmmaPipe, kCudnn };
+// "wgmma-2wg", "cudnn", "" or "default"; any other value is a fatal error.
+// Set overrides it (process-wide, for tests).
+enum class AttentionForwardVariant {
+  kDefault,
+  kM64,
+  kM64N128,
+  kWgmma,
+  kWgmmaPipe,
+  kWgmma2Wg,
+  kCudnn
+};
 void SetAttentionForwardVariant(AttentionForwardVariant v);
 AttentionForwardVariant GetAttentionForwardVariant();
 

@@ -61,10 +61,10 @@ inline size_t WgFusedCountBytes(int B, int T, int NH) {
 // diagnosis: does the device read the layout the other way round?).
 void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, WgLayout layout,
                   bool swap_strides, cudaStream_t stream);
-// The wgmma forward (attention_wgmma.cu), hd 64 or 128: kWgmma, or with
-// `pipelined` kWgmmaPipe.
-void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, bool pipelined,
-                       cudaStream_t stream);
+// The wgmma forward (attention_wgmma.cu), hd 64 or 128: variant kWgmma,
+// kWgmmaPipe or kWgmma2Wg.
+void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                       AttentionForwardVariant v, cudaStream_t stream);
 // ds (variant.ds only): scratch for the dS tiles of ds_batch batch elements
 // (DsBatchBytes each); the backward runs in chunks of that many.
 void FlashBackwardMma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,

@@ -54,12 +54,12 @@ constexpr int kWgThreads = 128;
 // contiguous bytes from global memory. Swizzled: consecutive threads copy
 // consecutive 16-byte chunks of a row (a 128-byte row lands in one 128-byte
 // row of banks, permuted).
-template <int HD, int ROWS, WgLayout LY>
+template <int HD, int ROWS, WgLayout LY, int NT = kWgThreads>
 __device__ __forceinline__ void LoadTileAsync(bf16* dst, const bf16* src, int64_t ld, int row0,
                                               int T) {
   constexpr int kChunksPerRow = HD / 8;
 #pragma unroll
-  for (int e = threadIdx.x; e < ROWS * kChunksPerRow; e += kWgThreads) {
+  for (int e = threadIdx.x; e < ROWS * kChunksPerRow; e += NT) {
     int r, c, at;
     if constexpr (LY == WgLayout::kBlocked) {
       const int blk = e >> 3;
@@ -132,12 +132,15 @@ __device__ __forceinline__ void IssueColProduct(float (&acc)[HD / 8][4],
   }
 }
 
-// kMt 64-row m-tiles per block, key/value tiles of kN rows, tiles in layout
-// L (swizzled tiles need 1024-byte alignment: kSmemAlignSlack more bytes).
-template <int HD, int MT, int NK, WgLayout LY>
+// NWG warpgroups per block, each owning kMt 64-row m-tiles, sharing the key
+// and value tiles of kN rows; tiles in layout L (swizzled tiles need
+// 1024-byte alignment: kSmemAlignSlack more bytes).
+template <int HD, int MT, int NK, WgLayout LY, int NWG = 1>
 struct WgFwdTiling {
-  static constexpr int kMt = MT, kN = NK, kRows = 64 * MT;
+  static constexpr int kMt = MT, kN = NK, kWgs = NWG, kRows = 64 * MT * NWG;
+  static constexpr int kThreads = kWgThreads * NWG;
   static constexpr WgLayout kLayout = LY;
+  static_assert(NWG == 1 || MT == 1, "two warpgroups: one m-tile each (see the kernel's live)");
   static constexpr size_t smem = (size_t{kRows} + 4 * size_t{NK}) * HD * sizeof(bf16) +
                                  (LY == WgLayout::kSwizzled ? kSmemAlignSlack : 0);
   static_assert(NK == 64 || NK == 128, "the S product is one wgmma n64 or n128");
@@ -197,19 +200,28 @@ __device__ __forceinline__ void MaskAndSoftmax(float (&s)[kN / 8][4], int tile, 
   OnlineSoftmaxScores<kN / 8>(s, m, l, sl2, corr);
 }
 
+// With FT::kWgs = 2 (LLMT_ATTN_FWD=wgmma-2wg) two warpgroups share every K
+// and V tile: 128 query rows per block, as FlashAttention-2's blocks, so a
+// key/value tile is read from L2 once per 128 rows instead of per 64 (the
+// one-warpgroup kernel moves ~3.4 TB/s of K/V from L2 at the GPT-2 shape,
+// most of what an H100's L2 delivers). Each warpgroup runs the code below on
+// its own m-tiles; copies and barriers span the block.
 template <int HD, typename FT>
-__global__ void __launch_bounds__(kWgThreads)
+__global__ void __launch_bounds__(FT::kThreads)
     FlashFwdWgmmaKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
-  constexpr int kN = FT::kN, kMt = FT::kMt, kRows = FT::kRows;
+  constexpr int kN = FT::kN, kMt = FT::kMt, kRows = FT::kRows, kNT = FT::kThreads;
   constexpr WgLayout LY = FT::kLayout;
   LLMT_DYNAMIC_SMEM(smem_raw);
   const WgFwdBlock<HD, kRows, kN, LY> blk(smem_raw, qkv, d);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  // warp: within the warpgroup (the wgmma row layout); wrows: the block row
+  // of this warpgroup's first m-tile.
+  const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int wrows = threadIdx.x / kWgThreads * kMt * 64;
   const float sl2 = d.scale * kLog2e;
 
-  LoadTileAsync<HD, kRows, LY>(blk.Qs, blk.q, d.ld, blk.q0, d.T);
-  LoadTileAsync<HD, kN, LY>(blk.Ks, blk.k, d.ld, 0, d.T);
-  LoadTileAsync<HD, kN, LY>(blk.Vs, blk.v, d.ld, 0, d.T);
+  LoadTileAsync<HD, kRows, LY, kNT>(blk.Qs, blk.q, d.ld, blk.q0, d.T);
+  LoadTileAsync<HD, kN, LY, kNT>(blk.Ks, blk.k, d.ld, 0, d.T);
+  LoadTileAsync<HD, kN, LY, kNT>(blk.Vs, blk.v, d.ld, 0, d.T);
   CpAsyncCommit();
 
   uint32_t qa[kMt][HD / 16][4];
@@ -233,25 +245,32 @@ __global__ void __launch_bounds__(kWgThreads)
   WaitTileForWgmma();  // Q and tile 0 are visible
 #pragma unroll
   for (int mt = 0; mt < kMt; ++mt) {
-    LoadTileFragments<HD, kRows, LY>(qa[mt], blk.Qs, mt * 64 + warp * 16, lane);
+    LoadTileFragments<HD, kRows, LY>(qa[mt], blk.Qs, wrows + mt * 64 + warp * 16, lane);
   }
   for (int it = 0; it < blk.n_tiles; ++it) {
     // Tile it is visible; everyone is done with tile it - 1's buffer.
     if (it > 0) WaitTileForWgmma();
     if (it + 1 < blk.n_tiles) {
       const int nb = (it + 1) & 1;
-      LoadTileAsync<HD, kN, LY>(blk.Ks + nb * kN * HD, blk.k, d.ld, (it + 1) * kN, d.T);
-      LoadTileAsync<HD, kN, LY>(blk.Vs + nb * kN * HD, blk.v, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN, LY, kNT>(blk.Ks + nb * kN * HD, blk.k, d.ld, (it + 1) * kN, d.T);
+      LoadTileAsync<HD, kN, LY, kNT>(blk.Vs + nb * kN * HD, blk.v, d.ld, (it + 1) * kN, d.T);
       CpAsyncCommit();
     }
     const int j0 = it * kN;
     const bf16* Kb = blk.Ks + (it & 1) * kN * HD;
     const bf16* Vb = blk.Vs + (it & 1) * kN * HD;
     // m-tile mt has a visible key in this tile unless all its rows precede
-    // j0 (never the case for the first m-tile: tiles end at the block's rows).
+    // j0 (uniform over the warpgroup, as wgmma requires). The first m-tile
+    // of a one-warpgroup block always has one (tiles end at its rows). With
+    // two warpgroups, the first one's rows may precede the last tile (at
+    // head dim 128: 64-key tiles); it runs the products anyway, masked to
+    // no effect, since a wgmma under a run-time condition makes ptxas
+    // serialise every wgmma of the kernel (C7520).
     bool live[kMt];
 #pragma unroll
-    for (int mt = 0; mt < kMt; ++mt) live[mt] = mt == 0 || j0 <= blk.q0 + mt * 64 + 63;
+    for (int mt = 0; mt < kMt; ++mt) {
+      live[mt] = mt == 0 || j0 <= blk.q0 + wrows + mt * 64 + 63;
+    }
 
     // S [64 x kN] per m-tile = Q K^T: B(k = dim, n = key) = K[key][dim],
     // K-major. The first k-chunk overwrites S (no zeroing).
@@ -271,8 +290,8 @@ __global__ void __launch_bounds__(kWgThreads)
     for (int mt = 0; mt < kMt; ++mt) {
       if (!live[mt]) continue;
       float corr[2];
-      MaskAndSoftmax<kN>(s[mt], it, blk.q0 + mt * 64 + warp * 16, g, t, m[mt], l[mt], sl2,
-                         corr);
+      MaskAndSoftmax<kN>(s[mt], it, blk.q0 + wrows + mt * 64 + warp * 16, g, t, m[mt], l[mt],
+                         sl2, corr);
       RescaleAcc<HD>(o[mt], corr);
       // All A fragments of P before the fence, so that no register an
       // in-flight wgmma reads is rewritten (ptxas would serialise them).
@@ -299,7 +318,8 @@ __global__ void __launch_bounds__(kWgThreads)
 #pragma unroll
   for (int mt = 0; mt < kMt; ++mt) {
     StoreForwardRows<HD>(obase, d.C, lse + static_cast<int64_t>(blk.bh) * d.T,
-                         blk.q0 + mt * 64 + warp * 16 + g, d.T, d.scale, o[mt], m[mt], l[mt], t);
+                         blk.q0 + wrows + mt * 64 + warp * 16 + g, d.T, d.scale, o[mt], m[mt],
+                         l[mt], t);
   }
 }
 
@@ -415,7 +435,7 @@ void LaunchWgFwd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cuda
   AllowSmem(FlashFwdWgmmaKernel<HD, FT>, FT::smem, "FlashFwdWgmmaKernel");
   const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, FT::kRows)),
                   static_cast<unsigned>(d.B * d.NH));
-  Launch(FlashFwdWgmmaKernel<HD, FT>, grid, kWgThreads, FT::smem, stream, out, lse, qkv, d);
+  Launch(FlashFwdWgmmaKernel<HD, FT>, grid, FT::kThreads, FT::smem, stream, out, lse, qkv, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdWgmmaKernel", stream);
 }
 
@@ -431,9 +451,16 @@ void LaunchWgFwd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cuda
 // The kernels now load such fragments before the loop; the equal-shape
 // tilings stay out (static_assert in WgFwdTiling) until a GPU run shows the
 // hoisted code right for them too.
+// two_wg: wgmma-2wg, two warpgroups per block (see FlashFwdWgmmaKernel).
 template <int HD, WgLayout LY>
-void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream) {
-  LaunchWgFwd<HD, WgFwdTiling<HD, 1, HD == 64 ? 128 : 64, LY>>(out, lse, qkv, d, stream);
+void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, bool two_wg,
+                 cudaStream_t stream) {
+  constexpr int kN = HD == 64 ? 128 : 64;
+  if (two_wg) {
+    LaunchWgFwd<HD, WgFwdTiling<HD, 1, kN, LY, 2>>(out, lse, qkv, d, stream);
+  } else {
+    LaunchWgFwd<HD, WgFwdTiling<HD, 1, kN, LY>>(out, lse, qkv, d, stream);
+  }
 }
 
 // ---- backward ------------------------------------------------------------------------
@@ -1136,25 +1163,27 @@ void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const flo
 }
 
 template <WgLayout LY>
-void WgForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, bool pipelined,
-               cudaStream_t stream) {
+void WgForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+               AttentionForwardVariant v, cudaStream_t stream) {
+  const bool pipelined = v == AttentionForwardVariant::kWgmmaPipe;
+  const bool two_wg = v == AttentionForwardVariant::kWgmma2Wg;
   if (d.hd == 64) {
     pipelined ? LaunchWgFwdPipe<64, LY>(out, lse, qkv, d, stream)
-              : WgForwardHd<64, LY>(out, lse, qkv, d, stream);
+              : WgForwardHd<64, LY>(out, lse, qkv, d, two_wg, stream);
   } else if (d.hd == 128) {
     pipelined ? LaunchWgFwdPipe<128, LY>(out, lse, qkv, d, stream)
-              : WgForwardHd<128, LY>(out, lse, qkv, d, stream);
+              : WgForwardHd<128, LY>(out, lse, qkv, d, two_wg, stream);
   } else {
     Fatal("FlashForwardWgmma: unsupported head dim " + std::to_string(d.hd));
   }
 }
 
-void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, bool pipelined,
-                       cudaStream_t stream) {
+void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
+                       AttentionForwardVariant v, cudaStream_t stream) {
   if (GetWgmmaLayout() == WgLayout::kSwizzled) {
-    WgForward<WgLayout::kSwizzled>(out, lse, qkv, d, pipelined, stream);
+    WgForward<WgLayout::kSwizzled>(out, lse, qkv, d, v, stream);
   } else {
-    WgForward<WgLayout::kBlocked>(out, lse, qkv, d, pipelined, stream);
+    WgForward<WgLayout::kBlocked>(out, lse, qkv, d, v, stream);
   }
 }
 

@@ -756,8 +756,9 @@ void ForEachWgmmaLayout(F body) {
 // The forward variants (LLMT_ATTN_FWD) on every shape: m64 (64-row blocks)
 // and m64n128 (64-row blocks, 128-key tiles) at head dim 64, other head dims
 // running the default; and the wgmma forwards, plain and pipelined (Hopper
-// warpgroup MMA; on the emulator, which implements wgmma, and on sm_90 GPUs
-// -- elsewhere they fall back to the default) at head dims 64 and 128, in
+// warpgroup MMA, also with two warpgroups per block; on the emulator, which
+// implements wgmma, and on sm_90 GPUs -- elsewhere they fall back to the
+// default) at head dims 64 and 128, in
 // both tile layouts. Same tolerances; the backward runs from their lse.
 TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
@@ -770,8 +771,12 @@ TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
     CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
   }
   ForEachWgmmaLayout([&] {
-    for (const auto v : {AttentionForwardVariant::kWgmma, AttentionForwardVariant::kWgmmaPipe}) {
-      SCOPED_TRACE(v == AttentionForwardVariant::kWgmma ? "forward wgmma" : "forward wgmma-pipe");
+    const std::pair<AttentionForwardVariant, const char*> wg[] = {
+        {AttentionForwardVariant::kWgmma, "wgmma"},
+        {AttentionForwardVariant::kWgmmaPipe, "wgmma-pipe"},
+        {AttentionForwardVariant::kWgmma2Wg, "wgmma-2wg"}};
+    for (const auto& [v, name] : wg) {
+      SCOPED_TRACE(std::string("forward ") + name);
       SetAttentionForwardVariant(v);
       CheckAttention<bf16>(GetParam(), AttentionImpl::kMma);
     }
