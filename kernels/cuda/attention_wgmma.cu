@@ -137,7 +137,7 @@ __device__ __forceinline__ void IssueColProduct(float (&acc)[HD / 8][4],
 // 1024-byte alignment: kSmemAlignSlack more bytes).
 template <int HD, int MT, int NK, WgLayout LY, int NWG = 1>
 struct WgFwdTiling {
-  static constexpr int kMt = MT, kN = NK, kWgs = NWG, kRows = 64 * MT * NWG;
+  static constexpr int kMt = MT, kN = NK, kRows = 64 * MT * NWG;
   static constexpr int kThreads = kWgThreads * NWG;
   static constexpr WgLayout kLayout = LY;
   static_assert(NWG == 1 || MT == 1, "two warpgroups: one m-tile each (see the kernel's live)");
