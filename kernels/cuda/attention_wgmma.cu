@@ -200,8 +200,8 @@ __device__ __forceinline__ void MaskAndSoftmax(float (&s)[kN / 8][4], int tile, 
   OnlineSoftmaxScores<kN / 8>(s, m, l, sl2, corr);
 }
 
-// With FT::kWgs = 2 (LLMT_ATTN_FWD=wgmma-2wg) two warpgroups share every K
-// and V tile: 128 query rows per block, as FlashAttention-2's blocks, so a
+// With two warpgroups (WgFwdTiling's NWG = 2, LLMT_ATTN_FWD=wgmma-2wg) that
+// share every K and V tile: 128 query rows per block, as FA2's blocks, so a
 // key/value tile is read from L2 once per 128 rows instead of per 64 (the
 // one-warpgroup kernel moves ~3.4 TB/s of K/V from L2 at the GPT-2 shape,
 // most of what an H100's L2 delivers). Each warpgroup runs the code below on
