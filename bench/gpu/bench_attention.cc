@@ -222,32 +222,25 @@ int main(int argc, char** argv) {
                        stream);
   struct Bwd {
     const char* name;
-    bool wgmma, wgmma_ss, wgmma_fused, ds, cudnn, cudnn_det;
+    const char* env;  // as LLMT_ATTN_BWD would name it
     ki::WgLayout layout;
   };
   constexpr auto kSw = ki::WgLayout::kSwizzled;
-  const Bwd bwds[] = {
-      {"default", false, false, false, false, false, false, kSw},
-      {"wgmma", true, false, false, false, false, false, kSw},
-      {"wgmma-fused", true, false, true, false, false, false, kSw},
-      {"wgmma-ss", true, true, false, false, false, false, kSw},
-      {"wgmma-blocked", true, false, false, false, false, false, ki::WgLayout::kBlocked},
-      {"wgmma-ss-blocked", true, true, false, false, false, false, ki::WgLayout::kBlocked},
-      {"ds", false, false, false, true, false, false, kSw},
-      {"cudnn", false, false, false, false, true, false, kSw},
-      {"cudnn-det", false, false, false, false, true, true, kSw}};
+  const Bwd bwds[] = {{"default", "default", kSw},
+                      {"wgmma", "wgmma", kSw},
+                      {"wgmma-fused", "wgmma-fused", kSw},
+                      {"wgmma-fused-2wg", "wgmma-fused-2wg", kSw},
+                      {"wgmma-ss", "wgmma-ss", kSw},
+                      {"wgmma-blocked", "wgmma", ki::WgLayout::kBlocked},
+                      {"wgmma-ss-blocked", "wgmma-ss", ki::WgLayout::kBlocked},
+                      {"ds", "ds", kSw},
+                      {"cudnn", "cudnn", kSw},
+                      {"cudnn-det", "cudnn-det", kSw}};
   std::printf("\n%-22s %9s %9s %14s\n", "backward", "ms", "TFLOP/s", "rel L2 vs def");
   std::vector<float> ref_d;
   for (const Bwd& b : bwds) {
     if (!wanted(b.name)) continue;
-    kc::AttentionBackwardVariant v;
-    v.wgmma = b.wgmma;
-    v.wgmma_ss = b.wgmma_ss;
-    v.wgmma_fused = b.wgmma_fused;
-    v.ds = b.ds;
-    v.cudnn = b.cudnn;
-    v.cudnn_det = b.cudnn_det;
-    kc::SetAttentionBackwardVariant(v);
+    kc::SetAttentionBackwardVariant(kc::ParseAttentionBackwardVariant(b.env));
     ki::SetWgmmaLayout(b.layout);
     const size_t scratch_bytes = kc::AttentionBackwardScratchBytes(B, T, NH, hd);
     kc::DeviceBuffer scratch = Alloc("scratch", static_cast<int64_t>(scratch_bytes));

@@ -183,7 +183,7 @@ if [[ $MODE == ab ]]; then
   # the wgmma and cuDNN attention and the fused bias gradient against the
   # default engine, the least known first. Variants that no longer fit
   # LLMT_BENCH_BUDGET_S are skipped, so the table always comes out.
-  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused fwd-wg-2wg:LLMT_ATTN_FWD=wgmma-2wg fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn:LLMT_ATTN_BWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused bwd-wg-fused-2wg:LLMT_ATTN_BWD=wgmma-fused-2wg fwd-wg-2wg:LLMT_ATTN_FWD=wgmma-2wg fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
@@ -261,8 +261,8 @@ if [[ $MODE != bench ]]; then
   # training tests also run once with the wgmma attention kernels, as if they
   # were the default (what a change of the default needs), and the model
   # tests with the bias gradients from the GEMM epilogue. The fused wgmma
-  # backward (wgmma-fused: blocks wait on each other, a fault could trap) has
-  # its kernel, model and training runs apart too. The cuDNN attention
+  # backwards (wgmma-fused, -2wg: blocks wait on each other, a fault could
+  # trap) have their kernel, model and training runs apart too. The cuDNN attention
   # tests (kernels; the model's loss curve; bit-identical resume with the
   # deterministic cuDNN backward) run apart and require cuDNN to
   # have run (LLMT_REQUIRE_CUDNN=1; libcudnn comes from PyTorch's wheels,
@@ -270,6 +270,7 @@ if [[ $MODE != bench ]]; then
   # declines.
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
   FUSED_ENV='LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma-fused'
+  FUSED2_ENV='LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma-fused-2wg'
   RUNS=()
   for t in "${tests[@]}"; do
     case $(basename "$t") in
@@ -282,12 +283,14 @@ if [[ $MODE != bench ]]; then
         RUNS+=("$t|-*Cudnn*|cuda_model_test|"
                "$t|-*Cudnn*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
                "$t|-*Cudnn*|cuda_model_test-wgfused|$FUSED_ENV"
+               "$t|-*Cudnn*|cuda_model_test-wgfused2|$FUSED2_ENV"
                "$t|-*Cudnn*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
         RUNS+=("$t|-*Cudnn*|cuda_train_test|"
                "$t|-*Cudnn*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
                "$t|-*Cudnn*|cuda_train_test-wgfused|$FUSED_ENV"
+               "$t|-*Cudnn*|cuda_train_test-wgfused2|$FUSED2_ENV"
                "$t|*Cudnn*|cuda_train_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac

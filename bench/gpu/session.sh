@@ -62,6 +62,10 @@ WF_OK=0
 test_passed cuda_kernels_test-wgfused && test_passed cuda_model_test-wgfused &&
   test_passed cuda_train_test-wgfused && WF_OK=1
 echo "wgmma-fused tests passed: $WF_OK" >>"$S/session.txt"
+WF2_OK=0
+test_passed cuda_kernels_test-wgfused && test_passed cuda_model_test-wgfused2 &&
+  test_passed cuda_train_test-wgfused2 && WF2_OK=1
+echo "wgmma-fused-2wg tests passed: $WF2_OK" >>"$S/session.txt"
 BG_OK=0
 test_passed cuda_matmul_test && test_passed cuda_model_test-bgrad && BG_OK=1
 echo "bias-gradient epilogue tests passed: $BG_OK" >>"$S/session.txt"
@@ -89,7 +93,7 @@ declare -A ENV=(
   [fwd-wg-2wg]="LLMT_ATTN_FWD=wgmma-2wg"
   [fwd-m64]="LLMT_ATTN_FWD=m64"
   [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
-  [bwd-wg-fused]="LLMT_ATTN_BWD=wgmma-fused"
+  [bwd-wg-fused]="LLMT_ATTN_BWD=wgmma-fused" [bwd-wg-fused-2wg]="LLMT_ATTN_BWD=wgmma-fused-2wg"
   [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
   [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
   [xent512]="LLMT_XENT_CHUNK_ROWS=512" [bgrad]="LLMT_BIAS_GRAD=epilogue"
@@ -101,6 +105,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
   for v in "$@"; do
     [[ $v == *wg* && $WG_OK != 1 ]] && continue
     [[ $v == *wg-fused && $WF_OK != 1 ]] && continue
+    [[ $v == *wg-fused-2wg && $WF2_OK != 1 ]] && continue
     [[ $v == bgrad && $BG_OK != 1 ]] && continue
     [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
     g=$(gain "$v")
@@ -110,7 +115,8 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
 }
 WIN=()
 for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-m64 fwd-n128 fwd-cudnn" \
-             "bwd-wg bwd-wg-ss bwd-wg-fused bwd-cudnn bwd-cudnn-det" "inplace" \
+             "bwd-wg bwd-wg-ss bwd-wg-fused bwd-wg-fused-2wg bwd-cudnn bwd-cudnn-det" \
+             "inplace" \
              "xent128 xent256 xent512" "bgrad"; do
   # shellcheck disable=SC2086
   w=$(pick $group)

@@ -62,6 +62,8 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
       v.wgmma = v.wgmma_ss = true;
     } else if (name == "wgmma-fused") {
       v.wgmma = v.wgmma_fused = true;
+    } else if (name == "wgmma-fused-2wg") {
+      v.wgmma = v.wgmma_fused = v.wgmma_fused_2wg = true;
     } else if (name == "cudnn") {
       v.cudnn = true;
     } else if (name == "cudnn-det") {
@@ -69,7 +71,7 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
     } else if (!name.empty() && name != "default") {
       Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
             "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, wgmma-ss, wgmma-fused, "
-            "cudnn, cudnn-det, or default)");
+            "wgmma-fused-2wg, cudnn, cudnn-det, or default)");
     }
     pos = end + 1;
   }
@@ -84,6 +86,7 @@ AttentionBackwardVariant& BackwardVariant() {
       LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
                      << (parsed.dkdv8 ? " dkdv8" : "") << (parsed.ds ? " ds" : "")
                      << (parsed.wgmma ? (parsed.wgmma_ss      ? " wgmma-ss"
+                                         : parsed.wgmma_fused_2wg ? " wgmma-fused-2wg"
                                          : parsed.wgmma_fused ? " wgmma-fused"
                                                               : " wgmma")
                                       : "")
@@ -545,7 +548,7 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
             dq_count = reinterpret_cast<int*>(at + internal::WgFusedAccBytes(B, T_, NH));
           }
           internal::FlashBackwardWgmma(dqkv, dout, qkv, lse, Dsum, d, v.wgmma_ss, dq_acc,
-                                       dq_count, stream);
+                                       dq_count, v.wgmma_fused_2wg, stream);
           return;
         }
         bf16* ds = v.ds ? reinterpret_cast<bf16*>(static_cast<char*>(scratch) + DsOffset(B, T_, NH))
@@ -644,6 +647,9 @@ void SetAttentionImpl(AttentionImpl impl) { g_impl = impl; }
 AttentionImpl GetAttentionImpl() { return g_impl; }
 void SetAttentionBackwardVariant(AttentionBackwardVariant v) { BackwardVariant() = v; }
 AttentionBackwardVariant GetAttentionBackwardVariant() { return BackwardVariant(); }
+AttentionBackwardVariant ParseAttentionBackwardVariant(const std::string& names) {
+  return ParseBackwardVariant(names.c_str());
+}
 void SetAttentionForwardVariant(AttentionForwardVariant v) { ForwardVariant() = v; }
 AttentionForwardVariant GetAttentionForwardVariant() { return ForwardVariant(); }
 

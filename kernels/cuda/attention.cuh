@@ -97,6 +97,11 @@ AttentionImpl GetAttentionImpl();
 //          FlashAttention-2 adds them with atomics, in any order), so the
 //          dQ kernel's recomputation of S and dP goes. Still bit-identical
 //          run to run. Scratch: + B*NH*T*64 fp32. Not yet run on a GPU.
+//   wgmma-fused-2wg: wgmma-fused with 128-key blocks of two warpgroups that
+//          share each step's Q/dO tiles and one ordered dQ add (the second
+//          warpgroup's part summed into the first's in shared memory): half
+//          the L2 traffic per key and half the handshakes. Not yet run on a
+//          GPU.
 //   cudnn: (bf16, head dims 64 and 128, T a multiple of 128; overrides the
 //          others) cuDNN's fused flash-attention backward (attention_cudnn.h:
 //          libcudnn.so.9 loaded at run time). Where cuDNN is missing or
@@ -117,13 +122,16 @@ struct AttentionBackwardVariant {
   bool ds = false;
   bool wgmma = false;
   bool wgmma_ss = false;
-  bool wgmma_fused = false;  // with wgmma
+  bool wgmma_fused = false;      // with wgmma
+  bool wgmma_fused_2wg = false;  // with wgmma_fused
   bool cudnn = false;
   bool cudnn_det = false;  // with cudnn
   size_t ds_max_bytes = size_t{512} << 20;
 };
 void SetAttentionBackwardVariant(AttentionBackwardVariant v);
 AttentionBackwardVariant GetAttentionBackwardVariant();
+// The variant LLMT_ATTN_BWD=`names` selects (fatal on an unknown name).
+AttentionBackwardVariant ParseAttentionBackwardVariant(const std::string& names);
 
 // Alternative forward kernels for A/B timing. On an H100 at the GPT-2 124M
 // shape (B 64, T 1024, 12 heads of 64; bench_attention, 2026-11-27): default

@@ -41,10 +41,11 @@ bool WgmmaAvailable();
 // dq_acc (variant.wgmma_fused; hd 64 without a_smem, otherwise ignored): one
 // fused kernel that adds the dQ contributions in a fixed order into dq_acc
 // (WgFusedAccBytes) with dq_count (WgFusedCountBytes; zeroed here) as
-// counters (one per batch, head and 64-query tile, then the blocks' ticket).
+// counters (one per batch, head and 64-query tile, then the blocks' ticket);
+// two_wg (variant.wgmma_fused_2wg): 128-key blocks of two warpgroups.
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, const AttnDims& d, bool a_smem, float* dq_acc,
-                        int* dq_count, cudaStream_t stream);
+                        int* dq_count, bool two_wg, cudaStream_t stream);
 inline size_t WgFusedAccBytes(int B, int T, int NH) {
   return static_cast<size_t>(B) * NH * T * 64 * sizeof(float);
 }

@@ -483,9 +483,15 @@ struct WgBwdSmem {
   // dQ: Q, dO; K and V double-buffered.
   static constexpr size_t kDq = 6 * kTileBytes + kSlack;
 };
-// The fused dK/dV/dQ kernel: dK/dV's, plus the dS tile [64 queries][64 keys].
-template <WgLayout LY>
-constexpr size_t kWgFusedSmem = WgBwdSmem<64, LY>::kDkv + size_t{kBwdN} * kBwdN * sizeof(bf16);
+// The fused dK/dV/dQ kernel with NWG warpgroups: dK/dV's, K and V for
+// every warpgroup, a dS tile [64 queries][64 keys] per warpgroup, and with
+// two the second's dQ partial (fp32 [64][64]).
+template <WgLayout LY, int NWG>
+constexpr size_t kWgFusedSmem =
+    WgBwdSmem<64, LY>::kDkv +
+    size_t{NWG - 1} * 2 * WgBwdSmem<64, LY>::kTileBytes +  // the other K, V tiles
+    size_t{NWG} * kBwdN * kBwdN * sizeof(bf16) +           // dS
+    size_t{NWG - 1} * kBwdN * 64 * sizeof(float);          // the partial
 
 // ---- ordered dQ accumulation (LLMT_ATTN_BWD=wgmma-fused) ----------------------------
 // Query tile m of a head gets dQ contributions dS K from the key tiles 0..m.
@@ -584,15 +590,31 @@ __device__ __forceinline__ void RedAdd2(float2* p, float2 v) {
 // tile's [64][HD] fp32 accumulator rows, `dst` its bf16 dQ rows (row stride
 // ld, scaled by `scale` as the dQ kernel does), `count` its counter and
 // `seen` thread 0's acquire-load of it (when m > n); `valid_rows` = T - first
-// row of the tile.
+// row of the tile. m and n count key blocks: m is the block holding the
+// tile's diagonal. Called by the whole block; with two warpgroups (the
+// 128-key kernel) only the first is `active`, having added the second's
+// partial sum from `partner` (written before the call, read after its first
+// barrier; thread-fragment order [HD / 2][128]).
 template <int HD>
 __device__ __forceinline__ void AddDqInOrder(float (&dq)[HD / 8][4], float* acc, bf16* dst,
                                              int64_t ld, int* count, int seen, int m, int n,
-                                             int valid_rows, float scale, int warp, int g,
-                                             int t) {
+                                             int valid_rows, float scale, int warp, int g, int t,
+                                             bool active = true,
+                                             const float* partner = nullptr) {
   const int order = m - n;  // contributions added before this one
   if (threadIdx.x == 0 && order > 0) WaitCount(count, order, seen);
   __syncthreads();
+  if (!active) {  // the other warpgroup: only the barriers
+    if (n > 0) __syncthreads();
+    return;
+  }
+  if (partner != nullptr) {  // fixed order: this warpgroup's part + the partner's
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dq[nd][i] += partner[(nd * 4 + i) * kWgThreads + threadIdx.x];
+    }
+  }
   const int r0 = warp * 16 + g;
   if (n == 0) {  // the last: sum, scale, bf16
     if (order > 0) {
@@ -649,34 +671,48 @@ __device__ __forceinline__ void AddDqInOrder(float (&dq)[HD / 8][4], float* acc,
 // and adds it into dq_acc in the fixed order of AddDqInOrder (dq_count: one
 // zeroed counter per (batch, head, query tile)). Blocks run highest key tile
 // first (see AddDqInOrder).
-template <int HD, bool A_SMEM, WgLayout LY, bool FUSED = false>
-__global__ void __launch_bounds__(kWgThreads)
+//
+// NWG = 2 (fused only; LLMT_ATTN_BWD=wgmma-fused-2wg): two warpgroups per
+// block, each owning 64 of the block's 128 keys exactly as above, sharing
+// the Q/dO tiles of every step (half the L2 -> shared traffic per key) and
+// one ordered dQ add per step for both (half the counter handshakes and L2
+// reductions): the second warpgroup hands its dS K partial over shared
+// memory, the first adds it to its own (a fixed order) and does the add.
+template <int HD, bool A_SMEM, WgLayout LY, bool FUSED = false, int NWG = 1>
+__global__ void __launch_bounds__(kWgThreads * NWG)
     FlashBwdDkvWgmmaKernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                            const float* Dsum, AttnDims d, float* dq_acc, int* dq_count) {
   static_assert(!FUSED || (HD == 64 && !A_SMEM), "wgmma-fused: head dim 64, register K and V");
-  constexpr int kN = kBwdN;
+  static_assert(NWG == 1 || (NWG == 2 && FUSED), "two warpgroups: the fused kernel only");
+  constexpr int kN = kBwdN, kNT = kWgThreads * NWG, kKeys = kN * NWG;
   LLMT_DYNAMIC_SMEM(smem_raw);
   unsigned char* smem = LY == WgLayout::kSwizzled ? AlignSmem1024(smem_raw) : smem_raw;
-  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [kN][HD]
-  bf16* Vs = Ks + kN * HD;
-  bf16* Qs = Vs + kN * HD;        // [2][kN][HD]
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [kKeys][HD]: a [kN][HD] tile per warpgroup
+  bf16* Vs = Ks + kKeys * HD;
+  bf16* Qs = Vs + kKeys * HD;     // [2][kN][HD]
   bf16* dOs = Qs + 2 * kN * HD;   // [2][kN][HD]
-  bf16* dSs = dOs + 2 * kN * HD;  // FUSED: [kN queries][kN keys]
-  float* Lsm = reinterpret_cast<float*>(dSs + (FUSED ? kN * kN : 0));  // [2][kN]
-  float* Dsm = Lsm + 2 * kN;                                          // [2][kN]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  bf16* dSs = dOs + 2 * kN * HD;  // FUSED: [NWG][kN queries][kN keys]
+  // NWG = 2: the second warpgroup's dQ partial, [HD / 2][kWgThreads] fp32
+  float* Xs = reinterpret_cast<float*>(dSs + (FUSED ? NWG * kN * kN : 0));
+  float* Lsm = Xs + (NWG > 1 ? HD / 2 * kWgThreads : 0);  // [2][kN]
+  float* Dsm = Lsm + 2 * kN;                              // [2][kN]
+  const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int wg = threadIdx.x / kWgThreads;
   // Low key tiles see the most queries: first; fused, last, and in the
   // order the blocks start (TakeTicket; see AddDqInOrder).
   int2 blk = make_int2(blockIdx.x, blockIdx.y);
   if constexpr (FUSED) blk = TakeTicket(dq_count + DivUp(d.T, kN) * d.B * d.NH);
-  const int k_tile = FUSED ? gridDim.x - 1 - blk.x : blk.x;
-  const int k0 = k_tile * kN;
+  const int k_tile = FUSED ? gridDim.x - 1 - blk.x : blk.x;  // in blocks of kKeys
+  const int k0 = k_tile * kKeys;
   const int bg = blk.y, b = bg / d.NKV, kvh = bg % d.NKV;
   const bf16* base = qkv + static_cast<int64_t>(b) * d.T * d.ld;
   const bf16* obase = dout + static_cast<int64_t>(b) * d.T * d.C;
   const int64_t kcol = static_cast<int64_t>(d.NH + kvh) * HD;
   const int64_t vcol = static_cast<int64_t>(d.NH + d.NKV + kvh) * HD;
-  const int wkey0 = k0 + warp * 16;     // this warp's first key
+  const bf16* Kw = Ks + wg * kN * HD;  // this warpgroup's keys
+  const bf16* Vw = Vs + wg * kN * HD;
+  bf16* dSw = dSs + wg * kN * kN;
+  const int wkey0 = k0 + wg * kN + warp * 16;  // this warp's first key
   const int n_qt = DivUp(d.T - k0, kN);  // query tiles per head
   const int n_it = d.group * n_qt;
   const float sl2 = d.scale * kLog2e;
@@ -685,16 +721,17 @@ __global__ void __launch_bounds__(kWgThreads)
   auto issue = [&](int it) {
     const int h = kvh * d.group + it / n_qt, i0 = k0 + (it % n_qt) * kN, nb = it & 1;
     const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
-    LoadTileAsync<HD, kN, LY>(Qs + nb * kN * HD, base + static_cast<int64_t>(h) * HD, d.ld, i0,
-                              d.T);
-    LoadTileAsync<HD, kN, LY>(dOs + nb * kN * HD, obase + static_cast<int64_t>(h) * HD, d.C, i0,
-                              d.T);
-    LoadRowStatsAsync<kWgThreads>(Lsm + nb * kN, lse + bh * d.T, i0, kN, d.T);
-    LoadRowStatsAsync<kWgThreads>(Dsm + nb * kN, Dsum + bh * d.T, i0, kN, d.T);
+    LoadTileAsync<HD, kN, LY, kNT>(Qs + nb * kN * HD, base + static_cast<int64_t>(h) * HD, d.ld,
+                                   i0, d.T);
+    LoadTileAsync<HD, kN, LY, kNT>(dOs + nb * kN * HD, obase + static_cast<int64_t>(h) * HD, d.C,
+                                   i0, d.T);
+    LoadRowStatsAsync<kNT>(Lsm + nb * kN, lse + bh * d.T, i0, kN, d.T);
+    LoadRowStatsAsync<kNT>(Dsm + nb * kN, Dsum + bh * d.T, i0, kN, d.T);
     CpAsyncCommit();
   };
-  LoadTileAsync<HD, kN, LY>(Ks, base + kcol, d.ld, k0, d.T);
-  LoadTileAsync<HD, kN, LY>(Vs, base + vcol, d.ld, k0, d.T);
+  // [kKeys][HD] in these layouts is the warpgroups' [kN][HD] tiles stacked.
+  LoadTileAsync<HD, kKeys, LY, kNT>(Ks, base + kcol, d.ld, k0, d.T);
+  LoadTileAsync<HD, kKeys, LY, kNT>(Vs, base + vcol, d.ld, k0, d.T);
   issue(0);  // same group as K, V
 
   float dk[HD / 8][4], dv[HD / 8][4];
@@ -708,8 +745,8 @@ __global__ void __launch_bounds__(kWgThreads)
   uint32_t kreg[kRegK][4], vreg[kRegK][4];
   WaitTileForWgmma();  // K, V and step 0 are visible
   if constexpr (!kASmem) {  // before the loop: see FlashFwdWgmmaKernel
-    LoadTileFragments<HD, kN, LY>(kreg, Ks, warp * 16, lane);
-    LoadTileFragments<HD, kN, LY>(vreg, Vs, warp * 16, lane);
+    LoadTileFragments<HD, kN, LY>(kreg, Kw, warp * 16, lane);
+    LoadTileFragments<HD, kN, LY>(vreg, Vw, warp * 16, lane);
   }
 
   for (int it = 0; it < n_it; ++it) {
@@ -725,14 +762,17 @@ __global__ void __launch_bounds__(kWgThreads)
     // S^T, dP^T [64 keys x 64 queries]: B(k = dim, n = query) = Q, dO [query][dim].
     float st[kN / 8][4], dpt[kN / 8][4];
     WgmmaFence();
-    IssueRowProduct<HD, kN, kASmem, LY>(st, kreg, Ks, Qb);
-    IssueRowProduct<HD, kN, kASmem, LY>(dpt, vreg, Vs, dOb);
+    IssueRowProduct<HD, kN, kASmem, LY>(st, kreg, Kw, Qb);
+    IssueRowProduct<HD, kN, kASmem, LY>(dpt, vreg, Vw, dOb);
     WgmmaCommit();
     WgmmaWait<0>();
     WgmmaFenceOperand(st);
     WgmmaFenceOperand(dpt);
 
     // Thread element (key wkey0 + g + 8 r, query i0 + 8 nt + 2 t + j) at [nt][2 r + j].
+    // (With two warpgroups the second's keys all follow the first step's
+    // queries: its P^T is all zero there, computed rather than skipped, as
+    // a wgmma under a condition serialises them all; see the forward.)
     const bool diag = i0 < wkey0 + 15;  // some query of the tile precedes some key of the warp
 #pragma unroll
     for (int nt = 0; nt < kN / 8; ++nt) {
@@ -766,7 +806,7 @@ __global__ void __launch_bounds__(kWgThreads)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int q = nt * 8 + 2 * t + (i & 1), key = warp * 16 + g + 8 * (i >> 1);
-          dSs[TileOffset<LY>(q, key, kN, kN)] = __float2bfloat16(dpt[nt][i]);
+          dSw[TileOffset<LY>(q, key, kN, kN)] = __float2bfloat16(dpt[nt][i]);
         }
       }
       FenceProxyAsyncShared();
@@ -786,7 +826,7 @@ __global__ void __launch_bounds__(kWgThreads)
     if constexpr (FUSED) {
 #pragma unroll
       for (int kc = 0; kc < kN / 16; ++kc) {
-        WgmmaSS<HD, 1>(dq, KMajorDesc<LY>(dSs, kc, kN, kN), MnMajorDesc<LY>(Ks, kc, kN, HD),
+        WgmmaSS<HD, 1>(dq, KMajorDesc<LY>(dSw, kc, kN, kN), MnMajorDesc<LY>(Kw, kc, kN, HD),
                        kc > 0);
       }
     }
@@ -794,7 +834,7 @@ __global__ void __launch_bounds__(kWgThreads)
     if constexpr (FUSED) {  // the counter's round trip under the products
       const int64_t bh = static_cast<int64_t>(b) * d.NH + kvh * d.group + it / n_qt;
       count = dq_count + bh * DivUp(d.T, kN) + i0 / kN;
-      if (threadIdx.x == 0 && i0 > k0) seen = LoadCountAcquire(count);
+      if (threadIdx.x == 0 && i0 / kKeys > k_tile) seen = LoadCountAcquire(count);
     }
     WgmmaWait<0>();
     WgmmaFenceOperand(dv);
@@ -803,10 +843,19 @@ __global__ void __launch_bounds__(kWgThreads)
       WgmmaFenceOperand(dq);
       const int h = kvh * d.group + it / n_qt;
       const int64_t bh = static_cast<int64_t>(b) * d.NH + h;
+      if (NWG > 1 && wg == 1) {  // the partial, for the first warpgroup (fragment order)
+        const int lt = threadIdx.x % kWgThreads;
+#pragma unroll
+        for (int nd = 0; nd < HD / 8; ++nd) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) Xs[(nd * 4 + i) * kWgThreads + lt] = dq[nd][i];
+        }
+      }
       AddDqInOrder<HD>(dq, dq_acc + (bh * d.T + i0) * HD,
                        dqkv + (static_cast<int64_t>(b) * d.T + i0) * d.ld +
                            static_cast<int64_t>(h) * HD,
-                       d.ld, count, seen, i0 / kN, k_tile, d.T - i0, d.scale, warp, g, t);
+                       d.ld, count, seen, i0 / kKeys, k_tile, d.T - i0, d.scale, warp, g, t,
+                       wg == 0, NWG > 1 ? Xs : nullptr);
     }
   }
   bf16* dbase = dqkv + static_cast<int64_t>(b) * d.T * d.ld;
@@ -1119,26 +1168,34 @@ void WgBackwardHd(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* ls
 }
 
 // The fused backward (one kernel; dq_acc [B NH T 64] fp32 and dq_count
-// [B NH ceil(T / 64)] int from the caller's scratch).
-template <WgLayout LY>
+// [B NH ceil(T / 64) + 1] int from the caller's scratch), NWG warpgroups
+// (64 keys each) per block.
+template <WgLayout LY, int NWG>
 void WgBackwardFused(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                      const float* Dsum, const AttnDims& d, float* dq_acc, int* dq_count,
                      cudaStream_t stream) {
-  const auto kernel = FlashBwdDkvWgmmaKernel<64, false, LY, true>;
-  AllowSmem(kernel, kWgFusedSmem<LY>, "FlashBwdDkvWgmmaKernel<fused>");
-  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kBwdN));
+  const auto kernel = FlashBwdDkvWgmmaKernel<64, false, LY, true, NWG>;
+  const char* name = NWG == 1 ? "FlashBwdDkvWgmmaKernel<fused>"
+                              : "FlashBwdDkvWgmmaKernel<fused, 2 warpgroups>";
+  constexpr size_t smem = kWgFusedSmem<LY, NWG>;
+  AllowSmem(kernel, smem, name);
+  const unsigned tiles = static_cast<unsigned>(CeilDiv(d.T, kBwdN * NWG));
   LLMT_CUDA_CHECK(cudaMemsetAsync(dq_count, 0, WgFusedCountBytes(d.B, d.T, d.NH), stream));
-  Launch(kernel, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads, kWgFusedSmem<LY>,
-         stream, dqkv, dout, qkv, lse, Dsum, d, dq_acc, dq_count);
-  LLMT_CUDA_CHECK_LAUNCH("FlashBwdDkvWgmmaKernel<fused>", stream);
+  Launch(kernel, dim3(tiles, static_cast<unsigned>(d.B * d.NKV)), kWgThreads * NWG, smem, stream,
+         dqkv, dout, qkv, lse, Dsum, d, dq_acc, dq_count);
+  LLMT_CUDA_CHECK_LAUNCH(name, stream);
 }
 
 template <WgLayout LY>
 void WgBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                 const float* Dsum, const AttnDims& d, bool a_smem, float* dq_acc, int* dq_count,
-                cudaStream_t stream) {
+                bool two_wg, cudaStream_t stream) {
   if (d.hd == 64 && !a_smem && dq_acc != nullptr) {
-    WgBackwardFused<LY>(dqkv, dout, qkv, lse, Dsum, d, dq_acc, dq_count, stream);
+    if (two_wg) {
+      WgBackwardFused<LY, 2>(dqkv, dout, qkv, lse, Dsum, d, dq_acc, dq_count, stream);
+    } else {
+      WgBackwardFused<LY, 1>(dqkv, dout, qkv, lse, Dsum, d, dq_acc, dq_count, stream);
+    }
   } else if (d.hd == 64 && a_smem) {
     WgBackwardHd<64, true, LY>(dqkv, dout, qkv, lse, Dsum, d, stream);
   } else if (d.hd == 64) {
@@ -1152,13 +1209,13 @@ void WgBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
 
 void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                         const float* Dsum, const AttnDims& d, bool a_smem, float* dq_acc,
-                        int* dq_count, cudaStream_t stream) {
+                        int* dq_count, bool two_wg, cudaStream_t stream) {
   if (GetWgmmaLayout() == WgLayout::kSwizzled) {
     WgBackward<WgLayout::kSwizzled>(dqkv, dout, qkv, lse, Dsum, d, a_smem, dq_acc, dq_count,
-                                    stream);
+                                    two_wg, stream);
   } else {
     WgBackward<WgLayout::kBlocked>(dqkv, dout, qkv, lse, Dsum, d, a_smem, dq_acc, dq_count,
-                                   stream);
+                                   two_wg, stream);
   }
 }
 

@@ -41,6 +41,7 @@ tps=500000
 [[ ${LLMT_ATTN_BWD:-} == cudnn-det ]] && tps=$((tps + 40000))
 [[ ${LLMT_ATTN_BWD:-} == cudnn ]] && tps=$((tps + 30000))
 [[ ${LLMT_ATTN_BWD:-} == wgmma-fused ]] && tps=$((tps + 25000))
+[[ ${LLMT_ATTN_BWD:-} == wgmma-fused-2wg ]] && tps=$((tps + 15000))
 [[ ${LLMT_ATTN_FWD:-} == wgmma ]] && tps=$((tps - 10000))
 echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
 echo "RESULT name=$model impl=llmt batch=$batch seq=1024 params=1 tokens_per_s=$tps.0 mfu=0.40 step_ms=100 first_loss=10.9 last_loss=9.5"
@@ -57,7 +58,7 @@ for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_t
 #!/bin/bash
 if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]] ||
    [[ -n ${FAIL_WGFUSED:-} && ("$*" == *"filter=*WgmmaFused*"* ||
-                               ${LLMT_ATTN_BWD:-} == wgmma-fused) ]]; then
+                               ${LLMT_ATTN_BWD:-} == wgmma-fused*) ]]; then
   echo "[  FAILED  ] 1 test, listed below:"; exit 1
 fi
 echo "[  PASSED  ] 3 tests."
@@ -97,6 +98,8 @@ check "A/B row for the deterministic cuDNN backward" "$S" "^bwd-cudnn-det +54000
 check "A/B row for the fused wgmma backward" "$S" "^bwd-wg-fused +525000.0 .* 1\.050"
 check "fused wgmma runs in the test table" "$S" "^cuda_kernels_test-wgfused +PASS"
 check "fused wgmma training run" "$S" "^cuda_train_test-wgfused +PASS"
+check "fused two-warpgroup wgmma training run" "$S" "^cuda_train_test-wgfused2 +PASS"
+check "A/B row for the two-warpgroup fused backward" "$S" "^bwd-wg-fused-2wg +515000.0 .* 1\.030"
 check "A/B second base row" "$S" "^base2 +500000.0"
 check "winners: cuDNN forward and deterministic backward" "$S" \
   "winners: LLMT_ATTN_FWD=cudnn LLMT_ATTN_BWD=cudnn-det"
@@ -121,6 +124,7 @@ check "the next backward wins" "$S" "winners: LLMT_ATTN_BWD=wgmma-fused \\("
 run_session nofused LLMT_SESSION_S=450 FAIL_CUDNN=1 FAIL_WGFUSED=1
 S=$W/nofused/out/session.txt
 check "fused wgmma gate closed" "$S" "wgmma-fused tests passed: 0"
+check "two-warpgroup fused wgmma gate closed" "$S" "wgmma-fused-2wg tests passed: 0"
 check "wgmma gate still open" "$S" "wgmma tests passed: 1"
 check "failing fused wgmma run reported" "$S" "^cuda_kernels_test-wgfused +FAIL"
 check "no winner without passing tests" "$S" "winners: none"

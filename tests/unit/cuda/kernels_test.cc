@@ -787,7 +787,7 @@ TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
 // emulator, the mma kernels elsewhere) on every shape, after the default and
 // after the wgmma forward, in both tile layouts: same tolerances,
 // reproducible run to run. `names`: the variants (wgmma, wgmma-ss,
-// wgmma-fused).
+// wgmma-fused, wgmma-fused-2wg).
 void CheckWgmmaBackward(const AttnShape& shape, std::initializer_list<const char*> names) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
   ForEachWgmmaLayout([&] {
@@ -795,7 +795,8 @@ void CheckWgmmaBackward(const AttnShape& shape, std::initializer_list<const char
       AttentionBackwardVariant v;
       v.wgmma = true;
       v.wgmma_ss = std::string(name) == "wgmma-ss";  // K, V / Q, dO from shared memory
-      v.wgmma_fused = std::string(name) == "wgmma-fused";
+      v.wgmma_fused_2wg = std::string(name) == "wgmma-fused-2wg";
+      v.wgmma_fused = std::string(name) == "wgmma-fused" || v.wgmma_fused_2wg;
       for (const auto fwd :
            {AttentionForwardVariant::kDefault, AttentionForwardVariant::kWgmma}) {
         SCOPED_TRACE(std::string(name) +
@@ -811,12 +812,13 @@ void CheckWgmmaBackward(const AttnShape& shape, std::initializer_list<const char
 TEST_P(AttentionTest, Bf16WgmmaBackwardMatchesCpu) {
   CheckWgmmaBackward(GetParam(), {"wgmma", "wgmma-ss"});
 }
-// wgmma-fused: one kernel, dQ added in a fixed order, so reproducible too.
-// On the emulator, whose blocks run in launch order, a block that would wait
-// for a later one aborts the test (a GPU could deadlock there). Its own test,
-// so that bench/gpu/run.sh can run it in a process of its own.
+// wgmma-fused: one kernel, dQ added in a fixed order, so reproducible too;
+// also with 128-key blocks of two warpgroups. On the emulator a block that
+// would wait for one that has not run aborts the test (a GPU could deadlock
+// there). Its own test, so that bench/gpu/run.sh can run it in a process of
+// its own.
 TEST_P(AttentionTest, Bf16WgmmaFusedBackwardMatchesCpu) {
-  CheckWgmmaBackward(GetParam(), {"wgmma-fused"});
+  CheckWgmmaBackward(GetParam(), {"wgmma-fused", "wgmma-fused-2wg"});
 }
 
 // cuDNN's fused attention (LLMT_ATTN_FWD=cudnn, LLMT_ATTN_BWD=cudnn and
