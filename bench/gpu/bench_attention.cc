@@ -186,6 +186,7 @@ int main(int argc, char** argv) {
       {"wgmma", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kSwizzled},
       {"wgmma-pipe", kc::AttentionForwardVariant::kWgmmaPipe, ki::WgLayout::kSwizzled},
       {"wgmma-2wg", kc::AttentionForwardVariant::kWgmma2Wg, ki::WgLayout::kSwizzled},
+      {"wgmma-pipe-2wg", kc::AttentionForwardVariant::kWgmmaPipe2Wg, ki::WgLayout::kSwizzled},
       {"wgmma-blocked", kc::AttentionForwardVariant::kWgmma, ki::WgLayout::kBlocked},
       {"cudnn", kc::AttentionForwardVariant::kCudnn, ki::WgLayout::kSwizzled}};
   // cuDNN variants that fell back to the own kernels say so (and why: the

@@ -183,7 +183,12 @@ if [[ $MODE == ab ]]; then
   # the wgmma and cuDNN attention and the fused bias gradient against the
   # default engine, the least known first. Variants that no longer fit
   # LLMT_BENCH_BUDGET_S are skipped, so the table always comes out.
-  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused bwd-wg-fused-2wg:LLMT_ATTN_BWD=wgmma-fused-2wg fwd-wg-2wg:LLMT_ATTN_FWD=wgmma-2wg fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-cudnn:LLMT_ATTN_BWD=cudnn bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn
+    bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused
+    bwd-wg-fused-2wg:LLMT_ATTN_BWD=wgmma-fused-2wg fwd-wg-2wg:LLMT_ATTN_FWD=wgmma-2wg
+    fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe fwd-wg-pipe-2wg:LLMT_ATTN_FWD=wgmma-pipe-2wg
+    fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-cudnn:LLMT_ATTN_BWD=cudnn
+    bgrad:LLMT_BIAS_GRAD=epilogue base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"

@@ -90,7 +90,7 @@ fi
 # Variant name -> the environment it stands for (run.sh's default A/B list).
 declare -A ENV=(
   [fwd-wg]="LLMT_ATTN_FWD=wgmma" [fwd-wg-pipe]="LLMT_ATTN_FWD=wgmma-pipe"
-  [fwd-wg-2wg]="LLMT_ATTN_FWD=wgmma-2wg"
+  [fwd-wg-2wg]="LLMT_ATTN_FWD=wgmma-2wg" [fwd-wg-pipe-2wg]="LLMT_ATTN_FWD=wgmma-pipe-2wg"
   [fwd-m64]="LLMT_ATTN_FWD=m64"
   [fwd-n128]="LLMT_ATTN_FWD=m64n128" [bwd-wg]="LLMT_ATTN_BWD=wgmma"
   [bwd-wg-fused]="LLMT_ATTN_BWD=wgmma-fused" [bwd-wg-fused-2wg]="LLMT_ATTN_BWD=wgmma-fused-2wg"
@@ -114,7 +114,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
   echo "$best"
 }
 WIN=()
-for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-m64 fwd-n128 fwd-cudnn" \
+for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-wg-pipe-2wg fwd-m64 fwd-n128 fwd-cudnn" \
              "bwd-wg bwd-wg-ss bwd-wg-fused bwd-wg-fused-2wg bwd-cudnn bwd-cudnn-det" \
              "inplace" \
              "xent128 xent256 xent512" "bgrad"; do

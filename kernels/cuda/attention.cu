@@ -110,6 +110,7 @@ AttentionForwardVariant& ForwardVariant() {
         {"wgmma", AttentionForwardVariant::kWgmma},
         {"wgmma-pipe", AttentionForwardVariant::kWgmmaPipe},
         {"wgmma-2wg", AttentionForwardVariant::kWgmma2Wg},
+        {"wgmma-pipe-2wg", AttentionForwardVariant::kWgmmaPipe2Wg},
         {"cudnn", AttentionForwardVariant::kCudnn}};
     for (const auto& [name, variant] : kNames) {
       if (s == name) {
@@ -118,14 +119,15 @@ AttentionForwardVariant& ForwardVariant() {
       }
     }
     Fatal("LLMT_ATTN_FWD: unknown variant '" + s +
-          "' (expected m64, m64n128, wgmma, wgmma-pipe, wgmma-2wg, cudnn, or default)");
+          "' (expected m64, m64n128, wgmma, wgmma-pipe, wgmma-2wg, wgmma-pipe-2wg, cudnn, or "
+          "default)");
   }();
   return v;
 }
 
 bool IsWgmma(AttentionForwardVariant v) {
   return v == AttentionForwardVariant::kWgmma || v == AttentionForwardVariant::kWgmmaPipe ||
-         v == AttentionForwardVariant::kWgmma2Wg;
+         v == AttentionForwardVariant::kWgmma2Wg || v == AttentionForwardVariant::kWgmmaPipe2Wg;
 }
 
 // Whether a requested wgmma variant can run here; warns once per process

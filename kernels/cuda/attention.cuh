@@ -150,11 +150,14 @@ AttentionBackwardVariant ParseAttentionBackwardVariant(const std::string& names)
 //   kWgmma2Wg: kWgmma with two warpgroups per block sharing every K and V
 //             tile: 128-row blocks, half the L2 -> shared traffic of K and V
 //             (not yet run on a GPU).
+//   kWgmmaPipe2Wg: kWgmmaPipe with two warpgroups per block (both of the
+//             above; not yet run on a GPU).
 //   kCudnn:   cuDNN's fused flash-attention forward (as the backward's
 //             "cudnn" above; its lse is the own kernels', so either backward
 //             can follow it). Not yet run on a GPU.
 // From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "wgmma-pipe",
-// "wgmma-2wg", "cudnn", "" or "default"; any other value is a fatal error.
+// "wgmma-2wg", "wgmma-pipe-2wg", "cudnn", "" or "default"; any other value is
+// a fatal error.
 // Set overrides it (process-wide, for tests).
 enum class AttentionForwardVariant {
   kDefault,
@@ -163,6 +166,7 @@ enum class AttentionForwardVariant {
   kWgmma,
   kWgmmaPipe,
   kWgmma2Wg,
+  kWgmmaPipe2Wg,
   kCudnn
 };
 void SetAttentionForwardVariant(AttentionForwardVariant v);

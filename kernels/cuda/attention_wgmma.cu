@@ -332,24 +332,28 @@ __global__ void __launch_bounds__(FT::kThreads)
 // different shapes); K is loaded two tiles ahead and V one (K_{j+2} into
 // K_j's buffer, V_{j+1} into V_{j-1}'s, both free after the step's barrier),
 // so the same shared memory suffices. P_{j+1} stays fp32 in S's registers
-// until P_j V_j is done, then becomes the next A fragments.
-template <int HD, WgLayout LY>
-__global__ void __launch_bounds__(kWgThreads)
+// until P_j V_j is done, then becomes the next A fragments. NWG = 2
+// (wgmma-pipe-2wg): two warpgroups share the K/V tiles, as in
+// FlashFwdWgmmaKernel; the block's tiles reach its last row, so the first
+// warpgroup's last tile may lie beyond its rows (hd 128): masked, no effect.
+template <int HD, WgLayout LY, int NWG = 1>
+__global__ void __launch_bounds__(kWgThreads * NWG)
     FlashFwdWgmmaPipeKernel(bf16* out, float* lse, const bf16* qkv, AttnDims d) {
-  constexpr int kN = HD == 64 ? 128 : 64, kRows = 64;
+  constexpr int kN = HD == 64 ? 128 : 64, kRows = 64 * NWG, kNT = kWgThreads * NWG;
   LLMT_DYNAMIC_SMEM(smem_raw);
   const WgFwdBlock<HD, kRows, kN, LY> blk(smem_raw, qkv, d);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int wrow0 = blk.q0 + warp * 16;  // this warp's first row
+  const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int wrows = threadIdx.x / kWgThreads * 64;  // this warpgroup's first block row
+  const int wrow0 = blk.q0 + wrows + warp * 16;     // this warp's first row
   const float sl2 = d.scale * kLog2e;
   auto load_k = [&](int tile) {
-    LoadTileAsync<HD, kN, LY>(blk.Ks + (tile & 1) * kN * HD, blk.k, d.ld, tile * kN, d.T);
+    LoadTileAsync<HD, kN, LY, kNT>(blk.Ks + (tile & 1) * kN * HD, blk.k, d.ld, tile * kN, d.T);
   };
   auto load_v = [&](int tile) {
-    LoadTileAsync<HD, kN, LY>(blk.Vs + (tile & 1) * kN * HD, blk.v, d.ld, tile * kN, d.T);
+    LoadTileAsync<HD, kN, LY, kNT>(blk.Vs + (tile & 1) * kN * HD, blk.v, d.ld, tile * kN, d.T);
   };
 
-  LoadTileAsync<HD, kRows, LY>(blk.Qs, blk.q, d.ld, blk.q0, d.T);
+  LoadTileAsync<HD, kRows, LY, kNT>(blk.Qs, blk.q, d.ld, blk.q0, d.T);
   load_k(0);
   if (blk.n_tiles > 1) load_k(1);
   load_v(0);
@@ -360,7 +364,7 @@ __global__ void __launch_bounds__(kWgThreads)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, corr[2];
   uint32_t qa[HD / 16][4];  // before the loop: see FlashFwdWgmmaKernel
   WaitTileForWgmma();       // Q, K_0, K_1, V_0 are visible
-  LoadTileFragments<HD, kRows, LY>(qa, blk.Qs, warp * 16, lane);
+  LoadTileFragments<HD, kRows, LY>(qa, blk.Qs, wrows + warp * 16, lane);
 
   // S_0 and its softmax (O is still zero: no rescale).
   float s[kN / 8][4];
@@ -418,15 +422,15 @@ __global__ void __launch_bounds__(kWgThreads)
       lse + static_cast<int64_t>(blk.bh) * d.T, wrow0 + g, d.T, d.scale, o, m, l, t);
 }
 
-template <int HD, WgLayout LY>
+template <int HD, WgLayout LY, int NWG>
 void LaunchWgFwdPipe(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                      cudaStream_t stream) {
-  using FT = WgFwdTiling<HD, 1, HD == 64 ? 128 : 64, LY>;  // the same tiles and memory
-  const auto kernel = FlashFwdWgmmaPipeKernel<HD, LY>;
+  using FT = WgFwdTiling<HD, 1, HD == 64 ? 128 : 64, LY, NWG>;  // the same tiles and memory
+  const auto kernel = FlashFwdWgmmaPipeKernel<HD, LY, NWG>;
   AllowSmem(kernel, FT::smem, "FlashFwdWgmmaPipeKernel");
   const dim3 grid(static_cast<unsigned>(CeilDiv(d.T, FT::kRows)),
                   static_cast<unsigned>(d.B * d.NH));
-  Launch(kernel, grid, kWgThreads, FT::smem, stream, out, lse, qkv, d);
+  Launch(kernel, grid, FT::kThreads, FT::smem, stream, out, lse, qkv, d);
   LLMT_CUDA_CHECK_LAUNCH("FlashFwdWgmmaPipeKernel", stream);
 }
 
@@ -1222,14 +1226,23 @@ void FlashBackwardWgmma(bf16* dqkv, const bf16* dout, const bf16* qkv, const flo
 template <WgLayout LY>
 void WgForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                AttentionForwardVariant v, cudaStream_t stream) {
-  const bool pipelined = v == AttentionForwardVariant::kWgmmaPipe;
-  const bool two_wg = v == AttentionForwardVariant::kWgmma2Wg;
+  using V = AttentionForwardVariant;
+  const bool pipelined = v == V::kWgmmaPipe || v == V::kWgmmaPipe2Wg;
+  const bool two_wg = v == V::kWgmma2Wg || v == V::kWgmmaPipe2Wg;
   if (d.hd == 64) {
-    pipelined ? LaunchWgFwdPipe<64, LY>(out, lse, qkv, d, stream)
-              : WgForwardHd<64, LY>(out, lse, qkv, d, two_wg, stream);
+    if (pipelined) {
+      two_wg ? LaunchWgFwdPipe<64, LY, 2>(out, lse, qkv, d, stream)
+             : LaunchWgFwdPipe<64, LY, 1>(out, lse, qkv, d, stream);
+    } else {
+      WgForwardHd<64, LY>(out, lse, qkv, d, two_wg, stream);
+    }
   } else if (d.hd == 128) {
-    pipelined ? LaunchWgFwdPipe<128, LY>(out, lse, qkv, d, stream)
-              : WgForwardHd<128, LY>(out, lse, qkv, d, two_wg, stream);
+    if (pipelined) {
+      two_wg ? LaunchWgFwdPipe<128, LY, 2>(out, lse, qkv, d, stream)
+             : LaunchWgFwdPipe<128, LY, 1>(out, lse, qkv, d, stream);
+    } else {
+      WgForwardHd<128, LY>(out, lse, qkv, d, two_wg, stream);
+    }
   } else {
     Fatal("FlashForwardWgmma: unsupported head dim " + std::to_string(d.hd));
   }

@@ -774,7 +774,8 @@ TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
     const std::pair<AttentionForwardVariant, const char*> wg[] = {
         {AttentionForwardVariant::kWgmma, "wgmma"},
         {AttentionForwardVariant::kWgmmaPipe, "wgmma-pipe"},
-        {AttentionForwardVariant::kWgmma2Wg, "wgmma-2wg"}};
+        {AttentionForwardVariant::kWgmma2Wg, "wgmma-2wg"},
+        {AttentionForwardVariant::kWgmmaPipe2Wg, "wgmma-pipe-2wg"}};
     for (const auto& [v, name] : wg) {
       SCOPED_TRACE(std::string("forward ") + name);
       SetAttentionForwardVariant(v);
