@@ -157,8 +157,7 @@ AttentionBackwardVariant ParseAttentionBackwardVariant(const std::string& names)
 //             can follow it). Not yet run on a GPU.
 // From LLMT_ATTN_FWD (read once): "m64", "m64n128", "wgmma", "wgmma-pipe",
 // "wgmma-2wg", "wgmma-pipe-2wg", "cudnn", "" or "default"; any other value is
-// a fatal error.
-// Set overrides it (process-wide, for tests).
+// a fatal error. Set overrides it (process-wide, for tests).
 enum class AttentionForwardVariant {
   kDefault,
   kM64,

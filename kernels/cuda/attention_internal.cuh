@@ -63,7 +63,7 @@ inline size_t WgFusedCountBytes(int B, int T, int NH) {
 void WgmmaProduct(float* d, const bf16* a, const bf16* b, bool mn_major, WgLayout layout,
                   bool swap_strides, cudaStream_t stream);
 // The wgmma forward (attention_wgmma.cu), hd 64 or 128: variant kWgmma,
-// kWgmmaPipe or kWgmma2Wg.
+// kWgmmaPipe, kWgmma2Wg or kWgmmaPipe2Wg.
 void FlashForwardWgmma(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
                        AttentionForwardVariant v, cudaStream_t stream);
 // ds (variant.ds only): scratch for the dS tiles of ds_batch batch elements
