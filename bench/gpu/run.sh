@@ -267,7 +267,8 @@ if [[ $MODE != bench ]]; then
   # were the default (what a change of the default needs), and the model
   # tests with the bias gradients from the GEMM epilogue. The fused wgmma
   # backwards (wgmma-fused, -2wg: blocks wait on each other, a fault could
-  # trap) have their kernel, model and training runs apart too. The cuDNN attention
+  # trap) have their kernel, model and training runs apart too (the training
+  # test, bit-identical resume at T 192, sets both variants itself). The cuDNN attention
   # tests (kernels; the model's loss curve; bit-identical resume with the
   # deterministic cuDNN backward) run apart and require cuDNN to
   # have run (LLMT_REQUIRE_CUDNN=1; libcudnn comes from PyTorch's wheels,
@@ -292,10 +293,9 @@ if [[ $MODE != bench ]]; then
                "$t|-*Cudnn*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
-        RUNS+=("$t|-*Cudnn*|cuda_train_test|"
-               "$t|-*Cudnn*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
-               "$t|-*Cudnn*|cuda_train_test-wgfused|$FUSED_ENV"
-               "$t|-*Cudnn*|cuda_train_test-wgfused2|$FUSED2_ENV"
+        RUNS+=("$t|-*Cudnn*:*WgmmaFused*|cuda_train_test|"
+               "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
+               "$t|*WgmmaFused*|cuda_train_test-wgfused|"
                "$t|*Cudnn*|cuda_train_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac

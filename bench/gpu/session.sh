@@ -64,7 +64,7 @@ test_passed cuda_kernels_test-wgfused && test_passed cuda_model_test-wgfused &&
 echo "wgmma-fused tests passed: $WF_OK" >>"$S/session.txt"
 WF2_OK=0
 test_passed cuda_kernels_test-wgfused && test_passed cuda_model_test-wgfused2 &&
-  test_passed cuda_train_test-wgfused2 && WF2_OK=1
+  test_passed cuda_train_test-wgfused && WF2_OK=1
 echo "wgmma-fused-2wg tests passed: $WF2_OK" >>"$S/session.txt"
 BG_OK=0
 test_passed cuda_matmul_test && test_passed cuda_model_test-bgrad && BG_OK=1

@@ -51,7 +51,7 @@ cat >"$W/bundle/bin/bench_attention" <<'EOF'
 echo "forward ms (fake) $*"
 EOF
 # gtest binaries: pass, except the cuDNN runs when FAIL_CUDNN is set and the
-# fused wgmma backward's (kernel test by filter, model and training tests by
+# fused wgmma backward's (kernel and training tests by filter, model tests by
 # environment) when FAIL_WGFUSED is.
 for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_train_test; do
   cat >"$W/bundle/bin/tests/$t" <<'EOF'
@@ -98,7 +98,7 @@ check "A/B row for the deterministic cuDNN backward" "$S" "^bwd-cudnn-det +54000
 check "A/B row for the fused wgmma backward" "$S" "^bwd-wg-fused +525000.0 .* 1\.050"
 check "fused wgmma runs in the test table" "$S" "^cuda_kernels_test-wgfused +PASS"
 check "fused wgmma training run" "$S" "^cuda_train_test-wgfused +PASS"
-check "fused two-warpgroup wgmma training run" "$S" "^cuda_train_test-wgfused2 +PASS"
+check "fused two-warpgroup wgmma model run" "$S" "^cuda_model_test-wgfused2 +PASS"
 check "A/B row for the two-warpgroup fused backward" "$S" "^bwd-wg-fused-2wg +515000.0 .* 1\.030"
 check "A/B second base row" "$S" "^base2 +500000.0"
 check "winners: cuDNN forward and deterministic backward" "$S" \

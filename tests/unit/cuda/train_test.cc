@@ -19,6 +19,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -159,6 +160,8 @@ std::string CkptDir(const std::string& out, int step) {
   return out + "/checkpoints/" + name;
 }
 
+void ExpectSameTensors(const std::string& fa, const std::string& fb);
+
 class CudaTrain : public ::testing::TestWithParam<std::string> {
  protected:
   // Prepared on first use, after the GPU check, so a machine without a GPU
@@ -196,6 +199,43 @@ class CudaTrain : public ::testing::TestWithParam<std::string> {
     std::vector<std::string> argv = {LlmtBinary(), "train", spec, "--out", out, "--progress", "lines"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return RunCommand(argv, 600);
+  }
+
+  // 20 steps straight and 10 + resume of `llmt train` at T `seq_len` with the
+  // environment `env` (attention variants) give the same bits. `check` looks
+  // at each run's log.
+  void ExpectResumeBitIdentical(const std::string& name, const std::string& fam, int seq_len,
+                                const std::vector<std::string>& env,
+                                const std::function<void(const std::string&)>& check) {
+    SpecOpts o;
+    o.family = fam;
+    o.max_steps = 20;
+    o.seq_len = seq_len;
+    o.max_seq_len = seq_len;
+    const std::string spec = WriteSpec(name + "-" + fam, o);
+    auto train = [&](const std::string& out, std::vector<std::string> extra) {
+      std::vector<std::string> argv = {"/usr/bin/env"};
+      argv.insert(argv.end(), env.begin(), env.end());
+      argv.insert(argv.end(), {LlmtBinary(), "train", spec, "--out", out, "--progress", "lines"});
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      RunResult r = RunCommand(argv, 600);
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+      check(r.output);
+      return r;
+    };
+    const std::string straight = Out(name + "-straight-" + fam);
+    const std::string split = Out(name + "-split-" + fam);
+    train(straight, {});
+    train(split, {"--set", "train.max_steps=10"});
+    ASSERT_TRUE(fs::exists(CkptDir(split, 10)));
+    EXPECT_THAT(train(split, {"--resume", "auto"}).output, HasSubstr("resumed from"));
+    ExpectSameTensors(CkptDir(straight, 20) + "/model.safetensors",
+                      CkptDir(split, 20) + "/model.safetensors");
+    Metrics a = ReadMetrics(straight), b = ReadMetrics(split);
+    ASSERT_EQ(a.loss.size(), 20u);
+    ASSERT_EQ(b.loss.size(), 20u);
+    EXPECT_LT(a.loss[19], a.loss[0]) << "did not train";
+    for (size_t i = 0; i < 20; ++i) EXPECT_EQ(a.loss[i], b.loss[i]) << "step " << i + 1;
   }
 
   void SetUp() override {
@@ -466,49 +506,49 @@ TEST_P(CudaTrain, NcclWorldSizeOneThroughCliMatchesLocal) {
 }
 
 // (i) cuDNN's attention with its deterministic backward (LLMT_ATTN_FWD=cudnn,
-// LLMT_ATTN_BWD=cudnn-det) keeps (b)'s guarantee at T 128 (a cuDNN shape):
-// 20 steps straight and 10 + resume give the same bits, so it could be the
-// default without giving up bit-identical resume. With LLMT_REQUIRE_CUDNN=1
-// (bench/gpu/run.sh) every run must have planned cuDNN's forward and
-// backward and never fallen back; elsewhere the own kernels may run.
+// LLMT_ATTN_BWD=cudnn-det) keeps (b)'s guarantee at T 128 (a cuDNN shape),
+// so it could be the default without giving up bit-identical resume. With
+// LLMT_REQUIRE_CUDNN=1 (bench/gpu/run.sh) every run must have planned
+// cuDNN's forward and backward and never fallen back; elsewhere the own
+// kernels may run.
 TEST_P(CudaTrain, CudnnDeterministicResumeIsBitIdentical) {
   REQUIRE_GPU();
-  const std::string fam = GetParam();
   const char* req = std::getenv("LLMT_REQUIRE_CUDNN");
   const bool require = req != nullptr && std::string(req) == "1";
-  SpecOpts o;
-  o.family = fam;
-  o.max_steps = 20;
-  o.seq_len = 128;
-  o.max_seq_len = 128;
-  const std::string spec = WriteSpec("cudnn-resume-" + fam, o);
-  auto train = [&](const std::string& out, std::vector<std::string> extra) {
-    std::vector<std::string> argv = {"/usr/bin/env",  "LLMT_ATTN_FWD=cudnn",
-                                     "LLMT_ATTN_BWD=cudnn-det", LlmtBinary(), "train", spec,
-                                     "--out", out, "--progress", "lines"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    RunResult r = RunCommand(argv, 600);
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    if (require) {
-      EXPECT_THAT(r.output, HasSubstr("cuDNN attention forward (")) << r.output;
-      EXPECT_THAT(r.output, HasSubstr("cuDNN attention backward (")) << r.output;
-      EXPECT_THAT(r.output, Not(HasSubstr("cuda attention: cuDNN"))) << r.output;  // a fallback
-    }
-    return r;
-  };
-  const std::string straight = Out("cudnn-resume-straight-" + fam);
-  const std::string split = Out("cudnn-resume-split-" + fam);
-  train(straight, {});
-  train(split, {"--set", "train.max_steps=10"});
-  ASSERT_TRUE(fs::exists(CkptDir(split, 10)));
-  EXPECT_THAT(train(split, {"--resume", "auto"}).output, HasSubstr("resumed from"));
-  ExpectSameTensors(CkptDir(straight, 20) + "/model.safetensors",
-                    CkptDir(split, 20) + "/model.safetensors");
-  Metrics a = ReadMetrics(straight), b = ReadMetrics(split);
-  ASSERT_EQ(a.loss.size(), 20u);
-  ASSERT_EQ(b.loss.size(), 20u);
-  EXPECT_LT(a.loss[19], a.loss[0]) << "did not train";
-  for (size_t i = 0; i < 20; ++i) EXPECT_EQ(a.loss[i], b.loss[i]) << "step " << i + 1;
+  ExpectResumeBitIdentical(
+      "cudnn-resume", GetParam(), 128, {"LLMT_ATTN_FWD=cudnn", "LLMT_ATTN_BWD=cudnn-det"},
+      [&](const std::string& log) {
+        if (!require) return;
+        EXPECT_THAT(log, HasSubstr("cuDNN attention forward (")) << log;
+        EXPECT_THAT(log, HasSubstr("cuDNN attention backward (")) << log;
+        EXPECT_THAT(log, Not(HasSubstr("cuda attention: cuDNN"))) << log;  // a fallback
+      });
+}
+
+// (j) The fused wgmma backwards (LLMT_ATTN_BWD=wgmma-fused, -2wg) add the dQ
+// contributions in a fixed order, so they keep (b)'s guarantee too: at T 192
+// (three 64-query tiles: up to three ordered contributions per tile, and for
+// -2wg a 128-key block that is half past T). On a compute-capability-9.0
+// device the fused kernel must have run (no fallback to the mma kernels);
+// elsewhere the fallback runs and must keep the guarantee as well.
+TEST_P(CudaTrain, WgmmaFusedResumeIsBitIdentical) {
+  REQUIRE_GPU();
+  auto info = kernels::cuda::GetDeviceInfo(0);
+  ASSERT_TRUE(info.ok()) << info.status();
+  const bool sm90 = info->cc_major == 9 && info->cc_minor == 0;
+  for (const char* variant : {"wgmma-fused", "wgmma-fused-2wg"}) {
+    SCOPED_TRACE(variant);
+    ExpectResumeBitIdentical(
+        std::string(variant) + "-resume", GetParam(), 192,
+        {"LLMT_ATTN_FWD=wgmma", std::string("LLMT_ATTN_BWD=") + variant},
+        [&](const std::string& log) {
+          EXPECT_THAT(log, HasSubstr(std::string("backward variant: ") + variant + " ("))
+              << log;
+          if (sm90) {
+            EXPECT_THAT(log, Not(HasSubstr("using the mma kernels"))) << log;
+          }
+        });
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, CudaTrain, ::testing::Values("gpt2", "llama"),
