@@ -758,8 +758,8 @@ void ForEachWgmmaLayout(F body) {
 // running the default; and the wgmma forwards, plain and pipelined (Hopper
 // warpgroup MMA, also with two warpgroups per block; on the emulator, which
 // implements wgmma, and on sm_90 GPUs -- elsewhere they fall back to the
-// default) at head dims 64 and 128, in
-// both tile layouts. Same tolerances; the backward runs from their lse.
+// default) at head dims 64 and 128, in both tile layouts. Same tolerances;
+// the backward runs from their lse.
 TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
   const std::pair<AttentionForwardVariant, const char*> variants[] = {
@@ -787,17 +787,13 @@ TEST_P(AttentionTest, Bf16MmaForwardVariantsMatchCpu) {
 // The wgmma backward (LLMT_ATTN_BWD=wgmma; head dim 64 on sm_90 and the
 // emulator, the mma kernels elsewhere) on every shape, after the default and
 // after the wgmma forward, in both tile layouts: same tolerances,
-// reproducible run to run. `names`: the variants (wgmma, wgmma-ss,
-// wgmma-fused, wgmma-fused-2wg).
+// reproducible run to run. `names`: LLMT_ATTN_BWD values (wgmma; wgmma-ss:
+// K, V / Q, dO from shared memory; wgmma-fused, wgmma-fused-2wg).
 void CheckWgmmaBackward(const AttnShape& shape, std::initializer_list<const char*> names) {
   const AttentionForwardVariant saved = GetAttentionForwardVariant();
   ForEachWgmmaLayout([&] {
     for (const char* name : names) {
-      AttentionBackwardVariant v;
-      v.wgmma = true;
-      v.wgmma_ss = std::string(name) == "wgmma-ss";  // K, V / Q, dO from shared memory
-      v.wgmma_fused_2wg = std::string(name) == "wgmma-fused-2wg";
-      v.wgmma_fused = std::string(name) == "wgmma-fused" || v.wgmma_fused_2wg;
+      const AttentionBackwardVariant v = ParseAttentionBackwardVariant(name);
       for (const auto fwd :
            {AttentionForwardVariant::kDefault, AttentionForwardVariant::kWgmma}) {
         SCOPED_TRACE(std::string(name) +
