@@ -545,13 +545,13 @@ __device__ __forceinline__ int LoadCountAcquire(const int* count) {
 #endif
 }
 // Spins until *count == want (thread 0 of the block), `seen` being an
-// earlier acquire-load of it. On the emulator, whose blocks run one after
-// another in launch order, the count must already be there: a wait on a later
-// block is a launch-order bug, reported as such. On a GPU a wait that lasts
-// seconds is a bug too: trap instead of hanging.
+// earlier acquire-load of it. On the emulator, whose blocks run one at a time
+// to the end, the count must already be there: a wait on a block that has not
+// run is an ordering bug (one a GPU could deadlock on), reported as such. On
+// a GPU a wait that lasts seconds is a bug too: trap instead of hanging.
 __device__ __forceinline__ void WaitCount(const int* count, int want, int seen) {
 #ifdef LLMT_CUDA_EMULATION
-  if (seen != want) ::llmt::emu::Fail("wgmma-fused: a block waits for a later block's dQ");
+  if (seen != want) ::llmt::emu::Fail("wgmma-fused: a block waits for one that has not run");
 #else
   for (long long spins = 0; seen != want; ++spins) {
     if (spins > (1ll << 22)) __trap();  // 0.3-4 s: 64 ns sleep + an L2 round trip
