@@ -757,15 +757,7 @@ float NegInf() {
 }
 
 AttnProblem ProblemOf(const internal::AttnDims& d, bool backward, bool deterministic) {
-  AttnProblem p;
-  p.B = d.B;
-  p.T = d.T;
-  p.NH = d.NH;
-  p.NKV = d.NKV;
-  p.hd = d.hd;
-  p.backward = backward;
-  p.deterministic = deterministic;
-  return p;
+  return AttnProblem{d.B, d.T, d.NH, d.NKV, d.hd, backward, deterministic};
 }
 
 // With g_mu held: p's plan (built on first use) and its device's state, or

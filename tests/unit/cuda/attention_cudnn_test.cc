@@ -16,15 +16,7 @@ namespace {
 
 AttnProblem Problem(int B, int T, int NH, int NKV, int hd, bool backward,
                     bool deterministic = false) {
-  AttnProblem p;
-  p.B = B;
-  p.T = T;
-  p.NH = NH;
-  p.NKV = NKV;
-  p.hd = hd;
-  p.backward = backward;
-  p.deterministic = deterministic;
-  return p;
+  return AttnProblem{B, T, NH, NKV, hd, backward, deterministic};
 }
 
 TEST(CudnnAttention, UnsupportedShapesAreNamed) {
