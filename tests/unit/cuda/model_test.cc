@@ -488,10 +488,7 @@ TEST(CudaModel, CudnnAttentionTracksFp32LossCurve) {
       ASSERT_NE(f32, nullptr);
       const auto l32 = TrainLosses(*f32, B, T, kSteps);
       kc::SetAttentionForwardVariant(kc::AttentionForwardVariant::kCudnn);
-      kc::AttentionBackwardVariant v;
-      v.cudnn = true;
-      v.cudnn_det = det;
-      kc::SetAttentionBackwardVariant(v);
+      kc::SetAttentionBackwardVariant(kc::ParseAttentionBackwardVariant(det ? "cudnn-det" : "cudnn"));
       const int64_t before = kc::cudnn::Executions();
       auto b16 = MakeGpu(cfg, B, T, Precision::kBf16);
       ASSERT_NE(b16, nullptr);
