@@ -81,17 +81,10 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
 // Read once, on the first backward or Get/Set call.
 AttentionBackwardVariant& BackwardVariant() {
   static AttentionBackwardVariant v = [] {
-    const AttentionBackwardVariant parsed = ParseBackwardVariant(std::getenv("LLMT_ATTN_BWD"));
-    if (parsed.dq64 || parsed.dkdv8 || parsed.ds || parsed.wgmma || parsed.cudnn) {
-      LLMT_LOG(Info) << "cuda attention backward variant:" << (parsed.dq64 ? " dq64" : "")
-                     << (parsed.dkdv8 ? " dkdv8" : "") << (parsed.ds ? " ds" : "")
-                     << (parsed.wgmma ? (parsed.wgmma_ss      ? " wgmma-ss"
-                                         : parsed.wgmma_fused_2wg ? " wgmma-fused-2wg"
-                                         : parsed.wgmma_fused ? " wgmma-fused"
-                                                              : " wgmma")
-                                      : "")
-                     << (parsed.cudnn ? (parsed.cudnn_det ? " cudnn-det" : " cudnn") : "")
-                     << " (LLMT_ATTN_BWD)";
+    const char* env = std::getenv("LLMT_ATTN_BWD");
+    const AttentionBackwardVariant parsed = ParseBackwardVariant(env);  // fatal if unknown
+    if (env != nullptr && *env != '\0' && std::string(env) != "default") {
+      LLMT_LOG(Info) << "cuda attention backward variant: " << env << " (LLMT_ATTN_BWD)";
     }
     return parsed;
   }();
