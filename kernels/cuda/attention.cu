@@ -19,6 +19,7 @@
 
 #include "common/log.h"
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/device_util.cuh"
 
@@ -39,13 +40,17 @@ static_assert(kRows % kTile == 0, "query tiles must align with key blocks");
 
 AttentionImpl g_impl = AttentionImpl::kAuto;
 
-// LLMT_ATTN_BWD (see attention.cuh): "dq64", "dkdv8", both comma-separated,
-// or ""/"default". Fatal on anything else, so an A/B run cannot silently
-// measure the default under a misspelt name.
+// LLMT_ATTN_BWD (see attention.cuh): a comma-separated list of variant
+// names; unset, "" or "auto" = auto, "own"/"default" = the own default
+// kernels. Fatal on anything else, so an A/B run cannot silently measure the
+// default under a misspelt name.
 AttentionBackwardVariant ParseBackwardVariant(const char* env) {
   AttentionBackwardVariant v;
-  if (env == nullptr) return v;
-  const std::string s(env);
+  const std::string s(env == nullptr ? "" : env);
+  if (s.empty() || s == "auto") {
+    v.cudnn_auto = true;
+    return v;
+  }
   size_t pos = 0;
   while (pos <= s.size()) {
     const size_t end = std::min(s.find(',', pos), s.size());
@@ -68,10 +73,12 @@ AttentionBackwardVariant ParseBackwardVariant(const char* env) {
       v.cudnn = true;
     } else if (name == "cudnn-det") {
       v.cudnn = v.cudnn_det = true;
-    } else if (!name.empty() && name != "default") {
+    } else if (name == "auto") {
+      v.cudnn_auto = true;
+    } else if (!name.empty() && name != "default" && name != "own") {
       Fatal("LLMT_ATTN_BWD: unknown variant '" + name +
             "' (expected a comma-separated list of dq64, dkdv8, ds, wgmma, wgmma-ss, wgmma-fused, "
-            "wgmma-fused-2wg, cudnn, cudnn-det, or default)");
+            "wgmma-fused-2wg, cudnn, cudnn-det, auto, or own)");
     }
     pos = end + 1;
   }
@@ -83,7 +90,7 @@ AttentionBackwardVariant& BackwardVariant() {
   static AttentionBackwardVariant v = [] {
     const char* env = std::getenv("LLMT_ATTN_BWD");
     const AttentionBackwardVariant parsed = ParseBackwardVariant(env);  // fatal if unknown
-    if (env != nullptr && *env != '\0' && std::string(env) != "default") {
+    if (env != nullptr && *env != '\0' && std::string(env) != "auto") {
       LLMT_LOG(Info) << "cuda attention backward variant: " << env << " (LLMT_ATTN_BWD)";
     }
     return parsed;
@@ -96,8 +103,10 @@ AttentionForwardVariant& ForwardVariant() {
   static AttentionForwardVariant v = [] {
     const char* env = std::getenv("LLMT_ATTN_FWD");
     const std::string s = env == nullptr ? "" : env;
-    if (s.empty() || s == "default") return AttentionForwardVariant::kDefault;
+    if (s.empty() || s == "auto") return AttentionForwardVariant::kAuto;
     static const std::pair<const char*, AttentionForwardVariant> kNames[] = {
+        {"own", AttentionForwardVariant::kDefault},
+        {"default", AttentionForwardVariant::kDefault},
         {"m64", AttentionForwardVariant::kM64},
         {"m64n128", AttentionForwardVariant::kM64N128},
         {"wgmma", AttentionForwardVariant::kWgmma},
@@ -112,8 +121,8 @@ AttentionForwardVariant& ForwardVariant() {
       }
     }
     Fatal("LLMT_ATTN_FWD: unknown variant '" + s +
-          "' (expected m64, m64n128, wgmma, wgmma-pipe, wgmma-2wg, wgmma-pipe-2wg, cudnn, or "
-          "default)");
+          "' (expected m64, m64n128, wgmma, wgmma-pipe, wgmma-2wg, wgmma-pipe-2wg, cudnn, auto, "
+          "or own)");
   }();
   return v;
 }
@@ -136,16 +145,29 @@ bool WgmmaUsable() {
   return false;
 }
 
-// A requested cuDNN attention did not run: warns once per distinct reason
-// (the own kernels run instead).
-void WarnCudnnFallback(const char* what, const std::string& why) {
+// cuDNN attention did not run: says so once per distinct reason (the own
+// kernels run instead) -- a warning when cuDNN was asked for by name, an info
+// line under auto, where the own kernels are the expected fallback.
+void NoteCudnnFallback(const char* what, const std::string& why, bool requested) {
   static std::mutex mu;
   static std::set<std::string> seen;
   std::lock_guard<std::mutex> lock(mu);
   if (seen.insert(std::string(what) + ": " + why).second) {
-    LLMT_LOG(Warning) << "cuda attention: cuDNN " << what << " not used: " << why
-                      << "; running the own kernels";
+    if (requested) {
+      LLMT_LOG(Warning) << "cuda attention: cuDNN " << what << " not used: " << why
+                        << "; running the own kernels";
+    } else {
+      LLMT_LOG(Info) << "cuda attention: cuDNN " << what << " not used (auto): " << why
+                     << "; running the own kernels";
+    }
   }
+}
+
+// Whether auto may still pick cuDNN: PrepareAttention turns it off for the
+// process when cuDNN's workspace cannot be allocated.
+bool& CudnnAutoOn() {
+  static bool on = true;
+  return on;
 }
 
 // Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
@@ -460,10 +482,11 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
     switch (TensorCoreImpl(hd, out, qkv, nullptr)) {
       case AttentionImpl::kMma: {
         const AttentionForwardVariant v = ForwardVariant();
-        if (v == AttentionForwardVariant::kCudnn) {
+        const bool requested = v == AttentionForwardVariant::kCudnn;
+        if (requested || (v == AttentionForwardVariant::kAuto && CudnnAutoOn())) {
           std::string why;
           if (internal::CudnnFlashForward(out, lse, qkv, d, stream, &why)) return;
-          WarnCudnnFallback("forward", why);
+          NoteCudnnFallback("forward", why, requested);
         }
         if (IsWgmma(v) && WgmmaUsable()) {
           internal::FlashForwardWgmma(out, lse, qkv, d, v, stream);
@@ -516,15 +539,16 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
                AttentionBackwardScratchBytes(B, T_, NH, hd));
   float* Dsum = static_cast<float*>(scratch);
   if constexpr (std::is_same_v<T, bf16>) {
-    // cuDNN computes Dsum itself.
+    // cuDNN computes Dsum itself. Auto runs its deterministic engines.
     const AttentionBackwardVariant v = BackwardVariant();
-    if (v.cudnn && TensorCoreImpl(hd, dqkv, dout, qkv) == AttentionImpl::kMma) {
+    if ((v.cudnn || (v.cudnn_auto && CudnnAutoOn())) &&
+        TensorCoreImpl(hd, dqkv, dout, qkv) == AttentionImpl::kMma) {
       std::string why;
-      if (internal::CudnnFlashBackward(dqkv, dout, qkv, out, lse, Dsum, d, v.cudnn_det, stream,
-                                       &why)) {
+      const bool det = v.cudnn ? v.cudnn_det : true;
+      if (internal::CudnnFlashBackward(dqkv, dout, qkv, out, lse, Dsum, d, det, stream, &why)) {
         return;
       }
-      WarnCudnnFallback("backward", why);
+      NoteCudnnFallback("backward", why, v.cudnn);
     }
   }
   const int64_t rows = static_cast<int64_t>(B) * NH * T_;
@@ -630,11 +654,38 @@ bool AttentionSupportsHeadDim(int hd) {
 
 AttentionPrepared PrepareAttention(int B, int T, int NH, int NKV, int hd) {
   AttentionPrepared r;
-  const bool fwd = ForwardVariant() == AttentionForwardVariant::kCudnn;
+  const AttentionForwardVariant fv = ForwardVariant();
   const AttentionBackwardVariant v = BackwardVariant();
-  if (!fwd && !v.cudnn) return r;
-  r.bytes = internal::CudnnPrepare(MakeDims(B, T, NH, NKV, hd), fwd, v.cudnn, v.cudnn_det,
-                                   &r.error);
+  const bool requested = fv == AttentionForwardVariant::kCudnn || v.cudnn;
+  const bool fwd = fv == AttentionForwardVariant::kCudnn ||
+                   (fv == AttentionForwardVariant::kAuto && CudnnAutoOn());
+  const bool bwd = v.cudnn || (v.cudnn_auto && CudnnAutoOn());
+  const bool det = v.cudnn ? v.cudnn_det : true;
+  if (!fwd && !bwd) {
+    r.what = "attention: the own kernels (LLMT_ATTN_FWD/LLMT_ATTN_BWD)";
+    return r;
+  }
+  std::string why_not;
+  r.bytes = internal::CudnnPrepare(MakeDims(B, T, NH, NKV, hd), fwd, bwd, det, &r.error,
+                                   &why_not);
+  if (!r.error.empty()) {
+    if (requested) return r;
+    // Auto: without room for cuDNN's workspace the own kernels (which need
+    // none beyond the scratch already planned) run, rather than no training.
+    CudnnAutoOn() = false;
+    r.what = "attention: the own kernels (cuDNN off: " + r.error + ")";
+    r.error.clear();
+    r.bytes = 0;
+    return r;
+  }
+  if (r.bytes == 0) {
+    r.what = "attention: the own kernels (cuDNN not used: " + why_not + ")";
+    return r;
+  }
+  r.what = "attention: " + cudnn::Describe() + (fwd ? " forward" : "") +
+           (fwd && bwd ? " and" : "") + (bwd ? (det ? " deterministic backward" : " backward") : "") +
+           (requested ? "" : " (auto)");
+  if (!why_not.empty()) r.what += "; the own kernels for the rest: " + why_not;
   return r;
 }
 

@@ -840,16 +840,18 @@ bool CudnnFlashForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d
 }
 
 size_t CudnnPrepare(const AttnDims& d, bool fwd, bool bwd, bool deterministic,
-                    std::string* error) {
+                    std::string* error, std::string* why_not) {
   using namespace cudnn;  // NOLINT: this file's own namespace
   std::lock_guard<std::mutex> lock(g_mu);
   DeviceState* s = nullptr;
   size_t bytes = 0;
   for (const auto& [wanted, p] : {std::pair{fwd, ProblemOf(d, false, false)},
                                   std::pair{bwd, ProblemOf(d, true, deterministic)}}) {
-    std::string why;  // the calls will warn with it
+    std::string why;
     if (Plan* plan = wanted ? Planned(p, &s, &why) : nullptr; plan != nullptr) {
       bytes = std::max(WorkspaceBytes(*plan, p), bytes);
+    } else if (wanted && why_not->empty()) {
+      *why_not = why;
     }
   }
   if (bytes == 0) return 0;
@@ -928,7 +930,10 @@ bool CudnnFlashForward(bf16*, float*, const bf16*, const AttnDims&, cudaStream_t
   *why = cudnn::LoadError();
   return false;
 }
-size_t CudnnPrepare(const AttnDims&, bool, bool, bool, std::string*) { return 0; }
+size_t CudnnPrepare(const AttnDims&, bool, bool, bool, std::string*, std::string* why_not) {
+  *why_not = cudnn::LoadError();
+  return 0;
+}
 
 bool CudnnFlashBackward(bf16*, const bf16*, const bf16*, const bf16*, const float*, float*,
                         const AttnDims&, bool, cudaStream_t, std::string* why) {

@@ -95,10 +95,10 @@ bool CudnnFlashBackward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf1
 
 // Builds the plans of the cuDNN forward (`fwd`) and backward (`bwd`,
 // `deterministic`) for d's shape and grows the workspace to hold them.
-// Returns the workspace's bytes (0 when cuDNN cannot take the problem), or
-// sets *error when the allocation fails.
+// Returns the workspace's bytes (0 when cuDNN cannot take the problem: then
+// *why_not says why), or sets *error when the allocation fails.
 size_t CudnnPrepare(const AttnDims& d, bool fwd, bool bwd, bool deterministic,
-                    std::string* error);
+                    std::string* error, std::string* why_not);
 
 bool FlashTcSupports(int hd);
 void FlashForwardTc(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cudaStream_t stream);

@@ -249,6 +249,15 @@ std::string MemoryReport::Format(const std::optional<MemInfo>& mem) const {
     for (const Entry& e : entries_) count += e.category == c ? 1 : 0;
     absl::StrAppendFormat(&out, "  %-14s %12s  (%d buffer%s)\n", c, FormatBytes(CategoryTotal(c)),
                           count, count == 1 ? "" : "s");
+    // Name the buffers of a shared category, so that the start-up report says
+    // which one is large (the cuDNN workspace, the kernel scratch, ...).
+    if (count > 1) {
+      for (const Entry& e : entries_) {
+        if (e.category == c) {
+          absl::StrAppendFormat(&out, "    %-24s %12s\n", e.name, FormatBytes(e.bytes));
+        }
+      }
+    }
   }
   absl::StrAppendFormat(&out, "  %-14s %12s\n", "total", FormatBytes(Total()));
   if (mem.has_value()) {

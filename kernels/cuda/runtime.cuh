@@ -119,6 +119,7 @@ class MemoryReport {
   int64_t Total() const;
   int64_t CategoryTotal(absl::string_view category) const;
   // One line per category in first-seen order ("  activations   1.20 GiB  (3 buffers)"),
+  // each buffer of a category with more than one indented below it by name,
   // then the total and, if given, what the device has free/total.
   std::string Format(const std::optional<MemInfo>& mem = std::nullopt) const;
 

@@ -448,9 +448,13 @@ absl::Status CudaModelImpl<T>::Init() {
       Alloc(&scratch_, "workspace", "kernel scratch", static_cast<int64_t>(scratch_bytes_)));
   RETURN_IF_ERROR(Alloc(&misc_, "workspace", "tokens, RoPE tables, loss slots", misc_bytes));
   if (kBf16) {
-    // cuDNN's attention (LLMT_ATTN_FWD/BWD=cudnn*) plans and allocates its
-    // workspace now, so that out-of-memory shows here and not mid-step.
+    // cuDNN's attention (the default where it loads, or LLMT_ATTN_FWD/BWD=
+    // cudnn*) plans and allocates its workspace now, so that out-of-memory
+    // shows here and not mid-step.
     const cu::AttentionPrepared ap = cu::PrepareAttention(B_, T_, NH_, NKV_, hd_);
+    if (!ap.what.empty()) {
+      LLMT_LOG(Info) << ap.what;
+    }
     if (!ap.error.empty()) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "out of GPU memory for batch ", B_, " x ", T_, ": ", ap.error,

@@ -59,6 +59,13 @@ class GpuTest : public ::testing::Test {
   void SetUp() override {
     if (!HaveGpu()) GTEST_SKIP() << "no CUDA GPU (cudaGetDeviceCount reports none)";
     ASSERT_TRUE(SetDevice(0).ok());
+    // The default forward (auto) runs cuDNN's attention where it loads: the
+    // attention tests are about the own kernels (CudnnAttentionTest covers
+    // cuDNN and auto), so auto means the own default here; a variant named
+    // in LLMT_ATTN_FWD runs as named. (The backward's is set per check.)
+    if (GetAttentionForwardVariant() == AttentionForwardVariant::kAuto) {
+      SetAttentionForwardVariant(AttentionForwardVariant::kDefault);
+    }
   }
 };
 
@@ -820,8 +827,9 @@ TEST_P(AttentionTest, Bf16WgmmaFusedBackwardMatchesCpu) {
 
 // cuDNN's fused attention (LLMT_ATTN_FWD=cudnn, LLMT_ATTN_BWD=cudnn and
 // cudnn-det): the cuDNN forward with the own backward, the own forward with
-// the cuDNN backward (the two share the lse), both, and both with the
-// deterministic backward, against the CPU with the own kernels' tolerances;
+// the cuDNN backward (the two share the lse), both, both with the
+// deterministic backward, and auto (the default: the latter where cuDNN
+// runs), against the CPU with the own kernels' tolerances;
 // the plain cuDNN backward is close but not bit-identical run to run (cuDNN
 // sums dQ with atomics), the deterministic one must be bit-identical. Where
 // libcudnn or a GPU is missing (the emulator) the own kernels run instead and
@@ -849,22 +857,37 @@ TEST_P(CudnnAttentionTest, Bf16MatchesCpu) {
     if (require) {
       EXPECT_GE(ap.bytes, size_t(sh.B) * sh.NH * sh.T * sh.hd * 4);
     }
+    // The default: auto plans cuDNN's forward and deterministic backward.
+    SetAttentionForwardVariant(AttentionForwardVariant::kAuto);
+    SetAttentionBackwardVariant(ParseAttentionBackwardVariant("auto"));
+    const AttentionPrepared au = PrepareAttention(sh.B, sh.T, sh.NH, sh.NKV, sh.hd);
+    EXPECT_EQ(au.error, "");
+    if (require) {
+      EXPECT_NE(au.what.find("forward and deterministic backward (auto)"), std::string::npos)
+          << au.what;
+    } else if (au.bytes == 0) {
+      EXPECT_NE(au.what.find("the own kernels (cuDNN not used: "), std::string::npos) << au.what;
+    }
     SetAttentionBackwardVariant(saved_bwd);
   }
   const int64_t before = cudnn::Executions();
   int expected = 0;  // graphs cuDNN runs: 1 per forward, 2 per CheckAttention backward
   struct Combo {
-    bool fwd, bwd, det;
+    bool fwd, bwd, det, automatic;
   };
-  for (const Combo c : {Combo{true, true, false}, Combo{true, false, false},
-                        Combo{false, true, false}, Combo{true, true, true}}) {
-    SCOPED_TRACE(std::string("cuDNN forward ") + (c.fwd ? "on" : "off") + ", backward " +
-                 (c.bwd ? (c.det ? "deterministic" : "on") : "off"));
-    SetAttentionForwardVariant(c.fwd ? AttentionForwardVariant::kCudnn
-                                     : AttentionForwardVariant::kDefault);
-    AttentionBackwardVariant v;
-    v.cudnn = c.bwd;
-    v.cudnn_det = c.det;
+  for (const Combo c : {Combo{true, true, false, false}, Combo{true, false, false, false},
+                        Combo{false, true, false, false}, Combo{true, true, true, false},
+                        Combo{true, true, true, true}}) {
+    SCOPED_TRACE(c.automatic ? std::string("auto (LLMT_ATTN_FWD/BWD unset)")
+                             : std::string("cuDNN forward ") + (c.fwd ? "on" : "off") +
+                                   ", backward " +
+                                   (c.bwd ? (c.det ? "deterministic" : "on") : "off"));
+    SetAttentionForwardVariant(c.automatic ? AttentionForwardVariant::kAuto
+                               : c.fwd     ? AttentionForwardVariant::kCudnn
+                                           : AttentionForwardVariant::kDefault);
+    AttentionBackwardVariant v = ParseAttentionBackwardVariant(c.automatic ? "auto" : "own");
+    v.cudnn = c.bwd && !c.automatic;
+    v.cudnn_det = c.det && !c.automatic;
     CheckAttention<bf16>(GetParam(), AttentionImpl::kMma, v,
                          /*reproducible=*/!c.bwd || c.det);
     expected += (c.fwd ? 1 : 0) + (c.bwd ? 2 : 0);
@@ -951,6 +974,19 @@ TEST_F(GpuTest, WgmmaProductLayouts) {
 // use; an unknown value stops the process with a message naming the
 // variable and the value. (Threadsafe death tests re-run this binary, so
 // the child reads the variables afresh whatever this process read.)
+// Unset, "" and "auto" select auto (cuDNN where it runs); "own" and
+// "default" the own kernels; names combine.
+TEST(AttentionSwitches, AutoAndOwnNames) {
+  for (const char* name : {"", "auto", "auto,wgmma"}) {
+    EXPECT_TRUE(ParseAttentionBackwardVariant(name).cudnn_auto) << "'" << name << "'";
+  }
+  EXPECT_TRUE(ParseAttentionBackwardVariant("auto,wgmma").wgmma);
+  for (const char* name : {"own", "default", "wgmma", "cudnn-det"}) {
+    EXPECT_FALSE(ParseAttentionBackwardVariant(name).cudnn_auto) << "'" << name << "'";
+  }
+  EXPECT_FALSE(AttentionBackwardVariant{}.cudnn_auto);
+}
+
 TEST(AttentionSwitches, UnknownValuesAreFatalAndNamed) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
@@ -965,6 +1001,20 @@ TEST(AttentionSwitches, UnknownValuesAreFatalAndNamed) {
         GetAttentionForwardVariant();
       },
       "LLMT_ATTN_FWD: unknown variant 'wgmma-n128'");
+  // The forward's names, read from the environment in a child process.
+  for (const auto& [value, want] :
+       {std::pair{"", AttentionForwardVariant::kAuto}, std::pair{"auto", AttentionForwardVariant::kAuto},
+        std::pair{"own", AttentionForwardVariant::kDefault},
+        std::pair{"default", AttentionForwardVariant::kDefault},
+        std::pair{"cudnn", AttentionForwardVariant::kCudnn}}) {
+    EXPECT_EXIT(
+        {
+          setenv("LLMT_ATTN_FWD", value, 1);
+          std::exit(GetAttentionForwardVariant() == want ? 0 : 1);
+        },
+        ::testing::ExitedWithCode(0), "")
+        << "LLMT_ATTN_FWD='" << value << "'";
+  }
 }
 
 // The ds variant (dS stored by the dK/dV kernel, dQ = dS K from it) at head

@@ -68,6 +68,14 @@ TEST(CudaRuntimeTest, MemoryReportGroupsByCategory) {
   EXPECT_LT(p, a);
   EXPECT_THAT(s, HasSubstr("1.5 KiB  (2 buffers)"));
   EXPECT_THAT(s, HasSubstr("4.0 MiB  (2 buffers)"));
+  // A shared category names its buffers below its line, before the next one.
+  const size_t bf = s.find("    params_bf16"), l1 = s.find("    layer1");
+  ASSERT_NE(bf, std::string::npos) << s;
+  ASSERT_NE(l1, std::string::npos) << s;
+  EXPECT_LT(p, bf);
+  EXPECT_LT(bf, a);
+  EXPECT_LT(a, l1);
+  EXPECT_THAT(s, HasSubstr("500 B\n"));
   EXPECT_THAT(s, HasSubstr("device: 1.00 GiB free of 2.00 GiB"));
 }
 

@@ -505,20 +505,21 @@ TEST_P(CudaTrain, NcclWorldSizeOneThroughCliMatchesLocal) {
   }
 }
 
-// (i) cuDNN's attention with its deterministic backward (LLMT_ATTN_FWD=cudnn,
-// LLMT_ATTN_BWD=cudnn-det) keeps (b)'s guarantee at T 128 (a cuDNN shape),
-// so it could be the default without giving up bit-identical resume. With
-// LLMT_REQUIRE_CUDNN=1 (bench/gpu/run.sh) every run must have planned
-// cuDNN's forward and backward and never fallen back; elsewhere the own
-// kernels may run.
+// (i) The default attention (auto: LLMT_ATTN_FWD/BWD empty) at T 128, a
+// cuDNN shape: cuDNN's forward and deterministic backward keep (b)'s
+// guarantee. With LLMT_REQUIRE_CUDNN=1 (bench/gpu/run.sh) every run must
+// have planned cuDNN's forward and deterministic backward under auto and
+// never fallen back; elsewhere the own kernels may run (and must keep the
+// guarantee too).
 TEST_P(CudaTrain, CudnnDeterministicResumeIsBitIdentical) {
   REQUIRE_GPU();
   const char* req = std::getenv("LLMT_REQUIRE_CUDNN");
   const bool require = req != nullptr && std::string(req) == "1";
   ExpectResumeBitIdentical(
-      "cudnn-resume", GetParam(), 128, {"LLMT_ATTN_FWD=cudnn", "LLMT_ATTN_BWD=cudnn-det"},
+      "cudnn-resume", GetParam(), 128, {"LLMT_ATTN_FWD=", "LLMT_ATTN_BWD="},
       [&](const std::string& log) {
         if (!require) return;
+        EXPECT_THAT(log, HasSubstr("forward and deterministic backward (auto)")) << log;
         EXPECT_THAT(log, HasSubstr("cuDNN attention forward (")) << log;
         EXPECT_THAT(log, HasSubstr("cuDNN attention backward (")) << log;
         EXPECT_THAT(log, Not(HasSubstr("cuda attention: cuDNN"))) << log;  // a fallback
