@@ -24,9 +24,9 @@
 # --ab: first bench_attention (every attention kernel variant alone, with its
 #   deviation from the default's output), then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
-#   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the wgmma
-#   attention forward (also pipelined, also two warpgroups per block) and
-#   backward (also fused), each alone; cuDNN's
+#   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, twice; the own
+#   attention kernels; the wgmma attention forward (also pipelined, also two
+#   warpgroups per block) and backward (also fused), each alone; cuDNN's
 #   attention forward and backward (also deterministic), each alone;
 #   the bias gradients from the weight-gradient GEMMs' epilogue; other
 #   options, e.g.
@@ -180,10 +180,12 @@ fi
 # ---- A/B: one GPT-2 benchmark per variant, same batch, side by side --------
 if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
-  # the wgmma and cuDNN attention and the fused bias gradient against the
-  # default engine, the least known first. Variants that no longer fit
-  # LLMT_BENCH_BUDGET_S are skipped, so the table always comes out.
-  variants=${LLMT_AB_VARIANTS:-"base fwd-cudnn:LLMT_ATTN_FWD=cudnn
+  # the own attention kernels (all of them, then wgmma and cuDNN's one side
+  # at a time) and the fused bias gradient against the default engine
+  # (cuDNN's attention under auto where it loads). Variants that no longer
+  # fit LLMT_BENCH_BUDGET_S are skipped, so the table always comes out.
+  variants=${LLMT_AB_VARIANTS:-"base own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own
+    fwd-cudnn:LLMT_ATTN_FWD=cudnn
     bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused
     bwd-wg-fused-2wg:LLMT_ATTN_BWD=wgmma-fused-2wg fwd-wg-2wg:LLMT_ATTN_FWD=wgmma-2wg
     fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe fwd-wg-pipe-2wg:LLMT_ATTN_FWD=wgmma-pipe-2wg
