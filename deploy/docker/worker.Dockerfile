@@ -6,12 +6,15 @@
 #   docker build -f deploy/docker/worker.Dockerfile --build-arg LLMT_CUDA=OFF \
 #     --build-arg BUILD_IMAGE=debian:12 --build-arg RUNTIME_IMAGE=debian:12-slim \
 #     -t llmt-worker:0.1.0-cpu .
-# The CUDA images are NVIDIA's Ubuntu 24.04 ones: the runtime image carries
-# cudart, cuBLAS/cuBLASLt and NCCL; Ubuntu 24.04 has the same gRPC, Protobuf
-# and Abseil versions as Debian 12. The GPU driver comes from the node (NVIDIA
-# container toolkit). The build steps are deploy/docker/build.sh.
-ARG BUILD_IMAGE=nvidia/cuda:12.6.3-devel-ubuntu24.04
-ARG RUNTIME_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
+# The CUDA images are NVIDIA's Ubuntu 24.04 ones with cuDNN: the runtime image
+# carries cudart, cuBLAS/cuBLASLt, NCCL and libcudnn.so.9 (loaded at run time
+# for the default attention; without it the own kernels run, slower), the
+# devel image cuDNN's headers, without which the build leaves cuDNN out;
+# Ubuntu 24.04 has the same gRPC, Protobuf and Abseil versions as Debian 12.
+# The GPU driver comes from the node (NVIDIA container toolkit). The build
+# steps are deploy/docker/build.sh.
+ARG BUILD_IMAGE=nvidia/cuda:12.6.3-cudnn-devel-ubuntu24.04
+ARG RUNTIME_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 FROM ${BUILD_IMAGE} AS build
 ARG LLMT_CUDA=ON

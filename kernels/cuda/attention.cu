@@ -682,9 +682,9 @@ AttentionPrepared PrepareAttention(int B, int T, int NH, int NKV, int hd) {
     r.what = "attention: the own kernels (cuDNN not used: " + why_not + ")";
     return r;
   }
+  const char* backward = !bwd ? "" : det ? " deterministic backward" : " backward";
   r.what = "attention: " + cudnn::Describe() + (fwd ? " forward" : "") +
-           (fwd && bwd ? " and" : "") + (bwd ? (det ? " deterministic backward" : " backward") : "") +
-           (requested ? "" : " (auto)");
+           (fwd && bwd ? " and" : "") + backward + (requested ? "" : " (auto)");
   if (!why_not.empty()) r.what += "; the own kernels for the rest: " + why_not;
   return r;
 }

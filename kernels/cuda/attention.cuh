@@ -120,10 +120,11 @@ AttentionImpl GetAttentionImpl();
 // The choice comes from the environment variable LLMT_ATTN_BWD, read once on
 // first use: a comma-separated list of the names above, or "own" (alias
 // "default") for the own default kernels alone; an unknown name is a fatal
-// error, so a typo cannot silently time the default. Results differ between variants in summation order only; each
-// is deterministic run to run. Set/Get are a process-wide switch for tests
-// and benchmarks (not thread-safe); Set overrides the environment (and must
-// come before sizing the scratch).
+// error, so a typo cannot silently time the default. Results differ between
+// variants in summation order only; each but "cudnn" is deterministic run
+// to run. Set/Get are a process-wide switch for tests and benchmarks (not
+// thread-safe); Set overrides the environment (and must come before sizing
+// the scratch).
 struct AttentionBackwardVariant {
   bool dq64 = false;
   bool dkdv8 = false;

@@ -1003,7 +1003,8 @@ TEST(AttentionSwitches, UnknownValuesAreFatalAndNamed) {
       "LLMT_ATTN_FWD: unknown variant 'wgmma-n128'");
   // The forward's names, read from the environment in a child process.
   for (const auto& [value, want] :
-       {std::pair{"", AttentionForwardVariant::kAuto}, std::pair{"auto", AttentionForwardVariant::kAuto},
+       {std::pair{"", AttentionForwardVariant::kAuto},
+        std::pair{"auto", AttentionForwardVariant::kAuto},
         std::pair{"own", AttentionForwardVariant::kDefault},
         std::pair{"default", AttentionForwardVariant::kDefault},
         std::pair{"cudnn", AttentionForwardVariant::kCudnn}}) {
