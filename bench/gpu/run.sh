@@ -190,7 +190,7 @@ if [[ $MODE == ab ]]; then
     bwd-wg-fused-2wg:LLMT_ATTN_BWD=wgmma-fused-2wg fwd-wg-2wg:LLMT_ATTN_FWD=wgmma-2wg
     fwd-wg-pipe:LLMT_ATTN_FWD=wgmma-pipe fwd-wg-pipe-2wg:LLMT_ATTN_FWD=wgmma-pipe-2wg
     fwd-wg:LLMT_ATTN_FWD=wgmma bwd-wg:LLMT_ATTN_BWD=wgmma bwd-cudnn:LLMT_ATTN_BWD=cudnn
-    bgrad:LLMT_BIAS_GRAD=epilogue base2"}
+    bgrad:LLMT_BIAS_GRAD=epilogue bgrad-norm:LLMT_BIAS_GRAD=norm base2"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
@@ -267,7 +267,8 @@ if [[ $MODE != bench ]]; then
   # "binary|gtest filter|label|env" (env: VAR=VALUE;VAR=VALUE). The model and
   # training tests also run once with the wgmma attention kernels, as if they
   # were the default (what a change of the default needs), and the model
-  # tests with the bias gradients from the GEMM epilogue. The fused wgmma
+  # tests with the bias gradients from the GEMM epilogue, and from the norm
+  # backward. The fused wgmma
   # backwards (wgmma-fused, -2wg: blocks wait on each other, a fault could
   # trap) have their kernel, model and training runs apart too (the training
   # test, bit-identical resume at T 192, sets both variants itself). The cuDNN attention
@@ -293,6 +294,7 @@ if [[ $MODE != bench ]]; then
                "$t|-*Cudnn*|cuda_model_test-wgfused|$FUSED_ENV"
                "$t|-*Cudnn*|cuda_model_test-wgfused2|$FUSED2_ENV"
                "$t|-*Cudnn*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
+               "$t|-*Cudnn*|cuda_model_test-bgradnorm|LLMT_BIAS_GRAD=norm"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
         RUNS+=("$t|-*Cudnn*:*WgmmaFused*|cuda_train_test|"

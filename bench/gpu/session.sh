@@ -69,6 +69,9 @@ echo "wgmma-fused-2wg tests passed: $WF2_OK" >>"$S/session.txt"
 BG_OK=0
 test_passed cuda_matmul_test && test_passed cuda_model_test-bgrad && BG_OK=1
 echo "bias-gradient epilogue tests passed: $BG_OK" >>"$S/session.txt"
+BN_OK=0
+test_passed cuda_kernels_test && test_passed cuda_model_test-bgradnorm && BN_OK=1
+echo "bias gradients from the norm tests passed: $BN_OK" >>"$S/session.txt"
 CD_OK=0
 test_passed cuda_kernels_test-cudnn && test_passed cuda_model_test-cudnn && CD_OK=1
 echo "cuDNN attention tests passed: $CD_OK" >>"$S/session.txt"
@@ -97,6 +100,7 @@ declare -A ENV=(
   [bwd-wg-ss]="LLMT_ATTN_BWD=wgmma-ss" [inplace]="LLMT_GEMM_AUTOTUNE=exact+inplace"
   [xent128]="LLMT_XENT_CHUNK_ROWS=128" [xent256]="LLMT_XENT_CHUNK_ROWS=256"
   [xent512]="LLMT_XENT_CHUNK_ROWS=512" [bgrad]="LLMT_BIAS_GRAD=epilogue"
+  [bgrad-norm]="LLMT_BIAS_GRAD=norm"
   [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn"
   [bwd-cudnn-det]="LLMT_ATTN_BWD=cudnn-det")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
@@ -107,6 +111,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
     [[ $v == *wg-fused && $WF_OK != 1 ]] && continue
     [[ $v == *wg-fused-2wg && $WF2_OK != 1 ]] && continue
     [[ $v == bgrad && $BG_OK != 1 ]] && continue
+    [[ $v == bgrad-norm && $BN_OK != 1 ]] && continue
     [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
     g=$(gain "$v")
     [[ -n $g ]] && awk -v g="$g" -v b="$bg" 'BEGIN {exit !(g >= b)}' && { best=$v; bg=$g; }
@@ -119,7 +124,7 @@ WIN=()
 for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-wg-pipe-2wg fwd-m64 fwd-n128 fwd-cudnn" \
              "bwd-wg bwd-wg-ss bwd-wg-fused bwd-wg-fused-2wg bwd-cudnn-det" \
              "inplace" \
-             "xent128 xent256 xent512" "bgrad"; do
+             "xent128 xent256 xent512" "bgrad bgrad-norm"; do
   # shellcheck disable=SC2086
   w=$(pick $group)
   [[ -n $w ]] && WIN+=("${ENV[$w]}")

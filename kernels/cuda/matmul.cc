@@ -173,6 +173,7 @@ struct Blas::Impl {
   Blas::Autotune autotune = Blas::Autotune::kOff;
   bool tune_in_place = false;
   bool fuse_bias_grad = false;
+  bool bias_grad_from_norm = false;
   DeviceBuffer bias_grad_scratch;  // MatmulBackward's epilogue output (fp32)
   DeviceBuffer fingerprint;  // kExact's scratch (internal::kFingerprintWords)
   int64_t fallbacks = 0;
@@ -203,12 +204,13 @@ absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env) {
       "': expected 0/off, exact, or 1/any, the last two optionally followed by +inplace"));
 }
 
-absl::StatusOr<bool> ParseBiasGrad(const char* env) {
+absl::StatusOr<BiasGradMode> ParseBiasGrad(const char* env) {
   const std::string mode = env == nullptr ? "" : env;
-  if (mode.empty() || mode == "kernel") return false;
-  if (mode == "epilogue") return true;
+  if (mode.empty() || mode == "kernel") return BiasGradMode{};
+  if (mode == "epilogue") return BiasGradMode{.epilogue = true};
+  if (mode == "norm") return BiasGradMode{.from_norm = true};
   return absl::InvalidArgumentError(
-      absl::StrCat("LLMT_BIAS_GRAD='", mode, "': expected epilogue or kernel"));
+      absl::StrCat("LLMT_BIAS_GRAD='", mode, "': expected epilogue, norm or kernel"));
 }
 
 absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
@@ -226,9 +228,10 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   if (!tune.ok()) return tune.status();
   impl->autotune = tune->first;
   impl->tune_in_place = tune->second;
-  auto fuse_bias_grad = ParseBiasGrad(std::getenv("LLMT_BIAS_GRAD"));
-  if (!fuse_bias_grad.ok()) return fuse_bias_grad.status();
-  impl->fuse_bias_grad = *fuse_bias_grad;
+  auto bias_grad = ParseBiasGrad(std::getenv("LLMT_BIAS_GRAD"));
+  if (!bias_grad.ok()) return bias_grad.status();
+  impl->fuse_bias_grad = bias_grad->epilogue;
+  impl->bias_grad_from_norm = bias_grad->from_norm;
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
 }
 
@@ -245,6 +248,8 @@ void Blas::set_autotune_in_place(bool on) { impl_->tune_in_place = on; }
 bool Blas::autotune_in_place() const { return impl_->tune_in_place; }
 void Blas::set_fuse_bias_grad(bool on) { impl_->fuse_bias_grad = on; }
 bool Blas::fuse_bias_grad() const { return impl_->fuse_bias_grad; }
+void Blas::set_bias_grad_from_norm(bool on) { impl_->bias_grad_from_norm = on; }
+bool Blas::bias_grad_from_norm() const { return impl_->bias_grad_from_norm; }
 int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
 int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
 

@@ -94,6 +94,14 @@ class Blas {
   // not yet run on a GPU.
   void set_fuse_bias_grad(bool on);
   bool fuse_bias_grad() const;
+  // LLMT_BIAS_GRAD=norm: a request to the caller, MatmulBackward ignores it.
+  // The CUDA model then takes the bias gradients of the layers whose output
+  // joins the residual stream (GPT-2's attention and MLP output
+  // projections) from the norm backward that updates the stream's gradient
+  // (LayerNormBackward's dinp_colsum: no pass of their own over dout) and
+  // passes no dbias for them. An A/B option: not yet run on a GPU.
+  void set_bias_grad_from_norm(bool on);
+  bool bias_grad_from_norm() const;
 
   // Plans cached so far, and GEMMs that had to fall back from a fused
   // epilogue because cuBLASLt offered no algorithm for it.
@@ -162,10 +170,17 @@ LtProblem ToColumnMajor(const GemmOp& op);
 // LLMT_GEMM_AUTOTUNE's value (nullptr = unset) -> (mode, tune in place); see
 // Blas::Autotune. Errors name the variable and the accepted values.
 absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env);
-// LLMT_BIAS_GRAD's value (nullptr = unset) -> whether MatmulBackward fuses
-// the bias gradient into the weight-gradient GEMM (Blas::set_fuse_bias_grad).
-// Errors name the variable and the accepted values.
-absl::StatusOr<bool> ParseBiasGrad(const char* env);
+// LLMT_BIAS_GRAD's value (nullptr = unset; "" and "kernel": neither) ->
+// "epilogue": MatmulBackward fuses the bias gradient into the
+// weight-gradient GEMM (Blas::set_fuse_bias_grad); "norm": the caller takes
+// the residual projections' bias gradients from the norm backward
+// (Blas::set_bias_grad_from_norm). Errors name the variable and the
+// accepted values.
+struct BiasGradMode {
+  bool epilogue = false;
+  bool from_norm = false;
+};
+absl::StatusOr<BiasGradMode> ParseBiasGrad(const char* env);
 
 // Runs `op` in one cuBLASLt call. Returns false, having run nothing, when
 // cuBLASLt has no algorithm for it (typically a fused epilogue unsupported for

@@ -1,6 +1,8 @@
+#include <algorithm>
 #include <atomic>
 
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/matmul.cuh"
 #include "kernels/cuda/norm.cuh"
 
 namespace llmt::kernels::cuda {
@@ -275,19 +277,32 @@ __device__ __forceinline__ Vec<T, V> FinishVector(const Vec<T, V>& xi, const Vec
   return out;
 }
 
+// p[k] += o[k] for the V values of a finished vector (its column sums).
+template <typename T, int V>
+__device__ __forceinline__ void AddVecToSmem(float* p, const Vec<T, V>& o) {
+  float f[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) f[k] = ToF(o.v[k]);
+  AddToSmem<V, false>(p, f, f);
+}
+
 // Block b handles rows [b kFastRows, (b + 1) kFastRows); warp y its rows
 // r0 + y, r0 + y + 8, ...; partial[b][c] (weight), partial[nblocks + b][c]
-// (bias). Dynamic shared memory: kWarps x (kLN ? 2 : 1) x C floats.
+// (bias), and with kSum partial[(kLN ? 2 : 1) nblocks + b][c] the column
+// sums of the updated dinp (as stored, after rounding to T): the gradient's
+// column sums that a bias feeding this residual stream needs, taken while
+// the values are in registers instead of in a separate pass over dinp.
+// Dynamic shared memory: kWarps x planes x C floats.
 // Registers (ptxas, sm_90a): 3 blocks per SM (<= 80 registers) hold NV <= 3
 // without spills (bf16 C = 768: 80); NV = 4 (C = 1024) spills at 80 and gets
 // 2 blocks (113 RMSNorm / 120 LayerNorm). Either way an SM keeps >= 16 warps
 // x one row of x and dy (>= 3 KB) in flight, 48+ KB, more than its share of
 // HBM bandwidth x latency (~25 GB/s x ~1 us = ~25 KB).
-template <typename T, int V, int NV, bool kLN>
+template <typename T, int V, int NV, bool kLN, bool kSum>
 __global__ void __launch_bounds__(kThreads, NV >= 4 ? 2 : 3)
     NormBackwardFastKernel(T* dinp, float* partial, const T* dout, const T* inp, const T* weight,
                            const float* mean, const float* rstd, int64_t rows, int C) {
-  constexpr int kPlanes = kLN ? 2 : 1;
+  constexpr int kPlanes = (kLN ? 2 : 1) + (kSum ? 1 : 0);
   LLMT_DYNAMIC_SMEM(smem_raw);
   float* acc = reinterpret_cast<float*>(smem_raw);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -295,6 +310,7 @@ __global__ void __launch_bounds__(kThreads, NV >= 4 ? 2 : 3)
   __syncthreads();
   float* aw = acc + warp * kPlanes * C;  // this warp's weight slice
   float* ab = aw + C;                    // and bias slice (LayerNorm)
+  float* as = aw + (kLN ? 2 : 1) * C;    // and dinp's column sums (kSum)
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kFastRows;
   const int64_t r1 = min(rows, r0 + kFastRows);
   for (int64_t r = r0 + warp; r < r1; r += kWarps) {
@@ -324,9 +340,11 @@ __global__ void __launch_bounds__(kThreads, NV >= 4 ? 2 : 3)
       for (int i = 0; i < NV; ++i) {
         const int c = i * 32 * V + lane * V;
         if (c < C) {
-          StoreVec<V>(dinp + off + c, FinishVector<T, V, kLN>(xi[i], dy[i], LoadVec<V>(weight + c),
-                                                              LoadVec<V>(dinp + off + c), m, rs, a,
-                                                              b, aw + c, ab + c));
+          const Vec<T, V> o = FinishVector<T, V, kLN>(xi[i], dy[i], LoadVec<V>(weight + c),
+                                                      LoadVec<V>(dinp + off + c), m, rs, a, b,
+                                                      aw + c, ab + c);
+          if constexpr (kSum) AddVecToSmem(as + c, o);
+          StoreVec<V>(dinp + off + c, o);
         }
       }
     } else {
@@ -337,10 +355,12 @@ __global__ void __launch_bounds__(kThreads, NV >= 4 ? 2 : 3)
       const float a = kLN ? WarpSum(sum_dn) / C : 0.f;
       const float b = WarpSum(sum_dn_n) / C;
       for (int c = lane * V; c < C; c += 32 * V) {
-        StoreVec<V>(dinp + off + c,
-                    FinishVector<T, V, kLN>(LoadVec<V>(inp + off + c), LoadVec<V>(dout + off + c),
-                                            LoadVec<V>(weight + c), LoadVec<V>(dinp + off + c), m,
-                                            rs, a, b, aw + c, ab + c));
+        const Vec<T, V> o =
+            FinishVector<T, V, kLN>(LoadVec<V>(inp + off + c), LoadVec<V>(dout + off + c),
+                                    LoadVec<V>(weight + c), LoadVec<V>(dinp + off + c), m, rs, a,
+                                    b, aw + c, ab + c);
+        if constexpr (kSum) AddVecToSmem(as + c, o);
+        StoreVec<V>(dinp + off + c, o);
       }
     }
   }
@@ -365,36 +385,38 @@ std::atomic<bool>& LegacyNormBackward() {
   return legacy;
 }
 
-// Launches NormBackwardFastKernel when C's slices fit kMaxFastSmem and the
-// shared memory is granted; returns the number of partial rows it writes, 0
-// when the caller must run NormBackwardKernel.
-template <typename T, bool kLN>
+// Launches NormBackwardFastKernel (with dinp's column sums: kSum) when C's
+// slices fit kMaxFastSmem and the shared memory is granted; returns the
+// number of partial rows it writes, 0 when the caller must run
+// NormBackwardKernel.
+template <typename T, bool kLN, bool kSum>
 int64_t LaunchBackwardFast(T* dinp, float* partial, const T* dout, const T* inp, const T* weight,
                            const float* mean, const float* rstd, int64_t rows, int C,
                            cudaStream_t stream) {
   if (LegacyNormBackward().load(std::memory_order_relaxed)) return 0;
-  const size_t smem = static_cast<size_t>(kWarps) * (kLN ? 2 : 1) * C * sizeof(float);
+  const size_t smem =
+      static_cast<size_t>(kWarps) * ((kLN ? 2 : 1) + (kSum ? 1 : 0)) * C * sizeof(float);
   if (smem > kMaxFastSmem) return 0;
   constexpr int kV = kVec<T>;
   using Kernel =
       void (*)(T*, float*, const T*, const T*, const T*, const float*, const float*, int64_t, int);
-  Kernel kernel = NormBackwardFastKernel<T, 1, 0, kLN>;
+  Kernel kernel = NormBackwardFastKernel<T, 1, 0, kLN, kSum>;
   if (UseVec<T>(C, dinp, dout, inp, weight, nullptr)) {
     switch (CeilDiv(C, 32 * kV)) {
       case 1:
-        kernel = NormBackwardFastKernel<T, kV, 1, kLN>;
+        kernel = NormBackwardFastKernel<T, kV, 1, kLN, kSum>;
         break;
       case 2:
-        kernel = NormBackwardFastKernel<T, kV, 2, kLN>;
+        kernel = NormBackwardFastKernel<T, kV, 2, kLN, kSum>;
         break;
       case 3:
-        kernel = NormBackwardFastKernel<T, kV, 3, kLN>;
+        kernel = NormBackwardFastKernel<T, kV, 3, kLN, kSum>;
         break;
       case kMaxFastNV:
-        kernel = NormBackwardFastKernel<T, kV, kMaxFastNV, kLN>;
+        kernel = NormBackwardFastKernel<T, kV, kMaxFastNV, kLN, kSum>;
         break;
       default:
-        kernel = NormBackwardFastKernel<T, kV, 0, kLN>;
+        kernel = NormBackwardFastKernel<T, kV, 0, kLN, kSum>;
         break;
     }
   }
@@ -429,15 +451,20 @@ void LaunchForward(T* residual, T* out, float* mean, float* rstd, const T* inp1,
 }
 
 template <typename T, typename G, bool kLN>
-void LaunchBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp, const T* weight,
-                    const float* mean, const float* rstd, int64_t rows, int C, void* scratch,
-                    size_t scratch_bytes, cudaStream_t stream) {
+void LaunchBackward(T* dinp, G* dweight, G* dbias, G* dsum, const T* dout, const T* inp,
+                    const T* weight, const float* mean, const float* rstd, int64_t rows, int C,
+                    void* scratch, size_t scratch_bytes, cudaStream_t stream) {
   if (rows <= 0 || C <= 0) return;
   const char* name = kLN ? "LayerNormBackward" : "RMSNormBackward";
   CheckScratch(name, scratch, scratch_bytes, NormBackwardScratchBytes(rows, C));
   float* partial = static_cast<float*>(scratch);
   int64_t nblocks =
-      LaunchBackwardFast<T, kLN>(dinp, partial, dout, inp, weight, mean, rstd, rows, C, stream);
+      dsum != nullptr
+          ? LaunchBackwardFast<T, kLN, true>(dinp, partial, dout, inp, weight, mean, rstd, rows,
+                                             C, stream)
+          : LaunchBackwardFast<T, kLN, false>(dinp, partial, dout, inp, weight, mean, rstd, rows,
+                                              C, stream);
+  const bool summed = nblocks != 0 && dsum != nullptr;  // dinp's column sums in the partials
   if (nblocks == 0) {
     nblocks = CeilDiv(rows, kNormRowsPerBlock);
     if (UseVec<T>(C, dinp, dout, inp, weight, nullptr)) {
@@ -460,6 +487,19 @@ void LaunchBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp, 
   LLMT_CUDA_CHECK_LAUNCH(
       kLN ? "LayerNormBackward/NormParamGradKernel" : "RMSNormBackward/NormParamGradKernel",
       stream);
+  if (summed) {
+    // dsum += the blocks' column sums of dinp, in block order as above.
+    const float* plane = partial + (kLN ? 2 : 1) * nblocks * static_cast<int64_t>(C);
+    internal::Launch(internal::ColumnSumKernel<G, float, 1, kParamSlots, true>,
+                     dim3(static_cast<unsigned>(CeilDiv(C, 32))), 32 * kParamSlots, 0, stream,
+                     dsum, static_cast<G*>(nullptr), plane, nblocks * C, nblocks,
+                     static_cast<int64_t>(C), nblocks, 1.f);
+    LLMT_CUDA_CHECK_LAUNCH(
+        kLN ? "LayerNormBackward/DinpColumnSums" : "RMSNormBackward/DinpColumnSums", stream);
+  } else if (dsum != nullptr) {
+    // The legacy kernel has no third plane: a separate pass over dinp.
+    BiasBackward(dsum, dinp, rows, C, 1.f, stream);
+  }
 }
 
 }  // namespace
@@ -468,9 +508,11 @@ bool SetLegacyNormBackward(bool legacy) { return LegacyNormBackward().exchange(l
 
 size_t NormBackwardScratchBytes(int64_t rows, int C) {
   // Two planes (weight, bias) for LayerNorm; RMSNorm uses the first. Sized
-  // for NormBackwardKernel's 32-row partials; the fast kernel writes half.
-  return static_cast<size_t>(CeilDiv(rows, kNormRowsPerBlock)) * static_cast<size_t>(C) * 2 *
-         sizeof(float);
+  // for NormBackwardKernel's 32-row partials; the fast kernel writes half as
+  // many rows per plane, in up to three planes (dinp's column sums).
+  const size_t slow = static_cast<size_t>(CeilDiv(rows, kNormRowsPerBlock)) * 2;
+  const size_t fast = static_cast<size_t>(CeilDiv(rows, kFastRows)) * 3;
+  return std::max(slow, fast) * static_cast<size_t>(C) * sizeof(float);
 }
 
 #define LLMT_NORM_FWD(T)                                                                           \
@@ -503,15 +545,17 @@ LLMT_NORM_FWD(bf16)
 #define LLMT_NORM_BWD(T, G)                                                                   \
   void LayerNormBackward(T* dinp, G* dweight, G* dbias, const T* dout, const T* inp,          \
                          const T* weight, const float* mean, const float* rstd, int64_t rows, \
-                         int C, void* scratch, size_t scratch_bytes, cudaStream_t stream) {   \
-    LaunchBackward<T, G, true>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, C,  \
-                               scratch, scratch_bytes, stream);                               \
+                         int C, void* scratch, size_t scratch_bytes, cudaStream_t stream,     \
+                         G* dinp_colsum) {                                                    \
+    LaunchBackward<T, G, true>(dinp, dweight, dbias, dinp_colsum, dout, inp, weight, mean,    \
+                               rstd, rows, C, scratch, scratch_bytes, stream);                \
   }                                                                                           \
   void RMSNormBackward(T* dinp, G* dweight, const T* dout, const T* inp, const T* weight,     \
                        const float* rstd, int64_t rows, int C, void* scratch,                 \
-                       size_t scratch_bytes, cudaStream_t stream) {                           \
-    LaunchBackward<T, G, false>(dinp, dweight, static_cast<G*>(nullptr), dout, inp, weight,   \
-                                nullptr, rstd, rows, C, scratch, scratch_bytes, stream);      \
+                       size_t scratch_bytes, cudaStream_t stream, G* dinp_colsum) {           \
+    LaunchBackward<T, G, false>(dinp, dweight, static_cast<G*>(nullptr), dinp_colsum, dout,   \
+                                inp, weight, nullptr, rstd, rows, C, scratch, scratch_bytes,  \
+                                stream);                                                      \
   }
 LLMT_NORM_BWD(float, float)
 LLMT_NORM_BWD(bf16, bf16)

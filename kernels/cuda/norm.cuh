@@ -52,16 +52,23 @@ void FusedResidualLayerNormForward(bf16* residual, bf16* out, float* mean, float
                                    cudaStream_t stream);
 // dinp += dL/dx; dweight += ; dbias += (dbias may be null). dinp must not
 // alias dout. `scratch` holds NormBackwardScratchBytes(rows, C) bytes.
+// dinp_colsum (optional) += the column sums of the updated dinp, as stored:
+// when dinp is a residual stream's gradient, the bias gradient of the linear
+// layer whose output joins the stream here, without a pass of its own over
+// dinp (LLMT_BIAS_GRAD=norm in the CUDA model). Deterministic: a fixed
+// order of additions for given (rows, C).
 void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, const float* mean, const float* rstd,
                        int64_t rows, int C, void* scratch, size_t scratch_bytes,
-                       cudaStream_t stream);
+                       cudaStream_t stream, float* dinp_colsum = nullptr);
 void LayerNormBackward(bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout, const bf16* inp,
                        const bf16* weight, const float* mean, const float* rstd, int64_t rows,
-                       int C, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+                       int C, void* scratch, size_t scratch_bytes, cudaStream_t stream,
+                       bf16* dinp_colsum = nullptr);
 void LayerNormBackward(bf16* dinp, float* dweight, float* dbias, const bf16* dout, const bf16* inp,
                        const bf16* weight, const float* mean, const float* rstd, int64_t rows,
-                       int C, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+                       int C, void* scratch, size_t scratch_bytes, cudaStream_t stream,
+                       float* dinp_colsum = nullptr);
 
 // ---- RMSNorm (Llama) -------------------------------------------------------
 // out = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps) saved (fp32).
@@ -75,15 +82,16 @@ void FusedResidualRMSNormForward(float* residual, float* out, float* rstd, const
 void FusedResidualRMSNormForward(bf16* residual, bf16* out, float* rstd, const bf16* inp1,
                                  const bf16* inp2, const bf16* weight, int64_t rows, int C,
                                  float eps, cudaStream_t stream);
-// dinp += ; dweight += . Same aliasing and scratch rules as LayerNormBackward.
+// dinp += ; dweight += ; dinp_colsum as above. Same aliasing and scratch
+// rules as LayerNormBackward.
 void RMSNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
                      const float* weight, const float* rstd, int64_t rows, int C, void* scratch,
-                     size_t scratch_bytes, cudaStream_t stream);
+                     size_t scratch_bytes, cudaStream_t stream, float* dinp_colsum = nullptr);
 void RMSNormBackward(bf16* dinp, bf16* dweight, const bf16* dout, const bf16* inp,
                      const bf16* weight, const float* rstd, int64_t rows, int C, void* scratch,
-                     size_t scratch_bytes, cudaStream_t stream);
+                     size_t scratch_bytes, cudaStream_t stream, bf16* dinp_colsum = nullptr);
 void RMSNormBackward(bf16* dinp, float* dweight, const bf16* dout, const bf16* inp,
                      const bf16* weight, const float* rstd, int64_t rows, int C, void* scratch,
-                     size_t scratch_bytes, cudaStream_t stream);
+                     size_t scratch_bytes, cudaStream_t stream, float* dinp_colsum = nullptr);
 
 }  // namespace llmt::kernels::cuda

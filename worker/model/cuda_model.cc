@@ -235,8 +235,10 @@ class CudaModelImpl final : public CudaModel {
   void BackwardPass(int b, int t);
   void NormForward(T* out, float* mean, float* rstd, const T* in, int64_t w, int64_t bias,
                    int64_t rows);
+  // colsum_bias >= 0: that bias's gradient += the column sums of the updated
+  // dinp (LLMT_BIAS_GRAD=norm, see bias_from_norm_).
   void NormBackward(T* dinp, const T* dout, const T* in, const float* mean, const float* rstd,
-                    int64_t w, int64_t bias, int64_t rows);
+                    int64_t w, int64_t bias, int64_t rows, int64_t colsum_bias = -1);
   void SetWeightDecay(float wd);
 
   ModelConfig cfg_;
@@ -245,6 +247,8 @@ class CudaModelImpl final : public CudaModel {
   int C_ = 0, NH_ = 0, NKV_ = 0, hd_ = 0, F_ = 0, V_ = 0, Vp_ = 0, L_ = 0, QKV_ = 0, FC_ = 0;
   ParamLayout pl_;
   int64_t n_ = 0;
+  // LLMT_BIAS_GRAD=norm (Blas::bias_grad_from_norm): see BackwardPass.
+  bool bias_from_norm_ = false;
   std::string device_desc_;
   cu::MemoryReport report_;
 
@@ -430,6 +434,11 @@ absl::Status CudaModelImpl<T>::Init() {
   timer_ = std::make_unique<OpTimer>(stream_.get());
   ASSIGN_OR_RETURN(blas_, cu::Blas::Create());
   blas_->set_allow_tf32(false);
+  bias_from_norm_ = blas_->bias_grad_from_norm();
+  if (bias_from_norm_ && gpt2()) {
+    LLMT_LOG(Info) << "bias gradients of the attention and MLP output projections from the norm "
+                      "backward (LLMT_BIAS_GRAD=norm)";
+  }
   RETURN_IF_ERROR(Alloc(&p32_, "parameters", "fp32 master weights", n_ * 4));
   if (kBf16) {
     RETURN_IF_ERROR(Alloc(&p16_, "parameters", "bf16 weight copy", n_ * 2));
@@ -618,18 +627,19 @@ void CudaModelImpl<T>::NormForward(T* out, float* mean, float* rstd, const T* in
 
 template <typename T>
 void CudaModelImpl<T>::NormBackward(T* dinp, const T* dout, const T* in, const float* mean,
-                                    const float* rstd, int64_t w, int64_t bias, int64_t rows) {
+                                    const float* rstd, int64_t w, int64_t bias, int64_t rows,
+                                    int64_t colsum_bias) {
   if (gpt2()) {
     {
       auto timed = timer_->Time("norm_bwd");
       cu::LayerNormBackward(dinp, G(w), G(bias), dout, in, P(w), mean, rstd, rows, C_,
-                            scratch_.data(), scratch_bytes_, s());
+                            scratch_.data(), scratch_bytes_, s(), G(colsum_bias));
     }
   } else {
     {
       auto timed = timer_->Time("norm_bwd");
       cu::RMSNormBackward(dinp, G(w), dout, in, P(w), rstd, rows, C_, scratch_.data(),
-                          scratch_bytes_, s());
+                          scratch_bytes_, s(), G(colsum_bias));
     }
   }
 }
@@ -792,7 +802,15 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     auto timed = timer_->Time("zero");
     cu::Zero(dres_, N * C_, s());
   }
-  NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N);
+  // LLMT_BIAS_GRAD=norm: a bias whose output joins the residual stream gets
+  // its gradient (the column sums of the stream's gradient where it joined)
+  // from the norm backward that last updated that gradient: the final
+  // norm's for the last MLP output projection, each ln2's for its layer's
+  // attention output projection, each ln1's for the previous layer's MLP
+  // output projection. Those GEMMs' backward then skips the bias.
+  const bool bn = bias_from_norm_;
+  NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N,
+               bn ? pl_.layers[L_ - 1].proj_b : -1);
   GradsReady(0);  // final norm (and an untied lm_head)
 
   for (int l = L_ - 1; l >= 0; --l) {
@@ -817,14 +835,14 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
       // dfc = gelu'(fc) * (dres Wproj^T): the GELU backward rides on the GEMM.
       {
         auto timed = timer_->Time("matmul_proj_bwd");
-        cu::MatmulBackward(*blas_, dfc_, G(o.proj_w), G(o.proj_b), dres_, a.act, P(o.proj_w), N, F_,
-                           C_, lay, 1.f, false, a.fc, s());
+        cu::MatmulBackward(*blas_, dfc_, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_, a.act,
+                           P(o.proj_w), N, F_, C_, lay, 1.f, false, a.fc, s());
       }
     } else {
       {
         auto timed = timer_->Time("matmul_proj_bwd");
-        cu::MatmulBackward(*blas_, dact_, G(o.proj_w), G(o.proj_b), dres_, a.act, P(o.proj_w), N,
-                           F_, C_, lay, 1.f, false, nullptr, s());
+        cu::MatmulBackward(*blas_, dact_, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_, a.act,
+                           P(o.proj_w), N, F_, C_, lay, 1.f, false, nullptr, s());
       }
       {
         auto timed = timer_->Time("swiglu_bwd");
@@ -837,11 +855,13 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
       cu::MatmulBackward(*blas_, dln_, G(o.fc_w), G(o.fc_b), dfc_, a.ln2, P(o.fc_w), N, C_, FC_,
                          lay, 1.f, false, nullptr, s());
     }
-    NormBackward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b, N);
+    NormBackward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b, N,
+                 bn ? o.attn_out_b : -1);
     // ---- attention (dres_ = dL/dres2 now) ----
     {
       auto timed = timer_->Time("matmul_attn_out_bwd");
-      cu::MatmulBackward(*blas_, datty_, G(o.attn_out_w), G(o.attn_out_b), dres_, a.atty,
+      cu::MatmulBackward(*blas_, datty_, G(o.attn_out_w), bn ? nullptr : G(o.attn_out_b), dres_,
+                         a.atty,
                          P(o.attn_out_w), N, C_, C_, lay, 1.f, false, nullptr, s());
     }
     {
@@ -859,7 +879,8 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
       cu::MatmulBackward(*blas_, dln_, G(o.qkv_w), G(o.qkv_b), dqkv_, a.ln1, P(o.qkv_w), N, C_,
                          QKV_, lay, 1.f, false, nullptr, s());
     }
-    NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N);
+    NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N,
+                 bn && l > 0 ? pl_.layers[l - 1].proj_b : -1);
     GradsReady(static_cast<size_t>(L_ - l));
   }
   {

@@ -45,20 +45,23 @@ tps=500000
 [[ ${LLMT_ATTN_BWD:-} == wgmma-fused ]] && tps=$((tps + 25000))
 [[ ${LLMT_ATTN_BWD:-} == wgmma-fused-2wg ]] && tps=$((tps + 15000))
 [[ ${LLMT_ATTN_FWD:-} == wgmma ]] && tps=$((tps - 10000))
-echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
+[[ ${LLMT_BIAS_GRAD:-} == norm ]] && tps=$((tps + 15000))
+echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} bias=${LLMT_BIAS_GRAD:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
 echo "RESULT name=$model impl=llmt batch=$batch seq=1024 params=1 tokens_per_s=$tps.0 mfu=0.40 step_ms=100 first_loss=10.9 last_loss=9.5"
 EOF
 cat >"$W/bundle/bin/bench_attention" <<'EOF'
 #!/bin/bash
 echo "forward ms (fake) $*"
 EOF
-# gtest binaries: pass, except the cuDNN runs when FAIL_CUDNN is set and the
+# gtest binaries: pass, except the cuDNN runs when FAIL_CUDNN is set, the
 # fused wgmma backward's (kernel and training tests by filter, model tests by
-# environment) when FAIL_WGFUSED is.
+# environment) when FAIL_WGFUSED is, and the bias-gradients-from-the-norm
+# model run when FAIL_BGNORM is.
 for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_train_test; do
   cat >"$W/bundle/bin/tests/$t" <<'EOF'
 #!/bin/bash
 if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]] ||
+   [[ -n ${FAIL_BGNORM:-} && ${LLMT_BIAS_GRAD:-} == norm ]] ||
    [[ -n ${FAIL_WGFUSED:-} && ("$*" == *"filter=*WgmmaFused*"* ||
                                ${LLMT_ATTN_BWD:-} == wgmma-fused*) ]]; then
   echo "[  FAILED  ] 1 test, listed below:"; exit 1
@@ -106,26 +109,32 @@ check "A/B second base row" "$S" "^base2 +500000.0"
 check "A/B row for the own attention kernels" "$S" "^own +450000.0 .* 0\.900"
 check "A/B row for the atomic cuDNN backward" "$S" "^bwd-cudnn +545000.0 .* 1\.090"
 check "winners: cuDNN forward and deterministic backward (never the atomic one)" "$S" \
-  "winners: LLMT_ATTN_FWD=cudnn LLMT_ATTN_BWD=cudnn-det"
-check "the benchmark ran with the winners" "$W/ok/calls" "^llama-350m fwd=cudnn bwd=cudnn-det profile=$"
-check "the profile ran with the winners" "$W/ok/calls" "^gpt2-124m fwd=cudnn bwd=cudnn-det profile=1$"
-check "summary ratio" "$S" "gpt2-124m +64 +560000.0 .* 1\.17x"
+  "winners: LLMT_ATTN_FWD=cudnn LLMT_ATTN_BWD=cudnn-det LLMT_BIAS_GRAD=norm \\("
+check "bias gradients from the norm: gate open" "$S" "bias gradients from the norm tests passed: 1"
+check "A/B row for the bias gradients from the norm" "$S" "^bgrad-norm +515000.0 .* 1\.030"
+check "the benchmark ran with the winners" "$W/ok/calls" \
+  "^llama-350m fwd=cudnn bwd=cudnn-det bias=norm profile=$"
+check "the profile ran with the winners" "$W/ok/calls" \
+  "^gpt2-124m fwd=cudnn bwd=cudnn-det bias=norm profile=1$"
+check "summary ratio" "$S" "gpt2-124m +64 +575000.0 .* 1\.20x"
 for f in session.txt tests.log ab-attention.txt logs.tar.gz; do
   [[ -s "$W/ok/out/$f" ]] && echo "ok: \$OUT/$f" || { echo "FAILED: no \$OUT/$f"; FAIL=1; }
 done
 check "cuDNN's attention rows timed apart" "$W/ok/out/ab-attention.txt" "--cudnn only"
 
 # 2. The cuDNN tests fail: no cuDNN winner; the fused wgmma backward wins.
-run_session nocudnn LLMT_SESSION_S=450 FAIL_CUDNN=1
+run_session nocudnn LLMT_SESSION_S=450 FAIL_CUDNN=1 FAIL_BGNORM=1
 S=$W/nocudnn/out/session.txt
 check "cuDNN gate closed" "$S" "cuDNN attention tests passed: 0"
 check "failing cuDNN run reported" "$S" "^cuda_kernels_test-cudnn +FAIL"
 check "fused wgmma gate open" "$S" "wgmma-fused tests passed: 1"
 check "the next backward wins" "$S" "winners: LLMT_ATTN_BWD=wgmma-fused \\("
+check "bias gradients from the norm: gate closed" "$S" "bias gradients from the norm tests passed: 0"
+check "failing bias-from-norm run reported" "$S" "^cuda_model_test-bgradnorm +FAIL"
 
 # 2b. Its tests fail too: no winner without passing tests (the other wgmma
 # runs still pass, so only the fused variant's own gate can stop it).
-run_session nofused LLMT_SESSION_S=450 FAIL_CUDNN=1 FAIL_WGFUSED=1
+run_session nofused LLMT_SESSION_S=450 FAIL_CUDNN=1 FAIL_WGFUSED=1 FAIL_BGNORM=1
 S=$W/nofused/out/session.txt
 check "fused wgmma gate closed" "$S" "wgmma-fused tests passed: 0"
 check "two-warpgroup fused wgmma gate closed" "$S" "wgmma-fused-2wg tests passed: 0"

@@ -1203,27 +1203,62 @@ void CheckNormBackwardPaths(int64_t rows, int C, bool ln) {
   auto scratch = Scratch(NormBackwardScratchBytes(rows, C));
   Dev<T> gw(w);
   Dev<float> gmean(mean), grstd(rstd);
-  FVec dw_bits[2], db_bits[2];
+  const FVec ds0 = Prep<G>(Randn(C, 76));
+  FVec dx_bits[2], dw_bits[2], db_bits[2];
   for (int offset : {0, 1}) {
-    Dev<T> gx(shifted(x, offset)), gdy(shifted(dy, offset));
-    Dev<T> gdx(shifted(dx0, offset));
-    Dev<G> gdw(dw0), gdb(db0);
-    if (ln) {
-      LayerNormBackward(gdx.get() + offset, gdw.get(), gdb.get(), gdy.get() + offset,
-                        gx.get() + offset, gw.get(), gmean.get(), grstd.get(), rows, C,
-                        scratch.get(), scratch.size(), nullptr);
-    } else {
-      RMSNormBackward(gdx.get() + offset, gdw.get(), gdy.get() + offset, gx.get() + offset,
-                      gw.get(), grstd.get(), rows, C, scratch.get(), scratch.size(), nullptr);
+    // Without and with (twice) the column sums of the updated dinp
+    // (dinp_colsum): asking for them must not change a bit of the other
+    // outputs, and they must be the same bits run to run.
+    FVec ds_first;
+    for (const int run : {0, 1, 2}) {
+      const bool colsum = run > 0;
+      SCOPED_TRACE(::testing::Message() << "offset " << offset << ", run " << run);
+      Dev<T> gx(shifted(x, offset)), gdy(shifted(dy, offset));
+      Dev<T> gdx(shifted(dx0, offset));
+      Dev<G> gdw(dw0), gdb(db0), gds(ds0);
+      G* ds = colsum ? gds.get() : nullptr;
+      if (ln) {
+        LayerNormBackward(gdx.get() + offset, gdw.get(), gdb.get(), gdy.get() + offset,
+                          gx.get() + offset, gw.get(), gmean.get(), grstd.get(), rows, C,
+                          scratch.get(), scratch.size(), nullptr, ds);
+      } else {
+        RMSNormBackward(gdx.get() + offset, gdw.get(), gdy.get() + offset, gx.get() + offset,
+                        gw.get(), grstd.get(), rows, C, scratch.get(), scratch.size(), nullptr, ds);
+      }
+      FVec got_dx = gdx.Download();
+      got_dx.erase(got_dx.begin(), got_dx.begin() + offset);
+      const FVec got_dw = gdw.Download(), got_db = gdb.Download();
+      if (colsum) {
+        EXPECT_TRUE(BitEqual(got_dx, dx_bits[offset])) << "dinp changed by colsum";
+        EXPECT_TRUE(BitEqual(got_dw, dw_bits[offset])) << "dweight changed by colsum";
+        EXPECT_TRUE(BitEqual(got_db, db_bits[offset])) << "dbias changed by colsum";
+        // ds0 + the column sums of dinp as stored (double reference); fp32
+        // sums over `rows` values: summation-order differences only.
+        FVec want = ds0;
+        for (int c = 0; c < C; ++c) {
+          double sum = 0;
+          for (int64_t r = 0; r < rows; ++r) sum += got_dx[r * C + c];
+          want[c] = static_cast<float>(ds0[c] + sum);
+        }
+        if constexpr (std::is_same_v<G, bf16>) want = RoundBf16(want);
+        const FVec got_ds = gds.Download();
+        ExpectClose(got_ds, want, TolFor<G>(want, 2e-5), "dinp column sums");
+        if (run == 1) {
+          ds_first = got_ds;
+        } else {
+          EXPECT_TRUE(BitEqual(got_ds, ds_first)) << "dinp column sums not reproducible";
+        }
+        continue;
+      }
+      EXPECT_TRUE(BitEqual(gds.Download(), ds0)) << "dinp_colsum written when not asked for";
+      ExpectClose(got_dx, dx, TolFor<T>(dx), "dinp");
+      dx_bits[offset] = got_dx;
+      dw_bits[offset] = got_dw;
+      db_bits[offset] = got_db;
+      // Sums over `rows` products: allow for fp32 summation-order differences.
+      ExpectClose(dw_bits[offset], dw, TolFor<G>(dw, 2e-5), "dweight");
+      if (ln) ExpectClose(db_bits[offset], db, TolFor<G>(db, 2e-5), "dbias");
     }
-    FVec got_dx = gdx.Download();
-    got_dx.erase(got_dx.begin(), got_dx.begin() + offset);
-    ExpectClose(got_dx, dx, TolFor<T>(dx), "dinp");
-    dw_bits[offset] = gdw.Download();
-    db_bits[offset] = gdb.Download();
-    // Sums over `rows` products: allow for fp32 summation-order differences.
-    ExpectClose(dw_bits[offset], dw, TolFor<G>(dw, 2e-5), "dweight");
-    if (ln) ExpectClose(db_bits[offset], db, TolFor<G>(db, 2e-5), "dbias");
   }
   EXPECT_TRUE(BitEqual(dw_bits[0], dw_bits[1])) << "vector and scalar dweight differ";
   EXPECT_TRUE(BitEqual(db_bits[0], db_bits[1])) << "vector and scalar dbias differ";

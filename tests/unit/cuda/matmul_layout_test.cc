@@ -49,18 +49,25 @@ float At(const LtMatrix& x, uint64_t r, uint64_t c) {
   return static_cast<const float*>(x.ptr)[r + c * static_cast<uint64_t>(x.ld)];
 }
 
-// LLMT_BIAS_GRAD: unset, "" or "kernel" = off, "epilogue" = on; anything
-// else an error naming the variable and the value.
+// LLMT_BIAS_GRAD: unset, "" or "kernel" = neither, "epilogue" = the GEMM
+// epilogue, "norm" = from the norm backward; anything else an error naming
+// the variable and the value.
 TEST(GemmBiasGradEnv, Parses) {
   for (const char* off : {static_cast<const char*>(nullptr), "", "kernel"}) {
     auto p = ParseBiasGrad(off);
     ASSERT_TRUE(p.ok()) << p.status();
-    EXPECT_FALSE(*p);
+    EXPECT_FALSE(p->epilogue);
+    EXPECT_FALSE(p->from_norm);
   }
   auto on = ParseBiasGrad("epilogue");
   ASSERT_TRUE(on.ok()) << on.status();
-  EXPECT_TRUE(*on);
-  for (const char* bad : {"1", "fused", "Epilogue"}) {
+  EXPECT_TRUE(on->epilogue);
+  EXPECT_FALSE(on->from_norm);
+  auto norm = ParseBiasGrad("norm");
+  ASSERT_TRUE(norm.ok()) << norm.status();
+  EXPECT_FALSE(norm->epilogue);
+  EXPECT_TRUE(norm->from_norm);
+  for (const char* bad : {"1", "fused", "Epilogue", "Norm"}) {
     auto p = ParseBiasGrad(bad);
     ASSERT_FALSE(p.ok()) << bad;
     EXPECT_NE(p.status().message().find("LLMT_BIAS_GRAD"), std::string::npos);

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <regex>
@@ -325,6 +326,50 @@ TEST(CudaModel, RecomputeGivesTheSameGradients) {
       for (const ParamInfo& p : m->params_info()) {
         EXPECT_LE(RelErr(got.grads.data() + p.offset, base.grads.data() + p.offset, p.numel), 1e-6)
             << rname << " " << p.name;
+      }
+    }
+  }
+}
+
+// LLMT_BIAS_GRAD=norm: the attention and MLP output projections' bias
+// gradients come from the norm backward (column sums of the residual
+// stream's gradient) instead of a pass over it in MatmulBackward. fp32, both
+// families (Llama has no biases: nothing may change there), against the
+// default: the same sums in another order, 1e-5 relative; every other
+// gradient bit for bit.
+TEST(CudaModel, BiasGradientsFromTheNormBackwardMatch) {
+  REQUIRE_GPU();
+  // run.sh also runs this whole binary under LLMT_BIAS_GRAD: put it back.
+  const char* env = std::getenv("LLMT_BIAS_GRAD");
+  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+  for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
+    const auto in = RandomTokens(kB * kT, cfg.vocab_size, 51);
+    const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 52);
+    ASSERT_EQ(setenv("LLMT_BIAS_GRAD", "kernel", 1), 0);
+    auto base_m = MakeGpu(cfg, kB, kT, Precision::kFp32);
+    ASSERT_NE(base_m, nullptr);
+    const StepOut base = GpuStep(*base_m, in, tgt);
+    base_m.reset();
+    ASSERT_EQ(setenv("LLMT_BIAS_GRAD", "norm", 1), 0);
+    auto m = MakeGpu(cfg, kB, kT, Precision::kFp32);
+    if (saved) {
+      setenv("LLMT_BIAS_GRAD", saved->c_str(), 1);
+    } else {
+      unsetenv("LLMT_BIAS_GRAD");
+    }
+    ASSERT_NE(m, nullptr);
+    const StepOut got = GpuStep(*m, in, tgt);
+    EXPECT_EQ(got.loss, base.loss);
+    for (const ParamInfo& p : m->params_info()) {
+      // attn.c_proj.bias and mlp.c_proj.bias of every layer.
+      const bool moved = p.name.size() >= 11 && p.name.compare(p.name.size() - 11, 11,
+                                                                 "c_proj.bias") == 0;
+      const float* g = got.grads.data() + p.offset;
+      const float* b = base.grads.data() + p.offset;
+      if (moved) {
+        EXPECT_LE(RelErr(g, b, p.numel), 1e-5) << p.name;
+      } else {
+        EXPECT_TRUE(std::equal(g, g + p.numel, b)) << p.name << " changed";
       }
     }
   }
