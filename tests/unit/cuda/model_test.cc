@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime_api.h>
+
 #include "absl/status/status.h"
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/attention_cudnn.h"
@@ -562,6 +564,50 @@ TEST(CudaModel, CudnnAttentionTracksFp32LossCurve) {
       }
     }
   }
+}
+
+// The default attention (auto) without room for cuDNN's workspace: the
+// model is still created and trains, on the own kernels, and its log says
+// so. In a child process (threadsafe death-test style re-runs the binary):
+// cuDNN's workspace is process-wide and never shrinks, so it must not have
+// grown before. The model's own bytes are measured first with the own
+// kernels; then all but those bytes and 24 MiB of the device is taken, and
+// an auto model is created at a shape whose deterministic cuDNN backward
+// wants a 64 MiB workspace (B 256 x 2 heads x T 256^2 bf16).
+// The child's side: 0 when the auto model was created and trained.
+int AutoAttentionWithoutRoomChild() {
+  namespace kc = ::llmt::kernels::cuda;
+  constexpr int B = 256, T = 256;
+  const ModelConfig cfg = Gpt2Hd64();
+  kc::SetAttentionForwardVariant(kc::AttentionForwardVariant::kDefault);
+  kc::SetAttentionBackwardVariant(kc::ParseAttentionBackwardVariant("own"));
+  int64_t need = 0;
+  {
+    auto own = MakeGpu(cfg, B, T, Precision::kBf16);
+    if (own == nullptr) return 2;
+    need = own->device_bytes();
+  }
+  kc::SetAttentionForwardVariant(kc::AttentionForwardVariant::kAuto);
+  kc::SetAttentionBackwardVariant(kc::ParseAttentionBackwardVariant("auto"));
+  size_t free_bytes = 0, total = 0;
+  if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) return 3;
+  const size_t keep = static_cast<size_t>(need) + (size_t{24} << 20);
+  void* ballast = nullptr;
+  if (free_bytes > keep && cudaMalloc(&ballast, free_bytes - keep) != cudaSuccess) return 4;
+  auto m = MakeGpu(cfg, B, T, Precision::kBf16);
+  if (m == nullptr) return 5;
+  const auto l = TrainLosses(*m, B, T, 2);
+  return l.size() == 2 && std::isfinite(l[1]) ? 0 : 6;
+}
+
+TEST(CudaModel, AutoAttentionWithoutRoomForCudnnTrainsOnTheOwnKernels) {
+  REQUIRE_GPU();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // Auto's log line ("attention: the own kernels (cuDNN off: ...", or
+  // "(cuDNN not used: ..." when even cuDNN's handle or plans find no memory,
+  // or "...; the own kernels for the rest: ..." for a half).
+  EXPECT_EXIT(std::exit(AutoAttentionWithoutRoomChild()), ::testing::ExitedWithCode(0),
+              "cuDNN (off|not used): |own kernels for the rest");
 }
 
 TEST(CudaModel, Bf16StochasticRoundingTrains) {
