@@ -970,10 +970,6 @@ TEST_F(GpuTest, WgmmaProductLayouts) {
   }
 }
 
-// The attention switches read their environment variables once, on first
-// use; an unknown value stops the process with a message naming the
-// variable and the value. (Threadsafe death tests re-run this binary, so
-// the child reads the variables afresh whatever this process read.)
 // Unset, "" and "auto" select auto (cuDNN where it runs); "own" and
 // "default" the own kernels; names combine.
 TEST(AttentionSwitches, AutoAndOwnNames) {
@@ -987,6 +983,11 @@ TEST(AttentionSwitches, AutoAndOwnNames) {
   EXPECT_FALSE(AttentionBackwardVariant{}.cudnn_auto);
 }
 
+// The attention switches read their environment variables once, on first
+// use; an unknown value stops the process with a message naming the
+// variable and the value; each accepted forward name selects its variant.
+// (Threadsafe death tests re-run this binary, so the child reads the
+// variables afresh whatever this process read.)
 TEST(AttentionSwitches, UnknownValuesAreFatalAndNamed) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
