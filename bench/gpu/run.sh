@@ -28,7 +28,8 @@
 #   attention kernels; the wgmma attention forward (also pipelined, also two
 #   warpgroups per block) and backward (also fused), each alone; cuDNN's
 #   attention forward and backward (also deterministic), each alone;
-#   the bias gradients from the weight-gradient GEMMs' epilogue; other
+#   the bias gradients from the weight-gradient GEMMs' epilogue, and from
+#   the norm backward; other
 #   options, e.g.
 #   LLMT_ATTN_BWD=wgmma-ss, LLMT_WGMMA_LAYOUT=blocked,
 #   LLMT_ATTN_FWD=m64|m64n128, LLMT_GEMM_AUTOTUNE=exact+inplace,
@@ -181,7 +182,7 @@ fi
 if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the own attention kernels (all of them, then wgmma and cuDNN's one side
-  # at a time) and the fused bias gradient against the default engine
+  # at a time) and both bias-gradient options against the default engine
   # (cuDNN's attention under auto where it loads). Variants that no longer
   # fit LLMT_BENCH_BUDGET_S are skipped, so the table always comes out.
   variants=${LLMT_AB_VARIANTS:-"base own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own
