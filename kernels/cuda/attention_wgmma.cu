@@ -455,12 +455,16 @@ void LaunchWgFwd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, cuda
 // The kernels now load such fragments before the loop; the equal-shape
 // tilings stay out (static_assert in WgFwdTiling) until a GPU run shows the
 // hoisted code right for them too.
-// two_wg: wgmma-2wg, two warpgroups per block (see FlashFwdWgmmaKernel).
+// pipelined: FlashFwdWgmmaPipeKernel (wgmma-pipe); two_wg: two warpgroups
+// per block (wgmma-2wg, wgmma-pipe-2wg; see FlashFwdWgmmaKernel).
 template <int HD, WgLayout LY>
-void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, bool two_wg,
-                 cudaStream_t stream) {
+void WgForwardHd(bf16* out, float* lse, const bf16* qkv, const AttnDims& d, bool pipelined,
+                 bool two_wg, cudaStream_t stream) {
   constexpr int kN = HD == 64 ? 128 : 64;
-  if (two_wg) {
+  if (pipelined) {
+    two_wg ? LaunchWgFwdPipe<HD, LY, 2>(out, lse, qkv, d, stream)
+           : LaunchWgFwdPipe<HD, LY, 1>(out, lse, qkv, d, stream);
+  } else if (two_wg) {
     LaunchWgFwd<HD, WgFwdTiling<HD, 1, kN, LY, 2>>(out, lse, qkv, d, stream);
   } else {
     LaunchWgFwd<HD, WgFwdTiling<HD, 1, kN, LY>>(out, lse, qkv, d, stream);
@@ -1230,19 +1234,9 @@ void WgForward(bf16* out, float* lse, const bf16* qkv, const AttnDims& d,
   const bool pipelined = v == V::kWgmmaPipe || v == V::kWgmmaPipe2Wg;
   const bool two_wg = v == V::kWgmma2Wg || v == V::kWgmmaPipe2Wg;
   if (d.hd == 64) {
-    if (pipelined) {
-      two_wg ? LaunchWgFwdPipe<64, LY, 2>(out, lse, qkv, d, stream)
-             : LaunchWgFwdPipe<64, LY, 1>(out, lse, qkv, d, stream);
-    } else {
-      WgForwardHd<64, LY>(out, lse, qkv, d, two_wg, stream);
-    }
+    WgForwardHd<64, LY>(out, lse, qkv, d, pipelined, two_wg, stream);
   } else if (d.hd == 128) {
-    if (pipelined) {
-      two_wg ? LaunchWgFwdPipe<128, LY, 2>(out, lse, qkv, d, stream)
-             : LaunchWgFwdPipe<128, LY, 1>(out, lse, qkv, d, stream);
-    } else {
-      WgForwardHd<128, LY>(out, lse, qkv, d, two_wg, stream);
-    }
+    WgForwardHd<128, LY>(out, lse, qkv, d, pipelined, two_wg, stream);
   } else {
     Fatal("FlashForwardWgmma: unsupported head dim " + std::to_string(d.hd));
   }
