@@ -170,6 +170,17 @@ bool& CudnnAutoOn() {
   return on;
 }
 
+// Whether a call tries cuDNN first: named (kCudnn, "cudnn*"), or auto while
+// CudnnAutoOn(). Auto runs cuDNN's deterministic backward.
+bool TriesCudnn(AttentionForwardVariant v) {
+  return v == AttentionForwardVariant::kCudnn ||
+         (v == AttentionForwardVariant::kAuto && CudnnAutoOn());
+}
+bool TriesCudnn(const AttentionBackwardVariant& v) {
+  return v.cudnn || (v.cudnn_auto && CudnnAutoOn());
+}
+bool CudnnDeterministic(const AttentionBackwardVariant& v) { return v.cudnn ? v.cudnn_det : true; }
+
 // Sum over the kG = 4 threads of a row group (lanes 4i .. 4i+3).
 __device__ __forceinline__ float GroupSum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
@@ -482,11 +493,10 @@ void Forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, i
     switch (TensorCoreImpl(hd, out, qkv, nullptr)) {
       case AttentionImpl::kMma: {
         const AttentionForwardVariant v = ForwardVariant();
-        const bool requested = v == AttentionForwardVariant::kCudnn;
-        if (requested || (v == AttentionForwardVariant::kAuto && CudnnAutoOn())) {
+        if (TriesCudnn(v)) {
           std::string why;
           if (internal::CudnnFlashForward(out, lse, qkv, d, stream, &why)) return;
-          NoteCudnnFallback("forward", why, requested);
+          NoteCudnnFallback("forward", why, v == AttentionForwardVariant::kCudnn);
         }
         if (IsWgmma(v) && WgmmaUsable()) {
           internal::FlashForwardWgmma(out, lse, qkv, d, v, stream);
@@ -539,13 +549,12 @@ void Backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* l
                AttentionBackwardScratchBytes(B, T_, NH, hd));
   float* Dsum = static_cast<float*>(scratch);
   if constexpr (std::is_same_v<T, bf16>) {
-    // cuDNN computes Dsum itself. Auto runs its deterministic engines.
+    // cuDNN computes Dsum itself.
     const AttentionBackwardVariant v = BackwardVariant();
-    if ((v.cudnn || (v.cudnn_auto && CudnnAutoOn())) &&
-        TensorCoreImpl(hd, dqkv, dout, qkv) == AttentionImpl::kMma) {
+    if (TriesCudnn(v) && TensorCoreImpl(hd, dqkv, dout, qkv) == AttentionImpl::kMma) {
       std::string why;
-      const bool det = v.cudnn ? v.cudnn_det : true;
-      if (internal::CudnnFlashBackward(dqkv, dout, qkv, out, lse, Dsum, d, det, stream, &why)) {
+      if (internal::CudnnFlashBackward(dqkv, dout, qkv, out, lse, Dsum, d, CudnnDeterministic(v),
+                                       stream, &why)) {
         return;
       }
       NoteCudnnFallback("backward", why, v.cudnn);
@@ -657,10 +666,7 @@ AttentionPrepared PrepareAttention(int B, int T, int NH, int NKV, int hd) {
   const AttentionForwardVariant fv = ForwardVariant();
   const AttentionBackwardVariant v = BackwardVariant();
   const bool requested = fv == AttentionForwardVariant::kCudnn || v.cudnn;
-  const bool fwd = fv == AttentionForwardVariant::kCudnn ||
-                   (fv == AttentionForwardVariant::kAuto && CudnnAutoOn());
-  const bool bwd = v.cudnn || (v.cudnn_auto && CudnnAutoOn());
-  const bool det = v.cudnn ? v.cudnn_det : true;
+  const bool fwd = TriesCudnn(fv), bwd = TriesCudnn(v), det = CudnnDeterministic(v);
   if (!fwd && !bwd) {
     r.what = "attention: the own kernels (LLMT_ATTN_FWD/LLMT_ATTN_BWD)";
     return r;
