@@ -236,7 +236,7 @@ class CudaModelImpl final : public CudaModel {
   void NormForward(T* out, float* mean, float* rstd, const T* in, int64_t w, int64_t bias,
                    int64_t rows);
   // colsum_bias >= 0: that bias's gradient += the column sums of the updated
-  // dinp (LLMT_BIAS_GRAD=norm, see bias_from_norm_).
+  // dinp (LLMT_BIAS_GRAD=norm, see BackwardPass).
   void NormBackward(T* dinp, const T* dout, const T* in, const float* mean, const float* rstd,
                     int64_t w, int64_t bias, int64_t rows, int64_t colsum_bias = -1);
   void SetWeightDecay(float wd);
@@ -247,8 +247,6 @@ class CudaModelImpl final : public CudaModel {
   int C_ = 0, NH_ = 0, NKV_ = 0, hd_ = 0, F_ = 0, V_ = 0, Vp_ = 0, L_ = 0, QKV_ = 0, FC_ = 0;
   ParamLayout pl_;
   int64_t n_ = 0;
-  // LLMT_BIAS_GRAD=norm (Blas::bias_grad_from_norm): see BackwardPass.
-  bool bias_from_norm_ = false;
   std::string device_desc_;
   cu::MemoryReport report_;
 
@@ -434,8 +432,7 @@ absl::Status CudaModelImpl<T>::Init() {
   timer_ = std::make_unique<OpTimer>(stream_.get());
   ASSIGN_OR_RETURN(blas_, cu::Blas::Create());
   blas_->set_allow_tf32(false);
-  bias_from_norm_ = blas_->bias_grad_from_norm();
-  if (bias_from_norm_ && gpt2()) {
+  if (blas_->bias_grad_from_norm() && gpt2()) {
     LLMT_LOG(Info) << "bias gradients of the attention and MLP output projections from the norm "
                       "backward (LLMT_BIAS_GRAD=norm)";
   }
@@ -808,7 +805,7 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
   // norm's for the last MLP output projection, each ln2's for its layer's
   // attention output projection, each ln1's for the previous layer's MLP
   // output projection. Those GEMMs' backward then skips the bias.
-  const bool bn = bias_from_norm_;
+  const bool bn = blas_->bias_grad_from_norm();
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N,
                bn ? pl_.layers[L_ - 1].proj_b : -1);
   GradsReady(0);  // final norm (and an untied lm_head)
