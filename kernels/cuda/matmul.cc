@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/matmul_internal.cuh"
@@ -30,8 +31,9 @@ namespace llmt::kernels::cuda {
 namespace {
 
 // kBgradA / kBgradB are named as cuBLASLt sees the operands (its A is our B,
-// see ToColumnMajor): kBgradA sums our B, kBgradB our A.
-enum class Epi { kNone, kBias, kGelu, kGeluBias, kDGelu, kBgradA, kBgradB };
+// see ToColumnMajor): kBgradA sums our B, kBgradB our A. kDGeluBgrad sums
+// the output after the GELU gradient.
+enum class Epi { kNone, kBias, kGelu, kGeluBias, kDGelu, kBgradA, kBgradB, kDGeluBgrad };
 
 const char* EpiName(Epi e) {
   switch (e) {
@@ -49,6 +51,8 @@ const char* EpiName(Epi e) {
       return "bgrada";
     case Epi::kBgradB:
       return "bgradb";
+    case Epi::kDGeluBgrad:
+      return "dgelu_bgrad";
   }
   return "?";
 }
@@ -69,13 +73,22 @@ cublasLtEpilogue_t LtEpilogue(Epi e) {
       return CUBLASLT_EPILOGUE_BGRADA;
     case Epi::kBgradB:
       return CUBLASLT_EPILOGUE_BGRADB;
+    case Epi::kDGeluBgrad:
+      return CUBLASLT_EPILOGUE_DGELU_BGRAD;
   }
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
 
-bool IsBgrad(Epi e) { return e == Epi::kBgradA || e == Epi::kBgradB; }
+// Epilogues that write a bias gradient (op.bgrad, through cuBLASLt's bias
+// pointer).
+bool IsBgrad(Epi e) { return e == Epi::kBgradA || e == Epi::kBgradB || e == Epi::kDGeluBgrad; }
+// Epilogues that read or write the aux matrix.
+bool HasAux(Epi e) {
+  return e == Epi::kGelu || e == Epi::kGeluBias || e == Epi::kDGelu || e == Epi::kDGeluBgrad;
+}
 
 Epi EpilogueOf(const GemmOp& op) {
+  if (op.bgrad != nullptr && op.dgelu) return Epi::kDGeluBgrad;
   if (op.bgrad != nullptr) return op.bgrad_of_a ? Epi::kBgradB : Epi::kBgradA;
   if (op.dgelu) return Epi::kDGelu;
   if (op.gelu) return op.bias != nullptr ? Epi::kGeluBias : Epi::kGelu;
@@ -98,7 +111,8 @@ std::string Describe(const GemmOp& op) {
   return absl::StrCat("GEMM M=", op.M, " N=", op.N, " K=", op.K, " trans_a=", op.trans_a,
                       " trans_b=", op.trans_b, " A=", DTypeName(op.a_type), "/lda=", op.lda,
                       " B=", DTypeName(op.b_type), "/ldb=", op.ldb, " D=", DTypeName(op.d_type),
-                      "/ldd=", op.ldd, " beta=", op.beta, " epilogue=", EpiName(EpilogueOf(op)));
+                      "/ldd=", op.ldd, " beta=", op.beta, " epilogue=", EpiName(EpilogueOf(op)),
+                      op.bgrad != nullptr ? absl::StrCat("/", DTypeName(op.bgrad_type)) : "");
 }
 
 }  // namespace
@@ -130,11 +144,12 @@ struct PlanKey {
   DType at, bt, dt;
   int64_t lda, ldb, ldc, ldd, ldaux;
   Epi epi;
+  DType bgt;  // the bias gradient's type (bias-gradient epilogues; else kF32)
   uint32_t align_a, align_b, align_c, align_d;
   bool tf32;
   auto Tie() const {
-    return std::tie(ta, tb, M, N, K, at, bt, dt, lda, ldb, ldc, ldd, ldaux, epi, align_a, align_b,
-                    align_c, align_d, tf32);
+    return std::tie(ta, tb, M, N, K, at, bt, dt, lda, ldb, ldc, ldd, ldaux, epi, bgt, align_a,
+                    align_b, align_c, align_d, tf32);
   }
   bool operator<(const PlanKey& o) const { return Tie() < o.Tie(); }
 };
@@ -174,6 +189,8 @@ struct Blas::Impl {
   bool tune_in_place = false;
   bool fuse_bias_grad = false;
   bool bias_grad_from_norm = false;
+  bool bias_grad_from_dgelu = false;
+  bool dgelu_bgrad_noted = false;  // MatmulBackward logged how gelu_dbias is summed
   DeviceBuffer bias_grad_scratch;  // MatmulBackward's epilogue output (fp32)
   DeviceBuffer fingerprint;  // kExact's scratch (internal::kFingerprintWords)
   int64_t fallbacks = 0;
@@ -207,10 +224,21 @@ absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env) {
 absl::StatusOr<BiasGradMode> ParseBiasGrad(const char* env) {
   const std::string mode = env == nullptr ? "" : env;
   if (mode.empty() || mode == "kernel") return BiasGradMode{};
-  if (mode == "epilogue") return BiasGradMode{.epilogue = true};
-  if (mode == "norm") return BiasGradMode{.from_norm = true};
-  return absl::InvalidArgumentError(
-      absl::StrCat("LLMT_BIAS_GRAD='", mode, "': expected epilogue, norm or kernel"));
+  BiasGradMode m;
+  for (const std::string& part : std::vector<std::string>(absl::StrSplit(mode, '+'))) {
+    if (part == "epilogue") {
+      m.epilogue = true;
+    } else if (part == "norm") {
+      m.from_norm = true;
+    } else if (part == "dgelu") {
+      m.from_dgelu = true;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "LLMT_BIAS_GRAD='", mode, "': expected kernel, or epilogue, norm and/or dgelu joined by "
+          "'+' (e.g. norm+dgelu); '", part, "' is none of them"));
+    }
+  }
+  return m;
 }
 
 absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
@@ -232,6 +260,7 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   if (!bias_grad.ok()) return bias_grad.status();
   impl->fuse_bias_grad = bias_grad->epilogue;
   impl->bias_grad_from_norm = bias_grad->from_norm;
+  impl->bias_grad_from_dgelu = bias_grad->from_dgelu;
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
 }
 
@@ -250,6 +279,8 @@ void Blas::set_fuse_bias_grad(bool on) { impl_->fuse_bias_grad = on; }
 bool Blas::fuse_bias_grad() const { return impl_->fuse_bias_grad; }
 void Blas::set_bias_grad_from_norm(bool on) { impl_->bias_grad_from_norm = on; }
 bool Blas::bias_grad_from_norm() const { return impl_->bias_grad_from_norm; }
+void Blas::set_bias_grad_from_dgelu(bool on) { impl_->bias_grad_from_dgelu = on; }
+bool Blas::bias_grad_from_dgelu() const { return impl_->bias_grad_from_dgelu; }
 int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
 int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
 
@@ -276,9 +307,16 @@ void Validate(const GemmOp& op) {
   }
   if (op.dgelu && (op.beta != 0.f || op.bias != nullptr)) fail("dgelu takes no beta*C or bias");
   if (op.bgrad != nullptr) {
-    if (op.gelu || op.dgelu || op.bias != nullptr) fail("bgrad takes no other epilogue");
-    if (op.bgrad_of_a ? !op.trans_a : op.trans_b) {
-      fail("bgrad sums an operand stored with k as its rows (A transposed or B not)");
+    if (op.dgelu) {
+      if (op.bgrad_of_a) fail("dgelu's bgrad sums the output's columns: bgrad_of_a must be false");
+    } else {
+      if (op.gelu || op.bias != nullptr) fail("bgrad takes no other epilogue but dgelu");
+      if (op.bgrad_of_a ? !op.trans_a : op.trans_b) {
+        fail("bgrad sums an operand stored with k as its rows (A transposed or B not)");
+      }
+    }
+    if (op.bgrad_type != DType::kF32 && op.d_type != DType::kBF16) {
+      fail("a bf16 bgrad needs a bf16 output");
     }
   }
   if (op.C == nullptr && op.beta != 0.f) fail("beta != 0 needs C");
@@ -301,6 +339,7 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
                     op.ldd,
                     (op.gelu || op.dgelu) ? op.ldaux : 0,
                     epi,
+                    IsBgrad(epi) ? op.bgrad_type : DType::kF32,
                     AlignOf(op.A),
                     AlignOf(op.B),
                     AlignOf(lt.c.ptr),
@@ -322,13 +361,14 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
   const cublasLtEpilogue_t lt_epi = LtEpilogue(epi);
   LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                    &lt_epi, sizeof(lt_epi)));
-  if (epi == Epi::kGelu || epi == Epi::kGeluBias || epi == Epi::kDGelu) {
+  if (HasAux(epi)) {
     const int64_t ldaux = op.ldaux;
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ldaux, sizeof(ldaux)));
   }
   if (IsBgrad(epi)) {
-    const cudaDataType_t bias_type = CUDA_R_32F;  // fp32 sums whatever the operands
+    // fp32 sums whatever the operands, unless the caller asks for bf16 ones.
+    const cudaDataType_t bias_type = LtType(op.bgrad_type);
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
   }
@@ -396,8 +436,9 @@ cublasStatus_t LaunchLt(Blas::Impl& impl, const Plan& plan, const GemmOp& op, co
                         static_cast<size_t>(impl.workspace.bytes()), stream);
 }
 
-// Fingerprint of this call's outputs (D, and aux when the epilogue writes
-// it): {hash, non-zero elements, total elements}.
+// Fingerprint of this call's outputs (D, aux when the epilogue writes it,
+// the bias gradient when it writes one): {hash, non-zero elements, total
+// elements}.
 struct OutputPrint {
   uint64_t hash = 0, nonzero = 0, total = 0;
   bool operator==(const OutputPrint& o) const { return hash == o.hash && nonzero == o.nonzero; }
@@ -412,15 +453,21 @@ OutputPrint PrintOutputs(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream
   auto* words = static_cast<unsigned long long*>(impl.fingerprint.data());
   const int es = op.d_type == DType::kF32 ? 4 : 2;
   OutputPrint p;
-  auto add = [&](const void* m, int64_t ld) {
+  auto add = [&](const void* m, int64_t rows, int64_t cols, int64_t ld, int bytes) {
     unsigned long long r[2];
-    internal::Fingerprint(words, r, m, op.M, op.N, ld, es, stream);
-    p.hash += r[0] * 0x9E3779B97F4A7C15ull + (p.hash >> 7);  // D then aux, order-dependent
+    internal::Fingerprint(words, r, m, rows, cols, ld, bytes, stream);
+    p.hash += r[0] * 0x9E3779B97F4A7C15ull + (p.hash >> 7);  // in this order: order-dependent
     p.nonzero += r[1];
-    p.total += static_cast<uint64_t>(op.M) * op.N;
+    p.total += static_cast<uint64_t>(rows) * cols;
   };
-  add(op.D, op.ldd);
-  if (epi == Epi::kGelu || epi == Epi::kGeluBias) add(op.aux, op.ldaux);
+  add(op.D, op.M, op.N, op.ldd, es);
+  if (epi == Epi::kGelu || epi == Epi::kGeluBias) add(op.aux, op.M, op.N, op.ldaux, es);
+  if (IsBgrad(epi)) {
+    // A few thousand sums: a candidate that adds them in another order
+    // differs in some of them, so matching bits do vouch for the order.
+    const int64_t n = epi == Epi::kBgradB ? op.M : op.N;
+    add(op.bgrad, 1, n, n, op.bgrad_type == DType::kF32 ? 4 : 2);
+  }
   return p;
 }
 
@@ -525,7 +572,7 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &bias, sizeof(bias)));
   }
-  if (epi == Epi::kGelu || epi == Epi::kGeluBias || epi == Epi::kDGelu) {
+  if (HasAux(epi)) {
     void* aux = op.aux;
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
@@ -535,10 +582,7 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   // (beta != 0 with C == D: residual adds, weight-gradient +=); those are
   // tuned only with tune_in_place, on a scratch copy of the output.
   const bool in_place = op.beta != 0.f && lt.c.ptr == op.D;
-  // Bias-gradient epilogues are not tuned: their second output is not
-  // fingerprinted, so kExact could not vouch for it.
-  if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1 &&
-      !IsBgrad(epi)) {
+  if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1) {
     if (!in_place) {
       Autotune(impl, *plan, op, epi, lt, [] {}, stream);
     } else if (impl.tune_in_place) {
@@ -603,7 +647,7 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
   // reduced-precision tanh; that is far below bf16 resolution but not within
   // the 1e-5 that fp32 (the testing precision) promises, so fp32 GEMMs use the
   // exact own GELU kernels.
-  const bool gelu_epi = epi == Epi::kGelu || epi == Epi::kGeluBias || epi == Epi::kDGelu;
+  const bool gelu_epi = HasAux(epi);
   const bool fuse = impl.fuse_epilogues && !(gelu_epi && op.a_type == DType::kF32);
   if ((epi == Epi::kNone || fuse) && RunLt(impl, op, epi, stream)) return;
   if (epi == Epi::kNone) {
@@ -615,6 +659,7 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
   plain.gelu = plain.dgelu = false;
   plain.aux = nullptr;
   plain.bgrad = nullptr;
+  plain.bgrad_type = DType::kF32;
   auto run_plain = [&](const GemmOp& p) {
     if (!RunLt(impl, p, Epi::kNone, stream)) {
       Fatal(absl::StrCat("cuBLASLt has no algorithm for ", Describe(p)));
@@ -627,6 +672,27 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
                          Describe(op)));
     }
   };
+  if (epi == Epi::kDGeluBgrad) {
+    // The DGELU GEMM (fused or not), then the column sums of its output.
+    need_dense(op.ldd, "D");
+    GemmOp dgelu = op;
+    dgelu.bgrad = nullptr;
+    dgelu.bgrad_type = DType::kF32;
+    Gemm(blas, dgelu, stream);
+    const size_t bytes = static_cast<size_t>(op.N) * (op.bgrad_type == DType::kF32 ? 4 : 2);
+    LLMT_CUDA_CHECK(cudaMemsetAsync(op.bgrad, 0, bytes, stream));
+    if (op.d_type == DType::kF32) {
+      BiasBackward(static_cast<float*>(op.bgrad), static_cast<const float*>(op.D), op.M, op.N,
+                   1.f, stream);
+    } else if (op.bgrad_type == DType::kF32) {
+      BiasBackward(static_cast<float*>(op.bgrad), static_cast<const bf16*>(op.D), op.M, op.N,
+                   1.f, stream);
+    } else {
+      BiasBackward(static_cast<bf16*>(op.bgrad), static_cast<const bf16*>(op.D), op.M, op.N, 1.f,
+                   stream);
+    }
+    return;
+  }
   if (IsBgrad(epi)) {
     // The GEMM, then the summed operand's column sums (k is its rows).
     run_plain(plain);
@@ -806,12 +872,68 @@ float* BiasGradScratch(Blas::Impl& impl, int64_t N) {
   return static_cast<float*>(impl.bias_grad_scratch.data());
 }
 
+// dinp = gelu'(gelu_pre) * (alpha dout W^T) and gelu_dbias += its column
+// sums: from cuBLASLt's DGELU_BGRAD epilogue into fp32 scratch (or bf16
+// scratch where it offers only that), which is then added; else the DGELU
+// GEMM and a column-sum pass over dinp, exactly as the previous layer's own
+// backward would sum it. The epilogue is tried for bf16 activations and fp32
+// gradients only: fp32 GEMMs never fuse GELU (see Gemm), and a bf16
+// gradient would round the sums twice.
+template <typename T, typename G>
+void DinpWithGeluBias(Blas& blas, T* dinp, G* gelu_dbias, const T* dout, const T* weight,
+                      int64_t M, int64_t K, int64_t N, WeightLayout layout, float alpha,
+                      const T* gelu_pre, cudaStream_t stream) {
+  constexpr DType t = DTypeOf<T>::value;
+  Blas::Impl& impl = blas.impl();
+  GemmOp op = MatmulBackwardDinpOp(dinp, dout, weight, M, K, N, layout, alpha, false, gelu_pre, t);
+  const char* how = "a column-sum pass over the GELU gradient (no cuBLASLt epilogue tried)";
+  bool fused_done = false;
+  if constexpr (std::is_same_v<G, float> && std::is_same_v<T, bf16>) {
+    float* scratch = impl.fuse_epilogues ? BiasGradScratch(impl, K) : nullptr;
+    if (scratch != nullptr) {
+      GemmOp fused = op;
+      fused.bgrad = scratch;
+      if (TryGemm(blas, fused, stream)) {
+        BiasBackward(gelu_dbias, scratch, 1, K, 1.f, stream);
+        how = "cuBLASLt's DGELU_BGRAD epilogue (fp32 sums)";
+        fused_done = true;
+      } else {
+        fused.bgrad_type = DType::kBF16;
+        if (TryGemm(blas, fused, stream)) {
+          BiasBackward(gelu_dbias, reinterpret_cast<const bf16*>(scratch), 1, K, 1.f, stream);
+          how = "cuBLASLt's DGELU_BGRAD epilogue (bf16 sums: it offers no fp32 ones here)";
+          fused_done = true;
+        } else {
+          ++impl.fallbacks;
+          how = "a column-sum pass over the GELU gradient (cuBLASLt offers no DGELU_BGRAD here)";
+        }
+      }
+    }
+  }
+  if (!fused_done) {
+    Gemm(blas, op, stream);
+    internal::BiasBackwardTwoStage(gelu_dbias, dinp, M, K, 1.f, blas.workspace(),
+                                   static_cast<size_t>(blas.workspace_bytes()), stream);
+  }
+  if (!impl.dgelu_bgrad_noted) {
+    impl.dgelu_bgrad_noted = true;
+    LLMT_LOG(Info) << "bias gradient through the GELU (M=" << M << ", width " << K
+                   << "): " << how;
+  }
+}
+
 template <typename T, typename G>
 void Backward(Blas& blas, T* dinp, G* dweight, G* dbias, const T* dout, const T* inp,
               const T* weight, int64_t M, int64_t K, int64_t N, WeightLayout layout, float alpha,
-              bool accumulate_dinp, const T* gelu_pre, cudaStream_t stream) {
+              bool accumulate_dinp, const T* gelu_pre, G* gelu_dbias, cudaStream_t stream) {
   constexpr DType t = DTypeOf<T>::value;
-  if (dinp != nullptr) {
+  if (gelu_dbias != nullptr) {
+    if (gelu_pre == nullptr || dinp == nullptr) {
+      Fatal("cuda::MatmulBackward: gelu_dbias needs gelu_pre and dinp");
+    }
+    DinpWithGeluBias(blas, dinp, gelu_dbias, dout, weight, M, K, N, layout, alpha, gelu_pre,
+                     stream);
+  } else if (dinp != nullptr) {
     Gemm(blas,
          MatmulBackwardDinpOp(dinp, dout, weight, M, K, N, layout, alpha, accumulate_dinp, gelu_pre,
                               t),
@@ -865,23 +987,23 @@ void MatmulForward(Blas& blas, bf16* out, const bf16* inp, const bf16* weight, c
 void MatmulBackward(Blas& blas, float* dinp, float* dweight, float* dbias, const float* dout,
                     const float* inp, const float* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const float* gelu_pre,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, float* gelu_dbias) {
   Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha, accumulate_dinp,
-           gelu_pre, stream);
+           gelu_pre, gelu_dbias, stream);
 }
 void MatmulBackward(Blas& blas, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
                     const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, bf16* gelu_dbias) {
   Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha, accumulate_dinp,
-           gelu_pre, stream);
+           gelu_pre, gelu_dbias, stream);
 }
 void MatmulBackward(Blas& blas, bf16* dinp, float* dweight, float* dbias, const bf16* dout,
                     const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, float* gelu_dbias) {
   Backward(blas, dinp, dweight, dbias, dout, inp, weight, M, K, N, layout, alpha, accumulate_dinp,
-           gelu_pre, stream);
+           gelu_pre, gelu_dbias, stream);
 }
 
 }  // namespace llmt::kernels::cuda

@@ -14,8 +14,9 @@
 // for bf16: cuBLASLt's tanh-approximated GELU is not fp32-exact); otherwise
 // (or with set_fuse_epilogues(false)) the same result is produced by a plain
 // GEMM plus this backend's own bias / GELU kernels. Bias gradients are a
-// deterministic column-sum kernel (cuBLASLt's BGRAD epilogues overwrite
-// rather than accumulate).
+// deterministic column-sum kernel by default; the opt-in epilogue forms
+// (LLMT_BIAS_GRAD) let cuBLASLt's BGRAD epilogues write fp32 scratch that is
+// then added, since those overwrite rather than accumulate.
 #pragma once
 
 #include <cublasLt.h>
@@ -102,6 +103,13 @@ class Blas {
   // passes no dbias for them. An A/B option: not yet run on a GPU.
   void set_bias_grad_from_norm(bool on);
   bool bias_grad_from_norm() const;
+  // LLMT_BIAS_GRAD=dgelu: also a request to the caller. The CUDA model then
+  // passes GPT-2's MLP input projection (c_fc) bias to the MLP output
+  // projection's MatmulBackward as `gelu_dbias`, so that its DGELU GEMM sums
+  // the gradient it writes (cuBLASLt's DGELU_BGRAD epilogue), and passes no
+  // dbias to c_fc's own backward. An A/B option: not yet run on a GPU.
+  void set_bias_grad_from_dgelu(bool on);
+  bool bias_grad_from_dgelu() const;
 
   // Plans cached so far, and GEMMs that had to fall back from a fused
   // epilogue because cuBLASLt offered no algorithm for it.
@@ -146,8 +154,14 @@ struct GemmOp {
   // m ([M]); unscaled by alpha. The summed operand must be stored with k as
   // its rows (B not transposed, or A transposed): that is how a weight
   // gradient's dout is posed, and what the fallback's column sum reads.
+  // With dgelu instead (cuBLASLt's DGELU_BGRAD): bgrad = the column sums of
+  // the output D = gelu'(aux) * (alpha AB), one per column n ([N]) -- the
+  // bias gradient of the layer that produced aux; bgrad_of_a must be false.
   void* bgrad = nullptr;
   bool bgrad_of_a = false;
+  // bgrad's element type: fp32, or bf16 (only with a bf16 D) where cuBLASLt
+  // offers no fp32 bias gradient for the epilogue.
+  DType bgrad_type = DType::kF32;
 };
 
 // How a row-major GemmOp is posed to (column-major) cuBLASLt: its operand
@@ -174,11 +188,14 @@ absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env);
 // "epilogue": MatmulBackward fuses the bias gradient into the
 // weight-gradient GEMM (Blas::set_fuse_bias_grad); "norm": the caller takes
 // the residual projections' bias gradients from the norm backward
-// (Blas::set_bias_grad_from_norm). Errors name the variable and the
+// (Blas::set_bias_grad_from_norm); "dgelu": the caller takes c_fc's bias
+// gradient from the DGELU GEMM (Blas::set_bias_grad_from_dgelu). Several
+// are joined with '+' ("norm+dgelu"). Errors name the variable and the
 // accepted values.
 struct BiasGradMode {
   bool epilogue = false;
   bool from_norm = false;
+  bool from_dgelu = false;
 };
 absl::StatusOr<BiasGradMode> ParseBiasGrad(const char* env);
 
@@ -212,18 +229,22 @@ void MatmulForward(Blas& blas, bf16* out, const bf16* inp, const bf16* weight, c
 // (incompatible with accumulate_dinp). dinp / dweight / dbias may be null.
 // Gradients dweight/dbias are bf16 or fp32 (the mixed overload) for bf16
 // activations.
+// `gelu_dbias` (needs gelu_pre and dinp): the previous layer's bias
+// gradient, gelu_dbias[K] += the column sums of dinp -- from the DGELU
+// GEMM's epilogue where cuBLASLt offers one (fp32 gradients), else from a
+// column-sum pass over dinp.
 void MatmulBackward(Blas& blas, float* dinp, float* dweight, float* dbias, const float* dout,
                     const float* inp, const float* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const float* gelu_pre,
-                    cudaStream_t stream);
+                    cudaStream_t stream, float* gelu_dbias = nullptr);
 void MatmulBackward(Blas& blas, bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout,
                     const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
-                    cudaStream_t stream);
+                    cudaStream_t stream, bf16* gelu_dbias = nullptr);
 void MatmulBackward(Blas& blas, bf16* dinp, float* dweight, float* dbias, const bf16* dout,
                     const bf16* inp, const bf16* weight, int64_t M, int64_t K, int64_t N,
                     WeightLayout layout, float alpha, bool accumulate_dinp, const bf16* gelu_pre,
-                    cudaStream_t stream);
+                    cudaStream_t stream, float* gelu_dbias = nullptr);
 
 // The GemmOps the Matmul* functions run (pure; unit-tested on the host).
 GemmOp MatmulForwardOp(void* out, const void* inp, const void* weight, const void* bias, int64_t M,

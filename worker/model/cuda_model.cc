@@ -436,6 +436,10 @@ absl::Status CudaModelImpl<T>::Init() {
     LLMT_LOG(Info) << "bias gradients of the attention and MLP output projections from the norm "
                       "backward (LLMT_BIAS_GRAD=norm)";
   }
+  if (blas_->bias_grad_from_dgelu() && gpt2()) {
+    LLMT_LOG(Info) << "bias gradients of the MLP input projections from the output projection's "
+                      "DGELU GEMM (LLMT_BIAS_GRAD=dgelu)";
+  }
   RETURN_IF_ERROR(Alloc(&p32_, "parameters", "fp32 master weights", n_ * 4));
   if (kBf16) {
     RETURN_IF_ERROR(Alloc(&p16_, "parameters", "bf16 weight copy", n_ * 2));
@@ -806,6 +810,11 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
   // attention output projection, each ln1's for the previous layer's MLP
   // output projection. Those GEMMs' backward then skips the bias.
   const bool bn = blas_->bias_grad_from_norm();
+  // LLMT_BIAS_GRAD=dgelu: GPT-2's c_fc bias gradient is the column sums of
+  // dfc, which the MLP output projection's backward writes: its DGELU GEMM
+  // sums them (cuBLASLt's DGELU_BGRAD epilogue where it has one), and c_fc's
+  // backward skips the bias.
+  const bool bd = blas_->bias_grad_from_dgelu() && gpt2();
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N,
                bn ? pl_.layers[L_ - 1].proj_b : -1);
   GradsReady(0);  // final norm (and an untied lm_head)
@@ -833,7 +842,8 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
       {
         auto timed = timer_->Time("matmul_proj_bwd");
         cu::MatmulBackward(*blas_, dfc_, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_, a.act,
-                           P(o.proj_w), N, F_, C_, lay, 1.f, false, a.fc, s());
+                           P(o.proj_w), N, F_, C_, lay, 1.f, false, a.fc, s(),
+                           bd ? G(o.fc_b) : nullptr);
       }
     } else {
       {
@@ -849,8 +859,8 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     if (rc_norm) NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
     {
       auto timed = timer_->Time("matmul_fc_bwd");
-      cu::MatmulBackward(*blas_, dln_, G(o.fc_w), G(o.fc_b), dfc_, a.ln2, P(o.fc_w), N, C_, FC_,
-                         lay, 1.f, false, nullptr, s());
+      cu::MatmulBackward(*blas_, dln_, G(o.fc_w), bd ? nullptr : G(o.fc_b), dfc_, a.ln2,
+                         P(o.fc_w), N, C_, FC_, lay, 1.f, false, nullptr, s());
     }
     NormBackward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b, N,
                  bn ? o.attn_out_b : -1);

@@ -2,12 +2,14 @@
 # bench/gpu/session.sh (and the run.sh modes it calls) end to end with fakes
 # for everything the GPU machine provides -- nvidia-smi, the carried bundle's
 # binaries, PyTorch's scripts -- so that a mistake in the scripts shows here,
-# not in a scarce GPU session. Checks: the test table and the cuDNN/wgmma
-# gates, the A/B table, the winners the session combines (and that they reach
-# the benchmark run), the summary, and the files handed back in $OUT; then
-# the same with a failing cuDNN test (no cuDNN winner: the fused wgmma
-# backward wins instead), with that failing too (no winner), and with an A/B
-# budget too small for every variant (the table still prints).
+# not in a scarce GPU session. Checks: the test table and the gates, the
+# default A/B table, the winners the session combines (and that they reach
+# the benchmark run), the summary, and the files handed back in $OUT; then,
+# with the attention variants named, a failing cuDNN test and a failing
+# bias-from-the-norm test (no cuDNN winner: the fused wgmma backward wins;
+# the DGELU bias gradient instead of both), with those and the fused wgmma
+# and DGELU/in-place runs failing too (no winner), and with an A/B budget
+# too small for every variant (the table still prints).
 #
 #   tests/unit/cuda/gpu_session_test.sh [repo root]
 set -uo pipefail
@@ -29,10 +31,12 @@ cat >"$W/fakebin/nvidia-smi" <<'EOF'
 #!/bin/sh
 echo "GPU 0: Fake H100 (UUID: GPU-0)"
 EOF
-# tokens/s by attention variant: the non-deterministic cuDNN backward is the
-# fastest but must never be picked; the cuDNN forward and the deterministic
-# cuDNN backward win, then the fused wgmma backward; the wgmma forward and
-# the own kernels lose; every call's settings are recorded.
+# tokens/s by variant: the non-deterministic cuDNN backward is the fastest
+# but must never be picked; the cuDNN forward and the deterministic cuDNN
+# backward win, then the fused wgmma backward; the wgmma forward and the own
+# kernels lose; the bias gradients from the norm and the DGELU GEMM win
+# together (each alone less), in-place autotuning wins, the bias-gradient
+# epilogue loses; every call's settings are recorded.
 cat >"$W/bundle/bin/bench_gpu_train" <<'EOF'
 #!/bin/bash
 model=gpt2-124m batch=64
@@ -45,8 +49,14 @@ tps=500000
 [[ ${LLMT_ATTN_BWD:-} == wgmma-fused ]] && tps=$((tps + 25000))
 [[ ${LLMT_ATTN_BWD:-} == wgmma-fused-2wg ]] && tps=$((tps + 15000))
 [[ ${LLMT_ATTN_FWD:-} == wgmma ]] && tps=$((tps - 10000))
-[[ ${LLMT_BIAS_GRAD:-} == norm ]] && tps=$((tps + 15000))
-echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} bias=${LLMT_BIAS_GRAD:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
+case ${LLMT_BIAS_GRAD:-} in
+  norm) tps=$((tps + 15000)) ;;
+  dgelu) tps=$((tps + 10000)) ;;
+  norm+dgelu) tps=$((tps + 22000)) ;;
+  epilogue) tps=$((tps - 5000)) ;;
+esac
+[[ ${LLMT_GEMM_AUTOTUNE:-} == exact+inplace ]] && tps=$((tps + 8000))
+echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} bias=${LLMT_BIAS_GRAD:-} tune=${LLMT_GEMM_AUTOTUNE:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
 echo "RESULT name=$model impl=llmt batch=$batch seq=1024 params=1 tokens_per_s=$tps.0 mfu=0.40 step_ms=100 first_loss=10.9 last_loss=9.5"
 EOF
 cat >"$W/bundle/bin/bench_attention" <<'EOF'
@@ -55,13 +65,16 @@ echo "forward ms (fake) $*"
 EOF
 # gtest binaries: pass, except the cuDNN runs when FAIL_CUDNN is set, the
 # fused wgmma backward's (kernel and training tests by filter, model tests by
-# environment) when FAIL_WGFUSED is, and the bias-gradients-from-the-norm
-# model run when FAIL_BGNORM is.
+# environment) when FAIL_WGFUSED is, the bias-gradients-from-the-norm model
+# run when FAIL_BGNORM is, and every run with the DGELU bias gradient (its
+# model run, the training run with it and in-place autotuning) when
+# FAIL_BGDGELU is.
 for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_train_test; do
   cat >"$W/bundle/bin/tests/$t" <<'EOF'
 #!/bin/bash
 if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]] ||
    [[ -n ${FAIL_BGNORM:-} && ${LLMT_BIAS_GRAD:-} == norm ]] ||
+   [[ -n ${FAIL_BGDGELU:-} && ${LLMT_BIAS_GRAD:-} == *dgelu* ]] ||
    [[ -n ${FAIL_WGFUSED:-} && ("$*" == *"filter=*WgmmaFused*"* ||
                                ${LLMT_ATTN_BWD:-} == wgmma-fused*) ]]; then
   echo "[  FAILED  ] 1 test, listed below:"; exit 1
@@ -92,54 +105,78 @@ run_session() {  # NAME [VAR=VALUE ...]
   echo "session $name: exit $?"
 }
 
-# 1. Everything passes: the cuDNN variants win their groups.
+# 1. Everything passes, the default A/B list: the bias gradients from the
+# norm and the DGELU GEMM together and in-place autotuning win; the atomic
+# cuDNN backward, though fastest, is never picked.
 run_session ok LLMT_SESSION_S=450
 S=$W/ok/out/session.txt
 check "session.txt handed back" "$S" "##### done"
 check "cuDNN runs in the test table" "$S" "^cuda_kernels_test-cudnn +PASS"
 check "cuDNN model and training runs" "$S" "^cuda_train_test-cudnn +PASS"
 check "cuDNN gate open" "$S" "cuDNN attention tests passed: 1"
-check "A/B row for the deterministic cuDNN backward" "$S" "^bwd-cudnn-det +540000.0 .* 1\.080"
-check "A/B row for the fused wgmma backward" "$S" "^bwd-wg-fused +525000.0 .* 1\.050"
 check "fused wgmma runs in the test table" "$S" "^cuda_kernels_test-wgfused +PASS"
 check "fused wgmma training run" "$S" "^cuda_train_test-wgfused +PASS"
 check "fused two-warpgroup wgmma model run" "$S" "^cuda_model_test-wgfused2 +PASS"
-check "A/B row for the two-warpgroup fused backward" "$S" "^bwd-wg-fused-2wg +515000.0 .* 1\.030"
-check "A/B second base row" "$S" "^base2 +500000.0"
+check "DGELU bias-gradient model run" "$S" "^cuda_model_test-bgraddgelu +PASS"
+check "training run with the GEMM options" "$S" "^cuda_train_test-opts +PASS"
+check "A/B second and third base rows" "$S" "^base3 +500000.0"
 check "A/B row for the own attention kernels" "$S" "^own +450000.0 .* 0\.900"
 check "A/B row for the atomic cuDNN backward" "$S" "^bwd-cudnn +545000.0 .* 1\.090"
-check "winners: cuDNN forward and deterministic backward (never the atomic one)" "$S" \
-  "winners: LLMT_ATTN_FWD=cudnn LLMT_ATTN_BWD=cudnn-det LLMT_BIAS_GRAD=norm \\("
-check "bias gradients from the norm: gate open" "$S" "bias gradients from the norm tests passed: 1"
 check "A/B row for the bias gradients from the norm" "$S" "^bgrad-norm +515000.0 .* 1\.030"
+check "A/B row for the bias gradients from the DGELU GEMM" "$S" "^bgrad-dgelu +510000.0 .* 1\.020"
+check "A/B row for both" "$S" "^bgrad-nd +522000.0 .* 1\.044"
+check "A/B row for in-place autotuning" "$S" "^inplace +508000.0 .* 1\.016"
+check "A/B row for the bias-gradient epilogue" "$S" "^bgrad +495000.0 .* 0\.990"
+check "bias gradients from the norm: gate open" "$S" "bias gradients from the norm tests passed: 1"
+check "bias gradients from the DGELU GEMM: gate open" "$S" "from the DGELU GEMM tests passed: 1"
+check "in-place autotuning: gate open" "$S" "in-place autotuning tests passed: 1"
+check "winners: in-place autotuning, both bias-gradient sources (never the atomic cuDNN)" "$S" \
+  "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_BIAS_GRAD=norm\+dgelu \\("
 check "the benchmark ran with the winners" "$W/ok/calls" \
-  "^llama-350m fwd=cudnn bwd=cudnn-det bias=norm profile=$"
+  "^llama-350m fwd= bwd= bias=norm\+dgelu tune=exact\+inplace profile=$"
 check "the profile ran with the winners" "$W/ok/calls" \
-  "^gpt2-124m fwd=cudnn bwd=cudnn-det bias=norm profile=1$"
-check "summary ratio" "$S" "gpt2-124m +64 +575000.0 .* 1\.20x"
+  "^gpt2-124m fwd= bwd= bias=norm\+dgelu tune=exact\+inplace profile=1$"
+check "summary ratio" "$S" "gpt2-124m +64 +530000.0 .* 1\.10x"
 for f in session.txt tests.log ab-attention.txt logs.tar.gz; do
   [[ -s "$W/ok/out/$f" ]] && echo "ok: \$OUT/$f" || { echo "FAILED: no \$OUT/$f"; FAIL=1; }
 done
 check "cuDNN's attention rows timed apart" "$W/ok/out/ab-attention.txt" "--cudnn only"
 
-# 2. The cuDNN tests fail: no cuDNN winner; the fused wgmma backward wins.
-run_session nocudnn LLMT_SESSION_S=450 FAIL_CUDNN=1 FAIL_BGNORM=1
+# 2. The attention variants named; the cuDNN tests and the bias-from-the-norm
+# model run fail: no cuDNN winner, the fused wgmma backward wins; the DGELU
+# bias gradient alone (both together need both gates).
+ATTN_AB="base own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own fwd-cudnn:LLMT_ATTN_FWD=cudnn
+  bwd-cudnn-det:LLMT_ATTN_BWD=cudnn-det bwd-wg-fused:LLMT_ATTN_BWD=wgmma-fused
+  bwd-wg-fused-2wg:LLMT_ATTN_BWD=wgmma-fused-2wg fwd-wg:LLMT_ATTN_FWD=wgmma
+  bwd-cudnn:LLMT_ATTN_BWD=cudnn bgrad-norm:LLMT_BIAS_GRAD=norm
+  bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu
+  inplace:LLMT_GEMM_AUTOTUNE=exact+inplace base2"
+run_session nocudnn LLMT_SESSION_S=450 LLMT_AB_VARIANTS="$ATTN_AB" FAIL_CUDNN=1 FAIL_BGNORM=1
 S=$W/nocudnn/out/session.txt
+check "A/B row for the deterministic cuDNN backward" "$S" "^bwd-cudnn-det +540000.0 .* 1\.080"
+check "A/B row for the fused wgmma backward" "$S" "^bwd-wg-fused +525000.0 .* 1\.050"
+check "A/B row for the two-warpgroup fused backward" "$S" "^bwd-wg-fused-2wg +515000.0 .* 1\.030"
 check "cuDNN gate closed" "$S" "cuDNN attention tests passed: 0"
 check "failing cuDNN run reported" "$S" "^cuda_kernels_test-cudnn +FAIL"
 check "fused wgmma gate open" "$S" "wgmma-fused tests passed: 1"
-check "the next backward wins" "$S" "winners: LLMT_ATTN_BWD=wgmma-fused \\("
 check "bias gradients from the norm: gate closed" "$S" "bias gradients from the norm tests passed: 0"
 check "failing bias-from-norm run reported" "$S" "^cuda_model_test-bgradnorm +FAIL"
+check "the next backward, in-place autotuning, the DGELU bias gradient alone win" "$S" \
+  "winners: LLMT_ATTN_BWD=wgmma-fused LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_BIAS_GRAD=dgelu \\("
 
-# 2b. Its tests fail too: no winner without passing tests (the other wgmma
-# runs still pass, so only the fused variant's own gate can stop it).
-run_session nofused LLMT_SESSION_S=450 FAIL_CUDNN=1 FAIL_WGFUSED=1 FAIL_BGNORM=1
+# 2b. Their tests fail too: no winner without passing tests (the other wgmma
+# runs still pass, so only the fused variant's own gate can stop it; the
+# training run with the GEMM options fails, which closes the in-place gate).
+run_session nofused LLMT_SESSION_S=450 LLMT_AB_VARIANTS="$ATTN_AB" FAIL_CUDNN=1 FAIL_WGFUSED=1 \
+  FAIL_BGNORM=1 FAIL_BGDGELU=1
 S=$W/nofused/out/session.txt
 check "fused wgmma gate closed" "$S" "wgmma-fused tests passed: 0"
 check "two-warpgroup fused wgmma gate closed" "$S" "wgmma-fused-2wg tests passed: 0"
 check "wgmma gate still open" "$S" "wgmma tests passed: 1"
 check "failing fused wgmma run reported" "$S" "^cuda_kernels_test-wgfused +FAIL"
+check "DGELU bias-gradient gate closed" "$S" "from the DGELU GEMM tests passed: 0"
+check "in-place autotuning gate closed" "$S" "in-place autotuning tests passed: 0"
+check "failing training run with the GEMM options reported" "$S" "^cuda_train_test-opts +FAIL"
 check "no winner without passing tests" "$S" "winners: none"
 
 # 3. An A/B budget too small for every variant: skipped rows, table printed.

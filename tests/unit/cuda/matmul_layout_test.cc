@@ -49,25 +49,35 @@ float At(const LtMatrix& x, uint64_t r, uint64_t c) {
   return static_cast<const float*>(x.ptr)[r + c * static_cast<uint64_t>(x.ld)];
 }
 
-// LLMT_BIAS_GRAD: unset, "" or "kernel" = neither, "epilogue" = the GEMM
-// epilogue, "norm" = from the norm backward; anything else an error naming
-// the variable and the value.
+// LLMT_BIAS_GRAD: unset, "" or "kernel" = none, "epilogue" = the GEMM
+// epilogue, "norm" = from the norm backward, "dgelu" = from the DGELU GEMM,
+// several joined by '+'; anything else an error naming the variable, the
+// value and the part that is wrong.
 TEST(GemmBiasGradEnv, Parses) {
   for (const char* off : {static_cast<const char*>(nullptr), "", "kernel"}) {
     auto p = ParseBiasGrad(off);
     ASSERT_TRUE(p.ok()) << p.status();
     EXPECT_FALSE(p->epilogue);
     EXPECT_FALSE(p->from_norm);
+    EXPECT_FALSE(p->from_dgelu);
   }
-  auto on = ParseBiasGrad("epilogue");
-  ASSERT_TRUE(on.ok()) << on.status();
-  EXPECT_TRUE(on->epilogue);
-  EXPECT_FALSE(on->from_norm);
-  auto norm = ParseBiasGrad("norm");
-  ASSERT_TRUE(norm.ok()) << norm.status();
-  EXPECT_FALSE(norm->epilogue);
-  EXPECT_TRUE(norm->from_norm);
-  for (const char* bad : {"1", "fused", "Epilogue", "Norm"}) {
+  struct Case {
+    const char* env;
+    bool epilogue, norm, dgelu;
+  };
+  for (const Case& c : {Case{"epilogue", true, false, false}, Case{"norm", false, true, false},
+                        Case{"dgelu", false, false, true}, Case{"norm+dgelu", false, true, true},
+                        Case{"dgelu+norm", false, true, true},
+                        Case{"epilogue+norm+dgelu", true, true, true}}) {
+    SCOPED_TRACE(c.env);
+    auto p = ParseBiasGrad(c.env);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(p->epilogue, c.epilogue);
+    EXPECT_EQ(p->from_norm, c.norm);
+    EXPECT_EQ(p->from_dgelu, c.dgelu);
+  }
+  for (const char* bad : {"1", "fused", "Epilogue", "Norm", "norm+", "norm,dgelu", "kernel+norm",
+                          "+dgelu"}) {
     auto p = ParseBiasGrad(bad);
     ASSERT_FALSE(p.ok()) << bad;
     EXPECT_NE(p.status().message().find("LLMT_BIAS_GRAD"), std::string::npos);

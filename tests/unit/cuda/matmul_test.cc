@@ -22,6 +22,7 @@ namespace {
 using testing::Dev;
 using testing::ExpectClose;
 using testing::FVec;
+using testing::MaxAbs;
 using testing::Prep;
 using testing::Randn;
 using testing::RoundBf16;
@@ -258,6 +259,103 @@ TYPED_TEST(MatmulTest, BackwardDGeluEpilogue) {
                    gpre.get(), nullptr);
     ExpectClose(gdx.Download(), want, GemmTol<T>(), "dinp through gelu");
   }
+}
+
+// The previous layer's bias gradient through the GELU (MatmulBackward's
+// gelu_dbias, LLMT_BIAS_GRAD=dgelu): gelu_dbias += the column sums of
+// dinp = gelu'(pre) * (dout W^T), added onto existing values, for fp32, bf16
+// and bf16 activations with fp32 gradients (the one cuBLASLt's DGELU_BGRAD
+// epilogue serves), fused and through the fallback (DGELU GEMM + column
+// sums), against the CPU. Tolerances: fp32 1e-5 of the column's magnitude
+// (summation order); with bf16 activations 1e-2 relative (dinp is rounded
+// to bf16 where the fallback sums it; the bf16 gradient is rounded once
+// more), and 1e-2 relative L2 over the whole vector. The fused sums must
+// be reproducible bit for bit (bit-identical resume relies on it).
+TEST(MatmulDGeluBiasTest, BiasGradientThroughTheGeluMatchesCpu) {
+  LLMT_REQUIRE_GPU();
+  const int M = 777, K = 384, N = 96;  // K: the GELU width (this layer's input)
+  const FVec pre = RoundBf16(Randn(size_t(M) * K, 61));
+  const FVec w = RoundBf16(Randn(size_t(K) * N, 62, 0.2f));
+  const FVec dy = RoundBf16(Randn(size_t(M) * N, 63));
+  const FVec db0 = RoundBf16(Randn(K, 64));
+  FVec dact(size_t(M) * K), dinp(size_t(M) * K), db = db0;
+  cpu::MatmulBackward(dact.data(), nullptr, nullptr, dy.data(), nullptr, w.data(), M, K, N,
+                      WeightLayout::kInOut);
+  cpu::GeluBackward(dinp.data(), pre.data(), dact.data(), int64_t(M) * K);
+  for (int m = 0; m < M; ++m) {
+    for (int k = 0; k < K; ++k) db[k] += dinp[size_t(m) * K + k];
+  }
+  auto blas = Blas::Create();
+  ASSERT_TRUE(blas.ok()) << blas.status();
+  // Runs MatmulBackward with gelu_dbias for activations A and gradients G.
+  auto run = [&](auto activation, auto grad) {
+    using A = decltype(activation);
+    using G = decltype(grad);
+    Dev<A> gpre(pre), gw(w), gdy(dy), gdx(size_t(M) * K);
+    Dev<G> gdb(db0);
+    MatmulBackward(**blas, gdx.get(), static_cast<G*>(nullptr), static_cast<G*>(nullptr),
+                   gdy.get(), nullptr, gw.get(), M, K, N, WeightLayout::kInOut, 1.f, false,
+                   gpre.get(), nullptr, gdb.get());
+    return std::pair{gdx.Download(), gdb.Download()};
+  };
+  const Tol f32{1e-5, 1e-5 * MaxAbs(db), 1e-5};
+  const Tol b16{1e-2, 1e-2 * MaxAbs(db), 1e-2};
+  for (const bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused where cuBLASLt has it" : "fallback");
+    (*blas)->set_fuse_epilogues(fuse);
+    {
+      auto [gx, gb] = run(float{}, float{});
+      ExpectClose(gx, dinp, GemmTol<float>(), "dinp fp32");
+      ExpectClose(gb, db, f32, "gelu_dbias fp32");
+    }
+    {
+      auto [gx, gb] = run(bf16{}, bf16{});
+      ExpectClose(gx, dinp, GemmTol<bf16>(), "dinp bf16");
+      ExpectClose(gb, db, b16, "gelu_dbias bf16");
+    }
+    auto [gx, gb] = run(bf16{}, float{});
+    ExpectClose(gx, dinp, GemmTol<bf16>(), "dinp mixed");
+    ExpectClose(gb, db, b16, "gelu_dbias mixed");
+    auto [gx2, gb2] = run(bf16{}, float{});
+    EXPECT_TRUE(SameBits(gx, gx2)) << "dinp not reproducible";
+    EXPECT_TRUE(SameBits(gb, gb2)) << "gelu_dbias not reproducible";
+  }
+  // For the record (the Blas logged which way the sums went): how many of
+  // these GEMMs cuBLASLt declined to fuse.
+  std::printf("DGELU_BGRAD: %lld epilogue fallbacks\n",
+              static_cast<long long>((*blas)->num_epilogue_fallbacks()));
+}
+
+// Exact autotuning of the DGELU_BGRAD GEMM (the bias-gradient vector is part
+// of the fingerprint): dinp and the sums bit-identical to autotuning off, and
+// within fp32 reordering of them with any candidate (kAny). Large enough
+// (4096 x 768 outputs) for the exact mode to tune at all.
+TEST(MatmulDGeluBiasTest, AutotuneExactKeepsTheSumsBitIdentical) {
+  LLMT_REQUIRE_GPU();
+  const int M = 4096, K = 768, N = 192;
+  const FVec pre = RoundBf16(Randn(size_t(M) * K, 71));
+  const FVec w = RoundBf16(Randn(size_t(K) * N, 72, 0.1f));
+  const FVec dy = RoundBf16(Randn(size_t(M) * N, 73));
+  auto run = [&](Blas::Autotune mode) {
+    auto blas = Blas::Create();
+    EXPECT_TRUE(blas.ok()) << blas.status();
+    (*blas)->set_autotune(mode);
+    Dev<bf16> gpre(pre), gw(w), gdy(dy), gdx(size_t(M) * K);
+    Dev<float> gdb(FVec(K, 0.f));
+    for (int rep = 0; rep < 2; ++rep) {  // the first call tunes; the sums add twice
+      MatmulBackward(**blas, gdx.get(), static_cast<float*>(nullptr),
+                     static_cast<float*>(nullptr), gdy.get(), nullptr, gw.get(), M, K, N,
+                     WeightLayout::kInOut, 1.f, false, gpre.get(), nullptr, gdb.get());
+    }
+    return std::pair{gdx.Download(), gdb.Download()};
+  };
+  const auto [x_off, b_off] = run(Blas::Autotune::kOff);
+  const auto [x_exact, b_exact] = run(Blas::Autotune::kExact);
+  EXPECT_TRUE(SameBits(x_off, x_exact)) << "dinp";
+  EXPECT_TRUE(SameBits(b_off, b_exact)) << "gelu_dbias";
+  const auto [x_any, b_any] = run(Blas::Autotune::kAny);
+  ExpectClose(x_any, x_off, GemmTol<bf16>(), "autotune any: dinp");
+  ExpectClose(b_any, b_off, Tol{1e-4, 1e-5 * MaxAbs(b_off), 1e-5}, "autotune any: gelu_dbias");
 }
 
 // Mixed precision: bf16 activations, fp32 weight/bias gradients accumulated

@@ -333,47 +333,91 @@ TEST(CudaModel, RecomputeGivesTheSameGradients) {
   }
 }
 
-// LLMT_BIAS_GRAD=norm: the attention and MLP output projections' bias
-// gradients come from the norm backward (column sums of the residual
-// stream's gradient) instead of a pass over it in MatmulBackward. fp32, both
-// families (Llama has no biases: nothing may change there), against the
-// default: the same sums in another order, 1e-5 relative; every other
-// gradient bit for bit.
-TEST(CudaModel, BiasGradientsFromTheNormBackwardMatch) {
-  REQUIRE_GPU();
-  // run.sh also runs this whole binary under LLMT_BIAS_GRAD: put it back.
+// One micro-step of a fresh model made with LLMT_BIAS_GRAD=`mode` (the
+// Blas reads it at creation); the variable is put back as it was (run.sh
+// also runs this whole binary under LLMT_BIAS_GRAD).
+StepOut StepWithBiasGrad(const char* mode, const ModelConfig& cfg, Precision p,
+                         const std::vector<int32_t>& in, const std::vector<int32_t>& tgt) {
   const char* env = std::getenv("LLMT_BIAS_GRAD");
   const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+  EXPECT_EQ(setenv("LLMT_BIAS_GRAD", mode, 1), 0);
+  auto m = MakeGpu(cfg, kB, kT, p);
+  if (saved) {
+    setenv("LLMT_BIAS_GRAD", saved->c_str(), 1);
+  } else {
+    unsetenv("LLMT_BIAS_GRAD");
+  }
+  if (m == nullptr) return StepOut{std::nan(""), {}};
+  return GpuStep(*m, in, tgt);
+}
+
+bool EndsWith(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// LLMT_BIAS_GRAD=norm: the attention and MLP output projections' bias
+// gradients come from the norm backward (column sums of the residual
+// stream's gradient) instead of a pass over it in MatmulBackward;
+// LLMT_BIAS_GRAD=dgelu: the MLP input projection's from the output
+// projection's DGELU GEMM (in fp32 never a fused GELU epilogue, so the same
+// column-sum pass over the same dfc, now in the other layer's backward).
+// fp32, both families (Llama has no biases: nothing may change there),
+// against the default: the moved biases within 1e-5 relative (the same sums,
+// possibly in another order); every other gradient bit for bit.
+TEST(CudaModel, BiasGradientsFromTheNormBackwardAndTheDGeluGemmMatch) {
+  REQUIRE_GPU();
   for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
     const auto in = RandomTokens(kB * kT, cfg.vocab_size, 51);
     const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 52);
-    ASSERT_EQ(setenv("LLMT_BIAS_GRAD", "kernel", 1), 0);
-    auto base_m = MakeGpu(cfg, kB, kT, Precision::kFp32);
-    ASSERT_NE(base_m, nullptr);
-    const StepOut base = GpuStep(*base_m, in, tgt);
-    base_m.reset();
-    ASSERT_EQ(setenv("LLMT_BIAS_GRAD", "norm", 1), 0);
-    auto m = MakeGpu(cfg, kB, kT, Precision::kFp32);
-    if (saved) {
-      setenv("LLMT_BIAS_GRAD", saved->c_str(), 1);
-    } else {
-      unsetenv("LLMT_BIAS_GRAD");
-    }
-    ASSERT_NE(m, nullptr);
-    const StepOut got = GpuStep(*m, in, tgt);
-    EXPECT_EQ(got.loss, base.loss);
-    for (const ParamInfo& p : m->params_info()) {
-      // attn.c_proj.bias and mlp.c_proj.bias of every layer.
-      const bool moved = p.name.size() >= 11 && p.name.compare(p.name.size() - 11, 11,
-                                                                 "c_proj.bias") == 0;
-      const float* g = got.grads.data() + p.offset;
-      const float* b = base.grads.data() + p.offset;
-      if (moved) {
-        EXPECT_LE(RelErr(g, b, p.numel), 1e-5) << p.name;
-      } else {
-        EXPECT_TRUE(std::equal(g, g + p.numel, b)) << p.name << " changed";
+    const StepOut base = StepWithBiasGrad("kernel", cfg, Precision::kFp32, in, tgt);
+    ASSERT_FALSE(base.grads.empty());
+    for (const char* mode : {"norm", "dgelu", "norm+dgelu"}) {
+      SCOPED_TRACE(mode);
+      const std::string m = mode;
+      const StepOut got = StepWithBiasGrad(mode, cfg, Precision::kFp32, in, tgt);
+      ASSERT_EQ(got.grads.size(), base.grads.size());
+      EXPECT_EQ(got.loss, base.loss);
+      auto probe = MakeGpu(cfg, kB, kT, Precision::kFp32);
+      ASSERT_NE(probe, nullptr);
+      for (const ParamInfo& p : probe->params_info()) {
+        // attn.c_proj.bias and mlp.c_proj.bias of every layer; mlp.c_fc.bias.
+        const bool norm = m.find("norm") != std::string::npos;
+        const bool dgelu = m.find("dgelu") != std::string::npos;
+        const bool moved = (norm && EndsWith(p.name, "c_proj.bias")) ||
+                           (dgelu && EndsWith(p.name, "c_fc.bias"));
+        const float* g = got.grads.data() + p.offset;
+        const float* b = base.grads.data() + p.offset;
+        if (moved) {
+          EXPECT_LE(RelErr(g, b, p.numel), 1e-5) << p.name;
+        } else {
+          EXPECT_TRUE(std::equal(g, g + p.numel, b)) << p.name << " changed";
+        }
       }
     }
+  }
+}
+
+// The same in bf16, where LLMT_BIAS_GRAD=dgelu asks cuBLASLt for its
+// DGELU_BGRAD epilogue: that GEMM may run another kernel than the plain
+// DGELU one (dfc rounded differently, and everything upstream with it), so
+// every gradient is compared at bf16 scale: 2e-2 of each tensor's largest
+// magnitude (one bf16 rounding of dfc is 2^-9; a bias summed from the wrong
+// values is off by its own magnitude). The loss is the forward's: equal.
+TEST(CudaModel, Bf16BiasGradientsFromTheDGeluGemmMatch) {
+  REQUIRE_GPU();
+  const ModelConfig cfg = Gpt2Tiny();
+  const auto in = RandomTokens(kB * kT, cfg.vocab_size, 53);
+  const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 54);
+  const StepOut base = StepWithBiasGrad("kernel", cfg, Precision::kBf16, in, tgt);
+  const StepOut got = StepWithBiasGrad("norm+dgelu", cfg, Precision::kBf16, in, tgt);
+  ASSERT_FALSE(base.grads.empty());
+  ASSERT_EQ(got.grads.size(), base.grads.size());
+  EXPECT_EQ(got.loss, base.loss);
+  auto probe = MakeGpu(cfg, kB, kT, Precision::kBf16);
+  ASSERT_NE(probe, nullptr);
+  for (const ParamInfo& p : probe->params_info()) {
+    EXPECT_LE(RelErr(got.grads.data() + p.offset, base.grads.data() + p.offset, p.numel), 2e-2)
+        << p.name;
   }
 }
 
