@@ -25,8 +25,9 @@
 #   deviation from the default's output), then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, three times; the
-#   bias gradients from the norm backward, from the DGELU GEMM, from both,
-#   and from the weight-gradient GEMMs' epilogue; autotuning the GEMMs that
+#   bias gradients from the norm backward, from the DGELU GEMM, without the
+#   QKV key third, all three, the first two, and from the weight-gradient
+#   GEMMs' epilogue; autotuning the GEMMs that
 #   accumulate into their output too; the own attention kernels, the wgmma
 #   backward, cuDNN's atomic backward; other options, e.g.
 #   LLMT_ATTN_FWD=wgmma|wgmma-pipe|wgmma-2wg|m64|m64n128,
@@ -188,8 +189,9 @@ if [[ $MODE == ab ]]; then
   # LLMT_AB_VARIANTS.) Variants that no longer fit LLMT_BENCH_BUDGET_S are
   # skipped, so the table always comes out.
   variants=${LLMT_AB_VARIANTS:-"base bgrad-norm:LLMT_BIAS_GRAD=norm
-    bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu
-    inplace:LLMT_GEMM_AUTOTUNE=exact+inplace base2 bgrad:LLMT_BIAS_GRAD=epilogue
+    bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-qv:LLMT_BIAS_GRAD=qv
+    bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv inplace:LLMT_GEMM_AUTOTUNE=exact+inplace base2
+    bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu bgrad:LLMT_BIAS_GRAD=epilogue
     own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own bwd-wg:LLMT_ATTN_BWD=wgmma
     bwd-cudnn:LLMT_ATTN_BWD=cudnn base3"}
   attn_ok=1
@@ -269,8 +271,9 @@ if [[ $MODE != bench ]]; then
   # training tests also run once with the wgmma attention kernels, as if they
   # were the default (what a change of the default needs), the model tests
   # with the bias gradients from the GEMM epilogue, from the norm backward
-  # and from the DGELU GEMM, and the training tests (bit-identical resume)
-  # with the last two and in-place autotuning together. The fused wgmma
+  # and from the DGELU GEMM without the QKV key third, and the training tests
+  # (bit-identical resume) with the last three and in-place autotuning
+  # together. The fused wgmma
   # backwards (wgmma-fused, -2wg: blocks wait on each other, a fault could
   # trap) have their kernel, model and training runs apart too (the training
   # test, bit-identical resume at T 192, sets both variants itself). The cuDNN attention
@@ -297,13 +300,13 @@ if [[ $MODE != bench ]]; then
                "$t|-*Cudnn*|cuda_model_test-wgfused2|$FUSED2_ENV"
                "$t|-*Cudnn*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
                "$t|-*Cudnn*|cuda_model_test-bgradnorm|LLMT_BIAS_GRAD=norm"
-               "$t|-*Cudnn*|cuda_model_test-bgraddgelu|LLMT_BIAS_GRAD=dgelu"
+               "$t|-*Cudnn*|cuda_model_test-bgraddq|LLMT_BIAS_GRAD=dgelu+qv"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
         RUNS+=("$t|-*Cudnn*:*WgmmaFused*|cuda_train_test|"
                "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
                "$t|*WgmmaFused*|cuda_train_test-wgfused|"
-               "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-opts|LLMT_BIAS_GRAD=norm+dgelu;LLMT_GEMM_AUTOTUNE=exact+inplace"
+               "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-opts|LLMT_BIAS_GRAD=norm+dgelu+qv;LLMT_GEMM_AUTOTUNE=exact+inplace"
                "$t|*Cudnn*|cuda_train_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac

@@ -168,17 +168,19 @@ __device__ __forceinline__ float CombineColumnPartials(const float (&acc)[V], fl
   return s;
 }
 
-// Column sums of row-major matrices with N columns (row stride N), split into
-// row chunks of `chunk_rows`: block (bx, by, bz) sums rows [by chunk_rows,
-// (by + 1) chunk_rows) of columns [bx 32V, (bx + 1) 32V) of plane bz (in +
-// bz * plane), and
+// Column sums of row-major matrices with N columns and row stride ld, split
+// into row chunks of `chunk_rows`: block (bx, by, bz) sums rows
+// [by chunk_rows, (by + 1) chunk_rows) of columns [bx 32V, (bx + 1) 32V) of
+// plane bz (in + bz * plane), and
 //   kFinal:  out_z[c] = out_z[c] + alpha * sum   (out_0 = out, out_1 = out2)
-//   else:    out[by * N + c] = sum               (fp32 partials per chunk)
-// V > 1 needs N % V == 0 and `in` (and `plane` * sizeof(T)) 16-byte aligned.
+//   else:    out[(bz * gridDim.y + by) * N + c] = sum   (fp32 partials per
+//            plane and chunk)
+// V > 1 needs N % V == 0, ld % V == 0 and `in` (and `plane` * sizeof(T))
+// 16-byte aligned.
 template <typename G, typename T, int V, int TY, bool kFinal>
 __global__ void __launch_bounds__(32 * TY)
     ColumnSumKernel(G* out, G* out2, const T* in, int64_t plane, int64_t rows, int64_t N,
-                    int64_t chunk_rows, float alpha) {
+                    int64_t ld, int64_t chunk_rows, float alpha) {
   __shared__ float part[TY * 32 * V];
   const int x = threadIdx.x & 31, y = threadIdx.x >> 5;
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * 32 * V;
@@ -192,7 +194,7 @@ __global__ void __launch_bounds__(32 * TY)
   if (c < N) {  // V > 1: N % V == 0, so the whole vector is inside
 #pragma unroll 4
     for (int64_t r = r0 + y; r < r1; r += TY) {
-      const Vec<T, V> v = LoadVec<V>(src + r * N + c);
+      const Vec<T, V> v = LoadVec<V>(src + r * ld + c);
 #pragma unroll
       for (int k = 0; k < V; ++k) acc[k] += ToF(v.v[k]);
     }
@@ -204,7 +206,8 @@ __global__ void __launch_bounds__(32 * TY)
       G* o = blockIdx.z == 0 ? out : out2;
       o[col] = FromF<G>(ToF(o[col]) + alpha * s);
     } else {
-      out[static_cast<int64_t>(blockIdx.y) * N + col] = s;
+      const int64_t slot = static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y;
+      out[slot * N + col] = s;
     }
   }
 }

@@ -190,6 +190,7 @@ struct Blas::Impl {
   bool fuse_bias_grad = false;
   bool bias_grad_from_norm = false;
   bool bias_grad_from_dgelu = false;
+  bool bias_grad_skip_keys = false;
   bool dgelu_bgrad_noted = false;  // MatmulBackward logged how gelu_dbias is summed
   DeviceBuffer bias_grad_scratch;  // MatmulBackward's epilogue output (fp32)
   DeviceBuffer fingerprint;  // kExact's scratch (internal::kFingerprintWords)
@@ -232,10 +233,12 @@ absl::StatusOr<BiasGradMode> ParseBiasGrad(const char* env) {
       m.from_norm = true;
     } else if (part == "dgelu") {
       m.from_dgelu = true;
+    } else if (part == "qv") {
+      m.skip_keys = true;
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
-          "LLMT_BIAS_GRAD='", mode, "': expected kernel, or epilogue, norm and/or dgelu joined by "
-          "'+' (e.g. norm+dgelu); '", part, "' is none of them"));
+          "LLMT_BIAS_GRAD='", mode, "': expected kernel, or any of epilogue, norm, dgelu and qv "
+          "joined by '+' (e.g. norm+dgelu); '", part, "' is none of them"));
     }
   }
   return m;
@@ -261,6 +264,7 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   impl->fuse_bias_grad = bias_grad->epilogue;
   impl->bias_grad_from_norm = bias_grad->from_norm;
   impl->bias_grad_from_dgelu = bias_grad->from_dgelu;
+  impl->bias_grad_skip_keys = bias_grad->skip_keys;
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
 }
 
@@ -281,6 +285,8 @@ void Blas::set_bias_grad_from_norm(bool on) { impl_->bias_grad_from_norm = on; }
 bool Blas::bias_grad_from_norm() const { return impl_->bias_grad_from_norm; }
 void Blas::set_bias_grad_from_dgelu(bool on) { impl_->bias_grad_from_dgelu = on; }
 bool Blas::bias_grad_from_dgelu() const { return impl_->bias_grad_from_dgelu; }
+void Blas::set_bias_grad_skip_keys(bool on) { impl_->bias_grad_skip_keys = on; }
+bool Blas::bias_grad_skip_keys() const { return impl_->bias_grad_skip_keys; }
 int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
 int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
 

@@ -43,63 +43,74 @@ constexpr int kBiasSlots = 8;        // warps over rows in stage 1
 constexpr int kBiasFinalSlots = 32;  // warps over rows in the single stage / stage 2
 constexpr int64_t kBiasChunkRows = 256;
 
-// 16-byte vectors (8 bf16 / 4 fp32 columns per lane) when every row starts
-// aligned; else one column per lane.
+// 16-byte vectors (8 bf16 / 4 fp32 columns per lane) when every row (and
+// the second column block) starts aligned; else one column per lane.
 template <typename T>
 constexpr int kBiasVec = 16 / sizeof(T);
 template <typename T>
-bool BiasVec(const T* dout, int64_t N) {
-  return N % kBiasVec<T> == 0 && internal::Aligned(16, dout);
+bool BiasVec(const T* dout, int64_t N, int64_t ld, int64_t off2) {
+  constexpr int v = kBiasVec<T>;
+  return N % v == 0 && ld % v == 0 && off2 % v == 0 && internal::Aligned(16, dout);
 }
 
+// Column sums of `blocks` (1 or 2) column blocks, [0, N) and [off2,
+// off2 + N), of `in` (rows x ld): the planes of ColumnSumKernel.
 template <typename G, typename T, int V, int TY, bool kFinal>
-void LaunchColumnSum(G* out, const T* in, int64_t rows, int64_t N, int64_t chunk_rows, float alpha,
+void LaunchColumnSum(G* out, G* out2, int blocks, const T* in, int64_t off2, int64_t rows,
+                     int64_t N, int64_t ld, int64_t chunk_rows, float alpha,
                      cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(internal::CeilDiv(N, 32 * V)),
-                  static_cast<unsigned>(internal::CeilDiv(rows, chunk_rows)));
+                  static_cast<unsigned>(internal::CeilDiv(rows, chunk_rows)),
+                  static_cast<unsigned>(blocks));
   internal::Launch(internal::ColumnSumKernel<G, T, V, TY, kFinal>, grid, 32 * TY, 0, stream, out,
-                   static_cast<G*>(nullptr), in, int64_t{0}, rows, N, chunk_rows, alpha);
+                   out2, in, off2, rows, N, ld, chunk_rows, alpha);
 }
 
 template <typename G, typename T>
-void LaunchBiasBackward(G* dbias, const T* dout, int64_t M, int64_t N, float alpha,
-                        cudaStream_t stream) {
+void LaunchBiasBackward(G* dbias, G* dbias2, const T* dout, int64_t off2, int64_t M, int64_t N,
+                        int64_t ld, float alpha, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
-  if (BiasVec(dout, N)) {
-    LaunchColumnSum<G, T, kBiasVec<T>, kBiasFinalSlots, true>(dbias, dout, M, N, M, alpha, stream);
+  const int blocks = dbias2 != nullptr ? 2 : 1;
+  if (BiasVec(dout, N, ld, off2)) {
+    LaunchColumnSum<G, T, kBiasVec<T>, kBiasFinalSlots, true>(dbias, dbias2, blocks, dout, off2, M,
+                                                              N, ld, M, alpha, stream);
   } else {
-    LaunchColumnSum<G, T, 1, kBiasFinalSlots, true>(dbias, dout, M, N, M, alpha, stream);
+    LaunchColumnSum<G, T, 1, kBiasFinalSlots, true>(dbias, dbias2, blocks, dout, off2, M, N, ld, M,
+                                                    alpha, stream);
   }
   LLMT_CUDA_CHECK_LAUNCH("BiasBackwardKernel", stream);
 }
 
 template <typename G, typename T>
-void LaunchBiasBackwardTwoStage(G* dbias, const T* dout, int64_t M, int64_t N, float alpha,
-                                void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+void LaunchBiasBackwardTwoStage(G* dbias, G* dbias2, const T* dout, int64_t off2, int64_t M,
+                                int64_t N, int64_t ld, float alpha, void* scratch,
+                                size_t scratch_bytes, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
-  // Chunks must fit the scratch (fp32 per chunk and column) and the grid's y
-  // limit; at least two chunks, or the single stage is as good.
+  const int blocks = dbias2 != nullptr ? 2 : 1;
+  // Chunks must fit the scratch (fp32 per block, chunk and column) and the
+  // grid's y limit; at least two chunks, or the single stage is as good.
   int64_t chunk = kBiasChunkRows;
-  const int64_t max_chunks =
-      std::min<int64_t>(65535, static_cast<int64_t>(scratch_bytes / (sizeof(float) * N)));
+  const int64_t max_chunks = std::min<int64_t>(
+      65535, static_cast<int64_t>(scratch_bytes / (sizeof(float) * N * blocks)));
   while (internal::CeilDiv(M, chunk) > max_chunks && chunk < M) chunk *= 2;
   const int64_t nchunks = internal::CeilDiv(M, chunk);
   if (scratch == nullptr || nchunks < 2 || nchunks > max_chunks) {
-    LaunchBiasBackward(dbias, dout, M, N, alpha, stream);
+    LaunchBiasBackward(dbias, dbias2, dout, off2, M, N, ld, alpha, stream);
     return;
   }
   float* partial = static_cast<float*>(scratch);
-  if (BiasVec(dout, N)) {
-    LaunchColumnSum<float, T, kBiasVec<T>, kBiasSlots, false>(partial, dout, M, N, chunk, 1.f,
-                                                              stream);
+  if (BiasVec(dout, N, ld, off2)) {
+    LaunchColumnSum<float, T, kBiasVec<T>, kBiasSlots, false>(
+        partial, static_cast<float*>(nullptr), blocks, dout, off2, M, N, ld, chunk, 1.f, stream);
   } else {
-    LaunchColumnSum<float, T, 1, kBiasSlots, false>(partial, dout, M, N, chunk, 1.f, stream);
+    LaunchColumnSum<float, T, 1, kBiasSlots, false>(partial, static_cast<float*>(nullptr), blocks,
+                                                    dout, off2, M, N, ld, chunk, 1.f, stream);
   }
   LLMT_CUDA_CHECK_LAUNCH("BiasBackwardKernel/partials", stream);
-  // The partials are few rows (nchunks): one column per lane keeps the tiles
-  // narrow (32 columns) so that N = 768 still gives 24 blocks.
-  LaunchColumnSum<G, float, 1, kBiasFinalSlots, true>(dbias, partial, nchunks, N, nchunks, alpha,
-                                                      stream);
+  // The partials are few rows (nchunks) per block: one column per lane keeps
+  // the tiles narrow (32 columns) so that N = 768 still gives 24 blocks.
+  LaunchColumnSum<G, float, 1, kBiasFinalSlots, true>(dbias, dbias2, blocks, partial, nchunks * N,
+                                                      nchunks, N, N, nchunks, alpha, stream);
   LLMT_CUDA_CHECK_LAUNCH("BiasBackwardKernel/combine", stream);
 }
 
@@ -123,29 +134,51 @@ void BiasResidualFill(void* D, DType t, int64_t ldd, const void* C, int64_t ldc,
 
 void BiasBackward(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
                   cudaStream_t stream) {
-  LaunchBiasBackward(dbias, dout, M, N, alpha, stream);
+  LaunchBiasBackward(dbias, static_cast<float*>(nullptr), dout, 0, M, N, N, alpha, stream);
 }
 void BiasBackward(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
                   cudaStream_t stream) {
-  LaunchBiasBackward(dbias, dout, M, N, alpha, stream);
+  LaunchBiasBackward(dbias, static_cast<bf16*>(nullptr), dout, 0, M, N, N, alpha, stream);
 }
 void BiasBackward(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
                   cudaStream_t stream) {
-  LaunchBiasBackward(dbias, dout, M, N, alpha, stream);
+  LaunchBiasBackward(dbias, static_cast<float*>(nullptr), dout, 0, M, N, N, alpha, stream);
+}
+
+void BiasBackwardColumns(float* dbias, float* dbias2, const float* dout, int64_t M, int64_t N,
+                         int64_t ld, int64_t off2, float alpha, void* scratch,
+                         size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBiasBackwardTwoStage(dbias, dbias2, dout, off2, M, N, ld, alpha, scratch, scratch_bytes,
+                             stream);
+}
+void BiasBackwardColumns(bf16* dbias, bf16* dbias2, const bf16* dout, int64_t M, int64_t N,
+                         int64_t ld, int64_t off2, float alpha, void* scratch,
+                         size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBiasBackwardTwoStage(dbias, dbias2, dout, off2, M, N, ld, alpha, scratch, scratch_bytes,
+                             stream);
+}
+void BiasBackwardColumns(float* dbias, float* dbias2, const bf16* dout, int64_t M, int64_t N,
+                         int64_t ld, int64_t off2, float alpha, void* scratch,
+                         size_t scratch_bytes, cudaStream_t stream) {
+  LaunchBiasBackwardTwoStage(dbias, dbias2, dout, off2, M, N, ld, alpha, scratch, scratch_bytes,
+                             stream);
 }
 
 namespace internal {
 void BiasBackwardTwoStage(float* dbias, const float* dout, int64_t M, int64_t N, float alpha,
                           void* scratch, size_t scratch_bytes, cudaStream_t stream) {
-  LaunchBiasBackwardTwoStage(dbias, dout, M, N, alpha, scratch, scratch_bytes, stream);
+  LaunchBiasBackwardTwoStage(dbias, static_cast<float*>(nullptr), dout, 0, M, N, N, alpha, scratch,
+                             scratch_bytes, stream);
 }
 void BiasBackwardTwoStage(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
                           void* scratch, size_t scratch_bytes, cudaStream_t stream) {
-  LaunchBiasBackwardTwoStage(dbias, dout, M, N, alpha, scratch, scratch_bytes, stream);
+  LaunchBiasBackwardTwoStage(dbias, static_cast<bf16*>(nullptr), dout, 0, M, N, N, alpha, scratch,
+                             scratch_bytes, stream);
 }
 void BiasBackwardTwoStage(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
                           void* scratch, size_t scratch_bytes, cudaStream_t stream) {
-  LaunchBiasBackwardTwoStage(dbias, dout, M, N, alpha, scratch, scratch_bytes, stream);
+  LaunchBiasBackwardTwoStage(dbias, static_cast<float*>(nullptr), dout, 0, M, N, N, alpha, scratch,
+                             scratch_bytes, stream);
 }
 
 namespace {

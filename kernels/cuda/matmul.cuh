@@ -110,6 +110,14 @@ class Blas {
   // dbias to c_fc's own backward. An A/B option: not yet run on a GPU.
   void set_bias_grad_from_dgelu(bool on);
   bool bias_grad_from_dgelu() const;
+  // LLMT_BIAS_GRAD=qv: a request to the caller too. The CUDA model then sums
+  // GPT-2's QKV bias gradient over the query and value thirds of dqkv only
+  // (BiasBackwardColumns) and adds nothing to the key third's: adding one
+  // vector to every key adds q.b to all of a query's scores, which softmax
+  // ignores, so that gradient is zero (a computed one is rounding noise).
+  // A third fewer bytes read. An A/B option: not yet run on a GPU.
+  void set_bias_grad_skip_keys(bool on);
+  bool bias_grad_skip_keys() const;
 
   // Plans cached so far, and GEMMs that had to fall back from a fused
   // epilogue because cuBLASLt offered no algorithm for it.
@@ -189,13 +197,15 @@ absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env);
 // weight-gradient GEMM (Blas::set_fuse_bias_grad); "norm": the caller takes
 // the residual projections' bias gradients from the norm backward
 // (Blas::set_bias_grad_from_norm); "dgelu": the caller takes c_fc's bias
-// gradient from the DGELU GEMM (Blas::set_bias_grad_from_dgelu). Several
-// are joined with '+' ("norm+dgelu"). Errors name the variable and the
-// accepted values.
+// gradient from the DGELU GEMM (Blas::set_bias_grad_from_dgelu); "qv": the
+// caller sums the QKV bias gradient without the key third
+// (Blas::set_bias_grad_skip_keys). Several are joined with '+'
+// ("norm+dgelu+qv"). Errors name the variable and the accepted values.
 struct BiasGradMode {
   bool epilogue = false;
   bool from_norm = false;
   bool from_dgelu = false;
+  bool skip_keys = false;
 };
 absl::StatusOr<BiasGradMode> ParseBiasGrad(const char* env);
 
@@ -264,6 +274,23 @@ void BiasBackward(bf16* dbias, const bf16* dout, int64_t M, int64_t N, float alp
                   cudaStream_t stream);
 void BiasBackward(float* dbias, const bf16* dout, int64_t M, int64_t N, float alpha,
                   cudaStream_t stream);
+
+// The bias gradients of one or two column blocks of a wider matrix in one
+// pass over those columns only: dbias[n] += alpha sum_m dout[m*ld + n] and,
+// when dbias2 is non-null, dbias2[n] += alpha sum_m dout[m*ld + off2 + n],
+// n < N. (GPT-2's fused QKV projection without its key third, see
+// LLMT_BIAS_GRAD=qv.) Deterministic like BiasBackward; two stages through
+// `scratch` (MatmulBackward passes the cuBLASLt workspace) when it has room
+// for the fp32 partials (256-row chunks x N x blocks), else one.
+void BiasBackwardColumns(float* dbias, float* dbias2, const float* dout, int64_t M, int64_t N,
+                         int64_t ld, int64_t off2, float alpha, void* scratch,
+                         size_t scratch_bytes, cudaStream_t stream);
+void BiasBackwardColumns(bf16* dbias, bf16* dbias2, const bf16* dout, int64_t M, int64_t N,
+                         int64_t ld, int64_t off2, float alpha, void* scratch,
+                         size_t scratch_bytes, cudaStream_t stream);
+void BiasBackwardColumns(float* dbias, float* dbias2, const bf16* dout, int64_t M, int64_t N,
+                         int64_t ld, int64_t off2, float alpha, void* scratch,
+                         size_t scratch_bytes, cudaStream_t stream);
 
 // D[M,N] = beta * C[M,N] + bias[N] (either may be null, meaning 0). C may
 // alias D. The fallback path's epilogue-less seeding; also usable on its own.

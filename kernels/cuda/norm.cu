@@ -483,7 +483,7 @@ void LaunchBackward(T* dinp, G* dweight, G* dbias, G* dsum, const T* dout, const
   const dim3 grid(static_cast<unsigned>(CeilDiv(C, 32)), 1, kLN && dbias != nullptr ? 2 : 1);
   internal::Launch(internal::ColumnSumKernel<G, float, 1, kParamSlots, true>, grid,
                    32 * kParamSlots, 0, stream, dweight, dbias, partial, nblocks * C, nblocks,
-                   static_cast<int64_t>(C), nblocks, 1.f);
+                   static_cast<int64_t>(C), static_cast<int64_t>(C), nblocks, 1.f);
   LLMT_CUDA_CHECK_LAUNCH(
       kLN ? "LayerNormBackward/NormParamGradKernel" : "RMSNormBackward/NormParamGradKernel",
       stream);
@@ -493,7 +493,7 @@ void LaunchBackward(T* dinp, G* dweight, G* dbias, G* dsum, const T* dout, const
     internal::Launch(internal::ColumnSumKernel<G, float, 1, kParamSlots, true>,
                      dim3(static_cast<unsigned>(CeilDiv(C, 32))), 32 * kParamSlots, 0, stream,
                      dsum, static_cast<G*>(nullptr), plane, nblocks * C, nblocks,
-                     static_cast<int64_t>(C), nblocks, 1.f);
+                     static_cast<int64_t>(C), static_cast<int64_t>(C), nblocks, 1.f);
     LLMT_CUDA_CHECK_LAUNCH(
         kLN ? "LayerNormBackward/DinpColumnSums" : "RMSNormBackward/DinpColumnSums", stream);
   } else if (dsum != nullptr) {

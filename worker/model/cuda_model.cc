@@ -398,7 +398,7 @@ absl::Status CudaModelImpl<T>::Init() {
   scratch_bytes_ =
       std::max({cu::NormBackwardScratchBytes(N, C_),
                 cu::AttentionBackwardScratchBytes(B_, T_, NH_, hd_),
-                cu::EmbeddingBackwardScratchBytes(B_, T_), cu::ReduceScratchBytes()});
+                cu::EmbeddingBackwardScratchBytes(B_, T_, C_), cu::ReduceScratchBytes()});
   // misc: rope tables, token ids, loss slots, one scalar.
   const int64_t rope_bytes = gpt2() ? 0 : AlignUp(int64_t{T_} * hd_ / 2 * 4, kAlignBytes);
   const int64_t tok_bytes = AlignUp(N * 4, kAlignBytes);
@@ -439,6 +439,10 @@ absl::Status CudaModelImpl<T>::Init() {
   if (blas_->bias_grad_from_dgelu() && gpt2()) {
     LLMT_LOG(Info) << "bias gradients of the MLP input projections from the output projection's "
                       "DGELU GEMM (LLMT_BIAS_GRAD=dgelu)";
+  }
+  if (blas_->bias_grad_skip_keys() && gpt2()) {
+    LLMT_LOG(Info) << "QKV bias gradients from the query and value thirds; the key third's is "
+                      "zero (LLMT_BIAS_GRAD=qv)";
   }
   RETURN_IF_ERROR(Alloc(&p32_, "parameters", "fp32 master weights", n_ * 4));
   if (kBf16) {
@@ -815,6 +819,11 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
   // sums them (cuBLASLt's DGELU_BGRAD epilogue where it has one), and c_fc's
   // backward skips the bias.
   const bool bd = blas_->bias_grad_from_dgelu() && gpt2();
+  // LLMT_BIAS_GRAD=qv: GPT-2's QKV bias gradient from the query and value
+  // thirds of dqkv; the key third's is exactly zero (softmax does not see a
+  // vector added to every key), so nothing is added there and those
+  // columns are not read.
+  const bool bq = blas_->bias_grad_skip_keys() && gpt2() && NKV_ == NH_;
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N,
                bn ? pl_.layers[L_ - 1].proj_b : -1);
   GradsReady(0);  // final norm (and an untied lm_head)
@@ -883,8 +892,14 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     if (rc_norm) NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N);
     {
       auto timed = timer_->Time("matmul_qkv_bwd");
-      cu::MatmulBackward(*blas_, dln_, G(o.qkv_w), G(o.qkv_b), dqkv_, a.ln1, P(o.qkv_w), N, C_,
-                         QKV_, lay, 1.f, false, nullptr, s());
+      cu::MatmulBackward(*blas_, dln_, G(o.qkv_w), bq ? nullptr : G(o.qkv_b), dqkv_, a.ln1,
+                         P(o.qkv_w), N, C_, QKV_, lay, 1.f, false, nullptr, s());
+      if (bq && o.qkv_b >= 0) {
+        const int64_t qw = static_cast<int64_t>(NH_) * hd_;  // = the key and value widths
+        cu::BiasBackwardColumns(G(o.qkv_b), G(o.qkv_b) + 2 * qw, dqkv_, N, qw, QKV_, 2 * qw, 1.f,
+                                blas_->workspace(), static_cast<size_t>(blas_->workspace_bytes()),
+                                s());
+      }
     }
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N,
                  bn && l > 0 ? pl_.layers[l - 1].proj_b : -1);

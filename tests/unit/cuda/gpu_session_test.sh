@@ -34,8 +34,9 @@ EOF
 # tokens/s by variant: the non-deterministic cuDNN backward is the fastest
 # but must never be picked; the cuDNN forward and the deterministic cuDNN
 # backward win, then the fused wgmma backward; the wgmma forward and the own
-# kernels lose; the bias gradients from the norm and the DGELU GEMM win
-# together (each alone less), in-place autotuning wins, the bias-gradient
+# kernels lose; the bias gradients from the norm and the DGELU GEMM and
+# without the key third win together (each alone less), in-place
+# autotuning wins, the bias-gradient
 # epilogue loses; every call's settings are recorded.
 cat >"$W/bundle/bin/bench_gpu_train" <<'EOF'
 #!/bin/bash
@@ -53,6 +54,8 @@ case ${LLMT_BIAS_GRAD:-} in
   norm) tps=$((tps + 15000)) ;;
   dgelu) tps=$((tps + 10000)) ;;
   norm+dgelu) tps=$((tps + 22000)) ;;
+  qv) tps=$((tps + 4000)) ;;
+  norm+dgelu+qv) tps=$((tps + 26000)) ;;
   epilogue) tps=$((tps - 5000)) ;;
 esac
 [[ ${LLMT_GEMM_AUTOTUNE:-} == exact+inplace ]] && tps=$((tps + 8000))
@@ -117,26 +120,28 @@ check "cuDNN gate open" "$S" "cuDNN attention tests passed: 1"
 check "fused wgmma runs in the test table" "$S" "^cuda_kernels_test-wgfused +PASS"
 check "fused wgmma training run" "$S" "^cuda_train_test-wgfused +PASS"
 check "fused two-warpgroup wgmma model run" "$S" "^cuda_model_test-wgfused2 +PASS"
-check "DGELU bias-gradient model run" "$S" "^cuda_model_test-bgraddgelu +PASS"
+check "DGELU bias-gradient model run" "$S" "^cuda_model_test-bgraddq +PASS"
 check "training run with the GEMM options" "$S" "^cuda_train_test-opts +PASS"
 check "A/B second and third base rows" "$S" "^base3 +500000.0"
 check "A/B row for the own attention kernels" "$S" "^own +450000.0 .* 0\.900"
 check "A/B row for the atomic cuDNN backward" "$S" "^bwd-cudnn +545000.0 .* 1\.090"
 check "A/B row for the bias gradients from the norm" "$S" "^bgrad-norm +515000.0 .* 1\.030"
 check "A/B row for the bias gradients from the DGELU GEMM" "$S" "^bgrad-dgelu +510000.0 .* 1\.020"
-check "A/B row for both" "$S" "^bgrad-nd +522000.0 .* 1\.044"
+check "A/B row for norm and DGELU" "$S" "^bgrad-nd +522000.0 .* 1\.044"
+check "A/B row without the key third" "$S" "^bgrad-qv +504000.0 .* 1\.008"
+check "A/B row for all three" "$S" "^bgrad-ndq +526000.0 .* 1\.052"
 check "A/B row for in-place autotuning" "$S" "^inplace +508000.0 .* 1\.016"
 check "A/B row for the bias-gradient epilogue" "$S" "^bgrad +495000.0 .* 0\.990"
 check "bias gradients from the norm: gate open" "$S" "bias gradients from the norm tests passed: 1"
-check "bias gradients from the DGELU GEMM: gate open" "$S" "from the DGELU GEMM tests passed: 1"
+check "bias gradients from the DGELU GEMM: gate open" "$S" "without the key third tests passed: 1"
 check "in-place autotuning: gate open" "$S" "in-place autotuning tests passed: 1"
-check "winners: in-place autotuning, both bias-gradient sources (never the atomic cuDNN)" "$S" \
-  "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_BIAS_GRAD=norm\+dgelu \\("
+check "winners: in-place autotuning, all bias-gradient sources (never the atomic cuDNN)" "$S" \
+  "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_BIAS_GRAD=norm\+dgelu\+qv \\("
 check "the benchmark ran with the winners" "$W/ok/calls" \
-  "^llama-350m fwd= bwd= bias=norm\+dgelu tune=exact\+inplace profile=$"
+  "^llama-350m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace profile=$"
 check "the profile ran with the winners" "$W/ok/calls" \
-  "^gpt2-124m fwd= bwd= bias=norm\+dgelu tune=exact\+inplace profile=1$"
-check "summary ratio" "$S" "gpt2-124m +64 +530000.0 .* 1\.10x"
+  "^gpt2-124m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace profile=1$"
+check "summary ratio" "$S" "gpt2-124m +64 +534000.0 .* 1\.11x"
 for f in session.txt tests.log ab-attention.txt logs.tar.gz; do
   [[ -s "$W/ok/out/$f" ]] && echo "ok: \$OUT/$f" || { echo "FAILED: no \$OUT/$f"; FAIL=1; }
 done
@@ -150,7 +155,7 @@ ATTN_AB="base own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own fwd-cudnn:LLMT_ATTN_FWD=cu
   bwd-wg-fused-2wg:LLMT_ATTN_BWD=wgmma-fused-2wg fwd-wg:LLMT_ATTN_FWD=wgmma
   bwd-cudnn:LLMT_ATTN_BWD=cudnn bgrad-norm:LLMT_BIAS_GRAD=norm
   bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu
-  inplace:LLMT_GEMM_AUTOTUNE=exact+inplace base2"
+  bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv inplace:LLMT_GEMM_AUTOTUNE=exact+inplace base2"
 run_session nocudnn LLMT_SESSION_S=450 LLMT_AB_VARIANTS="$ATTN_AB" FAIL_CUDNN=1 FAIL_BGNORM=1
 S=$W/nocudnn/out/session.txt
 check "A/B row for the deterministic cuDNN backward" "$S" "^bwd-cudnn-det +540000.0 .* 1\.080"
@@ -174,7 +179,7 @@ check "fused wgmma gate closed" "$S" "wgmma-fused tests passed: 0"
 check "two-warpgroup fused wgmma gate closed" "$S" "wgmma-fused-2wg tests passed: 0"
 check "wgmma gate still open" "$S" "wgmma tests passed: 1"
 check "failing fused wgmma run reported" "$S" "^cuda_kernels_test-wgfused +FAIL"
-check "DGELU bias-gradient gate closed" "$S" "from the DGELU GEMM tests passed: 0"
+check "DGELU bias-gradient gate closed" "$S" "without the key third tests passed: 0"
 check "in-place autotuning gate closed" "$S" "in-place autotuning tests passed: 0"
 check "failing training run with the GEMM options reported" "$S" "^cuda_train_test-opts +FAIL"
 check "no winner without passing tests" "$S" "winners: none"

@@ -362,42 +362,58 @@ TYPED_TEST(TypedGpuTest, Softmax) {
 
 // ------------------------------------------------------------- embedding ----
 
+// Shapes: few tokens (long runs after the sort: a token's rows span several
+// 32-position chunks, some chunks lie wholly inside one run), a frequent
+// token among many (40% of the positions, as "the" or "," in text), C with
+// 16-byte vectors (40, 48) and without (42: the scalar kernels).
 TYPED_TEST(TypedGpuTest, EmbeddingForwardBackward) {
   using T = TypeParam;
-  const int B = 3, Tn = 17, C = 40, V = 11;  // few tokens: many repeats
-  const std::vector<int32_t> tokens = RandTokens(B * Tn, V, 30);
-  const FVec wte = Prep<T>(Randn(V * C, 31)), wpe = Prep<T>(Randn(Tn * C, 32));
-  const FVec dy = Prep<T>(Randn(B * Tn * C, 33));
-  const FVec dwte0 = Prep<T>(Randn(V * C, 34)), dwpe0 = Prep<T>(Randn(Tn * C, 35));
-  FVec y(B * Tn * C), dwte = dwte0, dwpe = dwpe0;
-  cpu::EmbeddingForward(y.data(), tokens.data(), wte.data(), wpe.data(), B, Tn, C);
-  cpu::EmbeddingBackward(dwte.data(), dwpe.data(), dy.data(), tokens.data(), B, Tn, C);
+  struct Shape {
+    int B, Tn, C, V;
+    double frequent;  // share of positions forced to token 3
+  };
+  for (const Shape sh : {Shape{3, 17, 40, 11, 0.0}, Shape{5, 64, 48, 7, 0.0},
+                         Shape{4, 75, 42, 50, 0.4}, Shape{2, 130, 40, 400, 0.4}}) {
+    const int B = sh.B, Tn = sh.Tn, C = sh.C, V = sh.V;
+    SCOPED_TRACE(::testing::Message() << "B=" << B << " T=" << Tn << " C=" << C << " V=" << V);
+    std::vector<int32_t> tokens = RandTokens(B * Tn, V, 30);
+    std::mt19937 rng(31);
+    std::uniform_real_distribution<double> u(0, 1);
+    for (auto& t : tokens) t = u(rng) < sh.frequent ? 3 : t;
+    const FVec wte = Prep<T>(Randn(V * C, 31)), wpe = Prep<T>(Randn(Tn * C, 32));
+    const FVec dy = Prep<T>(Randn(B * Tn * C, 33));
+    const FVec dwte0 = Prep<T>(Randn(V * C, 34)), dwpe0 = Prep<T>(Randn(Tn * C, 35));
+    FVec y(B * Tn * C), dwte = dwte0, dwpe = dwpe0;
+    cpu::EmbeddingForward(y.data(), tokens.data(), wte.data(), wpe.data(), B, Tn, C);
+    cpu::EmbeddingBackward(dwte.data(), dwpe.data(), dy.data(), tokens.data(), B, Tn, C);
 
-  Dev<int32_t> gt(tokens.size());
-  ASSERT_EQ(cudaMemcpy(gt.get(), tokens.data(), tokens.size() * 4, cudaMemcpyHostToDevice),
-            cudaSuccess);
-  Dev<T> gwte(wte), gwpe(wpe), gy(B * Tn * C), gdy(dy);
-  EmbeddingForward(gy.get(), gt.get(), gwte.get(), gwpe.get(), B, Tn, C, nullptr);
-  ExpectClose(gy.Download(), y, TolFor<T>(y), "embedding out");
-  EmbeddingForward(gy.get(), gt.get(), gwte.get(), static_cast<T*>(nullptr), B, Tn, C, nullptr);
-  const FVec y_tok = gy.Download();
-  for (int64_t r = 0; r < B * Tn; ++r) {
-    for (int c = 0; c < C; ++c) ASSERT_EQ(y_tok[r * C + c], wte[tokens[r] * C + c]);
-  }
+    Dev<int32_t> gt(tokens.size());
+    ASSERT_EQ(cudaMemcpy(gt.get(), tokens.data(), tokens.size() * 4, cudaMemcpyHostToDevice),
+              cudaSuccess);
+    Dev<T> gwte(wte), gwpe(wpe), gy(B * Tn * C), gdy(dy);
+    EmbeddingForward(gy.get(), gt.get(), gwte.get(), gwpe.get(), B, Tn, C, nullptr);
+    ExpectClose(gy.Download(), y, TolFor<T>(y), "embedding out");
+    EmbeddingForward(gy.get(), gt.get(), gwte.get(), static_cast<T*>(nullptr), B, Tn, C, nullptr);
+    const FVec y_tok = gy.Download();
+    for (int64_t r = 0; r < B * Tn; ++r) {
+      for (int c = 0; c < C; ++c) ASSERT_EQ(y_tok[r * C + c], wte[tokens[r] * C + c]);
+    }
 
-  auto scratch = Scratch(EmbeddingBackwardScratchBytes(B, Tn));
-  FVec first;
-  for (int run = 0; run < 2; ++run) {
-    Dev<T> gdwte(dwte0), gdwpe(dwpe0);
-    EmbeddingBackward(gdwte.get(), gdwpe.get(), gdy.get(), gt.get(), B, Tn, C, scratch.get(),
-                      scratch.size(), nullptr);
-    const FVec got = gdwte.Download();
-    ExpectClose(got, dwte, TolFor<T>(dwte), "dwte");
-    ExpectClose(gdwpe.Download(), dwpe, TolFor<T>(dwpe), "dwpe");
-    if (run == 0) {
-      first = got;
-    } else {
-      EXPECT_TRUE(BitEqual(first, got)) << "embedding backward not reproducible";
+    auto scratch = Scratch(EmbeddingBackwardScratchBytes(B, Tn, C));
+    FVec first;
+    for (int run = 0; run < 2; ++run) {
+      Dev<T> gdwte(dwte0), gdwpe(dwpe0);
+      EmbeddingBackward(gdwte.get(), gdwpe.get(), gdy.get(), gt.get(), B, Tn, C, scratch.get(),
+                        scratch.size(), nullptr);
+      const FVec got = gdwte.Download();
+      // Sums of up to ~100 rows: fp32 order, 3e-5 of the scale.
+      ExpectClose(got, dwte, TolFor<T>(dwte, 3e-5), "dwte");
+      ExpectClose(gdwpe.Download(), dwpe, TolFor<T>(dwpe), "dwpe");
+      if (run == 0) {
+        first = got;
+      } else {
+        EXPECT_TRUE(BitEqual(first, got)) << "embedding backward not reproducible";
+      }
     }
   }
 }
@@ -413,7 +429,7 @@ TEST_F(GpuTest, EmbeddingBackwardBf16ToFp32Grads) {
             cudaSuccess);
   Dev<bf16> gdy(dy);
   Dev<float> gdwte(FVec(V * C, 0.f)), gdwpe(FVec(Tn * C, 0.f));
-  auto scratch = Scratch(EmbeddingBackwardScratchBytes(B, Tn));
+  auto scratch = Scratch(EmbeddingBackwardScratchBytes(B, Tn, C));
   EmbeddingBackward(gdwte.get(), gdwpe.get(), gdy.get(), gt.get(), B, Tn, C, scratch.get(),
                     scratch.size(), nullptr);
   ExpectClose(gdwte.Download(), dwte, TolFor<float>(dwte), "dwte f32");
@@ -1166,6 +1182,80 @@ TEST_F(GpuTest, BiasBackwardShapesAndPaths) {
     CheckBiasBackward<float, float>(M, N);
     CheckBiasBackward<bf16, bf16>(M, N);
     CheckBiasBackward<float, bf16>(M, N);
+  }
+}
+
+// BiasBackwardColumns: the query and value thirds of a QKV-shaped matrix
+// (row stride ld = 3N, or padded), in one pass: against the double
+// reference per block, single stage and two stages (room for every chunk,
+// and for three only); the key third is NaN, so a sum that read it would
+// show; with room for every chunk each block's sums are bit-identical to
+// BiasBackwardTwoStage on a dense copy of that block (same chunks, same
+// order); with dbias2 null only the first block is summed.
+template <typename G, typename T>
+void CheckBiasBackwardColumns(int64_t M, int64_t N, int64_t ld) {
+  SCOPED_TRACE(::testing::Message() << "M=" << M << " N=" << N << " ld=" << ld << " "
+                                    << testing::TypeName<T>() << " -> " << testing::TypeName<G>());
+  const float alpha = 0.75f;
+  const FVec db0q = Prep<G>(Randn(N, 63)), db0v = Prep<G>(Randn(N, 64));
+  for (int offset : {0, 1}) {
+    FVec dy = Prep<T>(Randn(M * ld + 1, 62, 2.f));
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = N; n < 2 * N; ++n) dy[offset + m * ld + n] = NAN;
+    }
+    const FVec view(dy.begin() + offset, dy.begin() + offset + M * ld);
+    const FVec vview(view.begin() + 2 * N, view.end());
+    FVec want_q = ColumnSumRef(view, db0q, M, N, ld, alpha);
+    FVec want_v = ColumnSumRef(vview, db0v, M, N, ld, alpha);
+    if constexpr (std::is_same_v<G, bf16>) {
+      want_q = RoundBf16(want_q);
+      want_v = RoundBf16(want_v);
+    }
+    Dev<T> gdy(dy);
+    for (int mode = 0; mode < 3; ++mode) {
+      SCOPED_TRACE(::testing::Message() << "offset " << offset << " mode " << mode);
+      // mode 0: no scratch (single stage); 1: room for every 256-row chunk of
+      // both blocks; 2: room for 3 chunks.
+      const size_t bytes = mode == 0   ? 0
+                           : mode == 1 ? 2 * (M / 256 + 2) * N * sizeof(float)
+                                       : 3 * 2 * N * sizeof(float);
+      auto scratch = Scratch(bytes);
+      Dev<G> gq(db0q), gv(db0v);
+      BiasBackwardColumns(gq.get(), gv.get(), gdy.get() + offset, M, N, ld, 2 * N, alpha,
+                          mode == 0 ? nullptr : scratch.get(), bytes, nullptr);
+      const FVec got_q = gq.Download(), got_v = gv.Download();
+      ExpectClose(got_q, want_q, TolFor<G>(want_q, 2e-5), "query block");
+      ExpectClose(got_v, want_v, TolFor<G>(want_v, 2e-5), "value block");
+      if (mode == 1) {
+        for (int b = 0; b < 2; ++b) {
+          FVec dense(M * N);
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t n = 0; n < N; ++n) dense[m * N + n] = view[m * ld + 2 * N * b + n];
+          }
+          Dev<T> gdense(dense);
+          Dev<G> gd(b == 0 ? db0q : db0v);
+          internal::BiasBackwardTwoStage(gd.get(), gdense.get(), M, N, alpha, scratch.get(), bytes,
+                                         nullptr);
+          EXPECT_TRUE(BitEqual(gd.Download(), b == 0 ? got_q : got_v))
+              << "block " << b << " differs from the dense two-stage sum";
+        }
+      }
+      Dev<G> gq1(db0q);
+      BiasBackwardColumns(gq1.get(), static_cast<G*>(nullptr), gdy.get() + offset, M, N, ld,
+                          2 * N, alpha, mode == 0 ? nullptr : scratch.get(), bytes, nullptr);
+      ExpectClose(gq1.Download(), want_q, TolFor<G>(want_q, 2e-5), "query block alone");
+    }
+  }
+}
+
+TEST_F(GpuTest, BiasBackwardColumnBlocks) {
+  // GPT-2-like (N a multiple of the vectors, ld = 3N), a padded row stride,
+  // and N = 45 (no vectors).
+  for (auto [M, N, ld] : {std::tuple<int64_t, int64_t, int64_t>{1000, 96, 288}, {517, 64, 200},
+                          {333, 45, 135}}) {
+    CheckBiasBackwardColumns<float, float>(M, N, ld);
+    CheckBiasBackwardColumns<bf16, bf16>(M, N, ld);
+    CheckBiasBackwardColumns<float, bf16>(M, N, ld);
   }
 }
 

@@ -51,8 +51,8 @@ float At(const LtMatrix& x, uint64_t r, uint64_t c) {
 
 // LLMT_BIAS_GRAD: unset, "" or "kernel" = none, "epilogue" = the GEMM
 // epilogue, "norm" = from the norm backward, "dgelu" = from the DGELU GEMM,
-// several joined by '+'; anything else an error naming the variable, the
-// value and the part that is wrong.
+// "qv" = the QKV bias without the key third, several joined by '+'; anything
+// else an error naming the variable, the value and the part that is wrong.
 TEST(GemmBiasGradEnv, Parses) {
   for (const char* off : {static_cast<const char*>(nullptr), "", "kernel"}) {
     auto p = ParseBiasGrad(off);
@@ -60,24 +60,28 @@ TEST(GemmBiasGradEnv, Parses) {
     EXPECT_FALSE(p->epilogue);
     EXPECT_FALSE(p->from_norm);
     EXPECT_FALSE(p->from_dgelu);
+    EXPECT_FALSE(p->skip_keys);
   }
   struct Case {
     const char* env;
-    bool epilogue, norm, dgelu;
+    bool epilogue, norm, dgelu, qv;
   };
-  for (const Case& c : {Case{"epilogue", true, false, false}, Case{"norm", false, true, false},
-                        Case{"dgelu", false, false, true}, Case{"norm+dgelu", false, true, true},
-                        Case{"dgelu+norm", false, true, true},
-                        Case{"epilogue+norm+dgelu", true, true, true}}) {
+  for (const Case& c :
+       {Case{"epilogue", true, false, false, false}, Case{"norm", false, true, false, false},
+        Case{"dgelu", false, false, true, false}, Case{"qv", false, false, false, true},
+        Case{"norm+dgelu", false, true, true, false}, Case{"dgelu+norm", false, true, true, false},
+        Case{"norm+dgelu+qv", false, true, true, true},
+        Case{"epilogue+norm+dgelu", true, true, true, false}}) {
     SCOPED_TRACE(c.env);
     auto p = ParseBiasGrad(c.env);
     ASSERT_TRUE(p.ok()) << p.status();
     EXPECT_EQ(p->epilogue, c.epilogue);
     EXPECT_EQ(p->from_norm, c.norm);
     EXPECT_EQ(p->from_dgelu, c.dgelu);
+    EXPECT_EQ(p->skip_keys, c.qv);
   }
   for (const char* bad : {"1", "fused", "Epilogue", "Norm", "norm+", "norm,dgelu", "kernel+norm",
-                          "+dgelu"}) {
+                          "+dgelu", "qkv"}) {
     auto p = ParseBiasGrad(bad);
     ASSERT_FALSE(p.ok()) << bad;
     EXPECT_NE(p.status().message().find("LLMT_BIAS_GRAD"), std::string::npos);

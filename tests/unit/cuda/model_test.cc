@@ -360,10 +360,13 @@ bool EndsWith(const std::string& s, const std::string& tail) {
 // stream's gradient) instead of a pass over it in MatmulBackward;
 // LLMT_BIAS_GRAD=dgelu: the MLP input projection's from the output
 // projection's DGELU GEMM (in fp32 never a fused GELU epilogue, so the same
-// column-sum pass over the same dfc, now in the other layer's backward).
-// fp32, both families (Llama has no biases: nothing may change there),
-// against the default: the moved biases within 1e-5 relative (the same sums,
-// possibly in another order); every other gradient bit for bit.
+// column-sum pass over the same dfc, now in the other layer's backward);
+// LLMT_BIAS_GRAD=qv: the QKV bias's from the query and value thirds of dqkv,
+// the key third's left at zero (the default's is rounding noise, ~1e-7 of
+// the tensor). fp32, both families (Llama has no biases: nothing may change
+// there), against the default: the moved biases within 1e-5 of the tensor's
+// largest magnitude (the same sums, possibly in another order); every other
+// gradient bit for bit.
 TEST(CudaModel, BiasGradientsFromTheNormBackwardAndTheDGeluGemmMatch) {
   REQUIRE_GPU();
   for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
@@ -371,7 +374,7 @@ TEST(CudaModel, BiasGradientsFromTheNormBackwardAndTheDGeluGemmMatch) {
     const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 52);
     const StepOut base = StepWithBiasGrad("kernel", cfg, Precision::kFp32, in, tgt);
     ASSERT_FALSE(base.grads.empty());
-    for (const char* mode : {"norm", "dgelu", "norm+dgelu"}) {
+    for (const char* mode : {"norm", "dgelu", "qv", "norm+dgelu+qv"}) {
       SCOPED_TRACE(mode);
       const std::string m = mode;
       const StepOut got = StepWithBiasGrad(mode, cfg, Precision::kFp32, in, tgt);
@@ -383,12 +386,19 @@ TEST(CudaModel, BiasGradientsFromTheNormBackwardAndTheDGeluGemmMatch) {
         // attn.c_proj.bias and mlp.c_proj.bias of every layer; mlp.c_fc.bias.
         const bool norm = m.find("norm") != std::string::npos;
         const bool dgelu = m.find("dgelu") != std::string::npos;
+        const bool qv = m.find("qv") != std::string::npos;
         const bool moved = (norm && EndsWith(p.name, "c_proj.bias")) ||
-                           (dgelu && EndsWith(p.name, "c_fc.bias"));
+                           (dgelu && EndsWith(p.name, "c_fc.bias")) ||
+                           (qv && EndsWith(p.name, "c_attn.bias"));
         const float* g = got.grads.data() + p.offset;
         const float* b = base.grads.data() + p.offset;
         if (moved) {
           EXPECT_LE(RelErr(g, b, p.numel), 1e-5) << p.name;
+          if (qv && EndsWith(p.name, "c_attn.bias")) {  // the key third: nothing added
+            const int64_t c = p.numel / 3;
+            EXPECT_TRUE(std::all_of(g + c, g + 2 * c, [](float x) { return x == 0.f; }))
+                << p.name;
+          }
         } else {
           EXPECT_TRUE(std::equal(g, g + p.numel, b)) << p.name << " changed";
         }
@@ -397,19 +407,20 @@ TEST(CudaModel, BiasGradientsFromTheNormBackwardAndTheDGeluGemmMatch) {
   }
 }
 
-// The same in bf16, where LLMT_BIAS_GRAD=dgelu asks cuBLASLt for its
-// DGELU_BGRAD epilogue: that GEMM may run another kernel than the plain
-// DGELU one (dfc rounded differently, and everything upstream with it), so
-// every gradient is compared at bf16 scale: 2e-2 of each tensor's largest
-// magnitude (one bf16 rounding of dfc is 2^-9; a bias summed from the wrong
-// values is off by its own magnitude). The loss is the forward's: equal.
+// The same in bf16 with all three sources, where LLMT_BIAS_GRAD=dgelu asks
+// cuBLASLt for its DGELU_BGRAD epilogue: that GEMM may run another kernel
+// than the plain DGELU one (dfc rounded differently, and everything upstream
+// with it), so every gradient is compared at bf16 scale: 2e-2 of each
+// tensor's largest magnitude (one bf16 rounding of dfc is 2^-9; a bias
+// summed from the wrong values is off by its own magnitude). The loss is the
+// forward's: equal.
 TEST(CudaModel, Bf16BiasGradientsFromTheDGeluGemmMatch) {
   REQUIRE_GPU();
   const ModelConfig cfg = Gpt2Tiny();
   const auto in = RandomTokens(kB * kT, cfg.vocab_size, 53);
   const auto tgt = RandomTokens(kB * kT, cfg.vocab_size, 54);
   const StepOut base = StepWithBiasGrad("kernel", cfg, Precision::kBf16, in, tgt);
-  const StepOut got = StepWithBiasGrad("norm+dgelu", cfg, Precision::kBf16, in, tgt);
+  const StepOut got = StepWithBiasGrad("norm+dgelu+qv", cfg, Precision::kBf16, in, tgt);
   ASSERT_FALSE(base.grads.empty());
   ASSERT_EQ(got.grads.size(), base.grads.size());
   EXPECT_EQ(got.loss, base.loss);

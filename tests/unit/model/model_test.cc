@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -205,6 +206,39 @@ INSTANTIATE_TEST_SUITE_P(Families, ModelGradTest,
                          [](const auto& info) {
                            return std::string(info.param == Family::kGpt2 ? "gpt2" : "llama");
                          });
+
+// GPT-2's QKV bias: adding one vector b to every key adds q.b to all of a
+// query's scores, which softmax ignores, so the key third of c_attn.bias's
+// gradient is zero -- up to float rounding -- while the query and value
+// thirds are not. The CUDA backend's LLMT_BIAS_GRAD=qv relies on this
+// (it sums only the query and value thirds). Bound: 1e-5 of the other
+// thirds' largest magnitude (float noise here is ~1e-7 of it).
+TEST(ModelTest, KeyBiasGradientIsZero) {
+  const int B = 2, T = 8;
+  auto m = *Model::Create(TinyConfig(Family::kGpt2), B, T);
+  m->InitWeights(13);
+  Jitter(m.get(), 17);
+  const auto in = RandomTokens(B * T, 23, 4), tg = RandomTokens(B * T, 23, 5);
+  m->ZeroGrad();
+  m->Forward(in.data(), tg.data(), B, T);
+  m->Backward(1.f);
+  const int64_t C = 16;
+  int checked = 0;
+  for (const ParamInfo& p : m->params_info()) {
+    if (p.name.find("attn.c_attn.bias") == std::string::npos) continue;
+    ASSERT_EQ(p.numel, 3 * C) << p.name;
+    const float* g = m->grads() + p.offset;
+    double qv = 0, k = 0;
+    for (int64_t i = 0; i < C; ++i) {
+      qv = std::max({qv, std::fabs(double(g[i])), std::fabs(double(g[2 * C + i]))});
+      k = std::max(k, std::fabs(double(g[C + i])));
+    }
+    EXPECT_GT(qv, 1e-3) << p.name << ": query/value bias gradients vanish";
+    EXPECT_LE(k, 1e-5 * qv) << p.name << ": key bias gradient is not zero";
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);  // one per layer
+}
 
 TEST(ModelTest, ParamCountsAndNames) {
   // GPT-2 124M with the padded vocabulary (HF: 124,439,808 at vocab 50257).
