@@ -27,7 +27,8 @@
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, three times; the
 #   bias gradients from the norm backward, from the DGELU GEMM, without the
 #   QKV key third, all three, the first two, and from the weight-gradient
-#   GEMMs' epilogue; autotuning the GEMMs that
+#   GEMMs' epilogue; autotuning 32 candidates per GEMM instead of 8, and
+#   the GEMMs that
 #   accumulate into their output too; the own attention kernels, the wgmma
 #   backward, cuDNN's atomic backward; other options, e.g.
 #   LLMT_ATTN_FWD=wgmma|wgmma-pipe|wgmma-2wg|m64|m64n128,
@@ -190,7 +191,8 @@ if [[ $MODE == ab ]]; then
   # skipped, so the table always comes out.
   variants=${LLMT_AB_VARIANTS:-"base bgrad-norm:LLMT_BIAS_GRAD=norm
     bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-qv:LLMT_BIAS_GRAD=qv
-    bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv inplace:LLMT_GEMM_AUTOTUNE=exact+inplace base2
+    bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv inplace:LLMT_GEMM_AUTOTUNE=exact+inplace
+    cand32:LLMT_GEMM_CANDIDATES=32 base2
     bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu bgrad:LLMT_BIAS_GRAD=epilogue
     own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own bwd-wg:LLMT_ATTN_BWD=wgmma
     bwd-cudnn:LLMT_ATTN_BWD=cudnn base3"}
@@ -272,8 +274,8 @@ if [[ $MODE != bench ]]; then
   # were the default (what a change of the default needs), the model tests
   # with the bias gradients from the GEMM epilogue, from the norm backward
   # and from the DGELU GEMM without the QKV key third, and the training tests
-  # (bit-identical resume) with the last three and in-place autotuning
-  # together. The fused wgmma
+  # (bit-identical resume) with the last three, in-place autotuning and 32
+  # autotuning candidates together. The fused wgmma
   # backwards (wgmma-fused, -2wg: blocks wait on each other, a fault could
   # trap) have their kernel, model and training runs apart too (the training
   # test, bit-identical resume at T 192, sets both variants itself). The cuDNN attention
@@ -306,7 +308,7 @@ if [[ $MODE != bench ]]; then
         RUNS+=("$t|-*Cudnn*:*WgmmaFused*|cuda_train_test|"
                "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
                "$t|*WgmmaFused*|cuda_train_test-wgfused|"
-               "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-opts|LLMT_BIAS_GRAD=norm+dgelu+qv;LLMT_GEMM_AUTOTUNE=exact+inplace"
+               "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-opts|LLMT_BIAS_GRAD=norm+dgelu+qv;LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32"
                "$t|*Cudnn*|cuda_train_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac

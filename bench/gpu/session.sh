@@ -13,8 +13,8 @@
 #                            chunks, bias-gradient source) the variant that
 #                            beat the mean of the default engine's runs by
 #                            >= LLMT_WIN_MIN (default 1.005x) in step 2 --
-#                            wgmma, cuDNN, bias-gradient and in-place
-#                            autotuning variants only if their tests passed
+#                            wgmma, cuDNN, bias-gradient and autotuning
+#                            variants only if their tests passed
 #                            in step 1 (none: the default engine);
 #   4. run.sh --profile      GPU time per op group with the same settings.
 #
@@ -83,7 +83,7 @@ echo "bias gradients from the DGELU GEMM / without the key third tests passed: $
   >>"$S/session.txt"
 IP_OK=0
 test_passed cuda_matmul_test && test_passed cuda_train_test-opts && IP_OK=1
-echo "in-place autotuning tests passed: $IP_OK" >>"$S/session.txt"
+echo "in-place / 32-candidate autotuning tests passed: $IP_OK" >>"$S/session.txt"
 CD_OK=0
 test_passed cuda_kernels_test-cudnn && test_passed cuda_model_test-cudnn && CD_OK=1
 echo "cuDNN attention tests passed: $CD_OK" >>"$S/session.txt"
@@ -114,7 +114,7 @@ declare -A ENV=(
   [xent512]="LLMT_XENT_CHUNK_ROWS=512" [bgrad]="LLMT_BIAS_GRAD=epilogue"
   [bgrad-norm]="LLMT_BIAS_GRAD=norm" [bgrad-dgelu]="LLMT_BIAS_GRAD=dgelu"
   [bgrad-nd]="LLMT_BIAS_GRAD=norm+dgelu" [bgrad-qv]="LLMT_BIAS_GRAD=qv"
-  [bgrad-ndq]="LLMT_BIAS_GRAD=norm+dgelu+qv"
+  [bgrad-ndq]="LLMT_BIAS_GRAD=norm+dgelu+qv" [cand32]="LLMT_GEMM_CANDIDATES=32"
   [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn"
   [bwd-cudnn-det]="LLMT_ATTN_BWD=cudnn-det")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
@@ -128,7 +128,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
     [[ $v == bgrad-norm && $BN_OK != 1 ]] && continue
     [[ ($v == bgrad-dgelu || $v == bgrad-qv) && $BD_OK != 1 ]] && continue
     [[ ($v == bgrad-nd || $v == bgrad-ndq) && ($BN_OK != 1 || $BD_OK != 1) ]] && continue
-    [[ $v == inplace && $IP_OK != 1 ]] && continue
+    [[ ($v == inplace || $v == cand32) && $IP_OK != 1 ]] && continue
     [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
     g=$(gain "$v")
     [[ -n $g ]] && awk -v g="$g" -v b="$bg" 'BEGIN {exit !(g >= b)}' && { best=$v; bg=$g; }
@@ -140,7 +140,7 @@ WIN=()
 # default must keep bit-identical resume.
 for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-wg-pipe-2wg fwd-m64 fwd-n128 fwd-cudnn" \
              "bwd-wg bwd-wg-ss bwd-wg-fused bwd-wg-fused-2wg bwd-cudnn-det" \
-             "inplace" \
+             "inplace" "cand32" \
              "xent128 xent256 xent512" \
              "bgrad bgrad-norm bgrad-dgelu bgrad-qv bgrad-nd bgrad-ndq"; do
   # shellcheck disable=SC2086

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
@@ -187,6 +188,7 @@ struct Blas::Impl {
   bool fuse_epilogues = true;
   Blas::Autotune autotune = Blas::Autotune::kOff;
   bool tune_in_place = false;
+  int candidates = Blas::kDefaultCandidates;  // asked of the heuristic per plan
   bool fuse_bias_grad = false;
   bool bias_grad_from_norm = false;
   bool bias_grad_from_dgelu = false;
@@ -220,6 +222,17 @@ absl::StatusOr<std::pair<Blas::Autotune, bool>> ParseAutotune(const char* env) {
   return absl::InvalidArgumentError(absl::StrCat(
       "LLMT_GEMM_AUTOTUNE='", env == nullptr ? "" : env,
       "': expected 0/off, exact, or 1/any, the last two optionally followed by +inplace"));
+}
+
+absl::StatusOr<int> ParseGemmCandidates(const char* env) {
+  if (env == nullptr || *env == '\0') return Blas::kDefaultCandidates;
+  int n = 0;
+  if (!absl::SimpleAtoi(env, &n) || n < 1 || n > Blas::kMaxCandidates) {
+    return absl::InvalidArgumentError(absl::StrCat("LLMT_GEMM_CANDIDATES='", env,
+                                                   "': expected a whole number from 1 to ",
+                                                   Blas::kMaxCandidates));
+  }
+  return n;
 }
 
 absl::StatusOr<BiasGradMode> ParseBiasGrad(const char* env) {
@@ -259,6 +272,9 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   if (!tune.ok()) return tune.status();
   impl->autotune = tune->first;
   impl->tune_in_place = tune->second;
+  auto candidates = ParseGemmCandidates(std::getenv("LLMT_GEMM_CANDIDATES"));
+  if (!candidates.ok()) return candidates.status();
+  impl->candidates = *candidates;
   auto bias_grad = ParseBiasGrad(std::getenv("LLMT_BIAS_GRAD"));
   if (!bias_grad.ok()) return bias_grad.status();
   impl->fuse_bias_grad = bias_grad->epilogue;
@@ -279,6 +295,10 @@ void Blas::set_autotune(Autotune mode) { impl_->autotune = mode; }
 Blas::Autotune Blas::autotune() const { return impl_->autotune; }
 void Blas::set_autotune_in_place(bool on) { impl_->tune_in_place = on; }
 bool Blas::autotune_in_place() const { return impl_->tune_in_place; }
+void Blas::set_max_candidates(int n) {
+  impl_->candidates = std::clamp(n, 1, kMaxCandidates);
+}
+int Blas::max_candidates() const { return impl_->candidates; }
 void Blas::set_fuse_bias_grad(bool on) { impl_->fuse_bias_grad = on; }
 bool Blas::fuse_bias_grad() const { return impl_->fuse_bias_grad; }
 void Blas::set_bias_grad_from_norm(bool on) { impl_->bias_grad_from_norm = on; }
@@ -401,12 +421,11 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
-  constexpr int kMaxCandidates = 8;
-  cublasLtMatmulHeuristicResult_t results[kMaxCandidates] = {};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(impl.candidates));
   int n_results = 0;
   const cublasStatus_t st =
       cublasLtMatmulAlgoGetHeuristic(impl.handle, plan->desc, plan->a, plan->b, plan->c, plan->d,
-                                     pref, kMaxCandidates, results, &n_results);
+                                     pref, impl.candidates, results.data(), &n_results);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st == CUBLAS_STATUS_SUCCESS) {
     for (int i = 0; i < n_results; ++i) {

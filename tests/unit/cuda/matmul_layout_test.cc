@@ -49,6 +49,27 @@ float At(const LtMatrix& x, uint64_t r, uint64_t c) {
   return static_cast<const float*>(x.ptr)[r + c * static_cast<uint64_t>(x.ld)];
 }
 
+// LLMT_GEMM_CANDIDATES: unset or "" = 8; 1..64; anything else an error
+// naming the variable and the value.
+TEST(GemmCandidatesEnv, Parses) {
+  for (const char* def : {static_cast<const char*>(nullptr), ""}) {
+    auto p = ParseGemmCandidates(def);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(*p, Blas::kDefaultCandidates);
+  }
+  for (auto [env, want] : {std::pair{"1", 1}, {"24", 24}, {"64", 64}}) {
+    auto p = ParseGemmCandidates(env);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(*p, want);
+  }
+  for (const char* bad : {"0", "65", "-3", "abc", "8x", "2.5"}) {
+    auto p = ParseGemmCandidates(bad);
+    ASSERT_FALSE(p.ok()) << bad;
+    EXPECT_NE(p.status().message().find("LLMT_GEMM_CANDIDATES"), std::string::npos);
+    EXPECT_NE(p.status().message().find(bad), std::string::npos) << p.status();
+  }
+}
+
 // LLMT_BIAS_GRAD: unset, "" or "kernel" = none, "epilogue" = the GEMM
 // epilogue, "norm" = from the norm backward, "dgelu" = from the DGELU GEMM,
 // "qv" = the QKV bias without the key third, several joined by '+'; anything

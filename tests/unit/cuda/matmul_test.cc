@@ -140,11 +140,13 @@ TYPED_TEST(MatmulTest, AutotuneExactIsBitIdentical) {
   };
   // in_place: also tune the accumulate-into-output GEMMs (the residual add
   // and dweight +=), which otherwise keep the heuristic's first candidate.
-  auto run = [&](Blas::Autotune mode, bool in_place = false) {
+  auto run = [&](Blas::Autotune mode, bool in_place = false,
+                 int candidates = Blas::kDefaultCandidates) {
     auto blas = Blas::Create();
     EXPECT_TRUE(blas.ok()) << blas.status();
     (*blas)->set_autotune(mode);
     (*blas)->set_autotune_in_place(in_place);
+    (*blas)->set_max_candidates(candidates);
     Dev<T> dx(x), dw(w), db(b), ddy(dy), dplain(size_t(M) * N), dgelu(size_t(M) * N),
         dpre(size_t(M) * N), ddinp(size_t(M) * K), dres(r0);
     Dev<float> ddw(dw0);
@@ -193,6 +195,13 @@ TYPED_TEST(MatmulTest, AutotuneExactIsBitIdentical) {
   EXPECT_TRUE(SameBits(off.resid, exact_all.resid)) << "residual GEMM, tuned in place";
   EXPECT_TRUE(SameBits(off.dweight, exact_all.dweight)) << "dweight GEMM, tuned in place";
   EXPECT_TRUE(SameBits(off.plain, exact_all.plain)) << "bias GEMM";
+  // A wider search (32 candidates, LLMT_GEMM_CANDIDATES) stays exact too.
+  const Out wide = run(Blas::Autotune::kExact, /*in_place=*/true, 32);
+  EXPECT_TRUE(SameBits(off.plain, wide.plain)) << "bias GEMM, 32 candidates";
+  EXPECT_TRUE(SameBits(off.gelu, wide.gelu)) << "GELU-aux GEMM, 32 candidates";
+  EXPECT_TRUE(SameBits(off.dinp, wide.dinp)) << "DGELU GEMM, 32 candidates";
+  EXPECT_TRUE(SameBits(off.resid, wide.resid)) << "residual GEMM, 32 candidates";
+  EXPECT_TRUE(SameBits(off.dweight, wide.dweight)) << "dweight GEMM, 32 candidates";
   // kAny may pick an algorithm that sums in another order (split-K, other
   // tiles): in fp32 that moves single elements whose 3072-term sums cancel
   // (seen on an H100: the DGELU GEMM off by 1.3e-5 at -0.13), so the
