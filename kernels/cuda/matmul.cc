@@ -193,7 +193,7 @@ struct Blas::Impl {
   bool bias_grad_from_norm = false;
   bool bias_grad_from_dgelu = false;
   bool bias_grad_skip_keys = false;
-  bool dgelu_bgrad_noted = false;  // MatmulBackward logged how gelu_dbias is summed
+  const char* dgelu_bgrad_noted = nullptr;  // how gelu_dbias was last logged to be summed
   DeviceBuffer bias_grad_scratch;  // MatmulBackward's epilogue output (fp32)
   DeviceBuffer fingerprint;  // kExact's scratch (internal::kFingerprintWords)
   int64_t fallbacks = 0;
@@ -940,8 +940,8 @@ void DinpWithGeluBias(Blas& blas, T* dinp, G* gelu_dbias, const T* dout, const T
     internal::BiasBackwardTwoStage(gelu_dbias, dinp, M, K, 1.f, blas.workspace(),
                                    static_cast<size_t>(blas.workspace_bytes()), stream);
   }
-  if (!impl.dgelu_bgrad_noted) {
-    impl.dgelu_bgrad_noted = true;
+  if (impl.dgelu_bgrad_noted != how) {  // once per way (a few lines at most)
+    impl.dgelu_bgrad_noted = how;
     LLMT_LOG(Info) << "bias gradient through the GELU (M=" << M << ", width " << K
                    << "): " << how;
   }
