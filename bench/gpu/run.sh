@@ -27,10 +27,10 @@
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, three times; the
 #   bias gradients from the norm backward, from the DGELU GEMM, without the
 #   QKV key third, all three, the first two, and from the weight-gradient
-#   GEMMs' epilogue; autotuning 32 candidates per GEMM instead of 8, and
-#   the GEMMs that
-#   accumulate into their output too; the own attention kernels, the wgmma
-#   backward, cuDNN's atomic backward; other options, e.g.
+#   GEMMs' epilogue; autotuning 32 candidates per GEMM instead of 8, the
+#   GEMMs that accumulate into their output too, and both; the own
+#   attention kernels, the wgmma backward, cuDNN's atomic backward; other
+#   options, e.g.
 #   LLMT_ATTN_FWD=wgmma|wgmma-pipe|wgmma-2wg|m64|m64n128,
 #   LLMT_ATTN_BWD=wgmma-fused|wgmma-ss, LLMT_WGMMA_LAYOUT=blocked,
 #   LLMT_XENT_CHUNK_ROWS=256, by naming them), side by side in one call,
@@ -192,7 +192,8 @@ if [[ $MODE == ab ]]; then
   variants=${LLMT_AB_VARIANTS:-"base bgrad-norm:LLMT_BIAS_GRAD=norm
     bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-qv:LLMT_BIAS_GRAD=qv
     bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv inplace:LLMT_GEMM_AUTOTUNE=exact+inplace
-    cand32:LLMT_GEMM_CANDIDATES=32 base2
+    cand32:LLMT_GEMM_CANDIDATES=32 tunewide:LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32
+    base2
     bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu bgrad:LLMT_BIAS_GRAD=epilogue
     own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own bwd-wg:LLMT_ATTN_BWD=wgmma
     bwd-cudnn:LLMT_ATTN_BWD=cudnn base3"}

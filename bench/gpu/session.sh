@@ -115,6 +115,7 @@ declare -A ENV=(
   [bgrad-norm]="LLMT_BIAS_GRAD=norm" [bgrad-dgelu]="LLMT_BIAS_GRAD=dgelu"
   [bgrad-nd]="LLMT_BIAS_GRAD=norm+dgelu" [bgrad-qv]="LLMT_BIAS_GRAD=qv"
   [bgrad-ndq]="LLMT_BIAS_GRAD=norm+dgelu+qv" [cand32]="LLMT_GEMM_CANDIDATES=32"
+  [tunewide]="LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32"
   [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn"
   [bwd-cudnn-det]="LLMT_ATTN_BWD=cudnn-det")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
@@ -128,7 +129,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
     [[ $v == bgrad-norm && $BN_OK != 1 ]] && continue
     [[ ($v == bgrad-dgelu || $v == bgrad-qv) && $BD_OK != 1 ]] && continue
     [[ ($v == bgrad-nd || $v == bgrad-ndq) && ($BN_OK != 1 || $BD_OK != 1) ]] && continue
-    [[ ($v == inplace || $v == cand32) && $IP_OK != 1 ]] && continue
+    [[ ($v == inplace || $v == cand32 || $v == tunewide) && $IP_OK != 1 ]] && continue
     [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
     g=$(gain "$v")
     [[ -n $g ]] && awk -v g="$g" -v b="$bg" 'BEGIN {exit !(g >= b)}' && { best=$v; bg=$g; }
@@ -140,12 +141,15 @@ WIN=()
 # default must keep bit-identical resume.
 for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-wg-pipe-2wg fwd-m64 fwd-n128 fwd-cudnn" \
              "bwd-wg bwd-wg-ss bwd-wg-fused bwd-wg-fused-2wg bwd-cudnn-det" \
-             "inplace" "cand32" \
+             "inplace cand32 tunewide" \
              "xent128 xent256 xent512" \
              "bgrad bgrad-norm bgrad-dgelu bgrad-qv bgrad-nd bgrad-ndq"; do
   # shellcheck disable=SC2086
   w=$(pick $group)
-  [[ -n $w ]] && WIN+=("${ENV[$w]}")
+  if [[ -n $w ]]; then  # VAR=VALUE[;VAR=VALUE]
+    IFS=';' read -r -a parts <<<"${ENV[$w]}"
+    WIN+=("${parts[@]}")
+  fi
 done
 note "3. winners: ${WIN[*]:-none}"
 # With no winner this measures the default engine vs PyTorch.
