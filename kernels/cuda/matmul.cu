@@ -114,6 +114,45 @@ void LaunchBiasBackwardTwoStage(G* dbias, G* dbias2, const T* dout, int64_t off2
   LLMT_CUDA_CHECK_LAUNCH("BiasBackwardKernel/combine", stream);
 }
 
+// y[i] += sum_j A[i, j] x[j] (A m x n row-major): a warp per row, lanes
+// over j (coalesced), lane partials in j order, then the warp's butterfly.
+template <typename T>
+__global__ void MatVecRowsKernel(float* y, const T* A, const float* x, int64_t m, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (i >= m) return;  // uniform per warp
+  float acc = 0.f;
+  for (int64_t j = lane; j < n; j += 32) acc = fmaf(ToF(A[i * n + j]), x[j], acc);
+  acc = internal::WarpSum(acc);
+  if (lane == 0) y[i] += acc;
+}
+
+// y[j] += sum_i A[i, j] x[i]: a thread per column j walking the rows in
+// order (coalesced across the threads of a row).
+template <typename T>
+__global__ void MatVecColsKernel(float* y, const T* A, const float* x, int64_t m, int64_t n) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  float acc = 0.f;
+  for (int64_t i = 0; i < m; ++i) acc = fmaf(ToF(A[i * n + j]), x[i], acc);
+  y[j] += acc;
+}
+
+template <typename T>
+void LaunchMatVecAdd(float* y, const T* A, const float* x, int64_t m, int64_t n, bool trans,
+                     cudaStream_t stream) {
+  if (m <= 0 || n <= 0) return;
+  constexpr int kThreads = 256;
+  if (!trans) {
+    internal::Launch(MatVecRowsKernel<T>, static_cast<unsigned>(internal::CeilDiv(m, 8)),
+                     kThreads, 0, stream, y, A, x, m, n);
+  } else {
+    internal::Launch(MatVecColsKernel<T>, static_cast<unsigned>(internal::CeilDiv(n, kThreads)),
+                     kThreads, 0, stream, y, A, x, m, n);
+  }
+  LLMT_CUDA_CHECK_LAUNCH("MatVecAdd", stream);
+}
+
 }  // namespace
 
 void BiasResidualFill(void* D, DType t, int64_t ldd, const void* C, int64_t ldc, float beta,
@@ -162,6 +201,15 @@ void BiasBackwardColumns(float* dbias, float* dbias2, const bf16* dout, int64_t 
                          size_t scratch_bytes, cudaStream_t stream) {
   LaunchBiasBackwardTwoStage(dbias, dbias2, dout, off2, M, N, ld, alpha, scratch, scratch_bytes,
                              stream);
+}
+
+void MatVecAdd(float* y, const float* A, const float* x, int64_t m, int64_t n, bool trans,
+               cudaStream_t stream) {
+  LaunchMatVecAdd(y, A, x, m, n, trans, stream);
+}
+void MatVecAdd(float* y, const bf16* A, const float* x, int64_t m, int64_t n, bool trans,
+               cudaStream_t stream) {
+  LaunchMatVecAdd(y, A, x, m, n, trans, stream);
 }
 
 namespace internal {

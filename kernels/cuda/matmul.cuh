@@ -125,7 +125,11 @@ class Blas {
   // (BiasBackwardColumns) and adds nothing to the key third's: adding one
   // vector to every key adds q.b to all of a query's scores, which softmax
   // ignores, so that gradient is zero (a computed one is rounding noise).
-  // A third fewer bytes read. An A/B option: not yet run on a GPU.
+  // A third fewer bytes read. With norm as well, only the query third: the
+  // value third is W_out times the attention projection's bias gradient
+  // (softmax rows sum to 1, so the column sums of dV are those of the
+  // attention output's gradient), a MatVecAdd. An A/B option: not yet run
+  // on a GPU.
   void set_bias_grad_skip_keys(bool on);
   bool bias_grad_skip_keys() const;
 
@@ -305,6 +309,15 @@ void BiasBackwardColumns(bf16* dbias, bf16* dbias2, const bf16* dout, int64_t M,
 void BiasBackwardColumns(float* dbias, float* dbias2, const bf16* dout, int64_t M, int64_t N,
                          int64_t ld, int64_t off2, float alpha, void* scratch,
                          size_t scratch_bytes, cudaStream_t stream);
+
+// y += A x (trans false: A is m x n row-major, y[m], x[n]) or y += A^T x
+// (trans true: y[n], x[m]), fp32 accumulation in a fixed order. For small
+// matrices (a weight times a bias-sized vector): a warp per row of A, or a
+// thread per column.
+void MatVecAdd(float* y, const float* A, const float* x, int64_t m, int64_t n, bool trans,
+               cudaStream_t stream);
+void MatVecAdd(float* y, const bf16* A, const float* x, int64_t m, int64_t n, bool trans,
+               cudaStream_t stream);
 
 // D[M,N] = beta * C[M,N] + bias[N] (either may be null, meaning 0). C may
 // alias D. The fallback path's epilogue-less seeding; also usable on its own.

@@ -235,10 +235,10 @@ class CudaModelImpl final : public CudaModel {
   void BackwardPass(int b, int t);
   void NormForward(T* out, float* mean, float* rstd, const T* in, int64_t w, int64_t bias,
                    int64_t rows);
-  // colsum_bias >= 0: that bias's gradient += the column sums of the updated
-  // dinp (LLMT_BIAS_GRAD=norm, see BackwardPass).
+  // colsum non-null: colsum[C] += the column sums of the updated dinp
+  // (LLMT_BIAS_GRAD=norm, see BackwardPass).
   void NormBackward(T* dinp, const T* dout, const T* in, const float* mean, const float* rstd,
-                    int64_t w, int64_t bias, int64_t rows, int64_t colsum_bias = -1);
+                    int64_t w, int64_t bias, int64_t rows, float* colsum = nullptr);
   void SetWeightDecay(float wd);
 
   ModelConfig cfg_;
@@ -278,6 +278,7 @@ class CudaModelImpl final : public CudaModel {
   int32_t* targets_ = nullptr;    // device [N]
   double* loss_slots_ = nullptr;  // device [kLossSlots]
   double* scalar_ = nullptr;      // device: one-off results (grad norm, evaluation loss)
+  float* vsum_ = nullptr;         // device [C]: one micro-step's column sums (LLMT_BIAS_GRAD)
 
   TokenStaging staging_;
   double* host_scalars_ = nullptr;  // pinned [kLossSlots]
@@ -402,8 +403,8 @@ absl::Status CudaModelImpl<T>::Init() {
   // misc: rope tables, token ids, loss slots, one scalar.
   const int64_t rope_bytes = gpt2() ? 0 : AlignUp(int64_t{T_} * hd_ / 2 * 4, kAlignBytes);
   const int64_t tok_bytes = AlignUp(N * 4, kAlignBytes);
-  const int64_t misc_bytes =
-      2 * rope_bytes + 2 * tok_bytes + AlignUp(kLossSlots * 8, kAlignBytes) + kAlignBytes;
+  const int64_t misc_bytes = 2 * rope_bytes + 2 * tok_bytes + AlignUp(kLossSlots * 8, kAlignBytes) +
+                             kAlignBytes + AlignUp(int64_t{C_} * 4, kAlignBytes);
 
   // Plan first so an impossible size fails with the whole picture instead of
   // whichever buffer happened to be allocated last.
@@ -441,8 +442,12 @@ absl::Status CudaModelImpl<T>::Init() {
                       "DGELU GEMM (LLMT_BIAS_GRAD=dgelu)";
   }
   if (blas_->bias_grad_skip_keys() && gpt2()) {
-    LLMT_LOG(Info) << "QKV bias gradients from the query and value thirds; the key third's is "
-                      "zero (LLMT_BIAS_GRAD=qv)";
+    LLMT_LOG(Info) << (blas_->bias_grad_from_norm()
+                           ? "QKV bias gradients from the query third and, for the value third, "
+                             "the attention projection's weight times the ln2 backward's column "
+                             "sums; the key third's is zero (LLMT_BIAS_GRAD=norm+qv)"
+                           : "QKV bias gradients from the query and value thirds; the key third's "
+                             "is zero (LLMT_BIAS_GRAD=qv)");
   }
   RETURN_IF_ERROR(Alloc(&p32_, "parameters", "fp32 master weights", n_ * 4));
   if (kBf16) {
@@ -503,6 +508,8 @@ absl::Status CudaModelImpl<T>::Init() {
   loss_slots_ = reinterpret_cast<double*>(m);
   m += AlignUp(kLossSlots * 8, kAlignBytes);
   scalar_ = reinterpret_cast<double*>(m);
+  m += kAlignBytes;
+  vsum_ = reinterpret_cast<float*>(m);
 
   for (int i = 0; i < 2; ++i) {
     LLMT_CUDA_RETURN_IF_ERROR(
@@ -633,18 +640,18 @@ void CudaModelImpl<T>::NormForward(T* out, float* mean, float* rstd, const T* in
 template <typename T>
 void CudaModelImpl<T>::NormBackward(T* dinp, const T* dout, const T* in, const float* mean,
                                     const float* rstd, int64_t w, int64_t bias, int64_t rows,
-                                    int64_t colsum_bias) {
+                                    float* colsum) {
   if (gpt2()) {
     {
       auto timed = timer_->Time("norm_bwd");
       cu::LayerNormBackward(dinp, G(w), G(bias), dout, in, P(w), mean, rstd, rows, C_,
-                            scratch_.data(), scratch_bytes_, s(), G(colsum_bias));
+                            scratch_.data(), scratch_bytes_, s(), colsum);
     }
   } else {
     {
       auto timed = timer_->Time("norm_bwd");
       cu::RMSNormBackward(dinp, G(w), dout, in, P(w), rstd, rows, C_, scratch_.data(),
-                          scratch_bytes_, s(), G(colsum_bias));
+                          scratch_bytes_, s(), colsum);
     }
   }
 }
@@ -822,10 +829,16 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
   // LLMT_BIAS_GRAD=qv: GPT-2's QKV bias gradient from the query and value
   // thirds of dqkv; the key third's is exactly zero (softmax does not see a
   // vector added to every key), so nothing is added there and those
-  // columns are not read.
+  // columns are not read. With norm as well, the value third comes without
+  // a pass too: every softmax row sums to 1, so the column sums of dV are
+  // those of the attention output's gradient datty = dres2 W_out^T, i.e.
+  // W_out (the column sums of dres2) -- the ln2 backward's column sums of
+  // this micro-step (vsum_) times the attention projection's weight.
   const bool bq = blas_->bias_grad_skip_keys() && gpt2() && NKV_ == NH_;
+  const bool bqv = bq && bn;
+  const int64_t qw = static_cast<int64_t>(NH_) * hd_;  // the query, key and value widths
   NormBackward(dres_, dln_, acts_[L_ - 1].res3, lnf_mean_, lnf_rstd_, pl_.lnf_w, pl_.lnf_b, N,
-               bn ? pl_.layers[L_ - 1].proj_b : -1);
+               bn ? G(pl_.layers[L_ - 1].proj_b) : nullptr);
   GradsReady(0);  // final norm (and an untied lm_head)
 
   for (int l = L_ - 1; l >= 0; --l) {
@@ -871,8 +884,17 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
       cu::MatmulBackward(*blas_, dln_, G(o.fc_w), bd ? nullptr : G(o.fc_b), dfc_, a.ln2,
                          P(o.fc_w), N, C_, FC_, lay, 1.f, false, nullptr, s());
     }
+    const bool vmat = bqv && o.attn_out_b >= 0 && o.qkv_b >= 0;
+    if (vmat) LLMT_CUDA_CHECK(cudaMemsetAsync(vsum_, 0, static_cast<size_t>(C_) * 4, s()));
     NormBackward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b, N,
-                 bn ? o.attn_out_b : -1);
+                 vmat ? vsum_ : bn ? G(o.attn_out_b) : nullptr);
+    if (vmat) {
+      auto timed = timer_->Time("bias_from_norm");
+      cu::BiasBackward(G(o.attn_out_b), vsum_, 1, C_, 1.f, s());  // the projection's own
+      cu::MatVecAdd(G(o.qkv_b) + 2 * qw, P(o.attn_out_w), vsum_,
+                    lay == WeightLayout::kInOut ? qw : C_, lay == WeightLayout::kInOut ? C_ : qw,
+                    lay == WeightLayout::kOutIn, s());
+    }
     // ---- attention (dres_ = dL/dres2 now) ----
     {
       auto timed = timer_->Time("matmul_attn_out_bwd");
@@ -894,15 +916,14 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
       auto timed = timer_->Time("matmul_qkv_bwd");
       cu::MatmulBackward(*blas_, dln_, G(o.qkv_w), bq ? nullptr : G(o.qkv_b), dqkv_, a.ln1,
                          P(o.qkv_w), N, C_, QKV_, lay, 1.f, false, nullptr, s());
-      if (bq && o.qkv_b >= 0) {
-        const int64_t qw = static_cast<int64_t>(NH_) * hd_;  // = the key and value widths
-        cu::BiasBackwardColumns(G(o.qkv_b), G(o.qkv_b) + 2 * qw, dqkv_, N, qw, QKV_, 2 * qw, 1.f,
-                                blas_->workspace(), static_cast<size_t>(blas_->workspace_bytes()),
-                                s());
+      if (bq && o.qkv_b >= 0) {  // the query third, and the value third unless vmat
+        cu::BiasBackwardColumns(G(o.qkv_b), vmat ? nullptr : G(o.qkv_b) + 2 * qw, dqkv_, N, qw,
+                                QKV_, 2 * qw, 1.f, blas_->workspace(),
+                                static_cast<size_t>(blas_->workspace_bytes()), s());
       }
     }
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N,
-                 bn && l > 0 ? pl_.layers[l - 1].proj_b : -1);
+                 bn && l > 0 ? G(pl_.layers[l - 1].proj_b) : nullptr);
     GradsReady(static_cast<size_t>(L_ - l));
   }
   {

@@ -1259,6 +1259,51 @@ TEST_F(GpuTest, BiasBackwardColumnBlocks) {
   }
 }
 
+// MatVecAdd: y += A x and y += A^T x against a double reference, fp32 and
+// bf16 A, sizes off the warp and block widths; reproducible bit for bit.
+template <typename T>
+void CheckMatVecAdd(int64_t m, int64_t n) {
+  SCOPED_TRACE(::testing::Message() << "m=" << m << " n=" << n << " " << testing::TypeName<T>());
+  const FVec A = Prep<T>(Randn(m * n, 70)), xr = Randn(n, 71), xc = Randn(m, 72);
+  const FVec y0r = Randn(m, 73), y0c = Randn(n, 74);
+  FVec want_r(m), want_c(n);
+  for (int64_t i = 0; i < m; ++i) {
+    double s = y0r[i];
+    for (int64_t j = 0; j < n; ++j) s += double(A[i * n + j]) * xr[j];
+    want_r[i] = static_cast<float>(s);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    double s = y0c[j];
+    for (int64_t i = 0; i < m; ++i) s += double(A[i * n + j]) * xc[i];
+    want_c[j] = static_cast<float>(s);
+  }
+  Dev<T> gA(A);
+  Dev<float> gxr(xr), gxc(xc);
+  FVec first_r, first_c;
+  for (int rep = 0; rep < 2; ++rep) {
+    Dev<float> gyr(y0r), gyc(y0c);
+    MatVecAdd(gyr.get(), gA.get(), gxr.get(), m, n, false, nullptr);
+    MatVecAdd(gyc.get(), gA.get(), gxc.get(), m, n, true, nullptr);
+    const FVec got_r = gyr.Download(), got_c = gyc.Download();
+    // Dot products of up to ~300 terms in fp32: 1e-5 of the vector's scale.
+    ExpectClose(got_r, want_r, TolFor<float>(want_r), "A x");
+    ExpectClose(got_c, want_c, TolFor<float>(want_c), "A^T x");
+    if (rep == 0) {
+      first_r = got_r;
+      first_c = got_c;
+    } else {
+      EXPECT_TRUE(BitEqual(first_r, got_r) && BitEqual(first_c, got_c)) << "not reproducible";
+    }
+  }
+}
+
+TEST_F(GpuTest, MatVecAddBothOrientations) {
+  for (auto [m, n] : {std::pair<int64_t, int64_t>{96, 96}, {37, 300}, {300, 45}, {1, 1}}) {
+    CheckMatVecAdd<float>(m, n);
+    CheckMatVecAdd<bf16>(m, n);
+  }
+}
+
 // Norm backward with rows not a multiple of the 32-row blocks, C with and
 // without 16-byte vectors, C wider than one 256-channel tile; the misaligned
 // view runs the scalar kernel and must give the same weight/bias gradient

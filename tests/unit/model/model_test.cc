@@ -207,13 +207,15 @@ INSTANTIATE_TEST_SUITE_P(Families, ModelGradTest,
                            return std::string(info.param == Family::kGpt2 ? "gpt2" : "llama");
                          });
 
-// GPT-2's QKV bias: adding one vector b to every key adds q.b to all of a
-// query's scores, which softmax ignores, so the key third of c_attn.bias's
-// gradient is zero -- up to float rounding -- while the query and value
-// thirds are not. The CUDA backend's LLMT_BIAS_GRAD=qv relies on this
-// (it sums only the query and value thirds). Bound: 1e-5 of the other
-// thirds' largest magnitude (float noise here is ~1e-7 of it).
-TEST(ModelTest, KeyBiasGradientIsZero) {
+// GPT-2's QKV bias gradient, two identities the CUDA backend's
+// LLMT_BIAS_GRAD=qv relies on: (1) adding one vector b to every key adds q.b
+// to all of a query's scores, which softmax ignores, so the key third is
+// zero -- up to float rounding; (2) every softmax row sums to 1, so the
+// value third (the column sums of dV = P^T dO) is the column sums of dO,
+// the attention output's gradient dres W_out^T: W_out times the attention
+// projection's bias gradient (the column sums of dres). Bounds: 1e-5 of
+// the tensor's largest magnitude (float noise here is ~1e-7 of it).
+TEST(ModelTest, QkvBiasGradientIdentities) {
   const int B = 2, T = 8;
   auto m = *Model::Create(TinyConfig(Family::kGpt2), B, T);
   m->InitWeights(13);
@@ -223,21 +225,35 @@ TEST(ModelTest, KeyBiasGradientIsZero) {
   m->Forward(in.data(), tg.data(), B, T);
   m->Backward(1.f);
   const int64_t C = 16;
-  int checked = 0;
-  for (const ParamInfo& p : m->params_info()) {
-    if (p.name.find("attn.c_attn.bias") == std::string::npos) continue;
-    ASSERT_EQ(p.numel, 3 * C) << p.name;
-    const float* g = m->grads() + p.offset;
-    double qv = 0, k = 0;
-    for (int64_t i = 0; i < C; ++i) {
-      qv = std::max({qv, std::fabs(double(g[i])), std::fabs(double(g[2 * C + i]))});
-      k = std::max(k, std::fabs(double(g[C + i])));
+  auto find = [&](const std::string& name) -> const ParamInfo* {
+    for (const ParamInfo& p : m->params_info()) {
+      if (p.name == name) return &p;
     }
-    EXPECT_GT(qv, 1e-3) << p.name << ": query/value bias gradients vanish";
-    EXPECT_LE(k, 1e-5 * qv) << p.name << ": key bias gradient is not zero";
-    ++checked;
+    ADD_FAILURE() << "no parameter " << name;
+    return nullptr;
+  };
+  for (int l = 0; l < 2; ++l) {
+    const std::string h = "h." + std::to_string(l) + ".attn.";
+    const ParamInfo* qkv_b = find(h + "c_attn.bias");
+    const ParamInfo* proj_w = find(h + "c_proj.weight");
+    const ParamInfo* proj_b = find(h + "c_proj.bias");
+    ASSERT_TRUE(qkv_b && proj_w && proj_b);
+    ASSERT_EQ(qkv_b->numel, 3 * C);
+    const float* g = m->grads() + qkv_b->offset;
+    const float* gb = m->grads() + proj_b->offset;
+    const float* w = m->params() + proj_w->offset;  // [C in, C out]
+    double scale = 0, k = 0, vdiff = 0;
+    for (int64_t i = 0; i < 3 * C; ++i) scale = std::max(scale, std::fabs(double(g[i])));
+    for (int64_t i = 0; i < C; ++i) {
+      k = std::max(k, std::fabs(double(g[C + i])));
+      double v = 0;
+      for (int64_t j = 0; j < C; ++j) v += double(w[i * C + j]) * gb[j];
+      vdiff = std::max(vdiff, std::fabs(v - g[2 * C + i]));
+    }
+    EXPECT_GT(scale, 1e-3) << h << ": the QKV bias gradient vanishes";
+    EXPECT_LE(k, 1e-5 * scale) << h << ": key bias gradient is not zero";
+    EXPECT_LE(vdiff, 1e-5 * scale) << h << ": value bias gradient is not W_out dbias_out";
   }
-  EXPECT_EQ(checked, 2);  // one per layer
 }
 
 TEST(ModelTest, ParamCountsAndNames) {
