@@ -400,7 +400,7 @@ absl::Status CudaModelImpl<T>::Init() {
       std::max({cu::NormBackwardScratchBytes(N, C_),
                 cu::AttentionBackwardScratchBytes(B_, T_, NH_, hd_),
                 cu::EmbeddingBackwardScratchBytes(B_, T_, C_), cu::ReduceScratchBytes()});
-  // misc: rope tables, token ids, loss slots, one scalar.
+  // misc: rope tables, token ids, loss slots, one scalar, one C-vector (vsum_).
   const int64_t rope_bytes = gpt2() ? 0 : AlignUp(int64_t{T_} * hd_ / 2 * 4, kAlignBytes);
   const int64_t tok_bytes = AlignUp(N * 4, kAlignBytes);
   const int64_t misc_bytes = 2 * rope_bytes + 2 * tok_bytes + AlignUp(kLossSlots * 8, kAlignBytes) +
