@@ -193,10 +193,9 @@ if [[ $MODE == ab ]]; then
     bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-qv:LLMT_BIAS_GRAD=qv
     bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv inplace:LLMT_GEMM_AUTOTUNE=exact+inplace
     cand32:LLMT_GEMM_CANDIDATES=32 tunewide:LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32
-    base2
-    bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu bgrad:LLMT_BIAS_GRAD=epilogue
+    base2 bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu bgrad:LLMT_BIAS_GRAD=epilogue base3
     own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own bwd-wg:LLMT_ATTN_BWD=wgmma
-    bwd-cudnn:LLMT_ATTN_BWD=cudnn base3"}
+    bwd-cudnn:LLMT_ATTN_BWD=cudnn"}
   attn_ok=1
   if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
