@@ -26,7 +26,8 @@
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, three times; the
 #   bias gradients from the norm backward, from the DGELU GEMM, without the
-#   QKV key third, all three, the first two, and from the weight-gradient
+#   QKV key third, all three, the norm without the key third, the first
+#   two, and from the weight-gradient
 #   GEMMs' epilogue; autotuning 32 candidates per GEMM instead of 8, the
 #   GEMMs that accumulate into their output too, and both; the own
 #   attention kernels, the wgmma backward, cuDNN's atomic backward; other
@@ -193,7 +194,8 @@ if [[ $MODE == ab ]]; then
     bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-qv:LLMT_BIAS_GRAD=qv
     bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv inplace:LLMT_GEMM_AUTOTUNE=exact+inplace
     cand32:LLMT_GEMM_CANDIDATES=32 tunewide:LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32
-    base2 bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu bgrad:LLMT_BIAS_GRAD=epilogue base3
+    base2 bgrad-nq:LLMT_BIAS_GRAD=norm+qv bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu
+    bgrad:LLMT_BIAS_GRAD=epilogue base3
     own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own bwd-wg:LLMT_ATTN_BWD=wgmma
     bwd-cudnn:LLMT_ATTN_BWD=cudnn"}
   attn_ok=1
@@ -273,9 +275,11 @@ if [[ $MODE != bench ]]; then
   # training tests also run once with the wgmma attention kernels, as if they
   # were the default (what a change of the default needs), the model tests
   # with the bias gradients from the GEMM epilogue, from the norm backward
-  # and from the DGELU GEMM without the QKV key third, and the training tests
-  # (bit-identical resume) with the last three, in-place autotuning and 32
-  # autotuning candidates together. The fused wgmma
+  # (alone and without the QKV key third) and from the DGELU GEMM, and the
+  # training tests (bit-identical resume) with norm+qv, in-place autotuning
+  # and 32 autotuning candidates together, and with dgelu. The DGELU bias
+  # tests (cuBLASLt's DGELU_BGRAD epilogue) run only in the dgelu runs, so
+  # that a failure there gates dgelu alone. The fused wgmma
   # backwards (wgmma-fused, -2wg: blocks wait on each other, a fault could
   # trap) have their kernel, model and training runs apart too (the training
   # test, bit-identical resume at T 192, sets both variants itself). The cuDNN attention
@@ -295,20 +299,25 @@ if [[ $MODE != bench ]]; then
                "$t|$NEW_KERNEL_TESTS-*WgmmaFused*|cuda_kernels_test-new|"
                "$t|*WgmmaFused*|cuda_kernels_test-wgfused|"
                "$t|*Cudnn*|cuda_kernels_test-cudnn|LLMT_REQUIRE_CUDNN=1;CUDNN_LOGERR_DBG=1;CUDNN_LOGDEST_DBG=stderr") ;;
+      cuda_matmul_test)
+        RUNS+=("$t|-*DGeluBias*|cuda_matmul_test|"
+               "$t|*DGeluBias*|cuda_matmul_test-dgelu|") ;;
       cuda_model_test)
-        RUNS+=("$t|-*Cudnn*|cuda_model_test|"
-               "$t|-*Cudnn*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
-               "$t|-*Cudnn*|cuda_model_test-wgfused|$FUSED_ENV"
-               "$t|-*Cudnn*|cuda_model_test-wgfused2|$FUSED2_ENV"
-               "$t|-*Cudnn*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
-               "$t|-*Cudnn*|cuda_model_test-bgradnorm|LLMT_BIAS_GRAD=norm"
-               "$t|-*Cudnn*|cuda_model_test-bgraddq|LLMT_BIAS_GRAD=dgelu+qv"
+        RUNS+=("$t|-*Cudnn*:*DGelu*|cuda_model_test|"
+               "$t|-*Cudnn*:*DGelu*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
+               "$t|-*Cudnn*:*DGelu*|cuda_model_test-wgfused|$FUSED_ENV"
+               "$t|-*Cudnn*:*DGelu*|cuda_model_test-wgfused2|$FUSED2_ENV"
+               "$t|-*Cudnn*:*DGelu*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
+               "$t|-*Cudnn*:*DGelu*|cuda_model_test-bgradnorm|LLMT_BIAS_GRAD=norm"
+               "$t|-*Cudnn*:*DGelu*|cuda_model_test-bgradnq|LLMT_BIAS_GRAD=norm+qv"
+               "$t|-*Cudnn*|cuda_model_test-bgraddgelu|LLMT_BIAS_GRAD=dgelu"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
         RUNS+=("$t|-*Cudnn*:*WgmmaFused*|cuda_train_test|"
                "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
                "$t|*WgmmaFused*|cuda_train_test-wgfused|"
-               "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-opts|LLMT_BIAS_GRAD=norm+dgelu+qv;LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32"
+               "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-opts|LLMT_BIAS_GRAD=norm+qv;LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32"
+               "$t|*.Bf16TrainsAndCheckpoints/*:*.ResumeIsBitIdentical/*|cuda_train_test-dgelu|LLMT_BIAS_GRAD=dgelu"
                "$t|*Cudnn*|cuda_train_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac

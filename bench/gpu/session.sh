@@ -73,14 +73,18 @@ echo "bias-gradient epilogue tests passed: $BG_OK" >>"$S/session.txt"
 BN_OK=0
 test_passed cuda_kernels_test && test_passed cuda_model_test-bgradnorm && BN_OK=1
 echo "bias gradients from the norm tests passed: $BN_OK" >>"$S/session.txt"
-# The training run (bit-identical resume) had norm+dgelu+qv and in-place
-# autotuning on together: a failure there closes both gates. dgelu and qv
-# (the QKV bias without its key third) share the model run and the gate.
+# Each source of bias gradients has its own model and training runs: norm
+# (its model run), qv (norm+qv: model run; the training run it shares with
+# the autotuning options), dgelu (cuBLASLt's DGELU_BGRAD: its matmul, model
+# and training runs).
+BQ_OK=0
+test_passed cuda_kernels_test && test_passed cuda_model_test-bgradnq &&
+  test_passed cuda_train_test-opts && BQ_OK=1
+echo "bias gradients without the key third tests passed: $BQ_OK" >>"$S/session.txt"
 BD_OK=0
-test_passed cuda_matmul_test && test_passed cuda_model_test-bgraddq &&
-  test_passed cuda_train_test-opts && BD_OK=1
-echo "bias gradients from the DGELU GEMM / without the key third tests passed: $BD_OK" \
-  >>"$S/session.txt"
+test_passed cuda_matmul_test-dgelu && test_passed cuda_model_test-bgraddgelu &&
+  test_passed cuda_train_test-dgelu && BD_OK=1
+echo "bias gradients from the DGELU GEMM tests passed: $BD_OK" >>"$S/session.txt"
 IP_OK=0
 test_passed cuda_matmul_test && test_passed cuda_train_test-opts && IP_OK=1
 echo "in-place / 32-candidate autotuning tests passed: $IP_OK" >>"$S/session.txt"
@@ -116,6 +120,7 @@ declare -A ENV=(
   [bgrad-nd]="LLMT_BIAS_GRAD=norm+dgelu" [bgrad-qv]="LLMT_BIAS_GRAD=qv"
   [bgrad-ndq]="LLMT_BIAS_GRAD=norm+dgelu+qv" [cand32]="LLMT_GEMM_CANDIDATES=32"
   [tunewide]="LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32"
+  [bgrad-nq]="LLMT_BIAS_GRAD=norm+qv"
   [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn"
   [bwd-cudnn-det]="LLMT_ATTN_BWD=cudnn-det")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
@@ -127,8 +132,11 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
     [[ $v == *wg-fused-2wg && $WF2_OK != 1 ]] && continue
     [[ $v == bgrad && $BG_OK != 1 ]] && continue
     [[ $v == bgrad-norm && $BN_OK != 1 ]] && continue
-    [[ ($v == bgrad-dgelu || $v == bgrad-qv) && $BD_OK != 1 ]] && continue
-    [[ ($v == bgrad-nd || $v == bgrad-ndq) && ($BN_OK != 1 || $BD_OK != 1) ]] && continue
+    [[ $v == bgrad-dgelu && $BD_OK != 1 ]] && continue
+    [[ $v == bgrad-qv && $BQ_OK != 1 ]] && continue
+    [[ $v == bgrad-nd && ($BN_OK != 1 || $BD_OK != 1) ]] && continue
+    [[ $v == bgrad-nq && ($BN_OK != 1 || $BQ_OK != 1) ]] && continue
+    [[ $v == bgrad-ndq && ($BN_OK != 1 || $BQ_OK != 1 || $BD_OK != 1) ]] && continue
     [[ ($v == inplace || $v == cand32 || $v == tunewide) && $IP_OK != 1 ]] && continue
     [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
     g=$(gain "$v")
@@ -143,7 +151,7 @@ for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-wg-pipe-2wg fwd-m64 fwd-n128 fwd
              "bwd-wg bwd-wg-ss bwd-wg-fused bwd-wg-fused-2wg bwd-cudnn-det" \
              "inplace cand32 tunewide" \
              "xent128 xent256 xent512" \
-             "bgrad bgrad-norm bgrad-dgelu bgrad-qv bgrad-nd bgrad-ndq"; do
+             "bgrad bgrad-norm bgrad-dgelu bgrad-qv bgrad-nq bgrad-nd bgrad-ndq"; do
   # shellcheck disable=SC2086
   w=$(pick $group)
   if [[ -n $w ]]; then  # VAR=VALUE[;VAR=VALUE]

@@ -8,8 +8,9 @@
 # with the attention variants named, a failing cuDNN test and a failing
 # bias-from-the-norm test (no cuDNN winner: the fused wgmma backward wins;
 # the DGELU bias gradient instead of both), with those and the fused wgmma
-# and DGELU/in-place runs failing too (no winner), and with an A/B budget
-# too small for every variant (the table still prints).
+# and DGELU/in-place runs failing too (no winner), with only the DGELU
+# runs failing (the other sources still win), and with an A/B budget too
+# small for every variant (the table still prints).
 #
 #   tests/unit/cuda/gpu_session_test.sh [repo root]
 set -uo pipefail
@@ -57,6 +58,7 @@ case ${LLMT_BIAS_GRAD:-} in
   norm+dgelu) tps=$((tps + 22000)) ;;
   qv) tps=$((tps + 4000)) ;;
   norm+dgelu+qv) tps=$((tps + 26000)) ;;
+  norm+qv) tps=$((tps + 18000)) ;;
   epilogue) tps=$((tps - 5000)) ;;
 esac
 [[ ${LLMT_GEMM_AUTOTUNE:-} == exact+inplace ]] && tps=$((tps + 8000))
@@ -73,15 +75,17 @@ EOF
 # gtest binaries: pass, except the cuDNN runs when FAIL_CUDNN is set, the
 # fused wgmma backward's (kernel and training tests by filter, model tests by
 # environment) when FAIL_WGFUSED is, the bias-gradients-from-the-norm model
-# run when FAIL_BGNORM is, and every run with the DGELU bias gradient (its
-# model run, the training run with it and in-place autotuning) when
-# FAIL_BGDGELU is.
+# run when FAIL_BGNORM is, and every run of the DGELU bias gradient (its
+# matmul run by filter, its model and training runs by environment) when
+# FAIL_BGDGELU is, or the runs with in-place autotuning when FAIL_TUNE is.
 for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_train_test; do
   cat >"$W/bundle/bin/tests/$t" <<'EOF'
 #!/bin/bash
 if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]] ||
    [[ -n ${FAIL_BGNORM:-} && ${LLMT_BIAS_GRAD:-} == norm ]] ||
-   [[ -n ${FAIL_BGDGELU:-} && ${LLMT_BIAS_GRAD:-} == *dgelu* ]] ||
+   [[ -n ${FAIL_BGDGELU:-} && (${LLMT_BIAS_GRAD:-} == *dgelu* ||
+                               "$*" == *"filter=*DGeluBias*"*) ]] ||
+   [[ -n ${FAIL_TUNE:-} && ${LLMT_GEMM_AUTOTUNE:-} == *inplace* ]] ||
    [[ -n ${FAIL_WGFUSED:-} && ("$*" == *"filter=*WgmmaFused*"* ||
                                ${LLMT_ATTN_BWD:-} == wgmma-fused*) ]]; then
   echo "[  FAILED  ] 1 test, listed below:"; exit 1
@@ -124,7 +128,10 @@ check "cuDNN gate open" "$S" "cuDNN attention tests passed: 1"
 check "fused wgmma runs in the test table" "$S" "^cuda_kernels_test-wgfused +PASS"
 check "fused wgmma training run" "$S" "^cuda_train_test-wgfused +PASS"
 check "fused two-warpgroup wgmma model run" "$S" "^cuda_model_test-wgfused2 +PASS"
-check "DGELU bias-gradient model run" "$S" "^cuda_model_test-bgraddq +PASS"
+check "DGELU bias-gradient matmul run" "$S" "^cuda_matmul_test-dgelu +PASS"
+check "DGELU bias-gradient model run" "$S" "^cuda_model_test-bgraddgelu +PASS"
+check "DGELU bias-gradient training run" "$S" "^cuda_train_test-dgelu +PASS"
+check "norm without the key third model run" "$S" "^cuda_model_test-bgradnq +PASS"
 check "training run with the GEMM options" "$S" "^cuda_train_test-opts +PASS"
 check "A/B second and third base rows" "$S" "^base3 +500000.0"
 check "A/B row for the own attention kernels" "$S" "^own +450000.0 .* 0\.900"
@@ -134,12 +141,14 @@ check "A/B row for the bias gradients from the DGELU GEMM" "$S" "^bgrad-dgelu +5
 check "A/B row for norm and DGELU" "$S" "^bgrad-nd +522000.0 .* 1\.044"
 check "A/B row without the key third" "$S" "^bgrad-qv +504000.0 .* 1\.008"
 check "A/B row for all three" "$S" "^bgrad-ndq +526000.0 .* 1\.052"
+check "A/B row for norm without the key third" "$S" "^bgrad-nq +518000.0 .* 1\.036"
 check "A/B row for in-place autotuning" "$S" "^inplace +508000.0 .* 1\.016"
 check "A/B row for 32 autotuning candidates" "$S" "^cand32 +506000.0 .* 1\.012"
 check "A/B row for both autotuning options" "$S" "^tunewide +517000.0 .* 1\.034"
 check "A/B row for the bias-gradient epilogue" "$S" "^bgrad +495000.0 .* 0\.990"
 check "bias gradients from the norm: gate open" "$S" "bias gradients from the norm tests passed: 1"
-check "bias gradients from the DGELU GEMM: gate open" "$S" "without the key third tests passed: 1"
+check "bias gradients from the DGELU GEMM: gate open" "$S" "from the DGELU GEMM tests passed: 1"
+check "bias gradients without the key third: gate open" "$S" "without the key third tests passed: 1"
 check "in-place autotuning: gate open" "$S" "32-candidate autotuning tests passed: 1"
 check "winners: the autotuning options, all bias-gradient sources, never atomic cuDNN" "$S" \
   "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_BIAS_GRAD=norm\+dgelu\+qv \\("
@@ -177,18 +186,32 @@ check "the next backward, in-place autotuning, the DGELU bias gradient alone win
 
 # 2b. Their tests fail too: no winner without passing tests (the other wgmma
 # runs still pass, so only the fused variant's own gate can stop it; the
-# training run with the GEMM options fails, which closes the in-place gate).
+# DGELU runs fail, which closes the dgelu gate alone; the training run with
+# in-place autotuning fails, which closes that gate and the qv one).
 run_session nofused LLMT_SESSION_S=450 LLMT_AB_VARIANTS="$ATTN_AB" FAIL_CUDNN=1 FAIL_WGFUSED=1 \
-  FAIL_BGNORM=1 FAIL_BGDGELU=1
+  FAIL_BGNORM=1 FAIL_BGDGELU=1 FAIL_TUNE=1
 S=$W/nofused/out/session.txt
 check "fused wgmma gate closed" "$S" "wgmma-fused tests passed: 0"
 check "two-warpgroup fused wgmma gate closed" "$S" "wgmma-fused-2wg tests passed: 0"
 check "wgmma gate still open" "$S" "wgmma tests passed: 1"
 check "failing fused wgmma run reported" "$S" "^cuda_kernels_test-wgfused +FAIL"
-check "DGELU bias-gradient gate closed" "$S" "without the key third tests passed: 0"
+check "DGELU bias-gradient gate closed" "$S" "from the DGELU GEMM tests passed: 0"
+check "failing DGELU matmul run reported" "$S" "^cuda_matmul_test-dgelu +FAIL"
+check "the other matmul run still passes" "$S" "^cuda_matmul_test +PASS"
+check "the norm+qv model run still passes" "$S" "^cuda_model_test-bgradnq +PASS"
+check "key-third gate closed by the training run" "$S" "without the key third tests passed: 0"
 check "in-place autotuning gate closed" "$S" "32-candidate autotuning tests passed: 0"
 check "failing training run with the GEMM options reported" "$S" "^cuda_train_test-opts +FAIL"
 check "no winner without passing tests" "$S" "winners: none"
+
+# 2c. Only cuBLASLt's DGELU_BGRAD fails, with the default list: dgelu and
+# every combination with it are out, the rest still win.
+run_session nodgelu LLMT_SESSION_S=450 FAIL_BGDGELU=1
+S=$W/nodgelu/out/session.txt
+check "DGELU gate closed alone" "$S" "from the DGELU GEMM tests passed: 0"
+check "key-third gate still open" "$S" "without the key third tests passed: 1"
+check "norm without the key third and the autotuning options win without dgelu" "$S" \
+  "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_BIAS_GRAD=norm\+qv \\("
 
 # 3. An A/B budget too small for every variant: skipped rows, table printed.
 mkdir -p "$W/ab"
