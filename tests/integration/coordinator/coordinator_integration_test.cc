@@ -47,16 +47,6 @@ v1::Job GetJob(v1::JobService::Stub* jobs, uint64_t id, const std::string& token
   return j;
 }
 
-// Polls until the job is in `state` (bounded).
-bool WaitState(v1::JobService::Stub* jobs, uint64_t id, v1::JobState state, int timeout_ms = 10000) {
-  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < end) {
-    if (GetJob(jobs, id).state() == state) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  return false;
-}
-
 TEST(CoordinatorIntegration, SubmitPlaceProgressCheckpointSucceed) {
   CoordinatorProcess coord(TempDir("success"));
   ASSERT_TRUE(coord.Start(kFastFlags)) << coord.LogTail();
@@ -440,8 +430,15 @@ TEST(CoordinatorIntegration, Kill9UnderConcurrentCreateLosesNothingAcknowledged)
         }
       });
     }
-    // Let load build, then kill at a random moment.
-    std::this_thread::sleep_for(std::chrono::milliseconds(250 + rng() % 250));
+    // Let load build -- until some create has been acknowledged (a fresh
+    // channel to a just-restarted coordinator can take a while to connect
+    // on a loaded machine: a fixed wait once saw none in CI), at most 10 s
+    // -- then kill at a random moment.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (ok_calls.load() == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 250));
     coord.Kill(SIGKILL);
     stop = true;
     for (auto& t : clients) t.join();
