@@ -27,11 +27,10 @@
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, three times; the
 #   bias gradients from the norm backward, from the DGELU GEMM, without the
 #   QKV key third, all three, the norm without the key third, the first
-#   two, and from the weight-gradient
-#   GEMMs' epilogue; autotuning 32 candidates per GEMM instead of 8, the
-#   GEMMs that accumulate into their output too, and both; the own
-#   attention kernels, the wgmma backward, cuDNN's atomic backward; other
-#   options, e.g.
+#   two, and from the weight-gradient GEMMs' epilogue; autotuning 32
+#   candidates per GEMM instead of 8, the GEMMs that accumulate into their
+#   output too, and both; the own attention kernels, the wgmma backward,
+#   cuDNN's atomic backward; other options, e.g.
 #   LLMT_ATTN_FWD=wgmma|wgmma-pipe|wgmma-2wg|m64|m64n128,
 #   LLMT_ATTN_BWD=wgmma-fused|wgmma-ss, LLMT_WGMMA_LAYOUT=blocked,
 #   LLMT_XENT_CHUNK_ROWS=256, by naming them), side by side in one call,

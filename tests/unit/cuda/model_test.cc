@@ -364,10 +364,11 @@ bool EndsWith(const std::string& s, const std::string& tail) {
 // LLMT_BIAS_GRAD=qv: the QKV bias's from the query and value thirds of dqkv,
 // the key third's left at zero (the default's is rounding noise, ~1e-7 of
 // the tensor); with norm too, the value third as W_out times the attention
-// projection's bias gradient (the same sums up to fp32 rounding). fp32, both families (Llama has no biases: nothing may change
-// there), against the default: the moved biases within 1e-5 of the tensor's
-// largest magnitude (the same sums, possibly in another order); every other
-// gradient bit for bit.
+// projection's bias gradient (the same sums up to fp32 rounding). fp32, both
+// families (Llama has no biases: nothing may change there), against the
+// default: the moved biases within 1e-5 of the tensor's largest magnitude
+// (the same sums, possibly in another order); every other gradient bit for
+// bit.
 TEST(CudaModel, Fp32BiasGradientSourcesMatch) {
   REQUIRE_GPU();
   for (const ModelConfig& cfg : {Gpt2Tiny(), LlamaTiny()}) {
