@@ -55,42 +55,31 @@ echo "run.sh --tests-only exit $?" >>"$S/session.txt"
 sed -n '/^test binary/,/^$/p' "$S/tests.out" >>"$S/session.txt"
 
 test_passed() { grep -qE "^$1 +PASS" "$S/tests.out"; }
-WG_OK=0
-test_passed cuda_kernels_test-new && test_passed cuda_model_test-wgmma &&
-  test_passed cuda_train_test-wgmma && WG_OK=1
-echo "wgmma tests passed: $WG_OK" >>"$S/session.txt"
-WF_OK=0
-test_passed cuda_kernels_test-wgfused && test_passed cuda_model_test-wgfused &&
-  test_passed cuda_train_test-wgfused && WF_OK=1
-echo "wgmma-fused tests passed: $WF_OK" >>"$S/session.txt"
-WF2_OK=0
-test_passed cuda_kernels_test-wgfused && test_passed cuda_model_test-wgfused2 &&
-  test_passed cuda_train_test-wgfused && WF2_OK=1
-echo "wgmma-fused-2wg tests passed: $WF2_OK" >>"$S/session.txt"
-BG_OK=0
-test_passed cuda_matmul_test && test_passed cuda_model_test-bgrad && BG_OK=1
-echo "bias-gradient epilogue tests passed: $BG_OK" >>"$S/session.txt"
-BN_OK=0
-test_passed cuda_kernels_test && test_passed cuda_model_test-bgradnorm && BN_OK=1
-echo "bias gradients from the norm tests passed: $BN_OK" >>"$S/session.txt"
+# gate VAR WHAT RUN...: VAR=1 when every run in the test table passed, and a
+# line "WHAT tests passed: VAR" in session.txt.
+gate() {
+  local var=$1 what=$2 ok=1 r
+  shift 2
+  for r in "$@"; do test_passed "$r" || ok=0; done
+  printf -v "$var" '%s' "$ok"
+  echo "$what tests passed: $ok" >>"$S/session.txt"
+}
+gate WG_OK "wgmma" cuda_kernels_test-new cuda_model_test-wgmma cuda_train_test-wgmma
+gate WF_OK "wgmma-fused" cuda_kernels_test-wgfused cuda_model_test-wgfused cuda_train_test-wgfused
+gate WF2_OK "wgmma-fused-2wg" cuda_kernels_test-wgfused cuda_model_test-wgfused2 \
+  cuda_train_test-wgfused
+gate BG_OK "bias-gradient epilogue" cuda_matmul_test cuda_model_test-bgrad
+gate BN_OK "bias gradients from the norm" cuda_kernels_test cuda_model_test-bgradnorm
 # Each source of bias gradients has its own model and training runs: norm
 # (its model run), qv (norm+qv: model run; the training run it shares with
 # the autotuning options), dgelu (cuBLASLt's DGELU_BGRAD: its matmul, model
 # and training runs).
-BQ_OK=0
-test_passed cuda_kernels_test && test_passed cuda_model_test-bgradnq &&
-  test_passed cuda_train_test-opts && BQ_OK=1
-echo "bias gradients without the key third tests passed: $BQ_OK" >>"$S/session.txt"
-BD_OK=0
-test_passed cuda_matmul_test-dgelu && test_passed cuda_model_test-bgraddgelu &&
-  test_passed cuda_train_test-dgelu && BD_OK=1
-echo "bias gradients from the DGELU GEMM tests passed: $BD_OK" >>"$S/session.txt"
-IP_OK=0
-test_passed cuda_matmul_test && test_passed cuda_train_test-opts && IP_OK=1
-echo "in-place / 32-candidate autotuning tests passed: $IP_OK" >>"$S/session.txt"
-CD_OK=0
-test_passed cuda_kernels_test-cudnn && test_passed cuda_model_test-cudnn && CD_OK=1
-echo "cuDNN attention tests passed: $CD_OK" >>"$S/session.txt"
+gate BQ_OK "bias gradients without the key third" cuda_kernels_test cuda_model_test-bgradnq \
+  cuda_train_test-opts
+gate BD_OK "bias gradients from the DGELU GEMM" cuda_matmul_test-dgelu \
+  cuda_model_test-bgraddgelu cuda_train_test-dgelu
+gate IP_OK "in-place / 32-candidate autotuning" cuda_matmul_test cuda_train_test-opts
+gate CD_OK "cuDNN attention" cuda_kernels_test-cudnn cuda_model_test-cudnn
 
 # ---- 2. A/B ----------------------------------------------------------------
 note "2. A/B"
