@@ -23,6 +23,7 @@
 #include <cuda_runtime_api.h>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/runtime.cuh"
@@ -351,10 +352,6 @@ StepOut StepWithBiasGrad(const char* mode, const ModelConfig& cfg, Precision p,
   return GpuStep(*m, in, tgt);
 }
 
-bool EndsWith(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // LLMT_BIAS_GRAD=norm: the attention and MLP output projections' bias
 // gradients come from the norm backward (column sums of the residual
 // stream's gradient) instead of a pass over it in MatmulBackward;
@@ -389,14 +386,14 @@ TEST(CudaModel, Fp32BiasGradientSourcesMatch) {
         const bool norm = m.find("norm") != std::string::npos;
         const bool dgelu = m.find("dgelu") != std::string::npos;
         const bool qv = m.find("qv") != std::string::npos;
-        const bool moved = (norm && EndsWith(p.name, "c_proj.bias")) ||
-                           (dgelu && EndsWith(p.name, "c_fc.bias")) ||
-                           (qv && EndsWith(p.name, "c_attn.bias"));
+        const bool moved = (norm && absl::EndsWith(p.name, "c_proj.bias")) ||
+                           (dgelu && absl::EndsWith(p.name, "c_fc.bias")) ||
+                           (qv && absl::EndsWith(p.name, "c_attn.bias"));
         const float* g = got.grads.data() + p.offset;
         const float* b = base.grads.data() + p.offset;
         if (moved) {
           EXPECT_LE(RelErr(g, b, p.numel), 1e-5) << p.name;
-          if (qv && EndsWith(p.name, "c_attn.bias")) {  // the key third: nothing added
+          if (qv && absl::EndsWith(p.name, "c_attn.bias")) {  // the key third: nothing added
             const int64_t c = p.numel / 3;
             EXPECT_TRUE(std::all_of(g + c, g + 2 * c, [](float x) { return x == 0.f; }))
                 << p.name;
@@ -429,7 +426,7 @@ void CheckBf16BiasGradients(const char* mode, bool gemms_change) {
   for (const ParamInfo& p : probe->params_info()) {
     const float* g = got.grads.data() + p.offset;
     const float* b = base.grads.data() + p.offset;
-    const bool bias = EndsWith(p.name, ".bias") && p.name.find("ln_") == std::string::npos;
+    const bool bias = absl::EndsWith(p.name, ".bias") && p.name.find("ln_") == std::string::npos;
     if (gemms_change || bias) {
       EXPECT_LE(RelErr(g, b, p.numel), 2e-2) << p.name;
     } else {
