@@ -885,7 +885,7 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
                          P(o.fc_w), N, C_, FC_, lay, 1.f, false, nullptr, s());
     }
     const bool vmat = bqv && o.attn_out_b >= 0 && o.qkv_b >= 0;
-    if (vmat) LLMT_CUDA_CHECK(cudaMemsetAsync(vsum_, 0, static_cast<size_t>(C_) * 4, s()));
+    if (vmat) cu::Zero(vsum_, C_, s());
     NormBackward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b, N,
                  vmat ? vsum_ : bn ? G(o.attn_out_b) : nullptr);
     if (vmat) {
