@@ -10,7 +10,8 @@
 #   3. run.sh --bench-only   GPT-2 124M and Llama ~350M vs PyTorch with the
 #                            winners combined: per group (forward attention,
 #                            backward attention, GEMM autotuning, classifier
-#                            chunks, bias-gradient source) the variant that
+#                            chunks, bias-gradient source, weight-gradient
+#                            stream) the variant that
 #                            beat the mean of the default engine's runs by
 #                            >= LLMT_WIN_MIN (default 1.005x) in step 2 --
 #                            wgmma, cuDNN, bias-gradient and autotuning
@@ -79,6 +80,7 @@ gate BQ_OK "bias gradients without the key third" cuda_kernels_test cuda_model_t
 gate BD_OK "bias gradients from the DGELU GEMM" cuda_matmul_test-dgelu \
   cuda_model_test-bgraddgelu cuda_train_test-dgelu
 gate IP_OK "in-place / 32-candidate autotuning" cuda_matmul_test cuda_train_test-opts
+gate WS_OK "weight gradients on a second stream" cuda_model_test-wstream cuda_train_test-wstream
 gate CD_OK "cuDNN attention" cuda_kernels_test-cudnn cuda_model_test-cudnn
 
 # ---- 2. A/B ----------------------------------------------------------------
@@ -109,7 +111,7 @@ declare -A ENV=(
   [bgrad-nd]="LLMT_BIAS_GRAD=norm+dgelu" [bgrad-qv]="LLMT_BIAS_GRAD=qv"
   [bgrad-ndq]="LLMT_BIAS_GRAD=norm+dgelu+qv" [cand32]="LLMT_GEMM_CANDIDATES=32"
   [tunewide]="LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32"
-  [bgrad-nq]="LLMT_BIAS_GRAD=norm+qv"
+  [bgrad-nq]="LLMT_BIAS_GRAD=norm+qv" [wstream]="LLMT_WGRAD_STREAM=1"
   [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn"
   [bwd-cudnn-det]="LLMT_ATTN_BWD=cudnn-det")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
@@ -128,6 +130,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
     [[ $v == bgrad-ndq && ($BN_OK != 1 || $BQ_OK != 1 || $BD_OK != 1) ]] && continue
     [[ ($v == inplace || $v == cand32 || $v == tunewide) && $IP_OK != 1 ]] && continue
     [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
+    [[ $v == wstream && $WS_OK != 1 ]] && continue
     g=$(gain "$v")
     [[ -n $g ]] && awk -v g="$g" -v b="$bg" 'BEGIN {exit !(g >= b)}' && { best=$v; bg=$g; }
   done
@@ -140,7 +143,8 @@ for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-wg-pipe-2wg fwd-m64 fwd-n128 fwd
              "bwd-wg bwd-wg-ss bwd-wg-fused bwd-wg-fused-2wg bwd-cudnn-det" \
              "inplace cand32 tunewide" \
              "xent128 xent256 xent512" \
-             "bgrad bgrad-norm bgrad-dgelu bgrad-qv bgrad-nq bgrad-nd bgrad-ndq"; do
+             "bgrad bgrad-norm bgrad-dgelu bgrad-qv bgrad-nq bgrad-nd bgrad-ndq" \
+             "wstream"; do
   # shellcheck disable=SC2086
   w=$(pick $group)
   if [[ -n $w ]]; then  # VAR=VALUE[;VAR=VALUE]

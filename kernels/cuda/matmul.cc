@@ -24,6 +24,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/matmul_internal.cuh"
 #include "kernels/cuda/runtime.cuh"
@@ -282,6 +283,22 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   impl->bias_grad_from_dgelu = bias_grad->from_dgelu;
   impl->bias_grad_skip_keys = bias_grad->skip_keys;
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<Blas>> Blas::CreateSibling() const {
+  ASSIGN_OR_RETURN(std::unique_ptr<Blas> b, Create(workspace_bytes()));
+  const Impl& me = *impl_;
+  Impl& it = *b->impl_;
+  it.allow_tf32 = me.allow_tf32;
+  it.fuse_epilogues = me.fuse_epilogues;
+  it.autotune = me.autotune;
+  it.tune_in_place = me.tune_in_place;
+  it.candidates = me.candidates;
+  it.fuse_bias_grad = me.fuse_bias_grad;
+  it.bias_grad_from_norm = me.bias_grad_from_norm;
+  it.bias_grad_from_dgelu = me.bias_grad_from_dgelu;
+  it.bias_grad_skip_keys = me.bias_grad_skip_keys;
+  return b;
 }
 
 cublasLtHandle_t Blas::handle() const { return impl_->handle; }

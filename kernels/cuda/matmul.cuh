@@ -45,6 +45,11 @@ class Blas {
   // Creates the handle and allocates the workspace on the current device.
   static absl::StatusOr<std::unique_ptr<Blas>> Create(
       int64_t workspace_bytes = kDefaultWorkspaceBytes);
+  // A second context with this one's settings (everything set_* sets) but
+  // its own handle, workspace and plan cache, for GEMMs on another stream:
+  // two streams' GEMMs must not share a workspace, and the plan cache and
+  // autotuning scratch are not thread- or stream-safe either.
+  absl::StatusOr<std::unique_ptr<Blas>> CreateSibling() const;
   ~Blas();
   Blas(const Blas&) = delete;
   Blas& operator=(const Blas&) = delete;

@@ -1,5 +1,6 @@
 #include "kernels/cuda/runtime.cuh"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -199,6 +200,15 @@ absl::Status DeviceBuffer::ZeroAsync(cudaStream_t stream) {
 absl::StatusOr<Stream> Stream::Create() {
   Stream s;
   LLMT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s.s_, cudaStreamNonBlocking));
+  return s;
+}
+
+absl::StatusOr<Stream> Stream::CreateWithPriority(int priority) {
+  int least = 0, greatest = 0;
+  LLMT_CUDA_RETURN_IF_ERROR(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  Stream s;
+  LLMT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithPriority(
+      &s.s_, cudaStreamNonBlocking, std::clamp(priority, greatest, least)));
   return s;
 }
 

@@ -96,6 +96,11 @@ class DeviceBuffer {
 class Stream {
  public:
   static absl::StatusOr<Stream> Create();
+  // With a scheduling priority: the block scheduler hands free SMs to the
+  // pending blocks of higher-priority streams first. kHighestPriority is
+  // the device's highest (CUDA: the lowest number), 0 the default.
+  static constexpr int kHighestPriority = -1000;
+  static absl::StatusOr<Stream> CreateWithPriority(int priority);
   Stream() = default;
   ~Stream();
   Stream(Stream&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}

@@ -253,6 +253,34 @@ class CudaModelImpl final : public CudaModel {
   cu::Stream stream_;
   std::unique_ptr<OpTimer> timer_;
   std::unique_ptr<cu::Blas> blas_;
+
+  // ---- weight gradients on a second stream (CudaModelOptions::wgrad_stream) ----
+  // Each linear layer's dW GEMM (+ bias-gradient pass) is enqueued on wstream_
+  // after an event on the main stream, through its own cuBLASLt context
+  // (wblas_: a workspace of its own). The main stream, created with the
+  // higher priority, goes on with the data-gradient chain and waits on a
+  // slot's event only before it overwrites what that slot's work reads
+  // (dres_, dfc_, dqkv_, a recomputed shared buffer); the backward ends by
+  // joining wstream_. The first backward runs the same calls in order on the
+  // main stream, so that autotuning times every GEMM shape on a quiet GPU.
+  enum WgradSlot { kWgProj, kWgFc, kWgAttnOut, kWgQkv, kWgClassifier, kWgSlots };
+  cu::Stream wstream_;
+  std::unique_ptr<cu::Blas> wblas_;
+  cudaEvent_t wg_done_[kWgSlots] = {};
+  cudaEvent_t wg_main_ = nullptr;  // the main stream's progress, for wstream_ to wait on
+  bool wg_async_ = false;          // this backward uses wstream_
+  int64_t backwards_ = 0;
+  // Runs dinp() (the data gradient, main stream) and dweight(blas, stream)
+  // (the weight and bias gradients) for one linear layer: in that order on
+  // the main stream without wgrad_stream, as MatmulBackward did in one
+  // call; with it, dweight on wstream_ after the main stream's work so far,
+  // marking `slot`, then dinp.
+  template <typename Dinp, typename Dweight>
+  void LinearBackward(WgradSlot slot, Dinp&& dinp, Dweight&& dweight);
+  // The main stream waits for `slot`'s last weight-gradient work.
+  void WaitWgrad(WgradSlot slot);
+  // Makes `to` wait for everything enqueued on `from` so far.
+  void StreamWait(cudaStream_t to, cudaStream_t from, cudaEvent_t ev);
   cu::DeviceBuffer p32_, p16_, g32_, m_, v_, segments_, arena_, scratch_, misc_;
   const T* pT_ = nullptr;  // bf16 parameter copy (bf16 only)
   size_t scratch_bytes_ = 0;
@@ -313,6 +341,10 @@ CudaModelImpl<T>::~CudaModelImpl() {
   }
   if (host_scalars_ != nullptr) cudaFreeHost(host_scalars_);
   for (cudaEvent_t e : ready_events_) cudaEventDestroy(e);
+  for (cudaEvent_t e : wg_done_) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
+  if (wg_main_ != nullptr) cudaEventDestroy(wg_main_);
 }
 
 template <typename T>
@@ -416,7 +448,8 @@ absl::Status CudaModelImpl<T>::Init() {
     planned.Add("optimizer", "AdamW moments", n_ * 8);
     planned.Add("activations", "activation arena", arena_bytes);
     planned.Add("workspace", "cuBLASLt + kernel scratch",
-                cu::Blas::kDefaultWorkspaceBytes + static_cast<int64_t>(scratch_bytes_));
+                (opts_.wgrad_stream > 0 ? 2 : 1) * cu::Blas::kDefaultWorkspaceBytes +
+                    static_cast<int64_t>(scratch_bytes_));
     auto mem = cu::GetMemInfo();
     if (mem.ok() && planned.Total() > mem->free_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -429,10 +462,23 @@ absl::Status CudaModelImpl<T>::Init() {
     }
   }
 
-  ASSIGN_OR_RETURN(stream_, cu::Stream::Create());
+  if (opts_.wgrad_stream > 0) {
+    ASSIGN_OR_RETURN(stream_, cu::Stream::CreateWithPriority(cu::Stream::kHighestPriority));
+    ASSIGN_OR_RETURN(wstream_, cu::Stream::Create());
+  } else {
+    ASSIGN_OR_RETURN(stream_, cu::Stream::Create());
+  }
   timer_ = std::make_unique<OpTimer>(stream_.get());
   ASSIGN_OR_RETURN(blas_, cu::Blas::Create());
   blas_->set_allow_tf32(false);
+  if (opts_.wgrad_stream > 0) {
+    ASSIGN_OR_RETURN(wblas_, blas_->CreateSibling());
+    for (cudaEvent_t& e : wg_done_) {
+      LLMT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    LLMT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&wg_main_, cudaEventDisableTiming));
+    LLMT_LOG(Info) << "weight gradients on a second stream (LLMT_WGRAD_STREAM=1)";
+  }
   if (blas_->bias_grad_from_norm() && gpt2()) {
     LLMT_LOG(Info) << "bias gradients of the attention and MLP output projections from the norm "
                       "backward (LLMT_BIAS_GRAD=norm)";
@@ -463,6 +509,10 @@ absl::Status CudaModelImpl<T>::Init() {
                         absl::StrCat("activation arena (B=", B_, ", T=", T_, ", ", L_, " layers)"),
                         arena_bytes));
   report_.Add("workspace", "cuBLASLt workspace", blas_->workspace_bytes());
+  if (wblas_) {
+    report_.Add("workspace", "cuBLASLt workspace (weight-gradient stream)",
+                wblas_->workspace_bytes());
+  }
   RETURN_IF_ERROR(
       Alloc(&scratch_, "workspace", "kernel scratch", static_cast<int64_t>(scratch_bytes_)));
   RETURN_IF_ERROR(Alloc(&misc_, "workspace", "tokens, RoPE tables, loss slots", misc_bytes));
@@ -759,6 +809,9 @@ void CudaModelImpl<T>::Classifier(int64_t N, float grad_scale, bool with_targets
   }
 }
 
+// A MatmulBackward output left out (typed: the bf16 overloads differ in it).
+float* const kNoGrad = nullptr;
+
 template <typename T>
 void CudaModelImpl<T>::BackwardPass(int b, int t) {
   constexpr cu::DType dt = cu::DTypeOf<T>::value;
@@ -766,6 +819,8 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
   const WeightLayout lay = layout();
   const bool rc_gelu = opts_.recompute != Recompute::kNone;
   const bool rc_norm = opts_.recompute == Recompute::kNormGelu;
+  // The first backward stays on the main stream (see wstream_).
+  wg_async_ = wblas_ != nullptr && backwards_++ > 0;
 
   // Classifier: dln = dlogits x W  [N, C];  dW += dlogits^T x lnf  [V, C].
   // dlogits already carry loss_scale / N (the loss kernel's grad_scale).
@@ -783,11 +838,6 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     op.D = dln_;
     op.d_type = dt;
     op.ldd = C_;
-    {
-      auto timed = timer_->Time("classifier_gemm");
-      cu::Gemm(*blas_, op, s());
-    }
-
     cu::GemmOp w;
     w.trans_a = true;
     w.M = V_;
@@ -805,10 +855,16 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     w.D = G(pl_.lm_head);
     w.d_type = cu::DType::kF32;
     w.ldd = C_;
-    {
-      auto timed = timer_->Time("classifier_bwd_dw");
-      cu::Gemm(*blas_, w, s());
-    }
+    LinearBackward(
+        kWgClassifier,
+        [&] {
+          auto timed = timer_->Time("classifier_gemm");
+          cu::Gemm(*blas_, op, s());
+        },
+        [&](cu::Blas& bl, cudaStream_t st) {
+          auto timed = timer_->Time("classifier_bwd_dw");
+          cu::Gemm(bl, w, st);
+        });
   }
   {
     auto timed = timer_->Time("zero");
@@ -847,6 +903,7 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     const T* x = l == 0 ? res0_ : acts_[l - 1].res3;
     // ---- MLP (dres_ = dL/dres3, which also flows straight on to res2) ----
     if (rc_gelu) {
+      WaitWgrad(kWgProj);  // the shared act buffer: the layer above's c_proj dW reads it
       if (gpt2()) {
         {
           auto timed = timer_->Time("recompute_gelu");
@@ -861,31 +918,59 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     }
     if (gpt2()) {
       // dfc = gelu'(fc) * (dres Wproj^T): the GELU backward rides on the GEMM.
-      {
-        auto timed = timer_->Time("matmul_proj_bwd");
-        cu::MatmulBackward(*blas_, dfc_, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_, a.act,
-                           P(o.proj_w), N, F_, C_, lay, 1.f, false, a.fc, s(),
-                           bd ? G(o.fc_b) : nullptr);
-      }
+      WaitWgrad(kWgFc);  // dfc_: the layer above's c_fc dW reads it
+      auto timed = timer_->Time("matmul_proj_bwd");
+      LinearBackward(
+          kWgProj,
+          [&] {
+            cu::MatmulBackward(*blas_, dfc_, kNoGrad, kNoGrad, dres_, a.act, P(o.proj_w), N, F_,
+                               C_, lay, 1.f, false, a.fc, s(), bd ? G(o.fc_b) : nullptr);
+          },
+          [&](cu::Blas& bl, cudaStream_t st) {
+            cu::MatmulBackward(bl, nullptr, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_,
+                               a.act, nullptr, N, F_, C_, lay, 1.f, false, nullptr, st);
+          });
     } else {
       {
         auto timed = timer_->Time("matmul_proj_bwd");
-        cu::MatmulBackward(*blas_, dact_, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_, a.act,
-                           P(o.proj_w), N, F_, C_, lay, 1.f, false, nullptr, s());
+        LinearBackward(
+            kWgProj,
+            [&] {
+              cu::MatmulBackward(*blas_, dact_, kNoGrad, kNoGrad, dres_, a.act, P(o.proj_w), N,
+                                 F_, C_, lay, 1.f, false, nullptr, s());
+            },
+            [&](cu::Blas& bl, cudaStream_t st) {
+              cu::MatmulBackward(bl, nullptr, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_,
+                                 a.act, nullptr, N, F_, C_, lay, 1.f, false, nullptr, st);
+            });
       }
+      WaitWgrad(kWgFc);  // dfc_: the layer above's gate|up dW reads it
       {
         auto timed = timer_->Time("swiglu_bwd");
         cu::SwiGLUBackward(dfc_, a.fc, dact_, N, F_, s());
       }
     }
-    if (rc_norm) NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
+    if (rc_norm) {  // the shared norm buffer: the c_fc and QKV dW above read it
+      WaitWgrad(kWgFc);
+      WaitWgrad(kWgQkv);
+      NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
+    }
     {
       auto timed = timer_->Time("matmul_fc_bwd");
-      cu::MatmulBackward(*blas_, dln_, G(o.fc_w), bd ? nullptr : G(o.fc_b), dfc_, a.ln2,
-                         P(o.fc_w), N, C_, FC_, lay, 1.f, false, nullptr, s());
+      LinearBackward(
+          kWgFc,
+          [&] {
+            cu::MatmulBackward(*blas_, dln_, kNoGrad, kNoGrad, dfc_, a.ln2, P(o.fc_w), N, C_, FC_,
+                               lay, 1.f, false, nullptr, s());
+          },
+          [&](cu::Blas& bl, cudaStream_t st) {
+            cu::MatmulBackward(bl, nullptr, G(o.fc_w), bd ? nullptr : G(o.fc_b), dfc_, a.ln2,
+                               nullptr, N, C_, FC_, lay, 1.f, false, nullptr, st);
+          });
     }
     const bool vmat = bqv && o.attn_out_b >= 0 && o.qkv_b >= 0;
     if (vmat) cu::Zero(vsum_, C_, s());
+    WaitWgrad(kWgProj);  // dres_: this layer's c_proj dW reads it
     NormBackward(dres_, dln_, a.res2, a.ln2_mean, a.ln2_rstd, o.ln2_w, o.ln2_b, N,
                  vmat ? vsum_ : bn ? G(o.attn_out_b) : nullptr);
     if (vmat) {
@@ -898,10 +983,18 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     // ---- attention (dres_ = dL/dres2 now) ----
     {
       auto timed = timer_->Time("matmul_attn_out_bwd");
-      cu::MatmulBackward(*blas_, datty_, G(o.attn_out_w), bn ? nullptr : G(o.attn_out_b), dres_,
-                         a.atty,
-                         P(o.attn_out_w), N, C_, C_, lay, 1.f, false, nullptr, s());
+      LinearBackward(
+          kWgAttnOut,
+          [&] {
+            cu::MatmulBackward(*blas_, datty_, kNoGrad, kNoGrad, dres_, a.atty, P(o.attn_out_w), N,
+                               C_, C_, lay, 1.f, false, nullptr, s());
+          },
+          [&](cu::Blas& bl, cudaStream_t st) {
+            cu::MatmulBackward(bl, nullptr, G(o.attn_out_w), bn ? nullptr : G(o.attn_out_b),
+                               dres_, a.atty, nullptr, N, C_, C_, lay, 1.f, false, nullptr, st);
+          });
     }
+    WaitWgrad(kWgQkv);  // dqkv_: the layer above's QKV dW reads it
     {
       auto timed = timer_->Time("attention_bwd");
       cu::AttentionBackward(dqkv_, datty_, a.qkv, a.atty, a.lse, b, t, NH_, NKV_, hd_,
@@ -911,34 +1004,84 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
       auto timed = timer_->Time("rope_bwd");
       cu::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, t, NH_ + NKV_, hd_, QKV_, s());
     }
-    if (rc_norm) NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N);
+    if (rc_norm) {
+      WaitWgrad(kWgFc);  // the shared norm buffer: this layer's c_fc dW reads it
+      NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N);
+    }
     {
       auto timed = timer_->Time("matmul_qkv_bwd");
-      cu::MatmulBackward(*blas_, dln_, G(o.qkv_w), bq ? nullptr : G(o.qkv_b), dqkv_, a.ln1,
-                         P(o.qkv_w), N, C_, QKV_, lay, 1.f, false, nullptr, s());
-      if (bq && o.qkv_b >= 0) {  // the query third, and the value third unless vmat
-        cu::BiasBackwardColumns(G(o.qkv_b), vmat ? nullptr : G(o.qkv_b) + 2 * qw, dqkv_, N, qw,
-                                QKV_, 2 * qw, 1.f, blas_->workspace(),
-                                static_cast<size_t>(blas_->workspace_bytes()), s());
-      }
+      LinearBackward(
+          kWgQkv,
+          [&] {
+            cu::MatmulBackward(*blas_, dln_, kNoGrad, kNoGrad, dqkv_, a.ln1, P(o.qkv_w), N, C_,
+                               QKV_, lay, 1.f, false, nullptr, s());
+          },
+          [&](cu::Blas& bl, cudaStream_t st) {
+            cu::MatmulBackward(bl, nullptr, G(o.qkv_w), bq ? nullptr : G(o.qkv_b), dqkv_, a.ln1,
+                               nullptr, N, C_, QKV_, lay, 1.f, false, nullptr, st);
+            if (bq && o.qkv_b >= 0) {  // the query third, and the value third unless vmat
+              cu::BiasBackwardColumns(G(o.qkv_b), vmat ? nullptr : G(o.qkv_b) + 2 * qw, dqkv_, N,
+                                      qw, QKV_, 2 * qw, 1.f, bl.workspace(),
+                                      static_cast<size_t>(bl.workspace_bytes()), st);
+            }
+          });
     }
+    WaitWgrad(kWgAttnOut);  // dres_: this layer's attention projection dW reads it
     NormBackward(dres_, dln_, x, a.ln1_mean, a.ln1_rstd, o.ln1_w, o.ln1_b, N,
                  bn && l > 0 ? G(pl_.layers[l - 1].proj_b) : nullptr);
     GradsReady(static_cast<size_t>(L_ - l));
   }
+  WaitWgrad(kWgClassifier);  // a tied lm_head's gradient is the token embedding's
   {
     auto timed = timer_->Time("embedding_bwd");
     cu::EmbeddingBackward(G(pl_.wte), gpt2() ? G(pl_.wpe) : nullptr, dres_, tokens_, b, t, C_,
                           scratch_.data(), scratch_bytes_, s());
   }
   GradsReady(static_cast<size_t>(L_) + 1);  // embeddings
+  // Everything after the backward (the next micro-step's forward, which
+  // rewrites the activations the dW GEMMs read; the gradient norm; AdamW;
+  // host copies) is ordered after the weight gradients.
+  if (wg_async_) StreamWait(s(), wstream_.get(), wg_main_);
+  wg_async_ = false;
+}
+
+template <typename T>
+template <typename Dinp, typename Dweight>
+void CudaModelImpl<T>::LinearBackward(WgradSlot slot, Dinp&& dinp, Dweight&& dweight) {
+  if (!wg_async_) {
+    dinp();
+    dweight(wblas_ ? *wblas_ : *blas_, s());
+    return;
+  }
+  StreamWait(wstream_.get(), s(), wg_main_);
+  dweight(*wblas_, wstream_.get());
+  LLMT_CUDA_CHECK(cudaEventRecord(wg_done_[slot], wstream_.get()));
+  dinp();
+}
+
+template <typename T>
+void CudaModelImpl<T>::WaitWgrad(WgradSlot slot) {
+  if (wg_async_) LLMT_CUDA_CHECK(cudaStreamWaitEvent(s(), wg_done_[slot], 0));
+}
+
+template <typename T>
+void CudaModelImpl<T>::StreamWait(cudaStream_t to, cudaStream_t from, cudaEvent_t ev) {
+  LLMT_CUDA_CHECK(cudaEventRecord(ev, from));
+  LLMT_CUDA_CHECK(cudaStreamWaitEvent(to, ev, 0));
 }
 
 template <typename T>
 void CudaModelImpl<T>::GradsReady(size_t i) {
   if (!grad_hook_) return;
   cudaEvent_t ev = ready_events_[i];
-  LLMT_CUDA_CHECK(cudaEventRecord(ev, s()));
+  if (wg_async_) {
+    // The range's gradients come from both streams: the event goes on
+    // wstream_ after it has caught up with the main stream.
+    StreamWait(wstream_.get(), s(), wg_main_);
+    LLMT_CUDA_CHECK(cudaEventRecord(ev, wstream_.get()));
+  } else {
+    LLMT_CUDA_CHECK(cudaEventRecord(ev, s()));
+  }
   grad_hook_(grad_ranges_[i].offset, grad_ranges_[i].count, [ev]() {
     return cu::CudaStatus(cudaEventSynchronize(ev), "cudaEventSynchronize (gradients ready)");
   });
@@ -1086,6 +1229,10 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& 
       }
       o.xent_chunk_rows = v;
     }
+  }
+  if (o.wgrad_stream < 0) {
+    ASSIGN_OR_RETURN(const bool on, ParseWgradStream(std::getenv("LLMT_WGRAD_STREAM")));
+    o.wgrad_stream = on ? 1 : 0;
   }
   if (cu::DeviceCount() == 0) {
     return absl::FailedPreconditionError(

@@ -55,7 +55,19 @@ struct CudaModelOptions {
   // backward GEMMs stay whole). 0 = one GEMM for the whole
   // micro-batch; -1 (the default) = from LLMT_XENT_CHUNK_ROWS, else 0.
   int64_t xent_chunk_rows = -1;
+  // Weight gradients on a second stream: each linear layer's dW GEMM (and
+  // bias-gradient pass) runs on a lower-priority stream of its own, beside
+  // the main stream's data-gradient chain, so that it fills the SMs that
+  // the chain's memory-bound kernels and GEMM tails leave idle. Results are
+  // bit-identical to the one-stream backward (the same GEMMs; each output
+  // has one writer). A/B option, not yet run on a GPU. 1 on, 0 off, -1
+  // (the default) = from LLMT_WGRAD_STREAM (ParseWgradStream), else off.
+  int wgrad_stream = -1;
 };
+
+// LLMT_WGRAD_STREAM: unset, "", "0" or "off" -> false; "1" or "on" -> true;
+// anything else an error naming the variable.
+absl::StatusOr<bool> ParseWgradStream(const char* env);
 
 struct AdamWHyper {
   float lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0;

@@ -20,4 +20,12 @@ absl::StatusOr<Recompute> ParseRecompute(const std::string& s) {
       absl::StrCat("train.recompute: must be none, gelu or norm_gelu, got '", s, "'"));
 }
 
+absl::StatusOr<bool> ParseWgradStream(const char* env) {
+  const std::string v = env == nullptr ? "" : env;
+  if (v.empty() || v == "0" || v == "off") return false;
+  if (v == "1" || v == "on") return true;
+  return absl::InvalidArgumentError(
+      absl::StrCat("LLMT_WGRAD_STREAM='", v, "': expected 0/off or 1/on"));
+}
+
 }  // namespace llmt::model

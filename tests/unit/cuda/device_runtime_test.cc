@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/runtime.cuh"
@@ -56,6 +57,25 @@ TEST(CudaDeviceRuntimeTest, OutOfMemoryIsAStatusNamingTheBuffer) {
   auto ok = DeviceBuffer::Allocate("small", 256);
   EXPECT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+// Streams with a priority get the nearest one the device has: the highest
+// for kHighestPriority (what the CUDA model's main stream asks for beside
+// its weight-gradient stream), the lowest for anything below the range.
+TEST(CudaDeviceRuntimeTest, StreamPrioritiesAreClampedToTheDeviceRange) {
+  LLMT_REQUIRE_GPU();
+  ASSERT_TRUE(SetDevice(0).ok());
+  int least = 0, greatest = 0;
+  ASSERT_EQ(cudaDeviceGetStreamPriorityRange(&least, &greatest), cudaSuccess);
+  for (const auto& [asked, want] : {std::pair{Stream::kHighestPriority, greatest},
+                                    std::pair{1000, least}, std::pair{least, least}}) {
+    auto s = Stream::CreateWithPriority(asked);
+    ASSERT_TRUE(s.ok()) << s.status();
+    int got = 12345;
+    ASSERT_EQ(cudaStreamGetPriority(s->get(), &got), cudaSuccess);
+    EXPECT_EQ(got, want) << "asked " << asked;
+    EXPECT_TRUE(s->Synchronize().ok());
+  }
 }
 
 }  // namespace

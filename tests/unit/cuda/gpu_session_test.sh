@@ -37,8 +37,8 @@ EOF
 # backward win, then the fused wgmma backward; the wgmma forward and the own
 # kernels lose; the bias gradients from the norm and the DGELU GEMM and
 # without the key third win together (each alone less), in-place
-# autotuning and 32 autotuning candidates win, both together more, the
-# bias-gradient epilogue
+# autotuning and 32 autotuning candidates win, both together more, so do
+# the weight gradients on a second stream; the bias-gradient epilogue
 # loses; every call's settings are recorded.
 cat >"$W/bundle/bin/bench_gpu_train" <<'EOF'
 #!/bin/bash
@@ -65,7 +65,8 @@ esac
 [[ ${LLMT_GEMM_CANDIDATES:-} == 32 ]] && tps=$((tps + 6000))
 [[ ${LLMT_GEMM_CANDIDATES:-} == 32 && ${LLMT_GEMM_AUTOTUNE:-} == exact+inplace ]] &&
   tps=$((tps + 3000))
-echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} bias=${LLMT_BIAS_GRAD:-} tune=${LLMT_GEMM_AUTOTUNE:-} cand=${LLMT_GEMM_CANDIDATES:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
+[[ ${LLMT_WGRAD_STREAM:-} == 1 ]] && tps=$((tps + 7000))
+echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} bias=${LLMT_BIAS_GRAD:-} tune=${LLMT_GEMM_AUTOTUNE:-} cand=${LLMT_GEMM_CANDIDATES:-} ws=${LLMT_WGRAD_STREAM:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
 echo "RESULT name=$model impl=llmt batch=$batch seq=1024 params=1 tokens_per_s=$tps.0 mfu=0.40 step_ms=100 first_loss=10.9 last_loss=9.5"
 EOF
 cat >"$W/bundle/bin/bench_attention" <<'EOF'
@@ -77,7 +78,8 @@ EOF
 # environment) when FAIL_WGFUSED is, the bias-gradients-from-the-norm model
 # run when FAIL_BGNORM is, and every run of the DGELU bias gradient (its
 # matmul run by filter, its model and training runs by environment) when
-# FAIL_BGDGELU is, or the runs with in-place autotuning when FAIL_TUNE is.
+# FAIL_BGDGELU is, or the runs with in-place autotuning when FAIL_TUNE is,
+# or the runs with the weight gradients on a second stream when FAIL_WS is.
 for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_train_test; do
   cat >"$W/bundle/bin/tests/$t" <<'EOF'
 #!/bin/bash
@@ -86,6 +88,7 @@ if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]] ||
    [[ -n ${FAIL_BGDGELU:-} && (${LLMT_BIAS_GRAD:-} == *dgelu* ||
                                "$*" == *"filter=*DGeluBias*"*) ]] ||
    [[ -n ${FAIL_TUNE:-} && ${LLMT_GEMM_AUTOTUNE:-} == *inplace* ]] ||
+   [[ -n ${FAIL_WS:-} && ${LLMT_WGRAD_STREAM:-} == 1 ]] ||
    [[ -n ${FAIL_WGFUSED:-} && ("$*" == *"filter=*WgmmaFused*"* ||
                                ${LLMT_ATTN_BWD:-} == wgmma-fused*) ]]; then
   echo "[  FAILED  ] 1 test, listed below:"; exit 1
@@ -133,6 +136,9 @@ check "DGELU bias-gradient model run" "$S" "^cuda_model_test-bgraddgelu +PASS"
 check "DGELU bias-gradient training run" "$S" "^cuda_train_test-dgelu +PASS"
 check "norm without the key third model run" "$S" "^cuda_model_test-bgradnq +PASS"
 check "training run with the GEMM options" "$S" "^cuda_train_test-opts +PASS"
+check "model run with the weight gradients on a second stream" "$S" "^cuda_model_test-wstream +PASS"
+check "training run with the weight gradients on a second stream" "$S" \
+  "^cuda_train_test-wstream +PASS"
 check "A/B second and third base rows" "$S" "^base3 +500000.0"
 check "A/B row for the own attention kernels" "$S" "^own +450000.0 .* 0\.900"
 check "A/B row for the atomic cuDNN backward" "$S" "^bwd-cudnn +545000.0 .* 1\.090"
@@ -143,6 +149,7 @@ check "A/B row without the key third" "$S" "^bgrad-qv +504000.0 .* 1\.008"
 check "A/B row for all three" "$S" "^bgrad-ndq +526000.0 .* 1\.052"
 check "A/B row for norm without the key third" "$S" "^bgrad-nq +518000.0 .* 1\.036"
 check "A/B row for in-place autotuning" "$S" "^inplace +508000.0 .* 1\.016"
+check "A/B row for the weight-gradient stream" "$S" "^wstream +507000.0 .* 1\.014"
 check "A/B row for 32 autotuning candidates" "$S" "^cand32 +506000.0 .* 1\.012"
 check "A/B row for both autotuning options" "$S" "^tunewide +517000.0 .* 1\.034"
 check "A/B row for the bias-gradient epilogue" "$S" "^bgrad +495000.0 .* 0\.990"
@@ -150,13 +157,14 @@ check "bias gradients from the norm: gate open" "$S" "bias gradients from the no
 check "bias gradients from the DGELU GEMM: gate open" "$S" "from the DGELU GEMM tests passed: 1"
 check "bias gradients without the key third: gate open" "$S" "without the key third tests passed: 1"
 check "in-place autotuning: gate open" "$S" "32-candidate autotuning tests passed: 1"
-check "winners: the autotuning options, all bias-gradient sources, never atomic cuDNN" "$S" \
-  "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_BIAS_GRAD=norm\+dgelu\+qv \\("
+check "weight-gradient stream: gate open" "$S" "on a second stream tests passed: 1"
+check "winners: the autotuning options, all bias-gradient sources, the second stream, never atomic cuDNN" \
+  "$S" "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_BIAS_GRAD=norm\+dgelu\+qv LLMT_WGRAD_STREAM=1 \\("
 check "the benchmark ran with the winners" "$W/ok/calls" \
-  "^llama-350m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 profile=$"
+  "^llama-350m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 ws=1 profile=$"
 check "the profile ran with the winners" "$W/ok/calls" \
-  "^gpt2-124m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 profile=1$"
-check "summary ratio" "$S" "gpt2-124m +64 +543000.0 .* 1\.13x"
+  "^gpt2-124m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 ws=1 profile=1$"
+check "summary ratio" "$S" "gpt2-124m +64 +550000.0 .* 1\.15x"
 for f in session.txt tests.log ab-attention.txt logs.tar.gz; do
   [[ -s "$W/ok/out/$f" ]] && echo "ok: \$OUT/$f" || { echo "FAILED: no \$OUT/$f"; FAIL=1; }
 done
@@ -189,7 +197,7 @@ check "the next backward, in-place autotuning, the DGELU bias gradient alone win
 # DGELU runs fail, which closes the dgelu gate alone; the training run with
 # in-place autotuning fails, which closes that gate and the qv one).
 run_session nofused LLMT_SESSION_S=450 LLMT_AB_VARIANTS="$ATTN_AB" FAIL_CUDNN=1 FAIL_WGFUSED=1 \
-  FAIL_BGNORM=1 FAIL_BGDGELU=1 FAIL_TUNE=1
+  FAIL_BGNORM=1 FAIL_BGDGELU=1 FAIL_TUNE=1 FAIL_WS=1
 S=$W/nofused/out/session.txt
 check "fused wgmma gate closed" "$S" "wgmma-fused tests passed: 0"
 check "two-warpgroup fused wgmma gate closed" "$S" "wgmma-fused-2wg tests passed: 0"
@@ -202,6 +210,8 @@ check "the norm+qv model run still passes" "$S" "^cuda_model_test-bgradnq +PASS"
 check "key-third gate closed by the training run" "$S" "without the key third tests passed: 0"
 check "in-place autotuning gate closed" "$S" "32-candidate autotuning tests passed: 0"
 check "failing training run with the GEMM options reported" "$S" "^cuda_train_test-opts +FAIL"
+check "weight-gradient stream gate closed" "$S" "on a second stream tests passed: 0"
+check "failing two-stream training run reported" "$S" "^cuda_train_test-wstream +FAIL"
 check "no winner without passing tests" "$S" "winners: none"
 
 # 2c. Only cuBLASLt's DGELU_BGRAD fails, with the default list: dgelu and
@@ -210,8 +220,8 @@ run_session nodgelu LLMT_SESSION_S=450 FAIL_BGDGELU=1
 S=$W/nodgelu/out/session.txt
 check "DGELU gate closed alone" "$S" "from the DGELU GEMM tests passed: 0"
 check "key-third gate still open" "$S" "without the key third tests passed: 1"
-check "norm without the key third and the autotuning options win without dgelu" "$S" \
-  "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_BIAS_GRAD=norm\+qv \\("
+check "norm without the key third, the autotuning options and the stream win without dgelu" \
+  "$S" "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_BIAS_GRAD=norm\+qv LLMT_WGRAD_STREAM=1 \\("
 
 # 3. An A/B budget too small for every variant: skipped rows, table printed.
 mkdir -p "$W/ab"

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -491,6 +492,35 @@ TEST(CudaModel, BadChunkRowsEnvironmentIsAnErrorNamingIt) {
   unsetenv("LLMT_XENT_CHUNK_ROWS");
 }
 
+// LLMT_WGRAD_STREAM: 0/off/1/on (and unset or empty: off); anything else is
+// an error naming the variable, from CudaModel::Create before any device is
+// touched (so this runs without a GPU too).
+TEST(CudaModel, WgradStreamEnvironmentParsesAndBadValuesNameIt) {
+  // run.sh runs this binary under LLMT_WGRAD_STREAM=1: put it back after.
+  const char* env = std::getenv("LLMT_WGRAD_STREAM");
+  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+  for (const char* off : {"", "0", "off"}) EXPECT_FALSE(*ParseWgradStream(off)) << off;
+  EXPECT_FALSE(*ParseWgradStream(nullptr));
+  for (const char* on : {"1", "on"}) EXPECT_TRUE(*ParseWgradStream(on)) << on;
+  for (const char* bad : {"yes", "2", "on "}) {
+    SCOPED_TRACE(bad);
+    EXPECT_FALSE(ParseWgradStream(bad).ok());
+    ASSERT_EQ(setenv("LLMT_WGRAD_STREAM", bad, 1), 0);
+    CudaModelOptions o;
+    o.precision = Precision::kFp32;  // wgrad_stream stays -1: from the environment
+    auto m = CudaModel::Create(Gpt2Tiny(), kB, kT, o);
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
+    EXPECT_NE(std::string(m.status().message()).find("LLMT_WGRAD_STREAM='"), std::string::npos)
+        << m.status();
+  }
+  if (saved) {
+    setenv("LLMT_WGRAD_STREAM", saved->c_str(), 1);
+  } else {
+    unsetenv("LLMT_WGRAD_STREAM");
+  }
+}
+
 // A token stream with structure a small model learns quickly: mostly a fixed
 // successor function, with 10% noise so the loss cannot reach zero.
 std::vector<std::vector<int32_t>> StructuredBatches(int vocab, int B, int T, int n_batches,
@@ -544,6 +574,191 @@ double MeanOfLast(const std::vector<double>& v, int k) {
   double s = 0;
   for (int i = 0; i < k; ++i) s += v[v.size() - 1 - i];
   return s / k;
+}
+
+// The weight gradients on a second stream (CudaModelOptions::wgrad_stream)
+// run the same GEMMs and kernels, each output with one writer, so training
+// must be bit-identical to the one-stream backward: every loss, the last
+// step's gradients and the final weights, over 3 AdamW steps of 2
+// accumulated micro-steps each (the first backward runs on one stream, the
+// later ones on two). Both families, fp32 and bf16; with recomputation,
+// whose shared buffers are where a missing wait would show; for GPT-2 also
+// with the bias gradients from the norm backward and without the key third
+// (LLMT_BIAS_GRAD=norm+qv: bias work on both streams) and at head dim 64 x
+// 320 tokens, where the GEMMs are large enough for the two streams to
+// overlap.
+struct TwoStreamRun {
+  std::vector<double> losses;
+  std::vector<float> grads, params;
+};
+
+TwoStreamRun TrainForStreams(const ModelConfig& cfg, int B, int T, Precision p, Recompute r,
+                             int wgrad_stream, const char* bias_grad) {
+  const char* env = std::getenv("LLMT_BIAS_GRAD");
+  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+  EXPECT_EQ(setenv("LLMT_BIAS_GRAD", bias_grad, 1), 0);
+  CudaModelOptions o;
+  o.precision = p;
+  o.recompute = r;
+  o.xent_chunk_rows = 0;
+  o.wgrad_stream = wgrad_stream;
+  auto m_or = CudaModel::Create(cfg, B, T, o);
+  if (saved) {
+    setenv("LLMT_BIAS_GRAD", saved->c_str(), 1);
+  } else {
+    unsetenv("LLMT_BIAS_GRAD");
+  }
+  EXPECT_TRUE(m_or.ok()) << m_or.status();
+  TwoStreamRun out;
+  if (!m_or.ok()) return out;
+  CudaModel& m = **m_or;
+  EXPECT_EQ(m.options().wgrad_stream, wgrad_stream);
+  EXPECT_TRUE(m.InitWeights(kInitSeed).ok());
+  const int V = cfg.vocab_size;
+  constexpr int kSteps = 3, kMicro = 2;
+  const auto ins = StructuredBatches(V, B, T, kSteps * kMicro, 77, false);
+  const auto tgts = StructuredBatches(V, B, T, kSteps * kMicro, 77, true);
+  for (int s = 0; s < kSteps; ++s) {
+    m.ZeroGrad();
+    for (int k = 0; k < kMicro; ++k) {
+      EXPECT_TRUE(m.ForwardBackward(ins[s * kMicro + k].data(), tgts[s * kMicro + k].data(),
+                                    1.f / kMicro)
+                      .ok());
+    }
+    auto loss = m.TakeLoss();
+    EXPECT_TRUE(loss.ok()) << loss.status();
+    out.losses.push_back(loss.ok() ? *loss : std::nan(""));
+    if (s == kSteps - 1) {
+      out.grads.resize(m.num_params());
+      EXPECT_TRUE(m.GetGrads(out.grads.data()).ok());
+    }
+    AdamWHyper h;
+    h.lr = 1e-3f;
+    h.weight_decay = 0.1f;
+    h.step = s + 1;
+    m.AdamWStep(h);
+  }
+  out.params.resize(m.num_params());
+  EXPECT_TRUE(m.GetParams(out.params.data()).ok());
+  return out;
+}
+
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+struct StreamCase {
+  const char* name;
+  ModelConfig cfg;
+  int B, T;
+  Precision p;
+  Recompute r;
+  const char* bias_grad;
+};
+
+void CheckTwoStreams(const std::vector<StreamCase>& cases) {
+  for (const StreamCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const TwoStreamRun one = TrainForStreams(c.cfg, c.B, c.T, c.p, c.r, 0, c.bias_grad);
+    const TwoStreamRun two = TrainForStreams(c.cfg, c.B, c.T, c.p, c.r, 1, c.bias_grad);
+    ASSERT_EQ(one.losses.size(), 3u);
+    EXPECT_EQ(two.losses, one.losses);
+    EXPECT_TRUE(SameBits(two.grads, one.grads)) << "gradients differ";
+    EXPECT_TRUE(SameBits(two.params, one.params)) << "weights differ";
+    EXPECT_TRUE(std::all_of(one.losses.begin(), one.losses.end(),
+                            [](double l) { return std::isfinite(l); }));
+  }
+}
+
+TEST(CudaModel, WeightGradientStreamIsBitIdentical) {
+  REQUIRE_GPU();
+  CheckTwoStreams({
+      {"gpt2 fp32", Gpt2Tiny(), kB, kT, Precision::kFp32, Recompute::kNone, "kernel"},
+      {"llama fp32", LlamaTiny(), kB, kT, Precision::kFp32, Recompute::kNone, "kernel"},
+      {"gpt2 bf16", Gpt2Tiny(), kB, kT, Precision::kBf16, Recompute::kNone, "kernel"},
+      {"llama bf16", LlamaTiny(), kB, kT, Precision::kBf16, Recompute::kNone, "kernel"},
+      {"gpt2 bf16 norm_gelu", Gpt2Tiny(), kB, kT, Precision::kBf16, Recompute::kNormGelu,
+       "kernel"},
+      {"llama bf16 gelu", LlamaTiny(), kB, kT, Precision::kBf16, Recompute::kGelu, "kernel"},
+      {"gpt2 bf16 norm+qv", Gpt2Tiny(), kB, kT, Precision::kBf16, Recompute::kNone, "norm+qv"},
+      {"gpt2 hd64 bf16", Gpt2Hd64(), 2, 320, Precision::kBf16, Recompute::kNone, "kernel"},
+      {"gpt2 hd64 bf16 norm_gelu norm+qv", Gpt2Hd64(), 2, 320, Precision::kBf16,
+       Recompute::kNormGelu, "norm+qv"},
+  });
+}
+
+// The same with the c_fc bias gradient from the DGELU GEMM (which then runs
+// on the main stream while c_fc's dW runs beside it). Apart, so that run.sh
+// runs it only where the DGELU_BGRAD tests run (a cuBLASLt surprise there
+// must not fail the other runs).
+TEST(CudaModel, WeightGradientStreamWithTheDGeluBiasIsBitIdentical) {
+  REQUIRE_GPU();
+  CheckTwoStreams({
+      {"gpt2 bf16 norm+dgelu+qv", Gpt2Tiny(), kB, kT, Precision::kBf16, Recompute::kNone,
+       "norm+dgelu+qv"},
+      {"gpt2 hd64 bf16 norm_gelu norm+dgelu+qv", Gpt2Hd64(), 2, 320, Precision::kBf16,
+       Recompute::kNormGelu, "norm+dgelu+qv"},
+  });
+}
+
+// The gradient-ready hook (data parallelism's overlap): when a range's
+// wait_ready returns, the range must hold its final gradients -- with the
+// weight gradients on a second stream too, where a range's event has to
+// cover both streams. Each range is copied to the host right after its
+// wait, with a plain cudaMemcpy (the legacy default stream, not ordered
+// with the model's non-blocking streams), while the GPU is still working
+// through the backward; the copies must equal the gradients read after a
+// full synchronisation. Head dim 64 x 320 tokens so the backward lasts.
+TEST(CudaModel, GradReadyRangesAreCompleteWhenReported) {
+  REQUIRE_GPU();
+  const ModelConfig cfg = Gpt2Hd64();
+  const int B = 2, T = 320;
+  for (int wgrad : {0, 1}) {
+    SCOPED_TRACE(wgrad ? "two streams" : "one stream");
+    CudaModelOptions o;
+    o.precision = Precision::kBf16;
+    o.xent_chunk_rows = 0;
+    o.wgrad_stream = wgrad;
+    auto m_or = CudaModel::Create(cfg, B, T, o);
+    ASSERT_TRUE(m_or.ok()) << m_or.status();
+    CudaModel& m = **m_or;
+    ASSERT_TRUE(m.InitWeights(kInitSeed).ok());
+    struct Pending {
+      int64_t offset, count;
+      std::function<absl::Status()> wait;
+    };
+    std::vector<Pending> pending;
+    m.SetGradReadyHook([&](int64_t offset, int64_t count, std::function<absl::Status()> wait) {
+      pending.push_back({offset, count, std::move(wait)});
+    });
+    const auto in = RandomTokens(B * T, cfg.vocab_size, 61);
+    const auto tgt = RandomTokens(B * T, cfg.vocab_size, 62);
+    for (int micro = 0; micro < 3; ++micro) {  // the first backward is one-stream
+      SCOPED_TRACE(micro);
+      m.ZeroGrad();
+      pending.clear();
+      ASSERT_TRUE(m.ForwardBackward(in.data(), tgt.data(), 1.f).ok());
+      ASSERT_FALSE(pending.empty());
+      std::vector<std::vector<float>> early;
+      for (Pending& p : pending) {
+        ASSERT_TRUE(p.wait().ok());
+        early.emplace_back(p.count);
+        ASSERT_EQ(cudaMemcpy(early.back().data(), m.device_grads() + p.offset,
+                             p.count * sizeof(float), cudaMemcpyDeviceToHost),
+                  cudaSuccess);
+      }
+      ASSERT_TRUE(m.Synchronize().ok());
+      std::vector<float> all(m.num_params());
+      ASSERT_TRUE(m.GetGrads(all.data()).ok());
+      for (size_t i = 0; i < pending.size(); ++i) {
+        EXPECT_EQ(std::memcmp(early[i].data(), all.data() + pending[i].offset,
+                              pending[i].count * sizeof(float)),
+                  0)
+            << "range " << i << " (offset " << pending[i].offset << ") was not final";
+      }
+      ASSERT_TRUE(m.TakeLoss().ok());
+    }
+  }
 }
 
 // Head dim 16 (the tiny configs) runs the SIMT attention kernels, 64 the

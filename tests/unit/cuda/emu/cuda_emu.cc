@@ -592,6 +592,21 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int /*flags
   *stream = reinterpret_cast<cudaStream_t>(new int(0));
   return cudaSuccess;
 }
+// A stream is a heap int holding its priority (work runs at once anyway).
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t* stream, unsigned int /*flags*/,
+                                         int priority) {
+  *stream = reinterpret_cast<cudaStream_t>(new int(priority));
+  return cudaSuccess;
+}
+cudaError_t cudaStreamGetPriority(cudaStream_t stream, int* priority) {
+  *priority = stream == nullptr ? 0 : *reinterpret_cast<int*>(stream);
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetStreamPriorityRange(int* least, int* greatest) {
+  *least = 0;  // an H100's range
+  *greatest = -5;
+  return cudaSuccess;
+}
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   delete reinterpret_cast<int*>(stream);
   return cudaSuccess;
