@@ -183,7 +183,9 @@ fi
 if [[ $MODE == ab ]]; then
   # Each variant is NAME or NAME:ENV=VALUE;ENV=VALUE. The default list times
   # the GEMM-side options not yet measured first (the bias-gradient sources,
-  # the weight gradients on a second stream, in-place autotuning), then the attention kernels the default engine
+  # the weight gradients on a second stream, the cross-entropy beside the
+  # logits GEMM in 4 or 8 chunks with a quarter or a sixth of the SMs,
+  # in-place autotuning), then the attention kernels the default engine
   # (cuDNN's attention under auto where it loads) replaced, with the default
   # engine three times among them so its noise shows. (The other attention
   # variants lost to cuDNN's by 5-8% on an H100 and are left to
@@ -192,6 +194,7 @@ if [[ $MODE == ab ]]; then
   variants=${LLMT_AB_VARIANTS:-"base bgrad-norm:LLMT_BIAS_GRAD=norm
     bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-qv:LLMT_BIAS_GRAD=qv
     bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv wstream:LLMT_WGRAD_STREAM=1
+    xov8:LLMT_XENT_OVERLAP=8 xov4:LLMT_XENT_OVERLAP=4 xov8s22:LLMT_XENT_OVERLAP=8:22
     inplace:LLMT_GEMM_AUTOTUNE=exact+inplace cand32:LLMT_GEMM_CANDIDATES=32 tunewide:LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32
     base2 bgrad-nq:LLMT_BIAS_GRAD=norm+qv bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu
     bgrad:LLMT_BIAS_GRAD=epilogue base3
@@ -279,7 +282,8 @@ if [[ $MODE != bench ]]; then
   # and 32 autotuning candidates together, and with dgelu; both again with
   # the weight gradients on a second stream (LLMT_WGRAD_STREAM=1: every
   # model test, parity with the CPU included, and the training tests'
-  # resume and overlapped all-reduce on two streams). The DGELU bias
+  # resume and overlapped all-reduce on two streams: TRAIN_CORE) and with
+  # the cross-entropy beside the logits GEMM (LLMT_XENT_OVERLAP=4). The DGELU bias
   # tests (cuBLASLt's DGELU_BGRAD epilogue) run only in the dgelu runs, so
   # that a failure there gates dgelu alone. The fused wgmma
   # backwards (wgmma-fused, -2wg: blocks wait on each other, a fault could
@@ -291,6 +295,11 @@ if [[ $MODE != bench ]]; then
   # PIP_LIBS); the kernel test logs cuDNN's own errors, the diagnosis if it
   # declines.
   NEW_KERNEL_TESTS='*Wgmma*:*ForwardVariants*'
+  # The training tests an engine option needs: training and checkpoints,
+  # bit-identical resume, fp32 against the CPU step by step, and the NCCL
+  # all-reduce overlapped with the backward.
+  TRAIN_CORE='*.Bf16TrainsAndCheckpoints/*:*.ResumeIsBitIdentical/*:*.Fp32MatchesCpu/*'
+  TRAIN_CORE+=':*.NcclWorldSizeOneMatchesLocal/*'
   FUSED_ENV='LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma-fused'
   FUSED2_ENV='LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma-fused-2wg'
   RUNS=()
@@ -314,6 +323,7 @@ if [[ $MODE != bench ]]; then
                "$t|-*Cudnn*:*DGelu*|cuda_model_test-bgradnq|LLMT_BIAS_GRAD=norm+qv"
                "$t|-*Cudnn*|cuda_model_test-bgraddgelu|LLMT_BIAS_GRAD=dgelu"
                "$t|-*Cudnn*:*DGelu*|cuda_model_test-wstream|LLMT_WGRAD_STREAM=1"
+               "$t|-*Cudnn*:*DGelu*|cuda_model_test-xov|LLMT_XENT_OVERLAP=4"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       cuda_train_test)
         RUNS+=("$t|-*Cudnn*:*WgmmaFused*|cuda_train_test|"
@@ -321,7 +331,8 @@ if [[ $MODE != bench ]]; then
                "$t|*WgmmaFused*|cuda_train_test-wgfused|"
                "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-opts|LLMT_BIAS_GRAD=norm+qv;LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32"
                "$t|*.Bf16TrainsAndCheckpoints/*:*.ResumeIsBitIdentical/*|cuda_train_test-dgelu|LLMT_BIAS_GRAD=dgelu"
-               "$t|-*Cudnn*:*WgmmaFused*|cuda_train_test-wstream|LLMT_WGRAD_STREAM=1"
+               "$t|$TRAIN_CORE|cuda_train_test-wstream|LLMT_WGRAD_STREAM=1"
+               "$t|$TRAIN_CORE|cuda_train_test-xov|LLMT_XENT_OVERLAP=4"
                "$t|*Cudnn*|cuda_train_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
       *) RUNS+=("$t|*|$(basename "$t")|") ;;
     esac

@@ -10,7 +10,8 @@
 #   3. run.sh --bench-only   GPT-2 124M and Llama ~350M vs PyTorch with the
 #                            winners combined: per group (forward attention,
 #                            backward attention, GEMM autotuning, classifier
-#                            chunks, bias-gradient source, weight-gradient
+#                            chunks or overlap (one group: they exclude each
+#                            other), bias-gradient source, weight-gradient
 #                            stream) the variant that
 #                            beat the mean of the default engine's runs by
 #                            >= LLMT_WIN_MIN (default 1.005x) in step 2 --
@@ -50,7 +51,7 @@ trap finish EXIT
 
 # ---- 1. tests -----------------------------------------------------------------
 note "1. GPU tests"
-LLMT_BENCH_LOGS=$S/tests LLMT_BENCH_BUDGET_S=190 timeout -k 5 200 \
+LLMT_BENCH_LOGS=$S/tests LLMT_BENCH_BUDGET_S=200 timeout -k 5 210 \
   bash bench/gpu/run.sh --tests-only >"$S/tests.out" 2>&1
 echo "run.sh --tests-only exit $?" >>"$S/session.txt"
 sed -n '/^test binary/,/^$/p' "$S/tests.out" >>"$S/session.txt"
@@ -81,11 +82,13 @@ gate BD_OK "bias gradients from the DGELU GEMM" cuda_matmul_test-dgelu \
   cuda_model_test-bgraddgelu cuda_train_test-dgelu
 gate IP_OK "in-place / 32-candidate autotuning" cuda_matmul_test cuda_train_test-opts
 gate WS_OK "weight gradients on a second stream" cuda_model_test-wstream cuda_train_test-wstream
+gate XO_OK "cross-entropy beside the logits GEMM" cuda_kernels_test cuda_matmul_test \
+  cuda_model_test-xov cuda_train_test-xov
 gate CD_OK "cuDNN attention" cuda_kernels_test-cudnn cuda_model_test-cudnn
 
 # ---- 2. A/B ----------------------------------------------------------------
 note "2. A/B"
-lim=$(($(left) - 220))
+lim=$(($(left) - 215))
 ((lim > 260)) && lim=260
 if ((lim >= 60)); then
   LLMT_BENCH_LOGS=$S/ab LLMT_BENCH_BUDGET_S=$((lim - 5)) timeout -k 5 "$lim" \
@@ -112,6 +115,7 @@ declare -A ENV=(
   [bgrad-ndq]="LLMT_BIAS_GRAD=norm+dgelu+qv" [cand32]="LLMT_GEMM_CANDIDATES=32"
   [tunewide]="LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32"
   [bgrad-nq]="LLMT_BIAS_GRAD=norm+qv" [wstream]="LLMT_WGRAD_STREAM=1"
+  [xov4]="LLMT_XENT_OVERLAP=4" [xov8]="LLMT_XENT_OVERLAP=8" [xov8s22]="LLMT_XENT_OVERLAP=8:22"
   [fwd-cudnn]="LLMT_ATTN_FWD=cudnn" [bwd-cudnn]="LLMT_ATTN_BWD=cudnn"
   [bwd-cudnn-det]="LLMT_ATTN_BWD=cudnn-det")
 gain() { awk -v n="$1" '$1 == n && $4 ~ /^[0-9.]+$/ {print $4}' "$S/ab/ab.txt" 2>/dev/null; }
@@ -131,6 +135,7 @@ pick() {  # best variant of a group that beats the base by MIN_GAIN
     [[ ($v == inplace || $v == cand32 || $v == tunewide) && $IP_OK != 1 ]] && continue
     [[ $v == *cudnn* && $CD_OK != 1 ]] && continue
     [[ $v == wstream && $WS_OK != 1 ]] && continue
+    [[ $v == xov* && $XO_OK != 1 ]] && continue
     g=$(gain "$v")
     [[ -n $g ]] && awk -v g="$g" -v b="$bg" 'BEGIN {exit !(g >= b)}' && { best=$v; bg=$g; }
   done
@@ -142,7 +147,7 @@ WIN=()
 for group in "fwd-wg fwd-wg-pipe fwd-wg-2wg fwd-wg-pipe-2wg fwd-m64 fwd-n128 fwd-cudnn" \
              "bwd-wg bwd-wg-ss bwd-wg-fused bwd-wg-fused-2wg bwd-cudnn-det" \
              "inplace cand32 tunewide" \
-             "xent128 xent256 xent512" \
+             "xent128 xent256 xent512 xov4 xov8 xov8s22" \
              "bgrad bgrad-norm bgrad-dgelu bgrad-qv bgrad-nq bgrad-nd bgrad-ndq" \
              "wstream"; do
   # shellcheck disable=SC2086

@@ -144,26 +144,30 @@ __device__ __forceinline__ void RowRewrite(T* x, int n, int64_t ld, F f) {
   }
 }
 
+// Rows blockIdx.x, blockIdx.x + gridDim.x, ... (one row per block unless the
+// caller caps the grid: SoftmaxCrossEntropy's max_blocks).
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
     SoftmaxCrossEntropyKernel(T* logits, const int32_t* targets, int n, int64_t ld,
-                              float grad_scale, float* row_losses) {
-  const int64_t row = blockIdx.x;
-  T* x = logits + row * ld;
-  const int y = targets[row];
-  const bool valid = y >= 0 && y < n;
-  // Read the target logit before any thread overwrites the row (the
-  // block-wide combine below is a barrier).
-  const float xy = valid ? ToF(x[y]) : 0.f;
-  const MaxSum ms = BlockCombine(RowMaxSum<T, V>(x, n));
-  if (threadIdx.x == 0) row_losses[row] = valid ? logf(ms.s) - (xy - ms.m) : NAN;
-  const float k = valid ? grad_scale / ms.s : 0.f;
-  const float m = ms.m;
-  RowRewrite<T, V>(x, n, ld, [=](int j, float v) {
-    float g = k * Exp<T>(v - m);
-    if (j == y) g -= grad_scale;
-    return g;
-  });
+                              float grad_scale, float* row_losses, int64_t rows) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    if (row != blockIdx.x) __syncthreads();  // BlockCombine's slots are free again
+    T* x = logits + row * ld;
+    const int y = targets[row];
+    const bool valid = y >= 0 && y < n;
+    // Read the target logit before any thread overwrites the row (the
+    // block-wide combine below is a barrier).
+    const float xy = valid ? ToF(x[y]) : 0.f;
+    const MaxSum ms = BlockCombine(RowMaxSum<T, V>(x, n));
+    if (threadIdx.x == 0) row_losses[row] = valid ? logf(ms.s) - (xy - ms.m) : NAN;
+    const float k = valid ? grad_scale / ms.s : 0.f;
+    const float m = ms.m;
+    RowRewrite<T, V>(x, n, ld, [=](int j, float v) {
+      float g = k * Exp<T>(v - m);
+      if (j == y) g -= grad_scale;
+      return g;
+    });
+  }
 }
 
 template <typename T, int V>
@@ -231,23 +235,17 @@ __device__ __forceinline__ void CpAsyncWaitAll() {
 #endif
 }
 
-// One block per row; needs ld % V == 0 and a 16-byte aligned row (UseVec),
-// dynamic shared memory of ceil(n / V) 16-byte vectors.
-template <typename T>
-__global__ void __launch_bounds__(kRowThreads, 2)
-    SoftmaxCrossEntropyRowKernel(T* logits, const int32_t* targets, int n, int64_t ld,
-                                 float grad_scale, float* row_losses) {
-  constexpr int V = 16 / sizeof(T);
-  LLMT_DYNAMIC_SMEM(smem_raw);
-  Vec<T, V>* s = reinterpret_cast<Vec<T, V>*>(smem_raw);
-  const int64_t row = blockIdx.x;
-  T* x = logits + row * ld;
+// One row of SoftmaxCrossEntropyRowKernel: x is the row, *target its target.
+template <typename T, int V>
+__device__ __forceinline__ void CrossEntropyStagedRow(Vec<T, V>* s, T* x, const int32_t* target,
+                                                      int n, int64_t ld, float grad_scale,
+                                                      float* row_loss) {
   const int tid = threadIdx.x, nt = blockDim.x;
   const int nfull = n / V;            // vectors of real columns only
   const int nread = (n + V - 1) / V;  // + the one straddling n (within ld)
   const int nld = static_cast<int>(ld / V);
   for (int j = tid; j < nread; j += nt) CpAsync16(s + j, x + static_cast<int64_t>(j) * V);
-  const int y = targets[row];  // overlaps the copies
+  const int y = *target;  // overlaps the copies
   const bool valid = y >= 0 && y < n;
   CpAsyncWaitAll();
 
@@ -272,7 +270,7 @@ __global__ void __launch_bounds__(kRowThreads, 2)
   const MaxSum ms = BlockCombine(acc);  // a barrier: all copies now visible
   if (tid == 0) {
     const float xy = valid ? ToF(reinterpret_cast<const T*>(s)[y]) : 0.f;
-    row_losses[row] = valid ? logf(ms.s) - (xy - ms.m) : NAN;
+    *row_loss = valid ? logf(ms.s) - (xy - ms.m) : NAN;
   }
   const float kscale = valid ? grad_scale / ms.s : 0.f;
   const float m = ms.m, mL = ms.m * kLog2e;
@@ -302,6 +300,26 @@ __global__ void __launch_bounds__(kRowThreads, 2)
   }
 }
 
+// One block per row (or rows blockIdx.x, blockIdx.x + gridDim.x, ... when
+// the caller caps the grid); needs ld % V == 0 and a 16-byte aligned row
+// (UseVec), dynamic shared memory of ceil(n / V) 16-byte vectors.
+template <typename T>
+__global__ void __launch_bounds__(kRowThreads, 2)
+    SoftmaxCrossEntropyRowKernel(T* logits, const int32_t* targets, int n, int64_t ld,
+                                 float grad_scale, float* row_losses, int64_t rows) {
+  constexpr int V = 16 / sizeof(T);
+  LLMT_DYNAMIC_SMEM(smem_raw);
+  Vec<T, V>* s = reinterpret_cast<Vec<T, V>*>(smem_raw);
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    // The previous row is done with the staged row (thread 0 reads the
+    // target's entry, written by another thread) and with BlockCombine's
+    // slots before this row's copies overwrite them. Uniform: no divergence.
+    if (row != blockIdx.x) __syncthreads();
+    CrossEntropyStagedRow(s, logits + row * ld, targets + row, n, ld, grad_scale,
+                          row_losses + row);
+  }
+}
+
 // LLMT_LEGACY_KERNELS (common.cuh) containing "xent": the two-pass
 // SoftmaxCrossEntropyKernel above instead of the row kernel. Read once, at
 // the first call.
@@ -315,7 +333,7 @@ std::atomic<bool>& LegacyXent() {
 // the caller runs the two-pass kernel.
 template <typename T>
 bool LaunchCERow(T* logits, const int32_t* targets, int64_t rows, int V, int64_t ld,
-                 float grad_scale, float* row_losses, cudaStream_t stream) {
+                 float grad_scale, float* row_losses, unsigned grid, cudaStream_t stream) {
   constexpr int kV = kVec<T>;
   if (LegacyXent().load(std::memory_order_relaxed) || !UseVec(logits, ld)) return false;
   const int64_t nread = CeilDiv(V, kV);
@@ -335,8 +353,8 @@ bool LaunchCERow(T* logits, const int32_t* targets, int64_t rows, int V, int64_t
   // Small rows: fewer threads (whole warps), every thread at least one vector.
   const int threads = static_cast<int>(
       std::min<int64_t>(kRowThreads, std::max<int64_t>(32, CeilDiv(nread, 32) * 32)));
-  internal::Launch(kernel, static_cast<unsigned>(rows), threads, bytes, stream, logits, targets, V,
-                   ld, grad_scale, row_losses);
+  internal::Launch(kernel, grid, threads, bytes, stream, logits, targets, V, ld, grad_scale,
+                   row_losses, rows);
   LLMT_CUDA_CHECK_LAUNCH("SoftmaxCrossEntropyRowKernel", stream);
   return true;
 }
@@ -350,16 +368,18 @@ void CheckShape(const char* kernel, int64_t rows, int V, int64_t ld) {
 
 template <typename T>
 void LaunchCE(T* logits, const int32_t* targets, int64_t rows, int V, int64_t ld, float grad_scale,
-              float* row_losses, cudaStream_t stream) {
+              float* row_losses, cudaStream_t stream, int max_blocks) {
   if (rows <= 0) return;
   CheckShape("SoftmaxCrossEntropy", rows, V, ld);
-  if (LaunchCERow(logits, targets, rows, V, ld, grad_scale, row_losses, stream)) return;
+  const auto grid =
+      static_cast<unsigned>(max_blocks > 0 ? std::min<int64_t>(rows, max_blocks) : rows);
+  if (LaunchCERow(logits, targets, rows, V, ld, grad_scale, row_losses, grid, stream)) return;
   if (UseVec(logits, ld)) {
-    internal::Launch(SoftmaxCrossEntropyKernel<T, kVec<T>>, static_cast<unsigned>(rows), kThreads,
-                     0, stream, logits, targets, V, ld, grad_scale, row_losses);
+    internal::Launch(SoftmaxCrossEntropyKernel<T, kVec<T>>, grid, kThreads, 0, stream, logits,
+                     targets, V, ld, grad_scale, row_losses, rows);
   } else {
-    internal::Launch(SoftmaxCrossEntropyKernel<T, 1>, static_cast<unsigned>(rows), kThreads, 0,
-                     stream, logits, targets, V, ld, grad_scale, row_losses);
+    internal::Launch(SoftmaxCrossEntropyKernel<T, 1>, grid, kThreads, 0, stream, logits, targets,
+                     V, ld, grad_scale, row_losses, rows);
   }
   LLMT_CUDA_CHECK_LAUNCH("SoftmaxCrossEntropyKernel", stream);
 }
@@ -383,12 +403,14 @@ void LaunchSoftmax(T* x, int64_t rows, int V, int64_t ld, cudaStream_t stream) {
 bool SetLegacySoftmaxCrossEntropy(bool legacy) { return LegacyXent().exchange(legacy); }
 
 void SoftmaxCrossEntropy(float* logits, const int32_t* targets, int64_t rows, int V, int64_t ld,
-                         float grad_scale, float* row_losses, cudaStream_t stream) {
-  LaunchCE(logits, targets, rows, V, ld, grad_scale, row_losses, stream);
+                         float grad_scale, float* row_losses, cudaStream_t stream,
+                         int max_blocks) {
+  LaunchCE(logits, targets, rows, V, ld, grad_scale, row_losses, stream, max_blocks);
 }
 void SoftmaxCrossEntropy(bf16* logits, const int32_t* targets, int64_t rows, int V, int64_t ld,
-                         float grad_scale, float* row_losses, cudaStream_t stream) {
-  LaunchCE(logits, targets, rows, V, ld, grad_scale, row_losses, stream);
+                         float grad_scale, float* row_losses, cudaStream_t stream,
+                         int max_blocks) {
+  LaunchCE(logits, targets, rows, V, ld, grad_scale, row_losses, stream, max_blocks);
 }
 void Softmax(float* x, int64_t rows, int V, int64_t ld, cudaStream_t stream) {
   LaunchSoftmax(x, rows, V, ld, stream);

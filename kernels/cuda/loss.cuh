@@ -23,10 +23,15 @@ namespace llmt::kernels::cuda {
 // columns [V, ld) set to 0, so they contribute no gradient.
 // A target outside [0, V) yields a NaN row loss and a zero gradient row (the
 // caller validates targets; NaN makes a violation visible in the loss).
+// max_blocks > 0 caps the grid: each block then takes rows b, b + grid, ...
+// in turn (the same per-row arithmetic, so bit-identical results), e.g. to
+// leave most SMs to a GEMM running beside it on another stream.
 void SoftmaxCrossEntropy(float* logits, const int32_t* targets, int64_t rows, int V, int64_t ld,
-                         float grad_scale, float* row_losses, cudaStream_t stream);
+                         float grad_scale, float* row_losses, cudaStream_t stream,
+                         int max_blocks = 0);
 void SoftmaxCrossEntropy(bf16* logits, const int32_t* targets, int64_t rows, int V, int64_t ld,
-                         float grad_scale, float* row_losses, cudaStream_t stream);
+                         float grad_scale, float* row_losses, cudaStream_t stream,
+                         int max_blocks = 0);
 
 // A/B switch: true runs the previous two-pass kernel for every row. It starts
 // as LLMT_LEGACY_KERNELS (a comma-separated list of kernel names, read once)

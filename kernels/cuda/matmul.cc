@@ -114,7 +114,8 @@ std::string Describe(const GemmOp& op) {
                       " trans_b=", op.trans_b, " A=", DTypeName(op.a_type), "/lda=", op.lda,
                       " B=", DTypeName(op.b_type), "/ldb=", op.ldb, " D=", DTypeName(op.d_type),
                       "/ldd=", op.ldd, " beta=", op.beta, " epilogue=", EpiName(EpilogueOf(op)),
-                      op.bgrad != nullptr ? absl::StrCat("/", DTypeName(op.bgrad_type)) : "");
+                      op.bgrad != nullptr ? absl::StrCat("/", DTypeName(op.bgrad_type)) : "",
+                      op.sm_count > 0 ? absl::StrCat(" sm_count=", op.sm_count) : "");
 }
 
 }  // namespace
@@ -149,9 +150,10 @@ struct PlanKey {
   DType bgt;  // the bias gradient's type (bias-gradient epilogues; else kF32)
   uint32_t align_a, align_b, align_c, align_d;
   bool tf32;
+  int sm_count;  // GemmOp::sm_count
   auto Tie() const {
     return std::tie(ta, tb, M, N, K, at, bt, dt, lda, ldb, ldc, ldd, ldaux, epi, bgt, align_a,
-                    align_b, align_c, align_d, tf32);
+                    align_b, align_c, align_d, tf32, sm_count);
   }
   bool operator<(const PlanKey& o) const { return Tie() < o.Tie(); }
 };
@@ -363,6 +365,7 @@ void Validate(const GemmOp& op) {
     }
   }
   if (op.C == nullptr && op.beta != 0.f) fail("beta != 0 needs C");
+  if (op.sm_count < 0) fail("sm_count must be >= 0");
 }
 
 Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
@@ -387,7 +390,8 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
                     AlignOf(op.B),
                     AlignOf(lt.c.ptr),
                     AlignOf(op.D),
-                    tf32};
+                    tf32,
+                    op.sm_count};
   auto it = impl.plans.find(key);
   if (it != impl.plans.end()) return it->second.get();
 
@@ -408,6 +412,11 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
     const int64_t ldaux = op.ldaux;
     LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ldaux, sizeof(ldaux)));
+  }
+  if (op.sm_count > 0) {
+    const int32_t sms = op.sm_count;
+    LLMT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof(sms)));
   }
   if (IsBgrad(epi)) {
     // fp32 sums whatever the operands, unless the caller asks for bf16 ones.

@@ -189,6 +189,10 @@ struct GemmOp {
   // bgrad's element type: fp32, or bf16 (only with a bf16 D) where cuBLASLt
   // offers no fp32 bias gradient for the epilogue.
   DType bgrad_type = DType::kF32;
+  // > 0: how many SMs the GEMM may assume it has (cuBLASLt's
+  // CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET), to leave the rest to a kernel
+  // running beside it on another stream; 0 = the device's.
+  int sm_count = 0;
 };
 
 // How a row-major GemmOp is posed to (column-major) cuBLASLt: its operand

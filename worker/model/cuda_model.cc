@@ -270,6 +270,13 @@ class CudaModelImpl final : public CudaModel {
   cudaEvent_t wg_main_ = nullptr;  // the main stream's progress, for wstream_ to wait on
   bool wg_async_ = false;          // this backward uses wstream_
   int64_t backwards_ = 0;
+
+  // ---- the cross-entropy beside the logits GEMM (CudaModelOptions::xent_overlap_*) ----
+  cu::Stream xstream_;
+  cudaEvent_t x_ev_ = nullptr;
+  int sm_count_ = 0;   // the device's
+  int xent_sms_ = 0;   // left to the cross-entropy
+  int64_t classifier_calls_ = 0;
   // Runs dinp() (the data gradient, main stream) and dweight(blas, stream)
   // (the weight and bias gradients) for one linear layer: in that order on
   // the main stream without wgrad_stream, as MatmulBackward did in one
@@ -345,6 +352,7 @@ CudaModelImpl<T>::~CudaModelImpl() {
     if (e != nullptr) cudaEventDestroy(e);
   }
   if (wg_main_ != nullptr) cudaEventDestroy(wg_main_);
+  if (x_ev_ != nullptr) cudaEventDestroy(x_ev_);
 }
 
 template <typename T>
@@ -360,6 +368,7 @@ absl::Status CudaModelImpl<T>::Init() {
   RETURN_IF_ERROR(cu::SetDevice(opts_.device));
   ASSIGN_OR_RETURN(auto dev, cu::GetDeviceInfo(opts_.device));
   device_desc_ = dev.ToString();
+  sm_count_ = dev.sm_count;
   C_ = cfg_.d_model;
   NH_ = cfg_.n_head;
   NKV_ = cfg_.n_kv_head;
@@ -478,6 +487,15 @@ absl::Status CudaModelImpl<T>::Init() {
     }
     LLMT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&wg_main_, cudaEventDisableTiming));
     LLMT_LOG(Info) << "weight gradients on a second stream (LLMT_WGRAD_STREAM=1)";
+  }
+  if (opts_.xent_overlap_chunks > 1) {
+    ASSIGN_OR_RETURN(xstream_, cu::Stream::CreateWithPriority(cu::Stream::kHighestPriority));
+    LLMT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&x_ev_, cudaEventDisableTiming));
+    xent_sms_ = std::clamp(opts_.xent_overlap_sms > 0 ? opts_.xent_overlap_sms : sm_count_ / 4, 1,
+                           std::max(1, sm_count_ - 1));
+    LLMT_LOG(Info) << "cross-entropy beside the logits GEMM (LLMT_XENT_OVERLAP): "
+                   << opts_.xent_overlap_chunks << " chunks, " << xent_sms_ << " of "
+                   << sm_count_ << " SMs";
   }
   if (blas_->bias_grad_from_norm() && gpt2()) {
     LLMT_LOG(Info) << "bias gradients of the attention and MLP output projections from the norm "
@@ -788,25 +806,42 @@ void CudaModelImpl<T>::Classifier(int64_t N, float grad_scale, bool with_targets
   op.ldd = Vp_;
   // With xent_chunk_rows, chunk by chunk: each chunk's logits (chunk x Vp)
   // are rewritten as dlogits while still in L2, instead of a second trip
-  // through DRAM. Otherwise (and without targets) one chunk of all N rows.
-  const int64_t chunk =
-      with_targets && opts_.xent_chunk_rows > 0 ? std::min(opts_.xent_chunk_rows, N) : N;
+  // through DRAM. With xent_overlap_chunks, in that many chunks, each
+  // chunk's cross-entropy on xstream_ beside the next chunk's GEMM (which
+  // leaves it xent_sms_ SMs), except in the first call: there everything
+  // runs in order on the main stream, so that autotuning times the chunk
+  // GEMMs on a quiet GPU. Otherwise (and without targets) one chunk of all
+  // N rows.
+  const bool overlap = with_targets && opts_.xent_overlap_chunks > 1;
+  const bool beside = overlap && classifier_calls_++ > 0;
+  const int64_t chunk = overlap ? (N + opts_.xent_overlap_chunks - 1) / opts_.xent_overlap_chunks
+                        : with_targets && opts_.xent_chunk_rows > 0
+                            ? std::min(opts_.xent_chunk_rows, N)
+                            : N;
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t rows = std::min(chunk, N - r0);
     cu::GemmOp c = op;
     c.M = rows;
     c.A = lnf_ + r0 * C_;
     c.D = logits_ + r0 * Vp_;
+    if (overlap && r0 > 0) c.sm_count = sm_count_ - xent_sms_;  // the first has no company
     {
       auto timed = timer_->Time("classifier_gemm");
       cu::Gemm(*blas_, c, s());
     }
-    if (with_targets) {
+    if (!with_targets) continue;
+    const int max_blocks = overlap ? 2 * xent_sms_ : 0;  // two staged rows per SM
+    if (beside) {
+      StreamWait(xstream_.get(), s(), x_ev_);
+      cu::SoftmaxCrossEntropy(logits_ + r0 * Vp_, targets_ + r0, rows, V_, Vp_, grad_scale,
+                              row_losses_ + r0, xstream_.get(), max_blocks);
+    } else {
       auto timed = timer_->Time("softmax_xent");
       cu::SoftmaxCrossEntropy(logits_ + r0 * Vp_, targets_ + r0, rows, V_, Vp_, grad_scale,
-                              row_losses_ + r0, s());
+                              row_losses_ + r0, s(), max_blocks);
     }
   }
+  if (beside) StreamWait(s(), xstream_.get(), x_ev_);  // dlogits and losses before the backward
 }
 
 // A MatmulBackward output left out (typed: the bf16 overloads differ in it).
@@ -1233,6 +1268,22 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& 
   if (o.wgrad_stream < 0) {
     ASSIGN_OR_RETURN(const bool on, ParseWgradStream(std::getenv("LLMT_WGRAD_STREAM")));
     o.wgrad_stream = on ? 1 : 0;
+  }
+  if (o.xent_overlap_chunks < 0) {
+    ASSIGN_OR_RETURN(const XentOverlap x, ParseXentOverlap(std::getenv("LLMT_XENT_OVERLAP")));
+    o.xent_overlap_chunks = x.chunks;
+    o.xent_overlap_sms = x.sms;
+  }
+  if (o.xent_overlap_chunks == 1 || o.xent_overlap_sms < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CudaModelOptions: xent_overlap_chunks ", o.xent_overlap_chunks,
+                     " / xent_overlap_sms ", o.xent_overlap_sms,
+                     ": the chunks must be 0 (off) or >= 2, the SMs >= 0"));
+  }
+  if (o.xent_overlap_chunks > 1 && o.xent_chunk_rows > 0) {
+    return absl::InvalidArgumentError(
+        "LLMT_XENT_OVERLAP and LLMT_XENT_CHUNK_ROWS (xent_overlap_chunks, xent_chunk_rows) "
+        "exclude each other: both split the classifier into chunks");
   }
   if (cu::DeviceCount() == 0) {
     return absl::FailedPreconditionError(

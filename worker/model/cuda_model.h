@@ -63,7 +63,29 @@ struct CudaModelOptions {
   // has one writer). A/B option, not yet run on a GPU. 1 on, 0 off, -1
   // (the default) = from LLMT_WGRAD_STREAM (ParseWgradStream), else off.
   int wgrad_stream = -1;
+  // The classifier's cross-entropy beside its logits GEMM: > 1 splits the
+  // micro-batch's rows into this many chunks; chunk i's cross-entropy (on a
+  // stream of its own, its grid capped to 2 blocks per SM of
+  // xent_overlap_sms) runs while the GEMM of chunk i + 1 (told by cuBLASLt's
+  // SM count target to leave those SMs free) computes, so that the
+  // bandwidth-bound pass hides under the compute-bound one. Results are
+  // those of the one-GEMM classifier (the same per-row kernel; the chunk
+  // GEMMs sum each element in cuBLASLt's order for their shape). A/B option,
+  // not yet run on a GPU; excludes xent_chunk_rows. 0 off, -1 (the default)
+  // = from LLMT_XENT_OVERLAP (ParseXentOverlap), else off.
+  int xent_overlap_chunks = -1;
+  // SMs left to the cross-entropy; 0 = a quarter of the device's.
+  int xent_overlap_sms = 0;
 };
+
+// LLMT_XENT_OVERLAP: unset, "", "0" or "off" -> {0, 0}; "K" (2..64 chunks)
+// -> {K, 0}; "K:S" -> {K, S} (S in 1..1024 SMs for the cross-entropy).
+// Anything else an error naming the variable.
+struct XentOverlap {
+  int chunks = 0;
+  int sms = 0;
+};
+absl::StatusOr<XentOverlap> ParseXentOverlap(const char* env);
 
 // LLMT_WGRAD_STREAM: unset, "", "0" or "off" -> false; "1" or "on" -> true;
 // anything else an error naming the variable.

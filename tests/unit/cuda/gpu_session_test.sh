@@ -38,8 +38,9 @@ EOF
 # kernels lose; the bias gradients from the norm and the DGELU GEMM and
 # without the key third win together (each alone less), in-place
 # autotuning and 32 autotuning candidates win, both together more, so do
-# the weight gradients on a second stream; the bias-gradient epilogue
-# loses; every call's settings are recorded.
+# the weight gradients on a second stream and the cross-entropy beside the
+# logits GEMM (8 chunks best); the bias-gradient epilogue loses; every
+# call's settings are recorded.
 cat >"$W/bundle/bin/bench_gpu_train" <<'EOF'
 #!/bin/bash
 model=gpt2-124m batch=64
@@ -66,7 +67,12 @@ esac
 [[ ${LLMT_GEMM_CANDIDATES:-} == 32 && ${LLMT_GEMM_AUTOTUNE:-} == exact+inplace ]] &&
   tps=$((tps + 3000))
 [[ ${LLMT_WGRAD_STREAM:-} == 1 ]] && tps=$((tps + 7000))
-echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} bias=${LLMT_BIAS_GRAD:-} tune=${LLMT_GEMM_AUTOTUNE:-} cand=${LLMT_GEMM_CANDIDATES:-} ws=${LLMT_WGRAD_STREAM:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
+case ${LLMT_XENT_OVERLAP:-} in
+  8) tps=$((tps + 12000)) ;;
+  4) tps=$((tps + 8000)) ;;
+  8:22) tps=$((tps + 10000)) ;;
+esac
+echo "$model fwd=${LLMT_ATTN_FWD:-} bwd=${LLMT_ATTN_BWD:-} bias=${LLMT_BIAS_GRAD:-} tune=${LLMT_GEMM_AUTOTUNE:-} cand=${LLMT_GEMM_CANDIDATES:-} ws=${LLMT_WGRAD_STREAM:-} xov=${LLMT_XENT_OVERLAP:-} profile=${LLMT_CUDA_PROFILE:-}" >>"$CALLS"
 echo "RESULT name=$model impl=llmt batch=$batch seq=1024 params=1 tokens_per_s=$tps.0 mfu=0.40 step_ms=100 first_loss=10.9 last_loss=9.5"
 EOF
 cat >"$W/bundle/bin/bench_attention" <<'EOF'
@@ -79,7 +85,8 @@ EOF
 # run when FAIL_BGNORM is, and every run of the DGELU bias gradient (its
 # matmul run by filter, its model and training runs by environment) when
 # FAIL_BGDGELU is, or the runs with in-place autotuning when FAIL_TUNE is,
-# or the runs with the weight gradients on a second stream when FAIL_WS is.
+# or the runs with the weight gradients on a second stream when FAIL_WS is,
+# or those with the cross-entropy beside the logits GEMM when FAIL_XO is.
 for t in comm_gpu_test cuda_kernels_test cuda_matmul_test cuda_model_test cuda_train_test; do
   cat >"$W/bundle/bin/tests/$t" <<'EOF'
 #!/bin/bash
@@ -89,6 +96,7 @@ if [[ -n ${FAIL_CUDNN:-} && ${LLMT_REQUIRE_CUDNN:-} == 1 ]] ||
                                "$*" == *"filter=*DGeluBias*"*) ]] ||
    [[ -n ${FAIL_TUNE:-} && ${LLMT_GEMM_AUTOTUNE:-} == *inplace* ]] ||
    [[ -n ${FAIL_WS:-} && ${LLMT_WGRAD_STREAM:-} == 1 ]] ||
+   [[ -n ${FAIL_XO:-} && -n ${LLMT_XENT_OVERLAP:-} ]] ||
    [[ -n ${FAIL_WGFUSED:-} && ("$*" == *"filter=*WgmmaFused*"* ||
                                ${LLMT_ATTN_BWD:-} == wgmma-fused*) ]]; then
   echo "[  FAILED  ] 1 test, listed below:"; exit 1
@@ -139,6 +147,8 @@ check "training run with the GEMM options" "$S" "^cuda_train_test-opts +PASS"
 check "model run with the weight gradients on a second stream" "$S" "^cuda_model_test-wstream +PASS"
 check "training run with the weight gradients on a second stream" "$S" \
   "^cuda_train_test-wstream +PASS"
+check "model run with the cross-entropy overlap" "$S" "^cuda_model_test-xov +PASS"
+check "training run with the cross-entropy overlap" "$S" "^cuda_train_test-xov +PASS"
 check "A/B second and third base rows" "$S" "^base3 +500000.0"
 check "A/B row for the own attention kernels" "$S" "^own +450000.0 .* 0\.900"
 check "A/B row for the atomic cuDNN backward" "$S" "^bwd-cudnn +545000.0 .* 1\.090"
@@ -150,6 +160,9 @@ check "A/B row for all three" "$S" "^bgrad-ndq +526000.0 .* 1\.052"
 check "A/B row for norm without the key third" "$S" "^bgrad-nq +518000.0 .* 1\.036"
 check "A/B row for in-place autotuning" "$S" "^inplace +508000.0 .* 1\.016"
 check "A/B row for the weight-gradient stream" "$S" "^wstream +507000.0 .* 1\.014"
+check "A/B row for the cross-entropy overlap in 8 chunks" "$S" "^xov8 +512000.0 .* 1\.024"
+check "A/B row for the cross-entropy overlap in 4 chunks" "$S" "^xov4 +508000.0 .* 1\.016"
+check "A/B row for the cross-entropy overlap on 22 SMs" "$S" "^xov8s22 +510000.0 .* 1\.020"
 check "A/B row for 32 autotuning candidates" "$S" "^cand32 +506000.0 .* 1\.012"
 check "A/B row for both autotuning options" "$S" "^tunewide +517000.0 .* 1\.034"
 check "A/B row for the bias-gradient epilogue" "$S" "^bgrad +495000.0 .* 0\.990"
@@ -158,13 +171,14 @@ check "bias gradients from the DGELU GEMM: gate open" "$S" "from the DGELU GEMM 
 check "bias gradients without the key third: gate open" "$S" "without the key third tests passed: 1"
 check "in-place autotuning: gate open" "$S" "32-candidate autotuning tests passed: 1"
 check "weight-gradient stream: gate open" "$S" "on a second stream tests passed: 1"
+check "cross-entropy overlap: gate open" "$S" "beside the logits GEMM tests passed: 1"
 check "winners: the autotuning options, all bias-gradient sources, the second stream, never atomic cuDNN" \
-  "$S" "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_BIAS_GRAD=norm\+dgelu\+qv LLMT_WGRAD_STREAM=1 \\("
+  "$S" "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_XENT_OVERLAP=8 LLMT_BIAS_GRAD=norm\+dgelu\+qv LLMT_WGRAD_STREAM=1 \\("
 check "the benchmark ran with the winners" "$W/ok/calls" \
-  "^llama-350m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 ws=1 profile=$"
+  "^llama-350m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 ws=1 xov=8 profile=$"
 check "the profile ran with the winners" "$W/ok/calls" \
-  "^gpt2-124m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 ws=1 profile=1$"
-check "summary ratio" "$S" "gpt2-124m +64 +550000.0 .* 1\.15x"
+  "^gpt2-124m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 ws=1 xov=8 profile=1$"
+check "summary ratio" "$S" "gpt2-124m +64 +562000.0 .* 1\.17x"
 for f in session.txt tests.log ab-attention.txt logs.tar.gz; do
   [[ -s "$W/ok/out/$f" ]] && echo "ok: \$OUT/$f" || { echo "FAILED: no \$OUT/$f"; FAIL=1; }
 done
@@ -197,7 +211,7 @@ check "the next backward, in-place autotuning, the DGELU bias gradient alone win
 # DGELU runs fail, which closes the dgelu gate alone; the training run with
 # in-place autotuning fails, which closes that gate and the qv one).
 run_session nofused LLMT_SESSION_S=450 LLMT_AB_VARIANTS="$ATTN_AB" FAIL_CUDNN=1 FAIL_WGFUSED=1 \
-  FAIL_BGNORM=1 FAIL_BGDGELU=1 FAIL_TUNE=1 FAIL_WS=1
+  FAIL_BGNORM=1 FAIL_BGDGELU=1 FAIL_TUNE=1 FAIL_WS=1 FAIL_XO=1
 S=$W/nofused/out/session.txt
 check "fused wgmma gate closed" "$S" "wgmma-fused tests passed: 0"
 check "two-warpgroup fused wgmma gate closed" "$S" "wgmma-fused-2wg tests passed: 0"
@@ -212,6 +226,7 @@ check "in-place autotuning gate closed" "$S" "32-candidate autotuning tests pass
 check "failing training run with the GEMM options reported" "$S" "^cuda_train_test-opts +FAIL"
 check "weight-gradient stream gate closed" "$S" "on a second stream tests passed: 0"
 check "failing two-stream training run reported" "$S" "^cuda_train_test-wstream +FAIL"
+check "cross-entropy overlap gate closed" "$S" "beside the logits GEMM tests passed: 0"
 check "no winner without passing tests" "$S" "winners: none"
 
 # 2c. Only cuBLASLt's DGELU_BGRAD fails, with the default list: dgelu and
@@ -221,7 +236,7 @@ S=$W/nodgelu/out/session.txt
 check "DGELU gate closed alone" "$S" "from the DGELU GEMM tests passed: 0"
 check "key-third gate still open" "$S" "without the key third tests passed: 1"
 check "norm without the key third, the autotuning options and the stream win without dgelu" \
-  "$S" "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_BIAS_GRAD=norm\+qv LLMT_WGRAD_STREAM=1 \\("
+  "$S" "winners: LLMT_GEMM_AUTOTUNE=exact\+inplace LLMT_GEMM_CANDIDATES=32 LLMT_XENT_OVERLAP=8 LLMT_BIAS_GRAD=norm\+qv LLMT_WGRAD_STREAM=1 \\("
 
 # 3. An A/B budget too small for every variant: skipped rows, table printed.
 mkdir -p "$W/ab"

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -1515,6 +1516,52 @@ TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyFastAndLegacyPaths) {
     CheckCrossEntropyShape<T>(1, 70001, 70008, 0);  // > 112 KB in bf16
     CheckCrossEntropyShape<T>(33, 1003, 1008, 0);   // straddling vector, odd rows
     CheckCrossEntropyShape<T>(3, 1003, 1008, 1);    // misaligned: two-pass, scalar
+  }
+}
+
+// A capped grid (max_blocks: each block takes rows b, b + grid, ... in
+// turn, as the CUDA model's classifier uses it beside the logits GEMM) gives
+// bit for bit what one block per row gives, on both kernels (staged rows,
+// the two-pass kernel by the legacy switch and by a misaligned view), with
+// caps of 1, 2 and 5 blocks and one above the row count.
+TYPED_TEST(TypedGpuTest, SoftmaxCrossEntropyCappedGridIsBitIdentical) {
+  using T = TypeParam;
+  for (bool legacy : {false, true}) {
+    SCOPED_TRACE(legacy ? "legacy kernel" : "default kernel");
+    LegacyKernelScope scope(SetLegacySoftmaxCrossEntropy, legacy);
+    for (auto [rows, V, ld, offset] : {std::tuple<int64_t, int, int64_t, int>{33, 1003, 1008, 0},
+                                       {7, 50257, 50304, 0},
+                                       {9, 1003, 1008, 1}}) {
+      SCOPED_TRACE(::testing::Message() << "rows=" << rows << " V=" << V << " offset=" << offset);
+      FVec padded(rows * ld + offset, 3.f);
+      const FVec logits = Prep<T>(Randn(rows * V, 83, 4.f));
+      for (int64_t r = 0; r < rows; ++r) {
+        std::copy(logits.begin() + r * V, logits.begin() + (r + 1) * V,
+                  padded.begin() + offset + r * ld);
+      }
+      const std::vector<int32_t> targets = RandTokens(rows, V, 84);
+      Dev<int32_t> gt(rows);
+      ASSERT_EQ(cudaMemcpy(gt.get(), targets.data(), rows * 4, cudaMemcpyHostToDevice),
+                cudaSuccess);
+      FVec want_grad, want_loss;
+      for (int cap : {0, 1, 2, 5, 1000}) {
+        SCOPED_TRACE(cap);
+        Dev<T> gl(padded);
+        Dev<float> gloss(rows);
+        SoftmaxCrossEntropy(gl.get() + offset, gt.get(), rows, V, ld, 0.25f, gloss.get(), nullptr,
+                            cap);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const FVec grad = gl.Download(), loss = gloss.Download();
+        if (cap == 0) {
+          want_grad = grad;
+          want_loss = loss;
+          ASSERT_TRUE(std::all_of(loss.begin(), loss.end(), [](float l) { return l > 0.f; }));
+        } else {
+          EXPECT_TRUE(BitEqual(grad, want_grad)) << "dlogits differ";
+          EXPECT_TRUE(BitEqual(loss, want_loss)) << "row losses differ";
+        }
+      }
+    }
   }
 }
 

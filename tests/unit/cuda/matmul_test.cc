@@ -495,5 +495,52 @@ TEST(MatmulGemmTest, TransposesAndLeadingDimensions) {
   EXPECT_GT((*blas)->num_plans(), 0);
 }
 
+// GemmOp::sm_count (cuBLASLt's SM count target, which the CUDA model's
+// classifier sets to leave SMs to the cross-entropy beside it): the same
+// product as the CPU's, fp32 and bf16, with targets of 1, 32 and 100 SMs
+// (the plans are separate: sm_count is part of the plan key).
+TEST(MatmulGemmTest, SmCountTargetGivesTheSameProduct) {
+  LLMT_REQUIRE_GPU();
+  auto blas = Blas::Create();
+  ASSERT_TRUE(blas.ok()) << blas.status();
+  const int M = 640, N = 512, K = 96;
+  for (bool bf : {false, true}) {
+    // bf16: the CPU multiplies the same bf16-rounded operands.
+    const FVec A = bf ? Prep<bf16>(Randn(size_t(M) * K, 29)) : Randn(size_t(M) * K, 29);
+    const FVec B = bf ? Prep<bf16>(Randn(size_t(N) * K, 30, 0.2f)) : Randn(size_t(N) * K, 30, 0.2f);
+    FVec want(size_t(M) * N, 0.f);
+    cpu::Gemm(false, true, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, want.data(), N);
+    const int64_t plans_before = (*blas)->num_plans();
+    for (int sms : {1, 32, 100}) {
+      SCOPED_TRACE(::testing::Message() << (bf ? "bf16" : "fp32") << " sm_count " << sms);
+      GemmOp op;
+      op.trans_b = true;
+      op.M = M;
+      op.N = N;
+      op.K = K;
+      op.lda = op.ldb = K;
+      op.ldd = N;
+      op.sm_count = sms;
+      if (bf) {
+        Dev<bf16> gA(A), gB(B), gD(size_t(M) * N);
+        op.A = gA.get();
+        op.B = gB.get();
+        op.D = gD.get();
+        op.a_type = op.b_type = op.d_type = DType::kBF16;
+        Gemm(**blas, op, nullptr);
+        ExpectClose(gD.Download(), want, GemmTol<bf16>(), "D");
+      } else {
+        Dev<float> gA(A), gB(B), gD(size_t(M) * N);
+        op.A = gA.get();
+        op.B = gB.get();
+        op.D = gD.get();
+        Gemm(**blas, op, nullptr);
+        ExpectClose(gD.Download(), want, GemmTol<float>(), "D");
+      }
+    }
+    EXPECT_EQ((*blas)->num_plans(), plans_before + 3);
+  }
+}
+
 }  // namespace
 }  // namespace llmt::kernels::cuda

@@ -138,6 +138,9 @@ std::unique_ptr<CudaModel> MakeGpu(const ModelConfig& cfg, int B, int T, Precisi
   o.recompute = r;
   o.stochastic_rounding = stochastic;
   o.xent_chunk_rows = xent_chunk_rows;
+  // The row-chunked classifier excludes the overlapped one (which run.sh
+  // turns on for a whole run with LLMT_XENT_OVERLAP).
+  if (xent_chunk_rows > 0) o.xent_overlap_chunks = 0;
   auto m = CudaModel::Create(cfg, B, T, o);
   EXPECT_TRUE(m.ok()) << m.status();
   if (!m.ok()) return nullptr;
@@ -518,6 +521,109 @@ TEST(CudaModel, WgradStreamEnvironmentParsesAndBadValuesNameIt) {
     setenv("LLMT_WGRAD_STREAM", saved->c_str(), 1);
   } else {
     unsetenv("LLMT_WGRAD_STREAM");
+  }
+}
+
+// LLMT_XENT_OVERLAP: K chunks (2..64), optionally :S SMs (1..1024); off
+// when unset, empty, 0 or off; anything else an error naming the variable,
+// from CudaModel::Create before any device is touched. The option excludes
+// the row-chunked classifier.
+TEST(CudaModel, XentOverlapEnvironmentParsesAndBadValuesNameIt) {
+  const char* env = std::getenv("LLMT_XENT_OVERLAP");
+  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+  for (const char* off : {"", "0", "off"}) EXPECT_EQ(ParseXentOverlap(off)->chunks, 0) << off;
+  EXPECT_EQ(ParseXentOverlap(nullptr)->chunks, 0);
+  EXPECT_EQ(ParseXentOverlap("4")->chunks, 4);
+  EXPECT_EQ(ParseXentOverlap("4")->sms, 0);
+  EXPECT_EQ(ParseXentOverlap("8:40")->chunks, 8);
+  EXPECT_EQ(ParseXentOverlap("8:40")->sms, 40);
+  for (const char* bad : {"1", "65", "x", "4:", "4:0", "4:x", "4:2000", ":8"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_FALSE(ParseXentOverlap(bad).ok());
+    ASSERT_EQ(setenv("LLMT_XENT_OVERLAP", bad, 1), 0);
+    CudaModelOptions o;
+    o.precision = Precision::kFp32;  // xent_overlap_chunks stays -1: from the environment
+    auto m = CudaModel::Create(Gpt2Tiny(), kB, kT, o);
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
+    EXPECT_NE(std::string(m.status().message()).find("LLMT_XENT_OVERLAP='"), std::string::npos)
+        << m.status();
+  }
+  if (saved) {
+    setenv("LLMT_XENT_OVERLAP", saved->c_str(), 1);
+  } else {
+    unsetenv("LLMT_XENT_OVERLAP");
+  }
+  CudaModelOptions both;
+  both.precision = Precision::kFp32;
+  both.xent_overlap_chunks = 4;
+  both.xent_chunk_rows = 64;
+  auto m = CudaModel::Create(Gpt2Tiny(), kB, kT, both);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
+  EXPECT_NE(std::string(m.status().message()).find("exclude each other"), std::string::npos)
+      << m.status();
+}
+
+// The cross-entropy beside the logits GEMM (xent_overlap_chunks) against the
+// one-GEMM classifier, over three micro-steps (the first runs in order on
+// one stream, the later ones on two): the same per-row kernel on the same
+// logits, but the chunk GEMMs (and their SM count target) may run other
+// cuBLASLt kernels, so fp32 agrees to summation order (1e-5 relative), bf16
+// to a bf16 rounding of the logits (2e-2 of each gradient tensor's scale,
+// 1e-3 of the loss). Both families in fp32 with 3 chunks of 32 rows and 2
+// SMs; GPT-2 bf16 at head dim 64 with 640 rows in 5 chunks and the default
+// SMs. Whether the results came out bit-identical is printed.
+TEST(CudaModel, XentOverlapGivesTheSameLossAndGradients) {
+  REQUIRE_GPU();
+  struct OverlapCase {
+    const char* name;
+    ModelConfig cfg;
+    int B, T;
+    Precision p;
+    int chunks, sms;
+  };
+  for (const OverlapCase& c :
+       {OverlapCase{"gpt2 fp32", Gpt2Tiny(), kB, kT, Precision::kFp32, 3, 2},
+        OverlapCase{"llama fp32", LlamaTiny(), kB, kT, Precision::kFp32, 3, 2},
+        OverlapCase{"gpt2 hd64 bf16", Gpt2Hd64(), 2, 320, Precision::kBf16, 5, 0}}) {
+    SCOPED_TRACE(c.name);
+    const bool fp32 = c.p == Precision::kFp32;
+    std::vector<StepOut> runs[2];
+    for (int overlap = 0; overlap < 2; ++overlap) {
+      CudaModelOptions o;
+      o.precision = c.p;
+      o.xent_chunk_rows = 0;
+      o.wgrad_stream = 0;
+      o.xent_overlap_chunks = overlap ? c.chunks : 0;
+      o.xent_overlap_sms = c.sms;
+      auto m = CudaModel::Create(c.cfg, c.B, c.T, o);
+      ASSERT_TRUE(m.ok()) << m.status();
+      ASSERT_TRUE((*m)->InitWeights(kInitSeed).ok());
+      for (int step = 0; step < 3; ++step) {
+        const auto in = RandomTokens(c.B * c.T, c.cfg.vocab_size, 70 + step);
+        const auto tgt = RandomTokens(c.B * c.T, c.cfg.vocab_size, 80 + step);
+        runs[overlap].push_back(GpuStep(**m, in, tgt));
+      }
+    }
+    bool bits = true;
+    auto probe = MakeGpu(c.cfg, c.B, c.T, c.p);
+    ASSERT_NE(probe, nullptr);
+    for (int step = 0; step < 3; ++step) {
+      SCOPED_TRACE(step);
+      const StepOut& want = runs[0][step];
+      const StepOut& got = runs[1][step];
+      ASSERT_EQ(got.grads.size(), want.grads.size());
+      EXPECT_NEAR(got.loss, want.loss, (fp32 ? 1e-5 : 1e-3) * want.loss);
+      for (const ParamInfo& p : probe->params_info()) {
+        EXPECT_LE(RelErr(got.grads.data() + p.offset, want.grads.data() + p.offset, p.numel),
+                  fp32 ? 1e-5 : 2e-2)
+            << p.name;
+      }
+      bits = bits && got.loss == want.loss && got.grads == want.grads;
+    }
+    std::printf("%s: the overlapped classifier's losses and gradients are%s bit-identical\n",
+                c.name, bits ? "" : " not");
   }
 }
 
