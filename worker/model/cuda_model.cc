@@ -830,7 +830,9 @@ void CudaModelImpl<T>::Classifier(int64_t N, float grad_scale, bool with_targets
       cu::Gemm(*blas_, c, s());
     }
     if (!with_targets) continue;
-    const int max_blocks = overlap ? 2 * xent_sms_ : 0;  // two staged rows per SM
+    // Two staged rows per SM left to it; the last chunk has no GEMM beside
+    // it and takes the whole device.
+    const int max_blocks = overlap && r0 + rows < N ? 2 * xent_sms_ : 0;
     if (beside) {
       StreamWait(xstream_.get(), s(), x_ev_);
       cu::SoftmaxCrossEntropy(logits_ + r0 * Vp_, targets_ + r0, rows, V_, Vp_, grad_scale,
