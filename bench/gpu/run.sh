@@ -300,6 +300,12 @@ if [[ $MODE != bench ]]; then
   # all-reduce overlapped with the backward.
   TRAIN_CORE='*.Bf16TrainsAndCheckpoints/*:*.ResumeIsBitIdentical/*:*.Fp32MatchesCpu/*'
   TRAIN_CORE+=':*.NcclWorldSizeOneMatchesLocal/*'
+  # The model tests of the second streams (the weight-gradient stream, the
+  # cross-entropy overlap, the gradient-ready events) run in the default,
+  # wstream and xov runs only (the dgelu run keeps its DGELU stream test):
+  # the other runs change nothing they test, and the GPU time is scarce.
+  STREAM_TESTS='CudaModel.WeightGradientStreamIsBitIdentical:*XentOverlapGives*'
+  STREAM_TESTS+=':*GradReadyRangesAreComplete*'
   FUSED_ENV='LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma-fused'
   FUSED2_ENV='LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma-fused-2wg'
   RUNS=()
@@ -315,13 +321,13 @@ if [[ $MODE != bench ]]; then
                "$t|*DGeluBias*|cuda_matmul_test-dgelu|") ;;
       cuda_model_test)
         RUNS+=("$t|-*Cudnn*:*DGelu*|cuda_model_test|"
-               "$t|-*Cudnn*:*DGelu*|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
-               "$t|-*Cudnn*:*DGelu*|cuda_model_test-wgfused|$FUSED_ENV"
-               "$t|-*Cudnn*:*DGelu*|cuda_model_test-wgfused2|$FUSED2_ENV"
-               "$t|-*Cudnn*:*DGelu*|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
-               "$t|-*Cudnn*:*DGelu*|cuda_model_test-bgradnorm|LLMT_BIAS_GRAD=norm"
-               "$t|-*Cudnn*:*DGelu*|cuda_model_test-bgradnq|LLMT_BIAS_GRAD=norm+qv"
-               "$t|-*Cudnn*|cuda_model_test-bgraddgelu|LLMT_BIAS_GRAD=dgelu"
+               "$t|-*Cudnn*:*DGelu*:$STREAM_TESTS|cuda_model_test-wgmma|LLMT_ATTN_FWD=wgmma;LLMT_ATTN_BWD=wgmma"
+               "$t|-*Cudnn*:*DGelu*:$STREAM_TESTS|cuda_model_test-wgfused|$FUSED_ENV"
+               "$t|-*Cudnn*:*DGelu*:$STREAM_TESTS|cuda_model_test-wgfused2|$FUSED2_ENV"
+               "$t|-*Cudnn*:*DGelu*:$STREAM_TESTS|cuda_model_test-bgrad|LLMT_BIAS_GRAD=epilogue"
+               "$t|-*Cudnn*:*DGelu*:$STREAM_TESTS|cuda_model_test-bgradnorm|LLMT_BIAS_GRAD=norm"
+               "$t|-*Cudnn*:*DGelu*:$STREAM_TESTS|cuda_model_test-bgradnq|LLMT_BIAS_GRAD=norm+qv"
+               "$t|-*Cudnn*:$STREAM_TESTS|cuda_model_test-bgraddgelu|LLMT_BIAS_GRAD=dgelu"
                "$t|-*Cudnn*:*DGelu*|cuda_model_test-wstream|LLMT_WGRAD_STREAM=1"
                "$t|-*Cudnn*:*DGelu*|cuda_model_test-xov|LLMT_XENT_OVERLAP=4"
                "$t|*Cudnn*|cuda_model_test-cudnn|LLMT_REQUIRE_CUDNN=1") ;;
