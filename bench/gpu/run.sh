@@ -22,12 +22,14 @@
 # --profile: GPU time per op group of llmt's GPT-2 step (LLMT_CUDA_PROFILE=1)
 #   beside the same ops in PyTorch (LLMT_PROFILE_TORCH=0: llmt only).
 # --ab: first bench_attention (every attention kernel variant alone, with its
-#   deviation from the default's output), then GPT-2 124M tokens/s for each
+#   deviation from the default's output; LLMT_AB_KERNELS=0 leaves it out),
+#   then GPT-2 124M tokens/s for each
 #   variant in LLMT_AB_VARIANTS, a space-separated list of NAME or
 #   NAME:VAR=VALUE[;VAR=VALUE] (default: the engine as is, three times; the
 #   bias gradients from the norm backward, from the DGELU GEMM, without the
 #   QKV key third, all three, the norm without the key third, the first
-#   two, and from the weight-gradient GEMMs' epilogue; autotuning 32
+#   two, and from the weight-gradient GEMMs' epilogue; the weight gradients
+#   on a second stream; the cross-entropy beside the logits GEMM; autotuning 32
 #   candidates per GEMM instead of 8, the GEMMs that accumulate into their
 #   output too, and both; the own attention kernels, the wgmma backward,
 #   cuDNN's atomic backward; other options, e.g.
@@ -193,15 +195,15 @@ if [[ $MODE == ab ]]; then
   # skipped, so the table always comes out.
   variants=${LLMT_AB_VARIANTS:-"base bgrad-norm:LLMT_BIAS_GRAD=norm
     bgrad-dgelu:LLMT_BIAS_GRAD=dgelu bgrad-qv:LLMT_BIAS_GRAD=qv
-    bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv wstream:LLMT_WGRAD_STREAM=1
+    bgrad-ndq:LLMT_BIAS_GRAD=norm+dgelu+qv wstream:LLMT_WGRAD_STREAM=1 base2
     xov8:LLMT_XENT_OVERLAP=8 xov4:LLMT_XENT_OVERLAP=4 xov8s22:LLMT_XENT_OVERLAP=8:22
     inplace:LLMT_GEMM_AUTOTUNE=exact+inplace cand32:LLMT_GEMM_CANDIDATES=32 tunewide:LLMT_GEMM_AUTOTUNE=exact+inplace;LLMT_GEMM_CANDIDATES=32
-    base2 bgrad-nq:LLMT_BIAS_GRAD=norm+qv bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu
+    bgrad-nq:LLMT_BIAS_GRAD=norm+qv bgrad-nd:LLMT_BIAS_GRAD=norm+dgelu
     bgrad:LLMT_BIAS_GRAD=epilogue base3
     own:LLMT_ATTN_FWD=own;LLMT_ATTN_BWD=own bwd-wg:LLMT_ATTN_BWD=wgmma
     bwd-cudnn:LLMT_ATTN_BWD=cudnn"}
   attn_ok=1
-  if [[ -x "$BUNDLE/bin/bench_attention" ]]; then
+  if [[ ${LLMT_AB_KERNELS:-1} != 0 && -x "$BUNDLE/bin/bench_attention" ]]; then
     say "attention kernels alone, every variant (GPT-2 124M shape)"
     bundled timeout 120 "$BUNDLE/bin/bench_attention" --cudnn no 2>&1 |
       tee "$LOGS/ab-attention.txt"

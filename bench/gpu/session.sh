@@ -23,8 +23,8 @@
 #   bench/gpu/session.sh            (OUT=dir for the device tool's files)
 #
 # Whole script stays under LLMT_SESSION_S (default 560 s). $OUT gets four
-# files: session.txt (every summary table), tests.log, ab-attention.txt and
-# logs.tar.gz (every log).
+# files: session.txt (every summary table), tests.log, ab-attention.txt (with
+# LLMT_AB_KERNELS=1) and logs.tar.gz (every log).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 
@@ -91,7 +91,10 @@ note "2. A/B"
 lim=$(($(left) - 215))
 ((lim > 260)) && lim=260
 if ((lim >= 60)); then
-  LLMT_BENCH_LOGS=$S/ab LLMT_BENCH_BUDGET_S=$((lim - 5)) timeout -k 5 "$lim" \
+  # Without the attention kernels alone (bench_attention, ~35 s: unchanged
+  # since they were last timed; LLMT_AB_KERNELS=1 puts them back): more rows.
+  LLMT_AB_KERNELS=${LLMT_AB_KERNELS:-0} LLMT_BENCH_LOGS=$S/ab LLMT_BENCH_BUDGET_S=$((lim - 5)) \
+    timeout -k 5 "$lim" \
     bash bench/gpu/run.sh --ab >"$S/ab.out" 2>&1
   echo "run.sh --ab exit $?" >>"$S/session.txt"
   cat "$S/ab/ab.txt" >>"$S/session.txt" 2>/dev/null

@@ -197,6 +197,7 @@ struct Blas::Impl {
   bool bias_grad_from_dgelu = false;
   bool bias_grad_skip_keys = false;
   const char* dgelu_bgrad_noted = nullptr;  // how gelu_dbias was last logged to be summed
+  bool sm_count_noted = false;  // a GEMM fell back from its SM count target (logged once)
   DeviceBuffer bias_grad_scratch;  // MatmulBackward's epilogue output (fp32)
   DeviceBuffer fingerprint;  // kExact's scratch (internal::kFingerprintWords)
   int64_t fallbacks = 0;
@@ -700,7 +701,21 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
   // exact own GELU kernels.
   const bool gelu_epi = HasAux(epi);
   const bool fuse = impl.fuse_epilogues && !(gelu_epi && op.a_type == DType::kF32);
-  if ((epi == Epi::kNone || fuse) && RunLt(impl, op, epi, stream)) return;
+  const bool tried = epi == Epi::kNone || fuse;
+  if (tried && RunLt(impl, op, epi, stream)) return;
+  if (tried && op.sm_count > 0) {
+    // No algorithm under the SM count target: the same GEMM on all SMs
+    // (slower beside the other stream's kernel, but never a failure).
+    if (!impl.sm_count_noted) {
+      impl.sm_count_noted = true;
+      LLMT_LOG(Info) << "cuBLASLt: no algorithm for an SM count target of " << op.sm_count
+                     << "; running on all SMs (" << Describe(op) << ")";
+    }
+    GemmOp all = op;
+    all.sm_count = 0;
+    Gemm(blas, all, stream);
+    return;
+  }
   if (epi == Epi::kNone) {
     Fatal(absl::StrCat("cuBLASLt has no algorithm for ", Describe(op)));
   }

@@ -271,12 +271,6 @@ class CudaModelImpl final : public CudaModel {
   bool wg_async_ = false;          // this backward uses wstream_
   int64_t backwards_ = 0;
 
-  // ---- the cross-entropy beside the logits GEMM (CudaModelOptions::xent_overlap_*) ----
-  cu::Stream xstream_;
-  cudaEvent_t x_ev_ = nullptr;
-  int sm_count_ = 0;   // the device's
-  int xent_sms_ = 0;   // left to the cross-entropy
-  int64_t classifier_calls_ = 0;
   // Runs dinp() (the data gradient, main stream) and dweight(blas, stream)
   // (the weight and bias gradients) for one linear layer: in that order on
   // the main stream without wgrad_stream, as MatmulBackward did in one
@@ -288,6 +282,14 @@ class CudaModelImpl final : public CudaModel {
   void WaitWgrad(WgradSlot slot);
   // Makes `to` wait for everything enqueued on `from` so far.
   void StreamWait(cudaStream_t to, cudaStream_t from, cudaEvent_t ev);
+
+  // ---- the cross-entropy beside the logits GEMM (CudaModelOptions::xent_overlap_*) ----
+  cu::Stream xstream_;
+  cudaEvent_t x_ev_ = nullptr;
+  int sm_count_ = 0;   // the device's
+  int xent_sms_ = 0;   // left to the cross-entropy
+  int64_t classifier_calls_ = 0;
+
   cu::DeviceBuffer p32_, p16_, g32_, m_, v_, segments_, arena_, scratch_, misc_;
   const T* pT_ = nullptr;  // bf16 parameter copy (bf16 only)
   size_t scratch_bytes_ = 0;

@@ -13,11 +13,14 @@
 //          fp32 master and the bf16 copy in one pass (optionally with
 //          stochastic rounding).
 //
-// Everything runs asynchronously on one stream; only TakeLoss, Forward (with
-// targets), GradNorm and the host copies synchronise. Device memory is
-// allocated once at Create (parameters, gradients, optimizer state, one
-// activation arena, workspaces), so a step never allocates and an
-// out-of-memory can only happen at start, with a message naming the buffer.
+// Everything runs asynchronously on one stream (with the A/B options
+// wgrad_stream and xent_overlap_chunks, beside a second or third one that
+// the main stream joins before anything reads their results); only
+// TakeLoss, Forward (with targets), GradNorm and the host copies
+// synchronise. Device memory is allocated once at Create (parameters,
+// gradients, optimizer state, one activation arena, workspaces), so a step
+// never allocates and an out-of-memory can only happen at start, with a
+// message naming the buffer.
 #pragma once
 
 #include <cstdint>

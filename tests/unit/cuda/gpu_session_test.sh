@@ -179,10 +179,11 @@ check "the benchmark ran with the winners" "$W/ok/calls" \
 check "the profile ran with the winners" "$W/ok/calls" \
   "^gpt2-124m fwd= bwd= bias=norm\+dgelu\+qv tune=exact\+inplace cand=32 ws=1 xov=8 profile=1$"
 check "summary ratio" "$S" "gpt2-124m +64 +562000.0 .* 1\.17x"
-for f in session.txt tests.log ab-attention.txt logs.tar.gz; do
+for f in session.txt tests.log logs.tar.gz; do
   [[ -s "$W/ok/out/$f" ]] && echo "ok: \$OUT/$f" || { echo "FAILED: no \$OUT/$f"; FAIL=1; }
 done
-check "cuDNN's attention rows timed apart" "$W/ok/out/ab-attention.txt" "--cudnn only"
+[[ ! -e "$W/ok/out/ab-attention.txt" ]] && echo "ok: no attention kernels alone in a session" ||
+  { echo "FAILED: the session timed the attention kernels alone"; FAIL=1; }
 
 # 2. The attention variants named; the cuDNN tests and the bias-from-the-norm
 # model run fail: no cuDNN winner, the fused wgmma backward wins; the DGELU
@@ -245,6 +246,9 @@ mkdir -p "$W/ab"
   LLMT_AB_VARIANTS="base slow:SLEEP=1 base2" timeout 120 bash bench/gpu/run.sh --ab \
   >"$W/ab/out" 2>&1)
 check "A/B table with a tiny budget" "$W/ab/out" "^base2 "
+check "run.sh --ab times the attention kernels alone by default" "$W/ab/out" \
+  "attention kernels alone"
+check "cuDNN's attention rows timed apart" "$W/ab/logs/ab-attention.txt" "--cudnn only"
 check "A/B variants skipped when out of time" "$W/ab/out" "skipped: out of time"
 
 ((FAIL == 0)) && echo "PASS" || { echo "see $W (kept)"; trap - EXIT; }
