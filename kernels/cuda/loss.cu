@@ -208,7 +208,7 @@ bool UseVec(const T* x, int64_t ld) {
 // those back, so its own cp.async wait suffices before the per-thread pass;
 // no barrier is needed until the block-wide combine. GPT-2: 6288 vectors,
 // 12-13 copies per thread of 512. Registers stay small (no per-thread row
-// array; ptxas sm_90a: 30 bf16, 31 fp32, no spills), far inside the 64 that
+// array; ptxas sm_90a: 32 registers, no spills), far inside the 64 that
 // __launch_bounds__(512, 2) allows.
 constexpr int kRowThreads = 512;
 // Largest staged row: two blocks per SM on Hopper (228 KB of shared memory
