@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -167,6 +168,49 @@ StepOut GpuStep(CudaModel& m, const std::vector<int32_t>& in, const std::vector<
   s = m.GetGrads(out.grads.data());
   EXPECT_TRUE(s.ok()) << s;
   return out;
+}
+
+// Sets an environment variable for its lifetime and then puts back what was
+// there (run.sh runs whole test binaries under LLMT_* options, so a test
+// must not unset one behind the others' backs).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    if (old != nullptr) saved_ = old;
+    EXPECT_EQ(setenv(name, value, 1), 0);
+  }
+  ~ScopedEnv() {
+    if (saved_) {
+      setenv(name_, saved_->c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> saved_;
+};
+
+// CudaModel::Create with `var` set to each `bad` value (the options leaving
+// the field at -1: from the environment) fails with InvalidArgument naming
+// the variable, before anything touches a device (so this runs without a
+// GPU too).
+void ExpectCreateRejects(const char* var, std::initializer_list<const char*> bad) {
+  for (const char* value : bad) {
+    SCOPED_TRACE(::testing::Message() << var << "='" << value << "'");
+    ScopedEnv env(var, value);
+    CudaModelOptions o;
+    o.precision = Precision::kFp32;
+    auto m = CudaModel::Create(Gpt2Tiny(), kB, kT, o);
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
+    EXPECT_NE(std::string(m.status().message()).find(std::string(var) + "='"), std::string::npos)
+        << m.status();
+  }
 }
 
 struct Case {
@@ -343,14 +387,10 @@ TEST(CudaModel, RecomputeGivesTheSameGradients) {
 // also runs this whole binary under LLMT_BIAS_GRAD).
 StepOut StepWithBiasGrad(const char* mode, const ModelConfig& cfg, Precision p,
                          const std::vector<int32_t>& in, const std::vector<int32_t>& tgt) {
-  const char* env = std::getenv("LLMT_BIAS_GRAD");
-  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
-  EXPECT_EQ(setenv("LLMT_BIAS_GRAD", mode, 1), 0);
-  auto m = MakeGpu(cfg, kB, kT, p);
-  if (saved) {
-    setenv("LLMT_BIAS_GRAD", saved->c_str(), 1);
-  } else {
-    unsetenv("LLMT_BIAS_GRAD");
+  std::unique_ptr<CudaModel> m;
+  {
+    ScopedEnv env("LLMT_BIAS_GRAD", mode);
+    m = MakeGpu(cfg, kB, kT, p);
   }
   if (m == nullptr) return StepOut{std::nan(""), {}};
   return GpuStep(*m, in, tgt);
@@ -481,47 +521,18 @@ TEST(CudaModel, ChunkedClassifierGivesTheSameLossAndGradients) {
 // a value that is not a row count is an error naming the variable, reported
 // before anything touches a device (so this runs without a GPU too).
 TEST(CudaModel, BadChunkRowsEnvironmentIsAnErrorNamingIt) {
-  for (const char* bad : {"abc", "-3", "12x"}) {
-    SCOPED_TRACE(bad);
-    ASSERT_EQ(setenv("LLMT_XENT_CHUNK_ROWS", bad, 1), 0);
-    CudaModelOptions o;
-    o.precision = Precision::kFp32;  // xent_chunk_rows stays -1: from the environment
-    auto m = CudaModel::Create(Gpt2Tiny(), kB, kT, o);
-    ASSERT_FALSE(m.ok());
-    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
-    EXPECT_NE(std::string(m.status().message()).find("LLMT_XENT_CHUNK_ROWS"), std::string::npos)
-        << m.status();
-  }
-  unsetenv("LLMT_XENT_CHUNK_ROWS");
+  ExpectCreateRejects("LLMT_XENT_CHUNK_ROWS", {"abc", "-3", "12x"});
 }
 
 // LLMT_WGRAD_STREAM: 0/off/1/on (and unset or empty: off); anything else is
 // an error naming the variable, from CudaModel::Create before any device is
 // touched (so this runs without a GPU too).
 TEST(CudaModel, WgradStreamEnvironmentParsesAndBadValuesNameIt) {
-  // run.sh runs this binary under LLMT_WGRAD_STREAM=1: put it back after.
-  const char* env = std::getenv("LLMT_WGRAD_STREAM");
-  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
   for (const char* off : {"", "0", "off"}) EXPECT_FALSE(*ParseWgradStream(off)) << off;
   EXPECT_FALSE(*ParseWgradStream(nullptr));
   for (const char* on : {"1", "on"}) EXPECT_TRUE(*ParseWgradStream(on)) << on;
-  for (const char* bad : {"yes", "2", "on "}) {
-    SCOPED_TRACE(bad);
-    EXPECT_FALSE(ParseWgradStream(bad).ok());
-    ASSERT_EQ(setenv("LLMT_WGRAD_STREAM", bad, 1), 0);
-    CudaModelOptions o;
-    o.precision = Precision::kFp32;  // wgrad_stream stays -1: from the environment
-    auto m = CudaModel::Create(Gpt2Tiny(), kB, kT, o);
-    ASSERT_FALSE(m.ok());
-    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
-    EXPECT_NE(std::string(m.status().message()).find("LLMT_WGRAD_STREAM='"), std::string::npos)
-        << m.status();
-  }
-  if (saved) {
-    setenv("LLMT_WGRAD_STREAM", saved->c_str(), 1);
-  } else {
-    unsetenv("LLMT_WGRAD_STREAM");
-  }
+  for (const char* bad : {"yes", "2", "on "}) EXPECT_FALSE(ParseWgradStream(bad).ok()) << bad;
+  ExpectCreateRejects("LLMT_WGRAD_STREAM", {"yes", "2", "on "});
 }
 
 // LLMT_XENT_OVERLAP: K chunks (2..64), optionally :S SMs (1..1024); off
@@ -529,8 +540,6 @@ TEST(CudaModel, WgradStreamEnvironmentParsesAndBadValuesNameIt) {
 // from CudaModel::Create before any device is touched. The option excludes
 // the row-chunked classifier.
 TEST(CudaModel, XentOverlapEnvironmentParsesAndBadValuesNameIt) {
-  const char* env = std::getenv("LLMT_XENT_OVERLAP");
-  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
   for (const char* off : {"", "0", "off"}) EXPECT_EQ(ParseXentOverlap(off)->chunks, 0) << off;
   EXPECT_EQ(ParseXentOverlap(nullptr)->chunks, 0);
   EXPECT_EQ(ParseXentOverlap("4")->chunks, 4);
@@ -538,22 +547,9 @@ TEST(CudaModel, XentOverlapEnvironmentParsesAndBadValuesNameIt) {
   EXPECT_EQ(ParseXentOverlap("8:40")->chunks, 8);
   EXPECT_EQ(ParseXentOverlap("8:40")->sms, 40);
   for (const char* bad : {"1", "65", "x", "4:", "4:0", "4:x", "4:2000", ":8"}) {
-    SCOPED_TRACE(bad);
-    EXPECT_FALSE(ParseXentOverlap(bad).ok());
-    ASSERT_EQ(setenv("LLMT_XENT_OVERLAP", bad, 1), 0);
-    CudaModelOptions o;
-    o.precision = Precision::kFp32;  // xent_overlap_chunks stays -1: from the environment
-    auto m = CudaModel::Create(Gpt2Tiny(), kB, kT, o);
-    ASSERT_FALSE(m.ok());
-    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
-    EXPECT_NE(std::string(m.status().message()).find("LLMT_XENT_OVERLAP='"), std::string::npos)
-        << m.status();
+    EXPECT_FALSE(ParseXentOverlap(bad).ok()) << bad;
   }
-  if (saved) {
-    setenv("LLMT_XENT_OVERLAP", saved->c_str(), 1);
-  } else {
-    unsetenv("LLMT_XENT_OVERLAP");
-  }
+  ExpectCreateRejects("LLMT_XENT_OVERLAP", {"1", "65", "x", "4:0", "4:2000"});
   CudaModelOptions both;
   both.precision = Precision::kFp32;
   both.xent_overlap_chunks = 4;
@@ -700,19 +696,15 @@ struct TwoStreamRun {
 
 TwoStreamRun TrainForStreams(const ModelConfig& cfg, int B, int T, Precision p, Recompute r,
                              int wgrad_stream, const char* bias_grad) {
-  const char* env = std::getenv("LLMT_BIAS_GRAD");
-  const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
-  EXPECT_EQ(setenv("LLMT_BIAS_GRAD", bias_grad, 1), 0);
   CudaModelOptions o;
   o.precision = p;
   o.recompute = r;
   o.xent_chunk_rows = 0;
   o.wgrad_stream = wgrad_stream;
-  auto m_or = CudaModel::Create(cfg, B, T, o);
-  if (saved) {
-    setenv("LLMT_BIAS_GRAD", saved->c_str(), 1);
-  } else {
-    unsetenv("LLMT_BIAS_GRAD");
+  absl::StatusOr<std::unique_ptr<CudaModel>> m_or;
+  {
+    ScopedEnv env("LLMT_BIAS_GRAD", bias_grad);  // the Blas reads it at creation
+    m_or = CudaModel::Create(cfg, B, T, o);
   }
   EXPECT_TRUE(m_or.ok()) << m_or.status();
   TwoStreamRun out;
