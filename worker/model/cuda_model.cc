@@ -278,6 +278,14 @@ class CudaModelImpl final : public CudaModel {
   // marking `slot`, then dinp.
   template <typename Dinp, typename Dweight>
   void LinearBackward(WgradSlot slot, Dinp&& dinp, Dweight&& dweight);
+  // LinearBackward of one MatmulBackward over N rows: dinp = dout W^T (with
+  // gelu_pre: gelu'(gelu_pre) * ..., and gelu_dbias += its column sums) on
+  // the main stream; G(w) += the weight gradient and, unless null, dbias +=
+  // the bias gradient as LinearBackward places them. w is the weight's
+  // parameter offset; the layer maps K inputs to Nout outputs.
+  void LinearLayerBackward(WgradSlot slot, int64_t N, T* dinp, int64_t w, float* dbias,
+                           const T* dout, const T* inp, int64_t K, int64_t Nout,
+                           const T* gelu_pre = nullptr, float* gelu_dbias = nullptr);
   // The main stream waits for `slot`'s last weight-gradient work.
   void WaitWgrad(WgradSlot slot);
   // Makes `to` wait for everything enqueued on `from` so far.
@@ -959,29 +967,13 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
       // dfc = gelu'(fc) * (dres Wproj^T): the GELU backward rides on the GEMM.
       WaitWgrad(kWgFc);  // dfc_: the layer above's c_fc dW reads it
       auto timed = timer_->Time("matmul_proj_bwd");
-      LinearBackward(
-          kWgProj,
-          [&] {
-            cu::MatmulBackward(*blas_, dfc_, kNoGrad, kNoGrad, dres_, a.act, P(o.proj_w), N, F_,
-                               C_, lay, 1.f, false, a.fc, s(), bd ? G(o.fc_b) : nullptr);
-          },
-          [&](cu::Blas& bl, cudaStream_t st) {
-            cu::MatmulBackward(bl, nullptr, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_,
-                               a.act, nullptr, N, F_, C_, lay, 1.f, false, nullptr, st);
-          });
+      LinearLayerBackward(kWgProj, N, dfc_, o.proj_w, bn ? nullptr : G(o.proj_b), dres_, a.act, F_,
+                          C_, a.fc, bd ? G(o.fc_b) : nullptr);
     } else {
       {
         auto timed = timer_->Time("matmul_proj_bwd");
-        LinearBackward(
-            kWgProj,
-            [&] {
-              cu::MatmulBackward(*blas_, dact_, kNoGrad, kNoGrad, dres_, a.act, P(o.proj_w), N,
-                                 F_, C_, lay, 1.f, false, nullptr, s());
-            },
-            [&](cu::Blas& bl, cudaStream_t st) {
-              cu::MatmulBackward(bl, nullptr, G(o.proj_w), bn ? nullptr : G(o.proj_b), dres_,
-                                 a.act, nullptr, N, F_, C_, lay, 1.f, false, nullptr, st);
-            });
+        LinearLayerBackward(kWgProj, N, dact_, o.proj_w, bn ? nullptr : G(o.proj_b), dres_, a.act,
+                            F_, C_);
       }
       WaitWgrad(kWgFc);  // dfc_: the layer above's gate|up dW reads it
       {
@@ -996,16 +988,7 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     }
     {
       auto timed = timer_->Time("matmul_fc_bwd");
-      LinearBackward(
-          kWgFc,
-          [&] {
-            cu::MatmulBackward(*blas_, dln_, kNoGrad, kNoGrad, dfc_, a.ln2, P(o.fc_w), N, C_, FC_,
-                               lay, 1.f, false, nullptr, s());
-          },
-          [&](cu::Blas& bl, cudaStream_t st) {
-            cu::MatmulBackward(bl, nullptr, G(o.fc_w), bd ? nullptr : G(o.fc_b), dfc_, a.ln2,
-                               nullptr, N, C_, FC_, lay, 1.f, false, nullptr, st);
-          });
+      LinearLayerBackward(kWgFc, N, dln_, o.fc_w, bd ? nullptr : G(o.fc_b), dfc_, a.ln2, C_, FC_);
     }
     const bool vmat = bqv && o.attn_out_b >= 0 && o.qkv_b >= 0;
     if (vmat) cu::Zero(vsum_, C_, s());
@@ -1022,16 +1005,8 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
     // ---- attention (dres_ = dL/dres2 now) ----
     {
       auto timed = timer_->Time("matmul_attn_out_bwd");
-      LinearBackward(
-          kWgAttnOut,
-          [&] {
-            cu::MatmulBackward(*blas_, datty_, kNoGrad, kNoGrad, dres_, a.atty, P(o.attn_out_w), N,
-                               C_, C_, lay, 1.f, false, nullptr, s());
-          },
-          [&](cu::Blas& bl, cudaStream_t st) {
-            cu::MatmulBackward(bl, nullptr, G(o.attn_out_w), bn ? nullptr : G(o.attn_out_b),
-                               dres_, a.atty, nullptr, N, C_, C_, lay, 1.f, false, nullptr, st);
-          });
+      LinearLayerBackward(kWgAttnOut, N, datty_, o.attn_out_w, bn ? nullptr : G(o.attn_out_b),
+                          dres_, a.atty, C_, C_);
     }
     WaitWgrad(kWgQkv);  // dqkv_: the layer above's QKV dW reads it
     {
@@ -1096,6 +1071,23 @@ void CudaModelImpl<T>::LinearBackward(WgradSlot slot, Dinp&& dinp, Dweight&& dwe
   dweight(*wblas_, wstream_.get());
   LLMT_CUDA_CHECK(cudaEventRecord(wg_done_[slot], wstream_.get()));
   dinp();
+}
+
+template <typename T>
+void CudaModelImpl<T>::LinearLayerBackward(WgradSlot slot, int64_t N, T* dinp, int64_t w,
+                                           float* dbias, const T* dout, const T* inp, int64_t K,
+                                           int64_t Nout, const T* gelu_pre, float* gelu_dbias) {
+  const WeightLayout lay = layout();
+  LinearBackward(
+      slot,
+      [&] {
+        cu::MatmulBackward(*blas_, dinp, kNoGrad, kNoGrad, dout, inp, P(w), N, K, Nout, lay, 1.f,
+                           false, gelu_pre, s(), gelu_dbias);
+      },
+      [&](cu::Blas& bl, cudaStream_t st) {
+        cu::MatmulBackward(bl, nullptr, G(w), dbias, dout, inp, nullptr, N, K, Nout, lay, 1.f,
+                           false, nullptr, st);
+      });
 }
 
 template <typename T>
