@@ -72,9 +72,12 @@ struct BlockActs {
 };
 
 // LLMT_CUDA_PROFILE=1: GPU time per op group, measured with CUDA events
-// around each launch group on the model's stream and logged as a table when
-// the model is destroyed. For finding the slow kernel on a machine without
-// Nsight Systems; off by default (events cost a little).
+// around each launch group on the model's stream (or the side stream it is
+// given: the weight-gradient and cross-entropy streams' groups end in
+// "(beside)", and overlap the main stream's, so the groups then add up to
+// more than the step) and logged as a table when the model is destroyed.
+// For finding the slow kernel on a machine without Nsight Systems; off by
+// default (events cost a little).
 class OpTimer {
  public:
   explicit OpTimer(cudaStream_t s) : stream_(s) {
@@ -87,15 +90,20 @@ class OpTimer {
       cudaEventDestroy(b);
     }
   }
-  struct Scope {
-    OpTimer* t;
-    size_t idx;
+  struct Scope {  // default: times nothing
+    OpTimer* t = nullptr;
+    size_t idx = 0;
+    cudaStream_t stream = nullptr;
     ~Scope() {
-      if (t != nullptr) LLMT_CUDA_CHECK(cudaEventRecord(t->pool_[idx].second, t->stream_));
+      if (t != nullptr) LLMT_CUDA_CHECK(cudaEventRecord(t->pool_[idx].second, stream));
     }
   };
-  Scope Time(const char* name) {
-    if (!on_) return {nullptr, 0};
+  // The work enqueued on `on` (default: the model's stream) until the
+  // returned scope ends. Side streams must have joined the model's stream
+  // before Flush.
+  Scope Time(const char* name, cudaStream_t on = nullptr) {
+    if (!on_) return {nullptr, 0, nullptr};
+    if (on == nullptr) on = stream_;
     if (used_ == pool_.size()) {
       cudaEvent_t a, b;
       LLMT_CUDA_CHECK(cudaEventCreate(&a));
@@ -104,8 +112,8 @@ class OpTimer {
       names_.push_back(nullptr);
     }
     names_[used_] = name;
-    LLMT_CUDA_CHECK(cudaEventRecord(pool_[used_].first, stream_));
-    return {this, used_++};
+    LLMT_CUDA_CHECK(cudaEventRecord(pool_[used_].first, on));
+    return {this, used_++, on};
   }
   // After the stream has synchronised: adds the pending intervals.
   void Flush() {
@@ -845,6 +853,7 @@ void CudaModelImpl<T>::Classifier(int64_t N, float grad_scale, bool with_targets
     const int max_blocks = overlap && r0 + rows < N ? 2 * xent_sms_ : 0;
     if (beside) {
       StreamWait(xstream_.get(), s(), x_ev_);
+      auto timed = timer_->Time("softmax_xent (beside)", xstream_.get());
       cu::SoftmaxCrossEntropy(logits_ + r0 * Vp_, targets_ + r0, rows, V_, Vp_, grad_scale,
                               row_losses_ + r0, xstream_.get(), max_blocks);
     } else {
@@ -909,7 +918,8 @@ void CudaModelImpl<T>::BackwardPass(int b, int t) {
           cu::Gemm(*blas_, op, s());
         },
         [&](cu::Blas& bl, cudaStream_t st) {
-          auto timed = timer_->Time("classifier_bwd_dw");
+          // Beside the main stream LinearBackward times it.
+          auto timed = st == s() ? timer_->Time("classifier_bwd_dw") : OpTimer::Scope{};
           cu::Gemm(bl, w, st);
         });
   }
@@ -1068,7 +1078,14 @@ void CudaModelImpl<T>::LinearBackward(WgradSlot slot, Dinp&& dinp, Dweight&& dwe
     return;
   }
   StreamWait(wstream_.get(), s(), wg_main_);
-  dweight(*wblas_, wstream_.get());
+  {
+    static constexpr const char* kNames[kWgSlots] = {
+        "matmul_proj_bwd_dw (beside)", "matmul_fc_bwd_dw (beside)",
+        "matmul_attn_out_bwd_dw (beside)", "matmul_qkv_bwd_dw (beside)",
+        "classifier_bwd_dw (beside)"};
+    auto timed = timer_->Time(kNames[slot], wstream_.get());
+    dweight(*wblas_, wstream_.get());
+  }
   LLMT_CUDA_CHECK(cudaEventRecord(wg_done_[slot], wstream_.get()));
   dinp();
 }
