@@ -15,8 +15,9 @@
 #                            stream) the variant that
 #                            beat the mean of the default engine's runs by
 #                            >= LLMT_WIN_MIN (default 1.005x) in step 2 --
-#                            wgmma, cuDNN, bias-gradient and autotuning
-#                            variants only if their tests passed
+#                            wgmma, cuDNN, bias-gradient, autotuning,
+#                            stream and overlap variants only if their tests
+#                            passed
 #                            in step 1 (none: the default engine);
 #   4. run.sh --profile      GPU time per op group with the same settings.
 #
