@@ -187,15 +187,18 @@ struct Plan {
 struct Blas::Impl {
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer workspace;
-  bool allow_tf32 = false;
-  bool fuse_epilogues = true;
-  Blas::Autotune autotune = Blas::Autotune::kOff;
-  bool tune_in_place = false;
-  int candidates = Blas::kDefaultCandidates;  // asked of the heuristic per plan
-  bool fuse_bias_grad = false;
-  bool bias_grad_from_norm = false;
-  bool bias_grad_from_dgelu = false;
-  bool bias_grad_skip_keys = false;
+  // Everything the set_* setters set (and CreateSibling copies).
+  struct Options {
+    bool allow_tf32 = false;
+    bool fuse_epilogues = true;
+    Blas::Autotune autotune = Blas::Autotune::kOff;
+    bool tune_in_place = false;
+    int candidates = Blas::kDefaultCandidates;  // asked of the heuristic per plan
+    bool fuse_bias_grad = false;
+    bool bias_grad_from_norm = false;
+    bool bias_grad_from_dgelu = false;
+    bool bias_grad_skip_keys = false;
+  } opt;
   const char* dgelu_bgrad_noted = nullptr;  // how gelu_dbias was last logged to be summed
   bool sm_count_noted = false;  // a GEMM fell back from its SM count target (logged once)
   DeviceBuffer bias_grad_scratch;  // MatmulBackward's epilogue output (fp32)
@@ -274,59 +277,49 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(int64_t workspace_bytes) {
   impl->workspace = std::move(*ws);
   auto tune = ParseAutotune(std::getenv("LLMT_GEMM_AUTOTUNE"));
   if (!tune.ok()) return tune.status();
-  impl->autotune = tune->first;
-  impl->tune_in_place = tune->second;
+  impl->opt.autotune = tune->first;
+  impl->opt.tune_in_place = tune->second;
   auto candidates = ParseGemmCandidates(std::getenv("LLMT_GEMM_CANDIDATES"));
   if (!candidates.ok()) return candidates.status();
-  impl->candidates = *candidates;
+  impl->opt.candidates = *candidates;
   auto bias_grad = ParseBiasGrad(std::getenv("LLMT_BIAS_GRAD"));
   if (!bias_grad.ok()) return bias_grad.status();
-  impl->fuse_bias_grad = bias_grad->epilogue;
-  impl->bias_grad_from_norm = bias_grad->from_norm;
-  impl->bias_grad_from_dgelu = bias_grad->from_dgelu;
-  impl->bias_grad_skip_keys = bias_grad->skip_keys;
+  impl->opt.fuse_bias_grad = bias_grad->epilogue;
+  impl->opt.bias_grad_from_norm = bias_grad->from_norm;
+  impl->opt.bias_grad_from_dgelu = bias_grad->from_dgelu;
+  impl->opt.bias_grad_skip_keys = bias_grad->skip_keys;
   return std::unique_ptr<Blas>(new Blas(std::move(impl)));
 }
 
 absl::StatusOr<std::unique_ptr<Blas>> Blas::CreateSibling() const {
   ASSIGN_OR_RETURN(std::unique_ptr<Blas> b, Create(workspace_bytes()));
-  const Impl& me = *impl_;
-  Impl& it = *b->impl_;
-  it.allow_tf32 = me.allow_tf32;
-  it.fuse_epilogues = me.fuse_epilogues;
-  it.autotune = me.autotune;
-  it.tune_in_place = me.tune_in_place;
-  it.candidates = me.candidates;
-  it.fuse_bias_grad = me.fuse_bias_grad;
-  it.bias_grad_from_norm = me.bias_grad_from_norm;
-  it.bias_grad_from_dgelu = me.bias_grad_from_dgelu;
-  it.bias_grad_skip_keys = me.bias_grad_skip_keys;
+  b->impl_->opt = impl_->opt;
   return b;
 }
 
 cublasLtHandle_t Blas::handle() const { return impl_->handle; }
 void* Blas::workspace() const { return impl_->workspace.data(); }
 int64_t Blas::workspace_bytes() const { return impl_->workspace.bytes(); }
-void Blas::set_allow_tf32(bool on) { impl_->allow_tf32 = on; }
-bool Blas::allow_tf32() const { return impl_->allow_tf32; }
-void Blas::set_fuse_epilogues(bool on) { impl_->fuse_epilogues = on; }
-bool Blas::fuse_epilogues() const { return impl_->fuse_epilogues; }
-void Blas::set_autotune(Autotune mode) { impl_->autotune = mode; }
-Blas::Autotune Blas::autotune() const { return impl_->autotune; }
-void Blas::set_autotune_in_place(bool on) { impl_->tune_in_place = on; }
-bool Blas::autotune_in_place() const { return impl_->tune_in_place; }
+void Blas::set_allow_tf32(bool on) { impl_->opt.allow_tf32 = on; }
+bool Blas::allow_tf32() const { return impl_->opt.allow_tf32; }
+void Blas::set_fuse_epilogues(bool on) { impl_->opt.fuse_epilogues = on; }
+bool Blas::fuse_epilogues() const { return impl_->opt.fuse_epilogues; }
+void Blas::set_autotune(Autotune mode) { impl_->opt.autotune = mode; }
+Blas::Autotune Blas::autotune() const { return impl_->opt.autotune; }
+void Blas::set_autotune_in_place(bool on) { impl_->opt.tune_in_place = on; }
+bool Blas::autotune_in_place() const { return impl_->opt.tune_in_place; }
 void Blas::set_max_candidates(int n) {
-  impl_->candidates = std::clamp(n, 1, kMaxCandidates);
+  impl_->opt.candidates = std::clamp(n, 1, kMaxCandidates);
 }
-int Blas::max_candidates() const { return impl_->candidates; }
-void Blas::set_fuse_bias_grad(bool on) { impl_->fuse_bias_grad = on; }
-bool Blas::fuse_bias_grad() const { return impl_->fuse_bias_grad; }
-void Blas::set_bias_grad_from_norm(bool on) { impl_->bias_grad_from_norm = on; }
-bool Blas::bias_grad_from_norm() const { return impl_->bias_grad_from_norm; }
-void Blas::set_bias_grad_from_dgelu(bool on) { impl_->bias_grad_from_dgelu = on; }
-bool Blas::bias_grad_from_dgelu() const { return impl_->bias_grad_from_dgelu; }
-void Blas::set_bias_grad_skip_keys(bool on) { impl_->bias_grad_skip_keys = on; }
-bool Blas::bias_grad_skip_keys() const { return impl_->bias_grad_skip_keys; }
+int Blas::max_candidates() const { return impl_->opt.candidates; }
+void Blas::set_fuse_bias_grad(bool on) { impl_->opt.fuse_bias_grad = on; }
+bool Blas::fuse_bias_grad() const { return impl_->opt.fuse_bias_grad; }
+void Blas::set_bias_grad_from_norm(bool on) { impl_->opt.bias_grad_from_norm = on; }
+bool Blas::bias_grad_from_norm() const { return impl_->opt.bias_grad_from_norm; }
+void Blas::set_bias_grad_from_dgelu(bool on) { impl_->opt.bias_grad_from_dgelu = on; }
+bool Blas::bias_grad_from_dgelu() const { return impl_->opt.bias_grad_from_dgelu; }
+void Blas::set_bias_grad_skip_keys(bool on) { impl_->opt.bias_grad_skip_keys = on; }
+bool Blas::bias_grad_skip_keys() const { return impl_->opt.bias_grad_skip_keys; }
 int64_t Blas::num_plans() const { return static_cast<int64_t>(impl_->plans.size()); }
 int64_t Blas::num_epilogue_fallbacks() const { return impl_->fallbacks; }
 
@@ -371,7 +364,7 @@ void Validate(const GemmOp& op) {
 
 Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
   const LtProblem lt = ToColumnMajor(op);
-  const bool tf32 = impl.allow_tf32 && op.a_type == DType::kF32;
+  const bool tf32 = impl.opt.allow_tf32 && op.a_type == DType::kF32;
   const PlanKey key{op.trans_a,
                     op.trans_b,
                     op.M,
@@ -448,11 +441,11 @@ Plan* GetPlan(Blas::Impl& impl, const GemmOp& op, Epi epi) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   LLMT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
-  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(impl.candidates));
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(impl.opt.candidates));
   int n_results = 0;
   const cublasStatus_t st =
       cublasLtMatmulAlgoGetHeuristic(impl.handle, plan->desc, plan->a, plan->b, plan->c, plan->d,
-                                     pref, impl.candidates, results.data(), &n_results);
+                                     pref, impl.opt.candidates, results.data(), &n_results);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st == CUBLAS_STATUS_SUCCESS) {
     for (int i = 0; i < n_results; ++i) {
@@ -533,7 +526,7 @@ OutputPrint PrintOutputs(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream
 template <typename Prepare>
 void Autotune(Blas::Impl& impl, Plan& plan, const GemmOp& op, Epi epi, const LtProblem& lt,
               Prepare prepare, cudaStream_t stream) {
-  const bool exact = impl.autotune == Blas::Autotune::kExact;
+  const bool exact = impl.opt.autotune == Blas::Autotune::kExact;
   if (exact && static_cast<uint64_t>(op.M) * op.N < (uint64_t{1} << 20)) return;
   cudaEvent_t ev[2];
   for (auto& e : ev) LLMT_CUDA_CHECK(cudaEventCreate(&e));
@@ -634,10 +627,10 @@ bool RunLt(Blas::Impl& impl, const GemmOp& op, Epi epi, cudaStream_t stream) {
   // (beta != 0 with C == D: residual adds, weight-gradient +=); those are
   // tuned only with tune_in_place, on a scratch copy of the output.
   const bool in_place = op.beta != 0.f && lt.c.ptr == op.D;
-  if (impl.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1) {
+  if (impl.opt.autotune != Blas::Autotune::kOff && !plan->tuned && plan->candidates.size() > 1) {
     if (!in_place) {
       Autotune(impl, *plan, op, epi, lt, [] {}, stream);
-    } else if (impl.tune_in_place) {
+    } else if (impl.opt.tune_in_place) {
       AutotuneInPlace(impl, *plan, op, epi, stream);
     }
   }
@@ -700,7 +693,7 @@ void Gemm(Blas& blas, const GemmOp& op, cudaStream_t stream) {
   // the 1e-5 that fp32 (the testing precision) promises, so fp32 GEMMs use the
   // exact own GELU kernels.
   const bool gelu_epi = HasAux(epi);
-  const bool fuse = impl.fuse_epilogues && !(gelu_epi && op.a_type == DType::kF32);
+  const bool fuse = impl.opt.fuse_epilogues && !(gelu_epi && op.a_type == DType::kF32);
   const bool tried = epi == Epi::kNone || fuse;
   if (tried && RunLt(impl, op, epi, stream)) return;
   if (tried && op.sm_count > 0) {
@@ -955,7 +948,7 @@ void DinpWithGeluBias(Blas& blas, T* dinp, G* gelu_dbias, const T* dout, const T
   const char* how = "a column-sum pass over the GELU gradient (no cuBLASLt epilogue tried)";
   bool fused_done = false;
   if constexpr (std::is_same_v<G, float> && std::is_same_v<T, bf16>) {
-    float* scratch = impl.fuse_epilogues ? BiasGradScratch(impl, K) : nullptr;
+    float* scratch = impl.opt.fuse_epilogues ? BiasGradScratch(impl, K) : nullptr;
     if (scratch != nullptr) {
       GemmOp fused = op;
       fused.bgrad = scratch;
